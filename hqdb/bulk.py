@@ -1,0 +1,125 @@
+"""Bulk loading of precomputed codes, and codebooks from numpy.
+
+``INSERT INTO t(code, qcode) VALUES (?, ?)`` works row by row like any table; this module is
+the fast path for arrays of codes (one vectorised write per call instead of one virtual-table
+call per row).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+import apsw
+
+from .storage import quote_ident
+from .vtab import HqError, HqModule, HqTable
+
+
+def _module(conn: apsw.Connection) -> HqModule:
+    module = getattr(conn, "hq", None)
+    if module is None:
+        raise HqError("this connection was not opened with hqdb.connect()")
+    return module
+
+
+def _table(conn: apsw.Connection, name: str) -> HqTable:
+    return _module(conn).table(name)
+
+
+def set_codebooks(conn: apsw.Connection, table: str, codebooks: np.ndarray) -> None:
+    """Store codebooks (float32, books x codewords x dim) for ``table``."""
+    cb = np.ascontiguousarray(codebooks, dtype="<f4")
+    t = _table(conn, table)
+    o = t.opts
+    if cb.shape != (o.books, o.codewords, o.dim):
+        raise HqError(f"codebooks for {table} must have shape {(o.books, o.codewords, o.dim)}, got {cb.shape}")
+    conn.execute("SELECT hq_set_codebooks(?, ?)", (table, cb.tobytes()))
+
+
+def insert_codes(
+    conn: apsw.Connection,
+    table: str,
+    codes: np.ndarray,
+    qcodes: np.ndarray | None = None,
+    *,
+    rowids: Sequence[int] | np.ndarray | None = None,
+    metadata: Mapping[str, Sequence] | None = None,
+) -> np.ndarray:
+    """Insert many rows of precomputed codes at once; return their rowids.
+
+    Parameters
+    ----------
+    codes : uint8 array (N, dim/8)
+        Packed bit codes (see :func:`hqdb.kernels.pack_bits`).
+    qcodes : uint8 / uint16 array (N, books), optional
+        Quantization indices; required when the table has books > 0.
+    rowids : int array (N,), optional
+        Explicit rowids (unique, not yet in the table); default: after the current maximum.
+    metadata : mapping column -> sequence of N values, optional
+
+    The insert is atomic: on any error nothing is inserted.
+    """
+    t = _table(conn, table)
+    o = t.opts
+    codes = np.asarray(codes)
+    if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != o.code_bytes:
+        raise HqError(f"codes must be a uint8 array of shape (N, {o.code_bytes}); got {codes.dtype} {codes.shape}")
+    n = len(codes)
+    if o.books:
+        if qcodes is None:
+            raise HqError(f"{table} has books={o.books}: qcodes are required")
+        qcodes = np.asarray(qcodes)
+        if qcodes.ndim != 2 or qcodes.shape != (n, o.books) or qcodes.dtype.kind not in "iu":
+            raise HqError(f"qcodes must be an integer array of shape ({n}, {o.books}); got {qcodes.dtype} {qcodes.shape}")
+        if n and (int(qcodes.min()) < 0 or int(qcodes.max()) >= o.codewords):
+            raise HqError(f"qcodes must lie in [0, {o.codewords}); got [{int(qcodes.min())}, {int(qcodes.max())}]")
+        qcodes = qcodes.astype(np.dtype(o.qcode_dtype).newbyteorder("="))
+    elif qcodes is not None:
+        raise HqError(f"{table} has books=0: pass no qcodes")
+    meta = dict(metadata or {})
+    unknown = set(meta) - set(t.meta_names)
+    if unknown:
+        raise HqError(f"unknown metadata column(s) for {table}: {sorted(unknown)}")
+    for name, values in meta.items():
+        if len(values) != n:
+            raise HqError(f"metadata column {name!r} has {len(values)} values for {n} rows")
+    if rowids is not None:
+        rowids = np.asarray(rowids)
+        if rowids.shape != (n,) or rowids.dtype.kind not in "iu":
+            raise HqError(f"rowids must be an integer array of shape ({n},)")
+        rowids = rowids.astype(np.int64)
+        if len(np.unique(rowids)) != n:
+            raise HqError("rowids must be unique")
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+
+    with conn:  # a savepoint: all or nothing
+        # Enlist the virtual table in this transaction so commit/rollback reach its cache.
+        conn.execute(f"DELETE FROM {quote_ident(t.name)} WHERE 0")
+        st = t.store
+        st.ensure_fresh()
+        if rowids is None:
+            (top,) = conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {st.rows_table}").fetchone()
+            rowids = np.arange(top + 1, top + 1 + n, dtype=np.int64)
+        chunks, slots = _allocate(st, n)
+        cols = [meta.get(name, [None] * n) for name in t.meta_names]
+        conn.executemany(t._insert_row, zip(rowids.tolist(), chunks.tolist(), slots.tolist(), *cols))
+        st.put_many(chunks, slots, rowids, codes, qcodes)
+    return rowids
+
+
+def _allocate(st, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(chunk, slot) for n new rows: free slots of existing chunks first, then new chunks."""
+    free_pos = np.flatnonzero(st.valid[: st.size] == 0)[:n]
+    chunk_ids = np.asarray(st.chunk_ids, dtype=np.int64)
+    chunks = chunk_ids[free_pos // st.cs] if len(free_pos) else np.zeros(0, dtype=np.int64)
+    slots = free_pos % st.cs
+    rest = n - len(free_pos)
+    if rest:
+        first = (chunk_ids.max() + 1) if len(chunk_ids) else 1
+        new = np.arange(rest, dtype=np.int64)
+        chunks = np.concatenate([chunks, first + new // st.cs])
+        slots = np.concatenate([slots, new % st.cs])
+    return chunks.astype(np.int64), slots.astype(np.int64)

@@ -1,0 +1,108 @@
+"""``hqdb.connect``: an apsw connection with the hq module, its SQL functions, sqlite-vec and
+hqdb's catalog migrations in place."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+import apsw
+import sqlite_vec
+
+from . import kernels
+from .schema import migrate
+from .vtab import HqError, HqModule, _hq_match_scalar
+
+__all__ = ["Connection", "connect", "register"]
+
+
+class Connection(apsw.Connection):
+    """An apsw connection opened by :func:`connect`; ``hq`` is its hq module instance."""
+
+    hq: HqModule
+
+
+def _check_threads(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1024:
+        raise HqError(f"hq_threads: expected an integer between 1 and 1024, got {n!r}")
+    return n
+
+
+def register(conn: apsw.Connection, *, threads: int = 1) -> HqModule:
+    """Register the ``hq`` module and hqdb's SQL functions on an existing apsw connection."""
+    module = HqModule(conn)
+    module.threads = _check_threads(threads)
+    try:
+        conn.hq = module
+    except AttributeError:  # a plain apsw.Connection: hqdb.bulk then needs hqdb.connect()
+        pass
+    conn.create_module("hq", module, use_bestindex_object=True, iVersion=3)
+    conn.overload_function("hq_match", 2)
+    conn.create_scalar_function("hq_match", _hq_match_scalar, 2)
+
+    def hq_set_codebooks(name, blob, schema="main"):
+        module.table(name, schema).set_codebooks(blob)
+        return None
+
+    def hq_codebooks(name, schema="main"):
+        cb = module.table(name, schema).codebooks()
+        return None if cb is None else cb.astype("<f4").tobytes()
+
+    def hq_threads(*args):
+        previous = module.threads
+        if args:
+            module.threads = _check_threads(args[0])
+        return previous
+
+    def hq_bits(blob):
+        """float32 vector → packed sign bits (the same bytes as vec_quantize_binary)."""
+        if not isinstance(blob, bytes) or len(blob) % 32:
+            raise HqError("hq_bits expects a float32 BLOB whose length is a multiple of 8 values")
+        vec = np.frombuffer(blob, dtype="<f4")
+        if not np.isfinite(vec).all():
+            raise HqError("hq_bits: vector contains NaN or infinity")
+        return kernels.pack_bits(vec).tobytes()
+
+    conn.create_scalar_function("hq_set_codebooks", hq_set_codebooks, 2)
+    conn.create_scalar_function("hq_set_codebooks", hq_set_codebooks, 3)
+    conn.create_scalar_function("hq_codebooks", hq_codebooks, 1)
+    conn.create_scalar_function("hq_codebooks", hq_codebooks, 2)
+    conn.create_scalar_function("hq_threads", hq_threads, -1)
+    conn.create_scalar_function("hq_bits", hq_bits, 1, deterministic=True)
+    conn.create_scalar_function("hq_info", lambda: json.dumps(kernels.info()), 0)
+    return module
+
+
+def connect(path: str = ":memory:", *, threads: int = 1, readonly: bool = False,
+            timeout: float = 5.0) -> Connection:
+    """Open ``path`` (a file, or ``":memory:"``) ready for hq tables.
+
+    The returned apsw connection has sqlite-vec loaded, the ``hq`` virtual-table module and
+    the ``hq_*`` SQL functions registered, and hqdb's catalog migrated to the current version.
+
+    Parameters
+    ----------
+    path : str
+        Database file (created if missing, unless ``readonly``) or ``":memory:"``.
+    threads : int
+        Threads each search may use (``SELECT hq_threads(n)`` changes it later).
+    readonly : bool
+        Open read-only; a database that needs a migration is then refused.
+    timeout : float
+        Seconds to wait on another connection's write lock.
+    """
+    flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    conn = Connection(os.fspath(path), flags=flags | apsw.SQLITE_OPEN_URI)
+    conn.set_busy_timeout(int(timeout * 1000))
+    try:
+        conn.enable_load_extension(True)
+        conn.load_extension(sqlite_vec.loadable_path())
+        conn.enable_load_extension(False)
+        register(conn, threads=threads)
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -1,0 +1,115 @@
+"""hqdb's own catalog schema and its migrations.
+
+The numbered ``migrations/NNNN_name.sql`` files (shipped in the wheel as ``hqdb.migrations``)
+are applied in order, each exactly once and all inside one transaction, when a database is
+opened through :func:`hqdb.connect`. A database written by a newer hqdb (one that has applied
+a migration this version does not know) is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import apsw
+
+from .errors import SchemaError
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+VERSION_TABLE = "hqdb_migrations"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def _migrations_dir():
+    """The installed ``hqdb.migrations`` package, or ``migrations/`` beside a source checkout."""
+    try:
+        return resources.files("hqdb.migrations")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "migrations"
+
+
+def available_migrations() -> list[Migration]:
+    """All migrations this version of hqdb ships, in order. Numbering must be 1..N with no gaps."""
+    found = []
+    for entry in _migrations_dir().iterdir():
+        m = _MIGRATION_NAME.match(entry.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda mig: mig.version)
+    versions = [mig.version for mig in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise SchemaError(f"hqdb's migrations are not numbered 1..N without gaps: {versions}")
+    return found
+
+
+def current_version(conn: apsw.Connection, schema: str = "main") -> int:
+    """The schema version recorded in the database (0 for a database hqdb never touched)."""
+    exists = conn.execute(
+        f'SELECT 1 FROM "{schema}".sqlite_master WHERE type = \'table\' AND name = ?',
+        (VERSION_TABLE,),
+    ).fetchone()
+    if not exists:
+        return 0
+    (version,) = conn.execute(f'SELECT coalesce(max(version), 0) FROM "{schema}".{VERSION_TABLE}').fetchone()
+    return int(version)
+
+
+def latest_version() -> int:
+    return len(available_migrations())
+
+
+def migrate(conn: apsw.Connection) -> int:
+    """Bring the database's catalog up to this hqdb's schema version; return the version.
+
+    Raises :class:`SchemaError` if the database is newer than this hqdb. All pending migrations
+    run in a single transaction (``BEGIN IMMEDIATE``), so a failure leaves the database as it was,
+    and two processes opening the same old database cannot both apply the same migration.
+    """
+    schema = "main"  # the migration files name their tables unqualified: they apply to main
+    migrations = available_migrations()
+    latest = len(migrations)
+    version = current_version(conn, schema)
+    if version > latest:
+        raise SchemaError(
+            f"database schema version {version} is newer than this hqdb supports ({latest}); "
+            "upgrade hqdb to open it"
+        )
+    if version == latest:
+        return version
+    if conn.readonly(schema):
+        raise SchemaError(
+            f"database is read-only and at schema version {version}; hqdb needs version {latest}: "
+            "open it once read-write to upgrade it"
+        )
+    in_txn = not conn.get_autocommit()
+    if not in_txn:
+        conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Re-read under the write lock: another process may have migrated meanwhile.
+        version = current_version(conn, schema)
+        conn.execute(
+            f'CREATE TABLE IF NOT EXISTS "{schema}".{VERSION_TABLE} ('
+            "version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))"
+        )
+        for mig in migrations[version:]:
+            conn.execute(mig.sql)
+            conn.execute(
+                f'INSERT INTO "{schema}".{VERSION_TABLE}(version, name) VALUES (?, ?)',
+                (mig.version, mig.name),
+            )
+    except BaseException:
+        if not in_txn:
+            conn.execute("ROLLBACK")
+        raise
+    if not in_txn:
+        conn.execute("COMMIT")
+    return latest

@@ -1,0 +1,729 @@
+"""The ``hq`` SQLite virtual-table module (apsw).
+
+Columns of ``CREATE VIRTUAL TABLE t USING hq(dim=.., books=.., codewords=.., <metadata>)``:
+
+====  ==========  ===========================================================================
+ 0    code        packed bit code, ``dim/8`` bytes, sqlite-vec ``bit[dim]`` layout
+ 1    qcode       quantization indices, ``books`` bytes (uint16 little-endian if codewords > 256)
+ 2..  metadata    the user's columns (TEXT / INTEGER / REAL / BLOB)
+ then distance    hidden: AQD distance (negative inner product) or Hamming distance
+      hamming     hidden: Hamming distance to the query's bit code
+      k           hidden: number of results (``AND k = 10``; ``LIMIT`` works too)
+      candidates  hidden: size of the Hamming candidate set re-ranked by AQD
+      mode        hidden: 'two_stage' (default), 'hamming' or 'aqd'
+====  ==========  ===========================================================================
+
+A search is ``WHERE hq_match(t.code, :q) AND k = 10``: ``hq_match`` is overloaded by the table
+(xFindFunction) so the planner hands the query to :meth:`HqTable.BestIndexObject` as a
+constraint, and the whole search is one kernel call in :meth:`HqCursor.Filter`.
+
+Query plans are encoded in ``idxStr`` like sqlite-vec does: a header letter then one token per
+argument, so BestIndex and Filter agree by construction (see :func:`_encode_plan`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+import apsw
+
+from . import kernels
+from .options import OptionError, TableOptions, parse_args
+from .storage import CodeStore, CorruptTableError, quote_ident
+
+MAX_K = 65536
+MAX_CANDIDATES = 1 << 31
+MODES = ("two_stage", "hamming", "aqd")
+
+# SQLite's constraint operators we can evaluate against the metadata table.
+_FILTER_OPS = {
+    apsw.SQLITE_INDEX_CONSTRAINT_EQ: "=",
+    apsw.SQLITE_INDEX_CONSTRAINT_GT: ">",
+    apsw.SQLITE_INDEX_CONSTRAINT_LE: "<=",
+    apsw.SQLITE_INDEX_CONSTRAINT_LT: "<",
+    apsw.SQLITE_INDEX_CONSTRAINT_GE: ">=",
+    apsw.SQLITE_INDEX_CONSTRAINT_NE: "!=",
+    apsw.SQLITE_INDEX_CONSTRAINT_IS: "IS",
+    apsw.SQLITE_INDEX_CONSTRAINT_ISNOT: "IS NOT",
+    apsw.SQLITE_INDEX_CONSTRAINT_ISNULL: "ISNULL",
+    apsw.SQLITE_INDEX_CONSTRAINT_ISNOTNULL: "NOTNULL",
+    apsw.SQLITE_INDEX_CONSTRAINT_LIKE: "LIKE",
+    apsw.SQLITE_INDEX_CONSTRAINT_GLOB: "GLOB",
+}
+_OP_CODES = {op: i for i, op in enumerate(_FILTER_OPS)}
+_OP_BY_CODE = {i: sql for i, sql in enumerate(_FILTER_OPS.values())}
+HQ_MATCH_OP = apsw.SQLITE_INDEX_CONSTRAINT_FUNCTION  # what FindFunction hands back for hq_match
+
+# Plan header letters.
+PLAN_SEARCH = "S"   # hq_match: two-stage / hamming / aqd search
+PLAN_ROWID = "R"    # rowid = ?
+PLAN_SCAN = "F"     # full scan in rowid order (metadata filters pushed into SQL)
+
+
+class HqError(apsw.SQLError):
+    """A user error inside an hq table operation (shown by SQLite as the statement's error)."""
+
+
+def _hq_match_scalar(*_args):
+    raise HqError(
+        "hq_match() only works as a WHERE constraint on an hq virtual table, e.g. "
+        "WHERE hq_match(t.code, :query) AND k = 10"
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Module
+# ------------------------------------------------------------------------------------------
+class HqModule:
+    """One instance per connection; remembers that connection's open hq tables by name."""
+
+    def __init__(self, conn: apsw.Connection):
+        self.conn = conn
+        self.tables: dict[tuple[str, str], HqTable] = {}
+        self.threads = 1
+
+    def Create(self, conn, modulename, dbname, tablename, *args):
+        try:
+            opts = parse_args(args)
+        except OptionError as e:
+            raise HqError(str(e)) from None
+        CodeStore.create_tables(conn, dbname, tablename, opts)
+        conn.execute(
+            f"INSERT INTO {quote_ident(dbname)}.hqdb_tables(name, dim, books, codewords, chunk_size, options) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (tablename, opts.dim, opts.books, opts.codewords, opts.chunk_size, opts.to_json()),
+        )
+        return self._open(conn, dbname, tablename, opts)
+
+    def Connect(self, conn, modulename, dbname, tablename, *args):
+        row = conn.execute(
+            f"SELECT dim, books, codewords, chunk_size, options FROM {quote_ident(dbname)}.hqdb_tables "
+            "WHERE name = ?",
+            (tablename,),
+        ).fetchone()
+        if row is None:
+            raise HqError(f"hq table {tablename!r} is missing from the hqdb catalog (hqdb_tables)")
+        return self._open(conn, dbname, tablename, TableOptions.from_catalog(*row))
+
+    def _open(self, conn, dbname, tablename, opts):
+        table = HqTable(self, conn, dbname, tablename, opts)
+        self.tables[(dbname, tablename.lower())] = table
+        return table.declaration(), table
+
+    def ShadowName(self, suffix):
+        return suffix in ("rows", "chunks")
+
+    def table(self, name: str, schema: str = "main") -> "HqTable":
+        """The open table object for ``name`` (connecting it if this connection has not yet)."""
+        key = (schema, name.lower())
+        if key not in self.tables:
+            exists = self.conn.execute(
+                f"SELECT 1 FROM {quote_ident(schema)}.hqdb_tables WHERE name = ? COLLATE NOCASE", (name,)
+            ).fetchone()
+            if not exists:
+                raise HqError(f"no hq table named {name!r}")
+            # Any statement touching the table makes SQLite connect it.
+            self.conn.execute(f"SELECT rowid FROM {quote_ident(schema)}.{quote_ident(name)} WHERE rowid = 0")
+        return self.tables[key]
+
+
+# ------------------------------------------------------------------------------------------
+# Plans
+# ------------------------------------------------------------------------------------------
+def _encode_plan(header: str, tokens: list[str]) -> str:
+    """``header`` + ``;``-joined tokens, one token per argv entry in argv order.
+
+    Tokens: ``m<col>`` hq_match on column col, ``k``, ``c`` (candidates), ``o`` (mode),
+    ``l`` (LIMIT), ``r`` (rowid =), ``f<col>:<op>`` (metadata filter), ``i<col>`` (col IN (...)).
+    """
+    return header + ";".join(tokens)
+
+
+def _decode_plan(idx_str: str) -> tuple[str, list[str]]:
+    header, rest = idx_str[0], idx_str[1:]
+    return header, (rest.split(";") if rest else [])
+
+
+# ------------------------------------------------------------------------------------------
+# Table
+# ------------------------------------------------------------------------------------------
+class HqTable:
+    def __init__(self, module: HqModule, conn: apsw.Connection, schema: str, name: str, opts: TableOptions):
+        self.module = module
+        self.conn = conn
+        self.schema = schema
+        self.name = name
+        self.opts = opts
+        self.store = CodeStore(conn, schema, name, opts)
+        self.meta_names = [c.name for c in opts.columns]
+        n_meta = len(opts.columns)
+        self.COL_META0 = 2
+        self.COL_DISTANCE = 2 + n_meta
+        self.COL_HAMMING = self.COL_DISTANCE + 1
+        self.COL_K = self.COL_DISTANCE + 2
+        self.COL_CANDIDATES = self.COL_DISTANCE + 3
+        self.COL_MODE = self.COL_DISTANCE + 4
+        self._codebooks: np.ndarray | None = None
+        self._codebooks_version: int | None = None
+        meta_sel = "".join(", " + quote_ident(n) for n in self.meta_names)
+        self._select_rows = f"SELECT rowid, chunk, slot{meta_sel} FROM {self.store.rows_table}"
+        self._insert_row = (
+            f"INSERT INTO {self.store.rows_table}(rowid, chunk, slot"
+            + "".join(", " + quote_ident(n) for n in self.meta_names)
+            + ") VALUES (?, ?, ?" + ", ?" * n_meta + ")"
+        )
+
+    def declaration(self) -> str:
+        cols = ["code BLOB", "qcode BLOB"]
+        cols += [f"{quote_ident(c.name)} {c.type}" for c in self.opts.columns]
+        cols += ["distance REAL HIDDEN", "hamming INTEGER HIDDEN", "k INTEGER HIDDEN",
+                 "candidates INTEGER HIDDEN", "mode TEXT HIDDEN"]
+        return f"CREATE TABLE x({', '.join(cols)})"
+
+    # -------------------------------------------------------------- codebooks
+    def codebooks(self) -> np.ndarray | None:
+        version = self.conn.data_version(self.schema)
+        if self._codebooks_version != version:
+            (blob,) = self.conn.execute(
+                f"SELECT codebooks FROM {quote_ident(self.schema)}.hqdb_tables WHERE name = ?", (self.name,)
+            ).fetchone() or (None,)
+            self._codebooks = None if blob is None else self._parse_codebooks(blob)
+            self._codebooks_version = version
+        return self._codebooks
+
+    def _parse_codebooks(self, blob) -> np.ndarray:
+        o = self.opts
+        if not isinstance(blob, bytes):
+            raise HqError(f"codebooks for {self.name} must be a BLOB of float32, got {type(blob).__name__}")
+        expected = o.books * o.codewords * o.dim * 4
+        if len(blob) != expected:
+            raise HqError(
+                f"codebooks for {self.name} must be {o.books}x{o.codewords}x{o.dim} float32 "
+                f"({expected} bytes), got {len(blob)} bytes"
+            )
+        cb = np.frombuffer(blob, dtype="<f4").reshape(o.books, o.codewords, o.dim).astype(np.float32)
+        if not np.isfinite(cb).all():
+            raise HqError(f"codebooks for {self.name} contain NaN or infinity")
+        return cb
+
+    def set_codebooks(self, blob) -> None:
+        if self.opts.books == 0:
+            raise HqError(f"hq table {self.name} has books=0: it stores no quantization codes")
+        self._parse_codebooks(blob)
+        self.conn.execute(
+            f"UPDATE {quote_ident(self.schema)}.hqdb_tables SET codebooks = ? WHERE name = ?",
+            (blob, self.name),
+        )
+        self._codebooks_version = None  # re-read on next use (our own write does not move data_version)
+
+    # -------------------------------------------------------------- planning
+    def BestIndexObject(self, ii: apsw.IndexInfo) -> bool:
+        match = k = cand = mode = limit = rowid_eq = None
+        filters: list[tuple[int, int, bool]] = []  # (constraint index, column, is_in)
+        unusable_match = False
+        for i in range(ii.nConstraint):
+            col, op, usable = ii.get_aConstraint_iColumn(i), ii.get_aConstraint_op(i), ii.get_aConstraint_usable(i)
+            if op == HQ_MATCH_OP:
+                if not usable:
+                    unusable_match = True
+                elif match is None:
+                    match = i
+                continue
+            if not usable:
+                continue
+            if op == apsw.SQLITE_INDEX_CONSTRAINT_LIMIT:
+                limit = i
+            elif op == apsw.SQLITE_INDEX_CONSTRAINT_EQ and col == self.COL_K:
+                k = i
+            elif op == apsw.SQLITE_INDEX_CONSTRAINT_EQ and col == self.COL_CANDIDATES:
+                cand = i
+            elif op == apsw.SQLITE_INDEX_CONSTRAINT_EQ and col == self.COL_MODE:
+                mode = i
+            elif op == apsw.SQLITE_INDEX_CONSTRAINT_EQ and col == -1:
+                rowid_eq = i
+            elif (
+                self.COL_META0 <= col < self.COL_DISTANCE
+                and op in _FILTER_OPS
+                and (ii.get_aConstraint_collation(i) or "BINARY").upper() == "BINARY"
+            ):
+                filters.append((i, col, op == apsw.SQLITE_INDEX_CONSTRAINT_EQ and ii.get_aConstraintUsage_in(i)))
+
+        tokens: list[str] = []
+
+        def use(i: int, token: str, omit: bool = True) -> None:
+            tokens.append(token)
+            ii.set_aConstraintUsage_argvIndex(i, len(tokens))  # argvIndex is 1-based
+            ii.set_aConstraintUsage_omit(i, omit)
+
+        def use_filters() -> None:
+            for i, col, is_in in filters:
+                if is_in:
+                    ii.set_aConstraintUsage_in(i, True)  # all IN values arrive in one Filter call
+                    use(i, f"i{col}", omit=False)
+                else:
+                    use(i, f"f{col}:{_OP_CODES[ii.get_aConstraint_op(i)]}", omit=False)
+
+        if match is not None:
+            use(match, f"m{ii.get_aConstraint_iColumn(match)}")
+            for i, tok in ((k, "k"), (cand, "c"), (mode, "o"), (limit, "l")):
+                if i is not None:
+                    use(i, tok)
+            # The filters narrow the search itself, so k rows come back whenever k rows match.
+            # SQLite still re-checks them (omit=False): our SQL evaluation is only a prefilter.
+            use_filters()
+            if ii.nOrderBy == 1 and ii.get_aOrderBy_iColumn(0) == self.COL_DISTANCE and not ii.get_aOrderBy_desc(0):
+                ii.orderByConsumed = True
+            ii.idxStr = _encode_plan(PLAN_SEARCH, tokens)
+            ii.estimatedCost = 10.0
+            ii.estimatedRows = 10
+            return True
+
+        if unusable_match:
+            # Only reachable when the query argument comes from a table joined later: steer the
+            # planner to put that table first.
+            ii.idxStr = _encode_plan(PLAN_SCAN, [])
+            ii.estimatedCost = 1e18
+            return True
+
+        if rowid_eq is not None:
+            use(rowid_eq, "r")
+            ii.idxStr = _encode_plan(PLAN_ROWID, tokens)
+            ii.idxFlags = apsw.SQLITE_INDEX_SCAN_UNIQUE
+            ii.estimatedCost = 1.0
+            ii.estimatedRows = 1
+            return True
+
+        use_filters()
+        if ii.nOrderBy == 1 and ii.get_aOrderBy_iColumn(0) == -1 and not ii.get_aOrderBy_desc(0):
+            ii.orderByConsumed = True
+        ii.idxStr = _encode_plan(PLAN_SCAN, tokens)
+        ii.estimatedCost = 1e6 / (1 + 9 * bool(filters))
+        ii.estimatedRows = 100000
+        return True
+
+    def FindFunction(self, name, nargs):
+        if name == "hq_match" and nargs == 2:
+            return (HQ_MATCH_OP, _hq_match_scalar)
+        return None
+
+    def Open(self):
+        return HqCursor(self)
+
+    # -------------------------------------------------------------- writes
+    def _validate_code(self, value) -> np.ndarray:
+        o = self.opts
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            value = bytes(value)
+            if len(value) == o.code_bytes:
+                return np.frombuffer(value, dtype=np.uint8)
+            if len(value) == o.dim * 4:  # a float32 vector: store its sign bits
+                vec = np.frombuffer(value, dtype="<f4")
+                if not np.isfinite(vec).all():
+                    raise HqError(f"{self.name}.code: float32 vector contains NaN or infinity")
+                return kernels.pack_bits(vec)
+            raise HqError(
+                f"{self.name}.code must be a BLOB of {o.code_bytes} bytes (dim={o.dim} bits) "
+                f"or a float32 vector of {o.dim} values ({o.dim * 4} bytes); got {len(value)} bytes"
+            )
+        if value is None:
+            raise HqError(f"{self.name}.code cannot be NULL")
+        raise HqError(f"{self.name}.code must be a BLOB, got {type(value).__name__}")
+
+    def _validate_qcode(self, value) -> np.ndarray | None:
+        o = self.opts
+        if o.books == 0:
+            if value is not None:
+                raise HqError(f"{self.name} has books=0: qcode must be NULL")
+            return None
+        if value is None:
+            raise HqError(f"{self.name}.qcode cannot be NULL (table has books={o.books})")
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise HqError(f"{self.name}.qcode must be a BLOB, got {type(value).__name__}")
+        value = bytes(value)
+        if len(value) != o.qcode_bytes:
+            width = "uint8" if o.codewords <= 256 else "uint16 little-endian"
+            raise HqError(
+                f"{self.name}.qcode must be {o.books} {width} indices ({o.qcode_bytes} bytes); "
+                f"got {len(value)} bytes"
+            )
+        q = np.frombuffer(value, dtype=o.qcode_dtype)
+        if int(q.max()) >= o.codewords:
+            raise HqError(f"{self.name}.qcode: index {int(q.max())} out of range (codewords={o.codewords})")
+        return q
+
+    def _split_fields(self, fields):
+        o = self.opts
+        for col, label in ((self.COL_DISTANCE, "distance"), (self.COL_HAMMING, "hamming"),
+                           (self.COL_K, "k"), (self.COL_CANDIDATES, "candidates"), (self.COL_MODE, "mode")):
+            if fields[col] is not None:
+                raise HqError(f"{self.name}.{label} is a query column and cannot be written")
+        code = self._validate_code(fields[0])
+        qcode = self._validate_qcode(fields[1])
+        meta = list(fields[self.COL_META0:self.COL_DISTANCE])
+        for c, v in zip(o.columns, meta):
+            if isinstance(v, float) and math.isnan(v):
+                raise HqError(f"{self.name}.{c.name}: NaN is not a value")
+        return code, qcode, meta
+
+    def _locate(self, rowid: int) -> tuple[int, int] | None:
+        return self.conn.execute(
+            f"SELECT chunk, slot FROM {self.store.rows_table} WHERE rowid = ?", (rowid,)
+        ).fetchone()
+
+    def _conflicts(self, rowid, meta) -> list[int]:
+        """Rowids of existing rows an insert of (rowid, meta) would collide with."""
+        found = []
+        if rowid is not None and self._locate(rowid) is not None:
+            found.append(rowid)
+        key = self.opts.key_column
+        if key is not None:
+            v = meta[self.meta_names.index(key.name)]
+            if v is not None:
+                row = self.conn.execute(
+                    f"SELECT rowid FROM {self.store.rows_table} WHERE {quote_ident(key.name)} = ?", (v,)
+                ).fetchone()
+                if row and row[0] not in found:
+                    found.append(row[0])
+        return found
+
+    def UpdateInsertRow(self, rowid, fields):
+        code, qcode, meta = self._split_fields(fields)
+        store = self.store
+        store.ensure_fresh()
+        conflicts = self._conflicts(rowid, meta)
+        if conflicts:
+            policy = self.conn.vtab_on_conflict()
+            if policy == apsw.SQLITE_REPLACE:
+                for r in conflicts:
+                    self._delete(r)
+            elif policy == apsw.SQLITE_IGNORE:
+                return conflicts[0]
+            else:
+                what = "rowid" if rowid in conflicts else self.opts.key_column.name
+                raise apsw.ConstraintError(f"UNIQUE constraint failed: {self.name}.{what}")
+        chunk, slot = store.next_free()
+        self.conn.execute(self._insert_row, (rowid, chunk, slot, *meta))
+        if rowid is None:
+            rowid = self.conn.last_insert_rowid()
+        store.put(chunk, slot, rowid, code, qcode)
+        return rowid
+
+    def _delete(self, rowid: int) -> None:
+        loc = self._locate(rowid)
+        if loc is None:
+            return
+        self.conn.execute(f"DELETE FROM {self.store.rows_table} WHERE rowid = ?", (rowid,))
+        self.store.clear(*loc)
+
+    def UpdateDeleteRow(self, rowid):
+        self.store.ensure_fresh()
+        self._delete(rowid)
+
+    def UpdateChangeRow(self, rowid, newrowid, fields):
+        code, qcode, meta = self._split_fields(fields)
+        store = self.store
+        store.ensure_fresh()
+        loc = self._locate(rowid)
+        if loc is None:
+            raise CorruptTableError(f"hq table {self.name}: row {rowid} vanished during UPDATE")
+        if newrowid != rowid and self._locate(newrowid) is not None:
+            if self.conn.vtab_on_conflict() == apsw.SQLITE_REPLACE:
+                self._delete(newrowid)
+            else:
+                raise apsw.ConstraintError(f"UNIQUE constraint failed: {self.name}.rowid")
+        sets = ", ".join(f"{quote_ident(n)} = ?" for n in ["rowid", *self.meta_names])
+        self.conn.execute(
+            f"UPDATE {store.rows_table} SET {sets} WHERE rowid = ?", (newrowid, *meta, rowid)
+        )
+        store.update(*loc, newrowid, code, qcode)
+
+    # -------------------------------------------------------------- transactions
+    def Begin(self):
+        pass
+
+    def Sync(self):
+        self.store.flush()
+
+    def Commit(self):
+        self.store.flush()
+
+    def Rollback(self):
+        self.store.invalidate()
+        self._codebooks_version = None
+
+    def Savepoint(self, level):
+        self.store.flush()
+
+    def Release(self, level):
+        pass
+
+    def RollbackTo(self, level):
+        self.store.invalidate()
+        self._codebooks_version = None
+
+    # -------------------------------------------------------------- lifecycle
+    def Disconnect(self):
+        self.module.tables.pop((self.schema, self.name.lower()), None)
+
+    def Destroy(self):
+        self.module.tables.pop((self.schema, self.name.lower()), None)
+        CodeStore.drop_tables(self.conn, self.schema, self.name)
+        self.conn.execute(f"DELETE FROM {quote_ident(self.schema)}.hqdb_tables WHERE name = ?", (self.name,))
+
+    def Rename(self, newname):
+        self.store.flush()
+        CodeStore.rename_tables(self.conn, self.schema, self.name, newname)
+        self.conn.execute(
+            f"UPDATE {quote_ident(self.schema)}.hqdb_tables SET name = ? WHERE name = ?", (newname, self.name)
+        )
+        self.module.tables.pop((self.schema, self.name.lower()), None)
+        self.name = newname
+        self.store = CodeStore(self.conn, self.schema, newname, self.opts)
+        self.module.tables[(self.schema, newname.lower())] = self
+
+    def Integrity(self, schema, name, is_quick):
+        try:
+            self.store.flush()
+            self.store.load()
+        except CorruptTableError as e:
+            return str(e)
+        st = self.store
+        rows = self.conn.execute(f"SELECT rowid, chunk, slot FROM {st.rows_table}").fetchall()
+        if len(rows) != st.n_rows:
+            return f"hq table {schema}.{name}: {len(rows)} rows but {st.n_rows} occupied code slots"
+        for rowid, chunk, slot in rows:
+            if chunk not in st.chunk_index or not 0 <= slot < st.cs:
+                return f"hq table {schema}.{name}: row {rowid} points at a missing slot"
+            pos = st.position(chunk, slot)
+            if not st.valid[pos] or st.rowids[pos] != rowid:
+                return f"hq table {schema}.{name}: row {rowid} and its code slot disagree"
+        return None
+
+    # -------------------------------------------------------------- search
+    def parse_query(self, blob, mode: str):
+        """Validate a query blob; return (bits, float vector or None)."""
+        o = self.opts
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise HqError(
+                f"hq_match query for {self.name} must be a BLOB (float32 x {o.dim}, or {o.code_bytes} "
+                f"bytes of bit code), got {type(blob).__name__}"
+            )
+        blob = bytes(blob)
+        if len(blob) == o.dim * 4:
+            vec = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+            if not np.isfinite(vec).all():
+                raise HqError(f"hq_match query for {self.name} contains NaN or infinity")
+            return kernels.pack_bits(vec), vec
+        if len(blob) == o.code_bytes:
+            if mode != "hamming":
+                raise HqError(
+                    f"hq_match query for {self.name} is a {o.code_bytes}-byte bit code: it can only "
+                    f"be searched with mode = 'hamming' (AQD needs a float32 vector of {o.dim} values)"
+                )
+            return np.frombuffer(blob, dtype=np.uint8), None
+        raise HqError(
+            f"hq_match query for {self.name} must be a float32 vector of {o.dim} values "
+            f"({o.dim * 4} bytes) or a bit code of {o.code_bytes} bytes; got {len(blob)} bytes"
+        )
+
+    def filter_mask(self, conds: list[tuple[str, int, object]]) -> np.ndarray:
+        """Slots (as a uint8 mask over the cache) of rows that pass the metadata conditions."""
+        st = self.store
+        where, params = [], []
+        for kind, col, value in conds:
+            name = quote_ident(self.meta_names[col - self.COL_META0])
+            if kind == "IN":
+                values = list(value)
+                where.append(f"{name} IN (SELECT value FROM json_each(?))")
+                params.append(json.dumps([v if not isinstance(v, bytes) else None for v in values]))
+                if any(isinstance(v, bytes) for v in values):  # JSON can't carry BLOBs: don't prefilter
+                    where.pop(), params.pop()
+            elif kind in ("ISNULL", "NOTNULL"):
+                where.append(f"{name} {kind}")
+            else:
+                where.append(f"{name} {kind} ?")
+                params.append(value)
+        mask = st.valid[: st.size].copy()
+        if not where:
+            return mask
+        sel = np.zeros(st.size, dtype=np.uint8)
+        rows = self.conn.execute(
+            f"SELECT chunk, slot FROM {st.rows_table} WHERE {' AND '.join(where)}", params
+        ).fetchall()
+        if rows:
+            arr = np.asarray(rows, dtype=np.int64)
+            idx = np.fromiter((st.chunk_index[c] for c in arr[:, 0]), dtype=np.int64, count=len(arr))
+            sel[idx * st.cs + arr[:, 1]] = 1
+        return mask & sel
+
+    def search(self, query, k, candidates, mode, conds):
+        o = self.opts
+        if mode not in MODES:
+            raise HqError(f"unknown mode {mode!r} for {self.name} (use one of: {', '.join(MODES)})")
+        if o.books == 0 and mode != "hamming":
+            if mode == "aqd":
+                raise HqError(f"{self.name} has books=0: mode 'aqd' needs quantization codes")
+            mode = "hamming"
+        bits, vec = self.parse_query(query, mode)
+        lut = None
+        if mode != "hamming":
+            cb = self.codebooks()
+            if cb is None:
+                raise HqError(
+                    f"hq table {self.name} has no codebooks: set them with "
+                    f"SELECT hq_set_codebooks('{self.name}', :blob), or search with mode = 'hamming'"
+                )
+            lut = kernels.aqd_lut(vec, cb)
+        st = self.store
+        st.ensure_fresh()
+        n = st.size
+        valid = self.filter_mask(conds) if conds else st.valid[:n]
+        return kernels.search(
+            st.codes[:n], st.qcodes[:n] if o.books else None, st.rowids[:n], valid, bits, lut,
+            k=k, candidates=candidates, mode=mode, threads=self.module.threads,
+        )
+
+
+def _int_arg(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise HqError(f"{name} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise HqError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------
+# Cursor
+# ------------------------------------------------------------------------------------------
+class HqCursor:
+    def __init__(self, table: HqTable):
+        self.t = table
+        self.rows: list[tuple] = []
+        self.i = 0
+        self.k = self.candidates = self.mode = None
+        self._meta: dict[int, tuple] | None = None
+
+    def Filter(self, idxnum, idxstr, args):
+        t = self.t
+        header, tokens = _decode_plan(idxstr or PLAN_SCAN)
+        self.i = 0
+        self._meta = None
+        self.k = self.candidates = self.mode = None
+        match = None
+        limit = None
+        conds: list[tuple[str, int, object]] = []
+        for tok, value in zip(tokens, args):
+            kind = tok[0]
+            if kind == "m":
+                match = value
+            elif kind == "k":
+                self.k = _int_arg("k", value, 1, MAX_K)
+            elif kind == "c":
+                self.candidates = _int_arg("candidates", value, 1, MAX_CANDIDATES)
+            elif kind == "o":
+                if not isinstance(value, str) or value not in MODES:
+                    raise HqError(f"unknown mode {value!r} (use one of: {', '.join(MODES)})")
+                self.mode = value
+            elif kind == "l":
+                limit = value
+            elif kind == "r":
+                pass
+            elif kind == "f":
+                col, op = tok[1:].split(":")
+                conds.append((_OP_BY_CODE[int(op)], int(col), value))
+            elif kind == "i":
+                conds.append(("IN", int(tok[1:]), value))
+
+        if header == PLAN_SEARCH:
+            if self.k is None:
+                if limit is None:
+                    raise HqError(
+                        f"hq_match on {t.name} needs the number of results: add 'AND k = 10' "
+                        "(or a LIMIT when the hq table is the only table in the query)"
+                    )
+                self.k = _int_arg("LIMIT", limit, 1, MAX_K)
+            elif limit is not None and isinstance(limit, int) and 0 < limit < self.k:
+                self.k = limit
+            if match is None:
+                raise HqError("hq_match query is NULL")
+            mode = self.mode or "two_stage"
+            cand = self.candidates if self.candidates is not None else max(1000, 10 * self.k)
+            rowids, dist, ham = t.search(match, self.k, cand, mode, conds)
+            self.rows = list(zip(rowids.tolist(), dist.tolist(), ham.tolist()))
+            return
+
+        if header == PLAN_ROWID:
+            (rowid,) = args[:1]
+            rows = t.conn.execute(t._select_rows + " WHERE rowid = ?", (rowid,)).fetchall()
+        else:
+            where, params = [], []
+            for kind, col, value in conds:
+                name = quote_ident(t.meta_names[col - t.COL_META0])
+                if kind == "IN":
+                    continue  # SQLite applies IN itself (omit=False)
+                if kind in ("ISNULL", "NOTNULL"):
+                    where.append(f"{name} {kind}")
+                else:
+                    where.append(f"{name} {kind} ?")
+                    params.append(value)
+            sql = t._select_rows + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY rowid"
+            rows = t.conn.execute(sql, params).fetchall()
+        # Scan rows: (rowid, None, None) plus their metadata/slot, materialised so writes to the
+        # table during the scan (UPDATE ... WHERE) cannot disturb an open shadow-table cursor.
+        self.rows = [(r[0], None, None) for r in rows]
+        self._meta = {r[0]: r[1:] for r in rows}
+
+    def Eof(self):
+        return self.i >= len(self.rows)
+
+    def Rowid(self):
+        return self.rows[self.i][0]
+
+    def _row_meta(self, rowid):
+        if self._meta is None:
+            t = self.t
+            ids = [r[0] for r in self.rows]
+            got = t.conn.execute(
+                t._select_rows + " WHERE rowid IN (SELECT value FROM json_each(?))", (json.dumps(ids),)
+            ).fetchall()
+            self._meta = {r[0]: r[1:] for r in got}
+        return self._meta[rowid]
+
+    def Column(self, n):
+        t = self.t
+        rowid, dist, ham = self.rows[self.i]
+        if n == -1:
+            return rowid
+        if n == t.COL_DISTANCE:
+            return dist
+        if n == t.COL_HAMMING:
+            return ham
+        if n == t.COL_K:
+            return self.k
+        if n == t.COL_CANDIDATES:
+            return self.candidates
+        if n == t.COL_MODE:
+            return self.mode
+        meta = self._row_meta(rowid)
+        if n >= t.COL_META0:
+            return meta[2 + n - t.COL_META0]
+        st = t.store
+        st.ensure_fresh()
+        pos = st.position(meta[0], meta[1])
+        if n == 0:
+            return st.codes[pos].tobytes()
+        if t.opts.books == 0:
+            return None
+        return st.qcodes[pos].astype(t.opts.qcode_dtype, copy=False).tobytes()
+
+    def Next(self):
+        self.i += 1
+
+    def Close(self):
+        self.rows = []
