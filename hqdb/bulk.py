@@ -13,7 +13,6 @@ import numpy as np
 
 import apsw
 
-from .storage import quote_ident
 from .vtab import HqError, HqModule, HqTable
 
 
@@ -96,8 +95,6 @@ def insert_codes(
         return np.zeros(0, dtype=np.int64)
 
     with conn:  # a savepoint: all or nothing
-        # Enlist the virtual table in this transaction so commit/rollback reach its cache.
-        conn.execute(f"DELETE FROM {quote_ident(t.name)} WHERE 0")
         st = t.store
         st.ensure_fresh()
         if rowids is None:
@@ -107,6 +104,7 @@ def insert_codes(
         cols = [meta.get(name, [None] * n) for name in t.meta_names]
         conn.executemany(t._insert_row, zip(rowids.tolist(), chunks.tolist(), slots.tolist(), *cols))
         st.put_many(chunks, slots, rowids, codes, qcodes)
+        st.bump()
     return rowids
 
 

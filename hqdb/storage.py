@@ -12,11 +12,13 @@ Each hq table ``t`` owns two ordinary tables in the same database file:
     (lowest free slot first), and a chunk that becomes empty is deleted.
 
 :class:`CodeStore` keeps the contiguous arrays the search kernels scan (``codes``, ``qcodes``,
-``rowids``, ``valid``; slot ``s`` of the ``i``-th chunk is row ``i * chunk_size + s``). The
-arrays double as the write buffer: writes change them in place and mark the chunk dirty, and
-:meth:`CodeStore.flush` writes dirty chunks back (the virtual table calls it from xSync and
-xSavepoint, the way FTS5 flushes its pending terms). The cache is reloaded when another
-connection committed (``PRAGMA data_version`` moved) or after a rollback.
+``rowids``, ``valid``; slot ``s`` of the ``i``-th chunk is row ``i * chunk_size + s``).
+Writes go through to the database at once (incremental BLOB I/O on the slot's bytes) and are
+mirrored in the arrays, so SQLite's own transactions, savepoints and statement rollbacks keep
+the file right. The cache knows it is stale by the table's ``version`` counter in the catalog:
+every write bumps it in the same transaction, so a commit by another connection, or a rollback
+of our own writes (which SQLite does not always announce to a virtual table), shows up as a
+counter different from the one the cache was built or last updated at.
 """
 
 from __future__ import annotations
@@ -48,8 +50,7 @@ class CodeStore:
         self.rows_table = f"{quote_ident(schema)}.{quote_ident(name + '_rows')}"
         self.chunks_table = f"{quote_ident(schema)}.{quote_ident(name + '_chunks')}"
         self.loaded = False
-        self.data_version: int | None = None
-        self._dirty: set[int] = set()
+        self.version: int | None = None  # catalog version the arrays reflect
         self._empty()
 
     # ---------------------------------------------------------------- shadow tables
@@ -86,6 +87,7 @@ class CodeStore:
         o = self.opts
         self.chunk_ids: list[int] = []
         self.chunk_index: dict[int, int] = {}
+        self.present: list[bool] = []  # chunk row exists in the database (empty ones are deleted)
         self.free: list[int] = []  # free slots per chunk (by chunk index)
         self._fill_hint = 0  # no chunk before this index has a free slot
         self.n_rows = 0
@@ -104,24 +106,39 @@ class CodeStore:
         """Number of slots in use by the cache arrays (occupied or not)."""
         return len(self.chunk_ids) * self.cs
 
-    def ensure_fresh(self) -> None:
-        """Make the cache match the database: load it, or reload after another connection's commit."""
-        version = self.conn.data_version(self.schema)
-        if self.loaded and version == self.data_version:
-            return
-        self.load()
-        self.data_version = version
+    def db_version(self) -> int:
+        row = self.conn.execute(
+            f"SELECT version FROM {quote_ident(self.schema)}.hqdb_tables WHERE name = ?", (self.name,)
+        ).fetchone()
+        if row is None:
+            raise CorruptTableError(f"hq table {self.name} is missing from the catalog")
+        return int(row[0])
+
+    def ensure_fresh(self) -> int:
+        """Make the cache match the database (load, or reload if stale); return the version."""
+        version = self.db_version()
+        if not self.loaded or version != self.version:
+            self.load()
+            self.version = version
+        return version
+
+    def bump(self) -> None:
+        """Record a write: bump the catalog counter, and our cache's with it (it saw the write)."""
+        self.conn.execute(
+            f"UPDATE {quote_ident(self.schema)}.hqdb_tables SET version = version + 1 WHERE name = ?",
+            (self.name,),
+        )
+        if self.loaded and self.version is not None:
+            self.version += 1
 
     def invalidate(self) -> None:
-        """Forget the cache and any unflushed writes (after a rollback the database is the truth)."""
-        self._dirty.clear()
+        """Forget the cache (after a rollback the database is the truth)."""
         self.loaded = False
+        self.version = None
         self._empty()
 
     def load(self) -> None:
         o = self.opts
-        if self._dirty:
-            self.flush()
         rows = self.conn.execute(
             f"SELECT chunk, valid, rowids, codes, qcodes FROM {self.chunks_table} ORDER BY chunk"
         ).fetchall()
@@ -147,6 +164,7 @@ class CodeStore:
                 self.qcodes[sl] = np.frombuffer(qcodes, dtype=o.qcode_dtype).reshape(cs, o.books)
             self.chunk_ids.append(int(chunk))
             self.chunk_index[int(chunk)] = i
+            self.present.append(True)
         if o.books and len(rows) and int(self.qcodes.max(initial=0)) >= o.codewords:
             raise CorruptTableError(
                 f"hq table {self.name}: stored qcodes exceed codewords={o.codewords}"
@@ -181,25 +199,54 @@ class CodeStore:
         return self.chunk_ids[i], slot
 
     def _ensure_chunk(self, chunk: int) -> int:
+        """Cache index of ``chunk``, creating it (in the arrays and as a database row) if needed."""
         idx = self.chunk_index.get(chunk)
-        if idx is not None:
-            return idx
-        idx = len(self.chunk_ids)
-        if self.size == len(self.valid):  # grow capacity geometrically: bulk inserts stay linear
-            old = (self.valid, self.rowids, self.codes, self.qcodes)
-            self._alloc(max(4, 2 * len(self.chunk_ids)))
-            n = len(old[0])
-            self.valid[:n], self.rowids[:n], self.codes[:n], self.qcodes[:n] = old
-        self.chunk_ids.append(chunk)
-        self.chunk_index[chunk] = idx
-        self.free.append(self.cs)
+        if idx is None:
+            idx = len(self.chunk_ids)
+            if self.size == len(self.valid):  # grow geometrically: bulk inserts stay linear
+                old = (self.valid, self.rowids, self.codes, self.qcodes)
+                self._alloc(max(4, 2 * len(self.chunk_ids)))
+                n = len(old[0])
+                self.valid[:n], self.rowids[:n], self.codes[:n], self.qcodes[:n] = old
+            self.chunk_ids.append(chunk)
+            self.chunk_index[chunk] = idx
+            self.free.append(self.cs)
+            self.present.append(False)
+        if not self.present[idx]:
+            o, cs = self.opts, self.cs
+            self.conn.execute(
+                f"INSERT INTO {self.chunks_table}(chunk, valid, rowids, codes, qcodes) "
+                "VALUES (?, zeroblob(?), zeroblob(?), zeroblob(?), zeroblob(?))",
+                (chunk, cs, cs * 8, cs * o.code_bytes, cs * o.qcode_bytes),
+            )
+            self.present[idx] = True
         return idx
+
+    def _write_slot(self, chunk: int, pos: int, slot: int) -> None:
+        """Write one slot's bytes (from the arrays) into the chunk's BLOBs."""
+        o = self.opts
+        parts = [
+            ("valid", slot, self.valid[pos : pos + 1].tobytes()),
+            ("rowids", slot * 8, self.rowids[pos : pos + 1].astype("<i8", copy=False).tobytes()),
+            ("codes", slot * o.code_bytes, self.codes[pos].tobytes()),
+        ]
+        if o.books:
+            parts.append(("qcodes", slot * o.qcode_bytes,
+                          self.qcodes[pos].astype(o.qcode_dtype, copy=False).tobytes()))
+        for column, offset, data in parts:
+            blob = self.conn.blob_open(self.schema, self.name + "_chunks", column, chunk, True)
+            try:
+                blob.seek(offset)
+                blob.write(data)
+            finally:
+                blob.close()
 
     def put(self, chunk: int, slot: int, rowid: int, code: np.ndarray, qcode: np.ndarray | None) -> None:
         """Store a row's codes in (chunk, slot), which must be free."""
         idx = self._ensure_chunk(chunk)
         pos = idx * self.cs + slot
-        assert self.valid[pos] == 0, "slot already occupied"
+        if self.valid[pos]:
+            raise CorruptTableError(f"hq table {self.name}: slot {chunk}/{slot} is already occupied")
         self.valid[pos] = 1
         self.rowids[pos] = rowid
         self.codes[pos] = code
@@ -207,15 +254,19 @@ class CodeStore:
             self.qcodes[pos] = qcode
         self.free[idx] -= 1
         self.n_rows += 1
-        self._dirty.add(chunk)
+        self._write_slot(chunk, pos, slot)
 
     def put_many(self, chunks: np.ndarray, slots: np.ndarray, rowids: np.ndarray,
                  codes: np.ndarray, qcodes: np.ndarray | None) -> None:
-        """Vectorised :meth:`put` for bulk loads (slots must be free and distinct)."""
-        for c in np.unique(chunks):
+        """Vectorised :meth:`put` for bulk loads (slots must be free and distinct): each touched
+        chunk is written back whole, once."""
+        touched = np.unique(chunks)
+        for c in touched:
             self._ensure_chunk(int(c))
         idx = np.fromiter((self.chunk_index[int(c)] for c in chunks), dtype=np.int64, count=len(chunks))
         pos = idx * self.cs + slots
+        if self.valid[pos].any():
+            raise CorruptTableError(f"hq table {self.name}: bulk insert into occupied slots")
         self.valid[pos] = 1
         self.rowids[pos] = rowids
         self.codes[pos] = codes
@@ -225,7 +276,24 @@ class CodeStore:
         for i in np.flatnonzero(counts):
             self.free[i] -= int(counts[i])
         self.n_rows += len(pos)
-        self._dirty.update(int(c) for c in np.unique(chunks))
+        self._write_chunks(int(c) for c in touched)
+
+    def _write_chunks(self, chunks) -> None:
+        cs, o = self.cs, self.opts
+        rows = []
+        for chunk in chunks:
+            sl = slice(self.chunk_index[chunk] * cs, (self.chunk_index[chunk] + 1) * cs)
+            rows.append((
+                self.valid[sl].tobytes(),
+                self.rowids[sl].astype("<i8", copy=False).tobytes(),
+                self.codes[sl].tobytes(),
+                self.qcodes[sl].astype(o.qcode_dtype, copy=False).tobytes(),
+                chunk,
+            ))
+        self.conn.executemany(
+            f"UPDATE {self.chunks_table} SET valid = ?, rowids = ?, codes = ?, qcodes = ? WHERE chunk = ?",
+            rows,
+        )
 
     def update(self, chunk: int, slot: int, rowid: int, code: np.ndarray, qcode: np.ndarray | None) -> None:
         pos = self.position(chunk, slot)
@@ -233,10 +301,11 @@ class CodeStore:
         self.codes[pos] = code
         if qcode is not None:
             self.qcodes[pos] = qcode
-        self._dirty.add(chunk)
+        self._write_slot(chunk, pos, slot)
 
     def clear(self, chunk: int, slot: int) -> None:
-        """Free a slot; its bytes are zeroed so deleted codes do not linger in the file."""
+        """Free a slot; its bytes are zeroed so deleted codes do not linger in the file, and a
+        chunk left empty is deleted (its pages go back to SQLite's free list)."""
         pos = self.position(chunk, slot)
         if not self.valid[pos]:
             raise CorruptTableError(f"hq table {self.name}: slot {chunk}/{slot} is already free")
@@ -248,33 +317,8 @@ class CodeStore:
         self.free[idx] += 1
         self.n_rows -= 1
         self._fill_hint = min(self._fill_hint, idx)
-        self._dirty.add(chunk)
-
-    def flush(self) -> None:
-        """Write dirty chunks back to the shadow table (an empty chunk is deleted)."""
-        if not self._dirty:
-            return
-        cs = self.cs
-        upserts, deletes = [], []
-        for chunk in sorted(self._dirty):
-            idx = self.chunk_index[chunk]
-            sl = slice(idx * cs, (idx + 1) * cs)
-            if self.free[idx] == cs:
-                deletes.append((chunk,))
-                continue
-            upserts.append((
-                chunk,
-                self.valid[sl].tobytes(),
-                self.rowids[sl].astype("<i8", copy=False).tobytes(),
-                self.codes[sl].tobytes(),
-                self.qcodes[sl].astype(self.opts.qcode_dtype, copy=False).tobytes(),
-            ))
-        if upserts:
-            self.conn.executemany(
-                f"INSERT OR REPLACE INTO {self.chunks_table}(chunk, valid, rowids, codes, qcodes) "
-                "VALUES (?, ?, ?, ?, ?)",
-                upserts,
-            )
-        if deletes:
-            self.conn.executemany(f"DELETE FROM {self.chunks_table} WHERE chunk = ?", deletes)
-        self._dirty.clear()
+        if self.free[idx] == self.cs:
+            self.conn.execute(f"DELETE FROM {self.chunks_table} WHERE chunk = ?", (chunk,))
+            self.present[idx] = False
+        else:
+            self._write_slot(chunk, pos, slot)

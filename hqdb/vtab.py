@@ -184,8 +184,10 @@ class HqTable:
         return f"CREATE TABLE x({', '.join(cols)})"
 
     # -------------------------------------------------------------- codebooks
-    def codebooks(self) -> np.ndarray | None:
-        version = self.conn.data_version(self.schema)
+    def codebooks(self, version: int | None = None) -> np.ndarray | None:
+        """The table's codebooks (books x codewords x dim float32), or None if not set yet."""
+        if version is None:
+            version = self.store.db_version()
         if self._codebooks_version != version:
             (blob,) = self.conn.execute(
                 f"SELECT codebooks FROM {quote_ident(self.schema)}.hqdb_tables WHERE name = ?", (self.name,)
@@ -217,7 +219,8 @@ class HqTable:
             f"UPDATE {quote_ident(self.schema)}.hqdb_tables SET codebooks = ? WHERE name = ?",
             (blob, self.name),
         )
-        self._codebooks_version = None  # re-read on next use (our own write does not move data_version)
+        self.store.bump()
+        self._codebooks_version = None
 
     # -------------------------------------------------------------- planning
     def BestIndexObject(self, ii: apsw.IndexInfo) -> bool:
@@ -409,6 +412,7 @@ class HqTable:
         if rowid is None:
             rowid = self.conn.last_insert_rowid()
         store.put(chunk, slot, rowid, code, qcode)
+        store.bump()
         return rowid
 
     def _delete(self, rowid: int) -> None:
@@ -417,6 +421,7 @@ class HqTable:
             return
         self.conn.execute(f"DELETE FROM {self.store.rows_table} WHERE rowid = ?", (rowid,))
         self.store.clear(*loc)
+        self.store.bump()
 
     def UpdateDeleteRow(self, rowid):
         self.store.ensure_fresh()
@@ -439,26 +444,14 @@ class HqTable:
             f"UPDATE {store.rows_table} SET {sets} WHERE rowid = ?", (newrowid, *meta, rowid)
         )
         store.update(*loc, newrowid, code, qcode)
+        store.bump()
 
     # -------------------------------------------------------------- transactions
-    def Begin(self):
-        pass
-
-    def Sync(self):
-        self.store.flush()
-
-    def Commit(self):
-        self.store.flush()
-
+    # Writes go straight to the shadow tables, so SQLite's transaction machinery is all the
+    # durability we need; a rollback only has to drop the in-memory cache.
     def Rollback(self):
         self.store.invalidate()
         self._codebooks_version = None
-
-    def Savepoint(self, level):
-        self.store.flush()
-
-    def Release(self, level):
-        pass
 
     def RollbackTo(self, level):
         self.store.invalidate()
@@ -474,7 +467,6 @@ class HqTable:
         self.conn.execute(f"DELETE FROM {quote_ident(self.schema)}.hqdb_tables WHERE name = ?", (self.name,))
 
     def Rename(self, newname):
-        self.store.flush()
         CodeStore.rename_tables(self.conn, self.schema, self.name, newname)
         self.conn.execute(
             f"UPDATE {quote_ident(self.schema)}.hqdb_tables SET name = ? WHERE name = ?", (newname, self.name)
@@ -486,7 +478,6 @@ class HqTable:
 
     def Integrity(self, schema, name, is_quick):
         try:
-            self.store.flush()
             self.store.load()
         except CorruptTableError as e:
             return str(e)
@@ -568,17 +559,17 @@ class HqTable:
                 raise HqError(f"{self.name} has books=0: mode 'aqd' needs quantization codes")
             mode = "hamming"
         bits, vec = self.parse_query(query, mode)
+        st = self.store
+        version = st.ensure_fresh()
         lut = None
         if mode != "hamming":
-            cb = self.codebooks()
+            cb = self.codebooks(version)
             if cb is None:
                 raise HqError(
                     f"hq table {self.name} has no codebooks: set them with "
                     f"SELECT hq_set_codebooks('{self.name}', :blob), or search with mode = 'hamming'"
                 )
             lut = kernels.aqd_lut(vec, cb)
-        st = self.store
-        st.ensure_fresh()
         n = st.size
         valid = self.filter_mask(conds) if conds else st.valid[:n]
         return kernels.search(
