@@ -38,7 +38,7 @@ def register(conn: apsw.Connection, *, threads: int = 1) -> HqModule:
         conn.hq = module
     except AttributeError:  # a plain apsw.Connection: hqdb.bulk then needs hqdb.connect()
         pass
-    conn.create_module("hq", module, use_bestindex_object=True, iVersion=3)
+    conn.create_module("hq", module, use_bestindex_object=True, iVersion=4)
     conn.overload_function("hq_match", 2)
     conn.create_scalar_function("hq_match", _hq_match_scalar, 2)
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _OPTION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$", re.S)
-_COLUMN = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s+([A-Za-z]+)((?:\s+[A-Za-z]+)*)\s*$", re.S)
+# A column name may be written bare or in double quotes (for names that are SQL keywords).
+_COLUMN = re.compile(r'^\s*("[^"]*"|[A-Za-z_][A-Za-z0-9_]*)\s+([A-Za-z]+)((?:\s+[A-Za-z]+)*)\s*$', re.S)
 
 METADATA_TYPES = ("TEXT", "INTEGER", "REAL", "BLOB")
 # Column names the table itself uses; a metadata column may not take them.
@@ -114,7 +115,7 @@ def parse_args(args: tuple) -> TableOptions:
             raise OptionError(
                 f"cannot parse hq argument {text!r}: expected option=value or 'name TYPE'"
             )
-        name, ctype, rest = m.group(1), m.group(2).upper(), m.group(3).split()
+        name, ctype, rest = m.group(1).strip('"'), m.group(2).upper(), m.group(3).split()
         if not _IDENT.match(name):
             raise OptionError(f"invalid column name {name!r}")
         if name.lower() in RESERVED:

@@ -66,7 +66,7 @@ def latest_version() -> int:
     return len(available_migrations())
 
 
-def migrate(conn: apsw.Connection) -> int:
+def migrate(conn: apsw.Connection, migrations: list[Migration] | None = None) -> int:
     """Bring the database's catalog up to this hqdb's schema version; return the version.
 
     Raises :class:`SchemaError` if the database is newer than this hqdb. All pending migrations
@@ -74,7 +74,8 @@ def migrate(conn: apsw.Connection) -> int:
     and two processes opening the same old database cannot both apply the same migration.
     """
     schema = "main"  # the migration files name their tables unqualified: they apply to main
-    migrations = available_migrations()
+    if migrations is None:
+        migrations = available_migrations()
     latest = len(migrations)
     version = current_version(conn, schema)
     if version > latest:
