@@ -31,7 +31,8 @@ def _check_threads(n) -> int:
 
 
 def register(conn: apsw.Connection, *, threads: int = 1) -> HqModule:
-    """Register the ``hq`` module and hqdb's SQL functions on an existing apsw connection."""
+    """Register the ``hq`` module and hqdb's SQL functions on an existing apsw connection, and
+    bring its catalog to this hqdb's schema version."""
     module = HqModule(conn)
     module.threads = _check_threads(threads)
     try:
@@ -72,6 +73,7 @@ def register(conn: apsw.Connection, *, threads: int = 1) -> HqModule:
     conn.create_scalar_function("hq_threads", hq_threads, -1)
     conn.create_scalar_function("hq_bits", hq_bits, 1, deterministic=True)
     conn.create_scalar_function("hq_info", lambda: json.dumps(kernels.info()), 0)
+    migrate(conn)
     return module
 
 
@@ -101,7 +103,6 @@ def connect(path: str = ":memory:", *, threads: int = 1, readonly: bool = False,
         conn.load_extension(sqlite_vec.loadable_path())
         conn.enable_load_extension(False)
         register(conn, threads=threads)
-        migrate(conn)
     except BaseException:
         conn.close()
         raise
