@@ -1,0 +1,537 @@
+"""hqdb's search kernels: Hamming prefilter and Asymmetric Quantizer Distance (AQD) re-rank.
+
+This module is the only way into the kernels. Every function validates dtypes, shapes,
+contiguity and scalar ranges here, in Python, before any buffer reaches compiled code.
+
+Two backends give bit-identical results:
+
+``native``
+    C compiled through cffi (``hqdb._native``), OpenMP threads, hardware popcount where the
+    CPU has it.
+``numba``
+    :mod:`hqdb._numba_kernels`, used when the native module can't be imported (one
+    :class:`RuntimeWarning` says why) or when ``HQDB_DISABLE_NATIVE=1`` is set. It ignores
+    ``threads``; the results are the same.
+
+Bit layout of codes: bit ``i`` of a vector is bit ``i % 8`` (least significant first) of
+byte ``i // 8``, set iff the value is > 0, as sqlite-vec's ``vec_quantize_binary``.
+
+Ranking: every mode orders rows by ``(distance, rowid)`` ascending, so ties always resolve
+the same way (smaller rowid first), whatever the number of threads or the backend.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import warnings
+
+import numpy as np
+
+__all__ = [
+    "BACKEND",
+    "FALLBACK_REASON",
+    "MODES",
+    "info",
+    "pack_bits",
+    "unpack_bits",
+    "hamming_distances",
+    "aqd_lut",
+    "search",
+]
+
+MODES = ("hamming", "aqd", "two_stage")
+_MODE_CODE = {"hamming": 0, "aqd": 1, "two_stage": 2}
+MAX_CODE_BYTES = 128  # codes of up to 1024 bits
+MAX_CODEWORDS = 65536  # quantization codes are at most uint16
+
+# Error codes of native/hq_kernels.h (the numba kernels return the same ones).
+_OK, _ERR_QCODE, _ERR_NOMEM, _ERR_ARG = 0, -1, -2, -3
+_INT32_MAX = 2**31 - 1
+
+
+# ------------------------------------------------------------------------------------------
+# Backends
+# ------------------------------------------------------------------------------------------
+class _NativeBackend:
+    name = "native"
+
+    def __init__(self, module):
+        self.ffi, self.lib = module.ffi, module.lib
+
+    def _buf(self, ctype, arr):
+        # The array was validated (dtype, C-contiguous, aligned); the caller keeps it alive.
+        return self.ffi.from_buffer(ctype, arr) if arr is not None else self.ffi.NULL
+
+    def hamming(self, codes, query, out, threads):
+        b = self._buf
+        return self.lib.hq_hamming(
+            b("uint8_t[]", codes), codes.shape[0], codes.shape[1], b("uint8_t[]", query),
+            b("int32_t[]", out), threads,
+        )
+
+    def aqd_lut(self, query, codebooks, out, threads):
+        m, kw, dim = codebooks.shape
+        b = self._buf
+        return self.lib.hq_aqd_lut(
+            b("float[]", query), b("float[]", codebooks), m, kw, dim, b("float[]", out), threads
+        )
+
+    def search(self, codes, qcodes, rowids, valid, query_bits, lut, mode, k, candidates, threads,
+               out_rowids, out_dist, out_ham):
+        b = self._buf
+        n_out = self.ffi.new("int64_t *")
+        if qcodes is not None:
+            qc, qbytes, m = b(f"uint{8 * qcodes.itemsize}_t[]", qcodes), qcodes.itemsize, qcodes.shape[1]
+        else:
+            qc, qbytes, m = self.ffi.NULL, 0, 0
+        kw = lut.shape[1] if lut is not None else 0
+        rc = self.lib.hq_search(
+            b("uint8_t[]", codes), codes.shape[1], qc, qbytes, m, b("int64_t[]", rowids),
+            b("uint8_t[]", valid), codes.shape[0], b("uint8_t[]", query_bits), b("float[]", lut),
+            kw, _MODE_CODE[mode], k, candidates, threads, b("int64_t[]", out_rowids),
+            b("float[]", out_dist), b("int32_t[]", out_ham), n_out,
+        )
+        return rc, int(n_out[0])
+
+    def info(self):
+        f = self.lib.hq_cpu_features()
+        return {
+            "cpu": {"popcnt": bool(f & 1), "avx2": bool(f & 2), "avx512_vpopcntdq": bool(f & 4)},
+            "openmp": bool(self.lib.hq_openmp_available()),
+            "max_threads": int(self.lib.hq_max_threads()),
+            "hamming_impl": self.ffi.string(self.lib.hq_hamming_impl()).decode(),
+        }
+
+
+class _NumbaBackend:
+    name = "numba"
+
+    def __init__(self):
+        from . import _numba_kernels as nk  # imported only when needed: numba loads slowly
+
+        self.nk = nk
+
+    def hamming(self, codes, query, out, threads):
+        return self.nk.hamming(codes, query, out)
+
+    def aqd_lut(self, query, codebooks, out, threads):
+        return self.nk.aqd_lut(query, codebooks, out.reshape(codebooks.shape[:2]))
+
+    def search(self, codes, qcodes, rowids, valid, query_bits, lut, mode, k, candidates, threads,
+               out_rowids, out_dist, out_ham):
+        # numba wants concrete arrays where C takes NULL: 0-sized stand-ins, never read.
+        if valid is None:
+            valid = np.empty(0, dtype=np.uint8)
+            has_valid = False
+        else:
+            has_valid = True
+        if qcodes is None:
+            qcodes = np.empty((codes.shape[0], 1), dtype=np.uint8)
+        if lut is None:
+            lut = np.empty((1, 1), dtype=np.float32)
+        rc, n = self.nk.search(
+            codes, qcodes, rowids, valid, has_valid, query_bits, lut, _MODE_CODE[mode], k,
+            candidates, out_rowids, out_dist, out_ham,
+        )
+        return int(rc), int(n)
+
+    def info(self):
+        try:
+            from llvmlite import binding as llvm
+
+            feats = llvm.get_host_cpu_features()
+            cpu = {
+                "popcnt": bool(feats.get("popcnt", False)),
+                "avx2": bool(feats.get("avx2", False)),
+                "avx512_vpopcntdq": bool(feats.get("avx512vpopcntdq", False)),
+            }
+        except Exception:  # feature query is informational only
+            cpu = {"popcnt": False, "avx2": False, "avx512_vpopcntdq": False}
+        return {"cpu": cpu, "openmp": False, "max_threads": 1, "hamming_impl": "numba (llvm ctpop)"}
+
+
+def _native_disabled() -> bool:
+    return os.environ.get("HQDB_DISABLE_NATIVE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _load_native() -> _NativeBackend:
+    if _native_disabled():
+        raise ImportError("disabled by HQDB_DISABLE_NATIVE")
+    from . import _native
+
+    return _NativeBackend(_native)
+
+
+def _select_backend():
+    try:
+        return _load_native(), None
+    except Exception as exc:  # ImportError, or a broken build (OSError: undefined symbol, ...)
+        reason = f"{type(exc).__name__}: {exc}"
+    try:
+        impl = _NumbaBackend()
+    except Exception as exc:
+        raise ImportError(
+            f"hqdb has no usable search kernels: native failed ({reason}), numba failed ({exc})"
+        ) from exc
+    warnings.warn(
+        f"hqdb: native kernels unavailable ({reason}); using the numba fallback",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return impl, reason
+
+
+_IMPL, FALLBACK_REASON = _select_backend()
+BACKEND: str = _IMPL.name
+"""The backend in use: ``"native"`` or ``"numba"``."""
+
+
+def _backend_api(name: str):
+    """The public kernel functions bound to one backend (``"native"`` or ``"numba"``).
+
+    For tests that compare backends; raises ImportError if that backend can't be loaded.
+    """
+    import functools
+    import types
+
+    impl = {"native": lambda: _load_native() if BACKEND != "native" else _IMPL,
+            "numba": lambda: _NumbaBackend() if BACKEND != "numba" else _IMPL}[name]()
+    return types.SimpleNamespace(
+        name=name,
+        hamming_distances=functools.partial(_hamming_distances, impl),
+        aqd_lut=functools.partial(_aqd_lut, impl),
+        search=functools.partial(_search, impl),
+    )
+
+
+_KNOBS = {"avx512": 0, "min_chunk_rows": 1}
+
+
+def _tune(knob: str, value: int = -1) -> int:
+    """Test hook: set a native code-path knob, return its previous value (-1: not available).
+
+    ``"avx512"`` (1/0) turns the AVX-512 VPOPCNTDQ Hamming path on/off; ``"min_chunk_rows"``
+    is the fewest rows per thread chunk. Results never depend on these, only the code path
+    does. Not thread-safe: for tests only. ``value < 0`` just reads the knob.
+    """
+    if BACKEND != "native":
+        return -1
+    return int(_IMPL.lib.hq_tune(_KNOBS[knob], _int("value", value, -1)))
+
+
+def info() -> dict:
+    """Describe the kernels in use.
+
+    Returns
+    -------
+    dict
+        ``backend`` (``"native"`` or ``"numba"``), ``fallback_reason`` (why native is not used,
+        or None), ``cpu`` (``popcnt``, ``avx2``, ``avx512_vpopcntdq`` booleans), ``openmp``
+        (bool), ``max_threads`` (int) and ``hamming_impl`` (which popcount path runs).
+    """
+    return {"backend": BACKEND, "fallback_reason": FALLBACK_REASON, **_IMPL.info()}
+
+
+# ------------------------------------------------------------------------------------------
+# Validation helpers
+# ------------------------------------------------------------------------------------------
+def _array(name, arr, dtypes, ndim):
+    """Check that arr is an aligned, C-contiguous ndarray of one of dtypes with ndim dims."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(arr).__name__}")
+    if arr.dtype not in dtypes:
+        want = " or ".join(str(np.dtype(d)) for d in dtypes)
+        raise TypeError(f"{name} must have dtype {want} (native byte order), got {arr.dtype}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
+    if not arr.flags.aligned:
+        raise ValueError(f"{name} must be aligned for its dtype (copy it first)")
+    return arr
+
+
+def _int(name, value, lo, hi=None):
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if value < lo or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        raise ValueError(f"{name} must be {rng}, got {value}")
+    return value
+
+
+def _threads(threads):
+    # Any count >= 1 is fine; the kernels cap the chunks they actually use.
+    return min(_int("threads", threads, 1), 1024)
+
+
+def _codes(codes):
+    _array("codes", codes, (np.uint8,), 2)
+    nb = codes.shape[1]
+    if not 1 <= nb <= MAX_CODE_BYTES:
+        raise ValueError(f"codes must have 1..{MAX_CODE_BYTES} bytes per row, got {nb}")
+    return codes
+
+
+def _query_bits(name, query, nb):
+    _array(name, query, (np.uint8,), 1)
+    if query.shape[0] != nb:
+        raise ValueError(
+            f"{name} has {query.shape[0]} bytes ({query.shape[0] * 8} bits) but the codes have "
+            f"{nb} bytes ({nb * 8} bits) per row"
+        )
+    return query
+
+
+def _check(rc, what):
+    if rc == _OK:
+        return
+    if rc == _ERR_QCODE:
+        raise ValueError(
+            f"qcode out of range in {what}: a quantization code is >= the number of codewords "
+            "(the LUT's second dimension)"
+        )
+    if rc == _ERR_NOMEM:
+        raise MemoryError(f"{what}: out of memory for the kernel's scratch buffers")
+    raise ValueError(f"{what}: the kernel rejected its arguments (error {rc})")
+
+
+# ------------------------------------------------------------------------------------------
+# Public API
+# ------------------------------------------------------------------------------------------
+def pack_bits(x) -> np.ndarray:
+    """Binarize float vectors into packed bit codes (sign > 0), as sqlite-vec does.
+
+    Parameters
+    ----------
+    x : array_like of float or int, shape (..., n)
+        ``n`` must be a positive multiple of 8. NaN and infinity are rejected.
+
+    Returns
+    -------
+    np.ndarray of uint8, shape (..., n // 8)
+        Bit ``i`` is bit ``i % 8`` (LSB first) of byte ``i // 8``; set iff ``x[..., i] > 0``.
+    """
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiu":
+        raise TypeError(f"pack_bits needs a real-valued float or integer array, got {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError("pack_bits needs at least one dimension (the vector)")
+    n = x.shape[-1]
+    if n == 0 or n % 8:
+        raise ValueError(f"vector length must be a positive multiple of 8, got {n}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise ValueError("pack_bits: input contains NaN or infinity")
+    return np.packbits(x > 0, axis=-1, bitorder="little")
+
+
+def unpack_bits(codes, n: int) -> np.ndarray:
+    """Expand packed bit codes back to +-1 float32 vectors (the inverse of :func:`pack_bits`).
+
+    Parameters
+    ----------
+    codes : np.ndarray of uint8, shape (..., n // 8)
+    n : int
+        Number of bits per code; must equal ``8 * codes.shape[-1]``.
+
+    Returns
+    -------
+    np.ndarray of float32, shape (..., n)
+        ``+1.0`` where the bit is set, ``-1.0`` elsewhere.
+    """
+    if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8:
+        raise TypeError("codes must be a numpy uint8 array")
+    if codes.ndim == 0:
+        raise ValueError("codes needs at least one dimension")
+    n = _int("n", n, 1)
+    if n != 8 * codes.shape[-1]:
+        raise ValueError(f"n must be 8 * codes.shape[-1] = {8 * codes.shape[-1]}, got {n}")
+    bits = np.unpackbits(codes, axis=-1, count=n, bitorder="little")
+    return bits.astype(np.float32) * np.float32(2) - np.float32(1)
+
+
+def hamming_distances(codes, query, *, threads: int = 1) -> np.ndarray:
+    """Hamming distance from one query code to every row (no ranking, no validity mask).
+
+    Parameters
+    ----------
+    codes : np.ndarray of uint8, shape (N, nb), C-contiguous
+        Packed bit codes, ``1 <= nb <= 128``.
+    query : np.ndarray of uint8, shape (nb,)
+    threads : int, default 1
+        Worker threads (native backend with OpenMP only); results do not depend on it.
+
+    Returns
+    -------
+    np.ndarray of int32, shape (N,)
+    """
+    return _hamming_distances(_IMPL, codes, query, threads=threads)
+
+
+def _hamming_distances(impl, codes, query, *, threads=1):
+    _codes(codes)
+    _query_bits("query", query, codes.shape[1])
+    threads = _threads(threads)
+    out = np.empty(codes.shape[0], dtype=np.int32)
+    _check(impl.hamming(codes, query, out, threads), "hamming_distances")
+    return out
+
+
+def aqd_lut(query, codebooks, *, threads: int = 1) -> np.ndarray:
+    """Lookup table of inner products between the query and every codeword.
+
+    ``LUT[l, j] = <query, codebooks[l, j]>``, each dot product accumulated left to right in
+    float64 (the float32 products are exact there) and rounded once to float32.
+
+    Parameters
+    ----------
+    query : np.ndarray of float32, shape (n,)
+    codebooks : np.ndarray of float32, shape (m, k, n), C-contiguous
+        ``m >= 1`` codebooks of ``1 <= k <= 65536`` codewords each.
+    threads : int, default 1
+
+    Returns
+    -------
+    np.ndarray of float32, shape (m, k)
+
+    Raises
+    ------
+    ValueError
+        On NaN or infinity in ``query`` or ``codebooks``, or mismatched dimensions.
+    """
+    return _aqd_lut(_IMPL, query, codebooks, threads=threads)
+
+
+def _aqd_lut(impl, query, codebooks, *, threads=1):
+    _array("query", query, (np.float32,), 1)
+    _array("codebooks", codebooks, (np.float32,), 3)
+    m, kw, dim = codebooks.shape
+    if m < 1 or dim < 1:
+        raise ValueError(f"codebooks must have shape (m >= 1, k, n >= 1), got {codebooks.shape}")
+    if not 1 <= kw <= MAX_CODEWORDS:
+        raise ValueError(f"codebooks must have 1..{MAX_CODEWORDS} codewords, got {kw}")
+    if m > _INT32_MAX or dim > _INT32_MAX:
+        raise ValueError(f"codebooks shape {codebooks.shape} is too large")
+    if query.shape[0] != dim:
+        raise ValueError(f"query has {query.shape[0]} dimensions but the codebooks have {dim}")
+    if not np.isfinite(query).all():
+        raise ValueError("query contains NaN or infinity")
+    if not np.isfinite(codebooks).all():
+        raise ValueError("codebooks contain NaN or infinity")
+    threads = _threads(threads)
+    out = np.empty((m, kw), dtype=np.float32)
+    _check(impl.aqd_lut(query, codebooks, out, threads), "aqd_lut")
+    return out
+
+
+def search(codes, qcodes, rowids, valid, query_bits, lut, *, k, candidates,
+           mode: str = "two_stage", threads: int = 1):
+    """Top-k rows for one query: Hamming prefilter, AQD re-rank, or both.
+
+    Parameters
+    ----------
+    codes : np.ndarray of uint8, shape (N, nb), C-contiguous
+        Packed bit codes of the rows, ``1 <= nb <= 128``.
+    qcodes : np.ndarray of uint8 or uint16, shape (N, m), or None
+        Quantization codes (codeword index per codebook). Needed by ``"aqd"`` and
+        ``"two_stage"``; ignored (may be None) for ``"hamming"``.
+    rowids : np.ndarray of int64, shape (N,)
+        The rows' ids, unique among valid rows, in any order.
+    valid : np.ndarray of uint8 (or bool), shape (N,), or None
+        Rows with ``valid == 0`` are skipped entirely. None means every row is valid.
+    query_bits : np.ndarray of uint8, shape (nb,)
+        The query's packed bit code (see :func:`pack_bits`).
+    lut : np.ndarray of float32, shape (m, kw), or None
+        AQD lookup table from :func:`aqd_lut`, finite. Needed unless ``mode="hamming"``.
+    k : int
+        Number of results, ``>= 1``.
+    candidates : int
+        Rows kept by the Hamming stage of ``"two_stage"`` (at least ``k`` are kept), ``>= 1``.
+    mode : {"two_stage", "hamming", "aqd"}
+        ``"hamming"``: rank valid rows by (Hamming distance, rowid).
+        ``"aqd"``: score every valid row ``s = LUT[0][b0] + LUT[1][b1] + ...`` (float32, in
+        that order), distance ``-s`` (larger inner product = closer), rank by (distance, rowid).
+        ``"two_stage"``: the ``max(candidates, k)`` best rows by (Hamming, rowid), re-ranked
+        by (AQD distance, rowid).
+    threads : int, default 1
+        Worker threads (native backend with OpenMP); results are identical for any value.
+
+    Returns
+    -------
+    rowids : np.ndarray of int64, shape (r,)
+    distance : np.ndarray of float32, shape (r,)
+        The ranking distance: ``-s`` for AQD modes, the Hamming distance for ``"hamming"``.
+    hamming : np.ndarray of int32, shape (r,)
+        Hamming distance of each returned row.
+
+    ``r = min(k, number of valid rows)``, results ordered best first.
+
+    Raises
+    ------
+    ValueError
+        Bad shapes, scalars or mode; NaN/inf in the LUT; a quantization code of a scored row
+        ``>= kw`` ("qcode out of range").
+    TypeError
+        Wrong types or dtypes.
+    """
+    return _search(_IMPL, codes, qcodes, rowids, valid, query_bits, lut, k=k,
+                   candidates=candidates, mode=mode, threads=threads)
+
+
+def _search(impl, codes, qcodes, rowids, valid, query_bits, lut, *, k, candidates,
+            mode="two_stage", threads=1):
+    if not isinstance(mode, str) or mode not in _MODE_CODE:
+        raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(map(repr, MODES))}")
+    k = _int("k", k, 1)
+    candidates = _int("candidates", candidates, 1)
+    threads = _threads(threads)
+    _codes(codes)
+    n_rows, nb = codes.shape
+    _query_bits("query_bits", query_bits, nb)
+    _array("rowids", rowids, (np.int64,), 1)
+    if rowids.shape[0] != n_rows:
+        raise ValueError(f"rowids has {rowids.shape[0]} entries but codes has {n_rows} rows")
+    if valid is not None:
+        _array("valid", valid, (np.uint8, np.bool_), 1)
+        if valid.shape[0] != n_rows:
+            raise ValueError(f"valid has {valid.shape[0]} entries but codes has {n_rows} rows")
+        valid = valid.view(np.uint8)
+    if mode == "hamming":
+        qcodes = lut = None  # not used: not checked either
+    else:
+        if qcodes is None or lut is None:
+            raise ValueError(f"mode {mode!r} needs qcodes and lut (only 'hamming' works without)")
+        _array("qcodes", qcodes, (np.uint8, np.uint16), 2)
+        if qcodes.shape[0] != n_rows:
+            raise ValueError(f"qcodes has {qcodes.shape[0]} rows but codes has {n_rows}")
+        m = qcodes.shape[1]
+        if m < 1:
+            raise ValueError("qcodes must have at least one column (codebook)")
+        _array("lut", lut, (np.float32,), 2)
+        if lut.shape[0] != m:
+            raise ValueError(f"lut has {lut.shape[0]} rows but qcodes has {m} codebooks")
+        if not 1 <= lut.shape[1] <= MAX_CODEWORDS:
+            raise ValueError(f"lut must have 1..{MAX_CODEWORDS} columns (codewords), got {lut.shape[1]}")
+        if m > _INT32_MAX:
+            raise ValueError(f"too many codebooks: {m}")
+        if not np.isfinite(lut).all():
+            raise ValueError("lut contains NaN or infinity")
+    r_max = min(k, n_rows)
+    out_rowids = np.empty(r_max, dtype=np.int64)
+    out_dist = np.empty(r_max, dtype=np.float32)
+    out_ham = np.empty(r_max, dtype=np.int32)
+    if n_rows == 0:
+        return out_rowids, out_dist, out_ham
+    # Larger k or candidates select the same rows as n_rows does, and stay within int64.
+    k, candidates = min(k, n_rows), min(candidates, n_rows)
+    rc, r = impl.search(codes, qcodes, rowids, valid, query_bits, lut, mode, k, candidates,
+                        threads, out_rowids, out_dist, out_ham)
+    _check(rc, f"search (mode {mode!r})")
+    if r < r_max:
+        return out_rowids[:r].copy(), out_dist[:r].copy(), out_ham[:r].copy()
+    return out_rowids, out_dist, out_ham

@@ -1,0 +1,110 @@
+"""cffi (API mode) build of hqdb's native search kernels as the extension ``hqdb._native``.
+
+Used by setup.py through ``cffi_modules=["native/build_kernels.py:ffibuilder"]``; running this
+file directly compiles the module in place (``python native/build_kernels.py``).
+
+Flags: ``-O3 -ffp-contract=off`` keeps float arithmetic exactly as written (no FMA fusion, never
+``-ffast-math``) so results match the numba fallback bit for bit. OpenMP is used when a probe
+compile with ``-fopenmp`` succeeds (set ``HQDB_NO_OPENMP=1`` to build without it). No
+``-march=native``: the Hamming loops are multi-versioned per CPU feature inside the C source.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Must match native/hq_kernels.h.
+CDEF = """
+int hq_cpu_features(void);
+int hq_openmp_available(void);
+int hq_max_threads(void);
+const char *hq_hamming_impl(void);
+int64_t hq_tune(int32_t knob, int64_t value);
+int hq_hamming(const uint8_t *codes, int64_t n_rows, int32_t nb, const uint8_t *query,
+               int32_t *out, int32_t threads);
+int hq_aqd_lut(const float *query, const float *codebooks, int32_t m, int32_t kw, int32_t dim,
+               float *out, int32_t threads);
+int hq_search(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcode_bytes,
+              int32_t m, const int64_t *rowids, const uint8_t *valid, int64_t n_rows,
+              const uint8_t *query_bits, const float *lut, int32_t kw, int32_t mode, int64_t k,
+              int64_t candidates, int32_t threads, int64_t *out_rowids, float *out_dist,
+              int32_t *out_ham, int64_t *out_n);
+"""
+
+
+def _rel(path: str) -> str:
+    # setuptools wants source paths relative to the project root (the cwd of a build).
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("..") else path
+
+
+def _is_msvc() -> bool:
+    return sys.platform == "win32" and "GCC" not in sys.version
+
+
+def _openmp_works(flag: str) -> bool:
+    """Compile and link a tiny OpenMP program with the compiler setuptools will use."""
+    if os.environ.get("HQDB_NO_OPENMP") == "1":
+        return False
+    try:
+        from setuptools._distutils.ccompiler import new_compiler
+        from setuptools._distutils.sysconfig import customize_compiler
+    except ImportError:  # pragma: no cover - very old setuptools
+        from distutils.ccompiler import new_compiler
+        from distutils.sysconfig import customize_compiler
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "probe.c")
+            with open(src, "w") as f:
+                f.write(
+                    "#include <omp.h>\n"
+                    "int main(void) { int n = 0;\n"
+                    "#pragma omp parallel reduction(+:n)\n"
+                    "  n += 1;\n"
+                    "  return n > 0 && omp_get_max_threads() > 0 ? 0 : 1; }\n"
+                )
+            cc = new_compiler()
+            customize_compiler(cc)
+            objs = cc.compile([src], output_dir=tmp, extra_postargs=[flag])
+            cc.link_executable(objs, os.path.join(tmp, "probe"), extra_postargs=[flag])
+        return True
+    except Exception:  # any compiler/linker failure just means "no OpenMP"
+        return False
+
+
+def _flags() -> tuple[list[str], list[str]]:
+    if _is_msvc():
+        compile_args = ["/O2", "/fp:precise"]
+        return (compile_args + ["/openmp"], []) if _openmp_works("/openmp") else (compile_args, [])
+    compile_args = ["-O3", "-ffp-contract=off", "-std=gnu11"]
+    link_args: list[str] = []
+    if _openmp_works("-fopenmp"):
+        compile_args.append("-fopenmp")
+        link_args.append("-fopenmp")
+    return compile_args, link_args
+
+
+_compile_args, _link_args = _flags()
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "hqdb._native",
+    '#include "hq_kernels.h"',
+    sources=[_rel(os.path.join(HERE, "hq_kernels.c"))],
+    include_dirs=[_rel(HERE)],
+    depends=[_rel(os.path.join(HERE, "hq_kernels.h"))],
+    extra_compile_args=_compile_args,
+    extra_link_args=_link_args,
+)
+
+if __name__ == "__main__":
+    # From the project root, tmpdir "." puts hqdb/_native*.so next to hqdb/__init__.py.
+    os.chdir(os.path.dirname(HERE))
+    ffibuilder.compile(tmpdir=".", verbose=True)

@@ -1,0 +1,952 @@
+/* hqdb search kernels (see hq_kernels.h).
+ *
+ * Results must be bit-identical to hqdb/_numba_kernels.py and independent of the thread
+ * count, so:
+ *   - every ranking uses one strict total order: (distance, rowid, slot index);
+ *   - float sums run in a fixed sequential order (built with -ffp-contract=off, never
+ *     -ffast-math);
+ *   - rows are split into contiguous chunks whose partial results are merged in chunk order,
+ *     and a chunk's result does not depend on which thread ran it.
+ */
+#include "hq_kernels.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Hamming hot loops are compiled several times and picked at load time by the CPU's features:
+ * the hardware popcount where present, portable code elsewhere (no -march=native). */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define HQ_CLONES __attribute__((target_clones("avx2", "popcnt", "default")))
+#define HQ_HAVE_CLONES 1
+#endif
+#endif
+#ifndef HQ_CLONES
+#define HQ_CLONES
+#endif
+
+/* Below this many rows per chunk, splitting costs more than it saves (a knob for tests). */
+static int64_t hq_min_chunk_rows = 32768;
+#define HQ_MAX_CHUNKS 64
+
+/* Bit-trick popcount. GCC recognises this idiom and emits POPCNT in the clones built for
+ * CPUs that have it; the default clone keeps the arithmetic (no libgcc __popcountdi2 call). */
+static inline uint32_t popcount64(uint64_t x)
+{
+    x = x - ((x >> 1) & 0x5555555555555555ULL);
+    x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+    return (uint32_t)((x * 0x0101010101010101ULL) >> 56);
+}
+
+static inline int hq_ctz64(uint64_t x)
+{
+#if defined(__GNUC__)
+    return __builtin_ctzll(x);
+#else
+    int n = 0;
+    while (!(x & 1)) {
+        x >>= 1;
+        n++;
+    }
+    return n;
+#endif
+}
+
+/* Unaligned-safe 8-byte load: code rows are nb bytes apart, nb need not be a multiple of 8. */
+static inline uint64_t load64(const uint8_t *p)
+{
+    uint64_t x;
+    memcpy(&x, p, 8);
+    return x;
+}
+
+/* The last nb % 8 bytes of a row, zero-padded (never reads past the row). */
+static inline uint64_t load_tail(const uint8_t *p, int32_t n)
+{
+    uint64_t x = 0;
+    for (int32_t j = 0; j < n; j++)
+        x |= (uint64_t)p[j] << (8 * j);
+    return x;
+}
+
+/* The query split the same way as a row, so XOR + popcount compares like with like. */
+typedef struct {
+    uint64_t w[HQ_MAX_CODE_BYTES / 8];
+    uint64_t tail;
+    int32_t nw, ntail;
+} hq_query;
+
+static void query_prepare(hq_query *q, const uint8_t *bits, int32_t nb)
+{
+    q->nw = nb / 8;
+    q->ntail = nb % 8;
+    for (int32_t w = 0; w < q->nw; w++)
+        q->w[w] = load64(bits + 8 * w);
+    q->tail = load_tail(bits + 8 * q->nw, q->ntail);
+}
+
+static inline uint32_t ham_row(const uint8_t *row, const hq_query *q, int32_t nw, int32_t ntail)
+{
+    uint32_t s = 0;
+    for (int32_t w = 0; w < nw; w++)
+        s += popcount64(load64(row + 8 * w) ^ q->w[w]);
+    if (ntail)
+        s += popcount64(load_tail(row + 8 * nw, ntail) ^ q->tail);
+    return s;
+}
+
+/* Run the body (varargs, so its commas need no protection) with NW/NTAIL compile-time
+ * constants for the common code sizes, so the word loop is fully unrolled there; other sizes
+ * use the generic loop. */
+#define HQ_DISPATCH_NB(nb, q, ...)                  \
+    switch (nb) {                                   \
+    case 8: {  const int32_t NW = 1, NTAIL = 0; __VA_ARGS__; } break; \
+    case 16: { const int32_t NW = 2, NTAIL = 0; __VA_ARGS__; } break; \
+    case 24: { const int32_t NW = 3, NTAIL = 0; __VA_ARGS__; } break; \
+    case 32: { const int32_t NW = 4, NTAIL = 0; __VA_ARGS__; } break; \
+    case 48: { const int32_t NW = 6, NTAIL = 0; __VA_ARGS__; } break; \
+    case 64: { const int32_t NW = 8, NTAIL = 0; __VA_ARGS__; } break; \
+    case 96: { const int32_t NW = 12, NTAIL = 0; __VA_ARGS__; } break; \
+    case 128: { const int32_t NW = 16, NTAIL = 0; __VA_ARGS__; } break; \
+    default: { const int32_t NW = (q)->nw, NTAIL = (q)->ntail; __VA_ARGS__; } break; \
+    }
+
+/* Pass 1 of the Hamming stage, over rows [lo, hi): the distance of every row into dist
+ * (invalid rows get the sentinel `inval`, above every real distance), and a histogram that
+ * is exact for every distance <= *bound on return.
+ *
+ * Only the c closest rows matter, so the histogram need not count every row: once the rows
+ * seen so far include c with distance <= b, the final threshold d* (the c-th smallest
+ * distance over all rows) is <= b too, and rows farther than b are left out. The bound
+ * shrinks as the scan goes on, so after a short start almost no row is counted. Each
+ * chunk's bound is an upper bound on the global d*, and its counts are exact below it.
+ *
+ * Returns the number of valid rows in [lo, hi). */
+#define HQ_BOUND_BLOCK 1024
+
+static uint32_t tighten_bound(const int64_t *hist, uint32_t bound, int64_t c)
+{
+    int64_t cum = 0;
+    for (uint32_t b = 0; b <= bound; b++) {
+        cum += hist[b];
+        if (cum >= c)
+            return b;
+    }
+    return bound;
+}
+
+HQ_CLONES
+static int64_t ham_pass1_generic(const uint8_t *codes, int32_t nb, const hq_query *q,
+                                 const uint8_t *valid, int64_t lo, int64_t hi, uint16_t *dist,
+                                 int64_t *hist, uint32_t inval, int64_t c, uint32_t *bound_io)
+{
+    uint32_t bound = *bound_io;
+    int64_t nvalid = 0;
+    HQ_DISPATCH_NB(nb, q, {
+        for (int64_t i0 = lo; i0 < hi; i0 += HQ_BOUND_BLOCK) {
+            const int64_t i1 = hi - i0 < HQ_BOUND_BLOCK ? hi : i0 + HQ_BOUND_BLOCK;
+            for (int64_t i = i0; i < i1; i++) {
+                uint32_t d = ham_row(codes + i * (int64_t)nb, q, NW, NTAIL);
+                if (valid) {
+                    nvalid += valid[i] != 0;
+                    d = valid[i] ? d : inval;
+                }
+                dist[i] = (uint16_t)d;
+                if (d <= bound)
+                    hist[d]++;
+            }
+            bound = tighten_bound(hist, bound, c);
+        }
+    })
+    *bound_io = bound;
+    return valid ? nvalid : hi - lo;
+}
+
+HQ_CLONES
+static void ham_all_generic(const uint8_t *codes, int32_t nb, const hq_query *q, int64_t lo,
+                            int64_t hi, int32_t *out)
+{
+    HQ_DISPATCH_NB(nb, q, {
+        for (int64_t i = lo; i < hi; i++)
+            out[i] = (int32_t)ham_row(codes + i * (int64_t)nb, q, NW, NTAIL);
+    })
+}
+
+/* AVX-512 VPOPCNTDQ: 8 rows per step, for codes of 1, 2, 4, 8 or 16 words. GCC 12 can't
+ * dispatch this ISA through target_clones, so it gets its own target attribute and a runtime
+ * check (use_avx512). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(HQ_NO_AVX512) && \
+    (defined(__clang__) || __GNUC__ >= 8)
+#include <immintrin.h>
+#define HQ_HAVE_AVX512 1
+#define HQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,popcnt")))
+
+/* Sum adjacent lane pairs of a then b: lanes 0-3 from a, 4-7 from b. */
+HQ_AVX512 static inline __m512i avx512_pair_sum(__m512i a, __m512i b)
+{
+    const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+    const __m512i odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+    return _mm512_add_epi64(_mm512_permutex2var_epi64(a, even, b),
+                            _mm512_permutex2var_epi64(a, odd, b));
+}
+
+/* Distances of the 8 rows at `rows` (nw words each) as 8 qword lanes, lane r = row r. */
+HQ_AVX512 static inline __m512i avx512_dist8(const uint8_t *rows, const __m512i *qv, int nw)
+{
+    __m512i v[16];
+    const int nq = nw > 8 ? 2 : 1;
+    for (int j = 0; j < nw; j++)
+        v[j] = _mm512_popcnt_epi64(
+            _mm512_xor_si512(_mm512_loadu_si512((const void *)(rows + 64 * j)), qv[j % nq]));
+    int n = nw;
+    if (nw == 16) { /* vector 2r and 2r+1 are the two halves of row r */
+        for (int j = 0; j < 8; j++)
+            v[j] = _mm512_add_epi64(v[2 * j], v[2 * j + 1]);
+        n = 8;
+    }
+    while (n > 1) { /* each level halves the partial sums per row */
+        for (int j = 0; j < n / 2; j++)
+            v[j] = avx512_pair_sum(v[2 * j], v[2 * j + 1]);
+        n /= 2;
+    }
+    return v[0];
+}
+
+/* The query words laid out as they line up with a 64-byte load of rows. */
+HQ_AVX512 static void avx512_query(const hq_query *q, __m512i *qv)
+{
+    uint64_t pat[16];
+    for (int l = 0; l < 16; l++)
+        pat[l] = q->w[l % q->nw];
+    qv[0] = _mm512_loadu_si512((const void *)pat);
+    qv[1] = _mm512_loadu_si512((const void *)(pat + 8));
+}
+
+#define HQ_AVX512_DISPATCH(nw, ...)                                     \
+    switch (nw) {                                                       \
+    case 1: { const int NW = 1; __VA_ARGS__; } break;                   \
+    case 2: { const int NW = 2; __VA_ARGS__; } break;                   \
+    case 4: { const int NW = 4; __VA_ARGS__; } break;                   \
+    case 8: { const int NW = 8; __VA_ARGS__; } break;                   \
+    default: { const int NW = 16; __VA_ARGS__; } break;                 \
+    }
+
+HQ_AVX512 static int64_t ham_pass1_avx512(const uint8_t *codes, int32_t nb, const hq_query *q,
+                                          const uint8_t *valid, int64_t lo, int64_t hi,
+                                          uint16_t *dist, int64_t *hist, uint32_t inval,
+                                          int64_t c, uint32_t *bound_io)
+{
+    __m512i qv[2];
+    avx512_query(q, qv);
+    const __m128i vinval = _mm_set1_epi16((short)inval);
+    uint32_t bound = *bound_io;
+    int64_t nvalid = 0;
+    int64_t i = lo;
+    HQ_AVX512_DISPATCH(q->nw, {
+        while (i + 8 <= hi) {
+            const int64_t stop = hi - i > HQ_BOUND_BLOCK ? i + HQ_BOUND_BLOCK : hi;
+            const __m128i vbound = _mm_set1_epi16((short)bound);
+            for (; i + 8 <= stop; i += 8) {
+                __m128i d = _mm512_cvtepi64_epi16(avx512_dist8(codes + i * (int64_t)nb, qv, NW));
+                if (valid) {
+                    __m128i v = _mm_loadl_epi64((const __m128i *)(valid + i));
+                    __mmask8 ok = _mm_test_epi8_mask(v, v);
+                    nvalid += _mm_popcnt_u32((unsigned)ok);
+                    d = _mm_mask_blend_epi16(ok, vinval, d);
+                }
+                _mm_storeu_si128((__m128i *)(dist + i), d);
+                unsigned near = (unsigned)_mm_cmple_epu16_mask(d, vbound);
+                if (near) { /* rare once the bound has tightened */
+                    /* lanes via GPRs: reloading the stored vector would stall on forwarding */
+                    const uint64_t w[2] = {(uint64_t)_mm_cvtsi128_si64(d),
+                                           (uint64_t)_mm_extract_epi64(d, 1)};
+                    do {
+                        const int j = hq_ctz64(near);
+                        near &= near - 1;
+                        hist[(w[j >> 2] >> (16 * (j & 3))) & 0xFFFF]++;
+                    } while (near);
+                }
+            }
+            bound = tighten_bound(hist, bound, c);
+        }
+    })
+    for (; i < hi; i++) {
+        uint32_t d = ham_row(codes + i * (int64_t)nb, q, q->nw, 0);
+        if (valid) {
+            nvalid += valid[i] != 0;
+            d = valid[i] ? d : inval;
+        }
+        dist[i] = (uint16_t)d;
+        if (d <= bound)
+            hist[d]++;
+    }
+    *bound_io = tighten_bound(hist, bound, c);
+    return valid ? nvalid : hi - lo;
+}
+
+HQ_AVX512 static void ham_all_avx512(const uint8_t *codes, int32_t nb, const hq_query *q,
+                                     int64_t lo, int64_t hi, int32_t *out)
+{
+    __m512i qv[2];
+    avx512_query(q, qv);
+    int64_t i = lo;
+    HQ_AVX512_DISPATCH(q->nw, {
+        for (; i + 8 <= hi; i += 8)
+            _mm256_storeu_si256((__m256i *)(out + i),
+                                _mm512_cvtepi64_epi32(avx512_dist8(codes + i * (int64_t)nb, qv, NW)));
+    })
+    for (; i < hi; i++)
+        out[i] = (int32_t)ham_row(codes + i * (int64_t)nb, q, q->nw, 0);
+}
+#endif
+
+/* Set to 0 (hq_set_avx512) to test the portable path on an AVX-512 machine. */
+static volatile int hq_avx512_enabled = 1;
+
+static int avx512_usable(void)
+{
+#ifdef HQ_HAVE_AVX512
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq");
+#else
+    return 0;
+#endif
+}
+
+static int use_avx512(int32_t nb)
+{
+    if (!hq_avx512_enabled || (nb != 8 && nb != 16 && nb != 32 && nb != 64 && nb != 128))
+        return 0;
+    return avx512_usable();
+}
+
+static int64_t ham_pass1(const uint8_t *codes, int32_t nb, const hq_query *q,
+                         const uint8_t *valid, int64_t lo, int64_t hi, uint16_t *dist,
+                         int64_t *hist, uint32_t inval, int64_t c, uint32_t *bound)
+{
+#ifdef HQ_HAVE_AVX512
+    if (use_avx512(nb))
+        return ham_pass1_avx512(codes, nb, q, valid, lo, hi, dist, hist, inval, c, bound);
+#endif
+    return ham_pass1_generic(codes, nb, q, valid, lo, hi, dist, hist, inval, c, bound);
+}
+
+static void ham_all(const uint8_t *codes, int32_t nb, const hq_query *q, int64_t lo, int64_t hi,
+                    int32_t *out)
+{
+#ifdef HQ_HAVE_AVX512
+    if (use_avx512(nb)) {
+        ham_all_avx512(codes, nb, q, lo, hi, out);
+        return;
+    }
+#endif
+    ham_all_generic(codes, nb, q, lo, hi, out);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Ranking: one strict total order, bounded max-heaps for top-k.                              */
+
+typedef struct {
+    float d;       /* distance: -AQD score, or the Hamming distance as float */
+    int32_t ham;
+    int64_t rowid;
+    int64_t idx;   /* slot index: makes the order total even if rowids repeat */
+} hq_entry;
+
+/* No NaN reaches here: the LUT is checked finite, and a running sum of finite floats can
+ * overflow to +-inf but never produce NaN. -0.0 == 0.0, as in numpy's lexsort. */
+static inline int entry_less(const hq_entry *a, const hq_entry *b)
+{
+    if (a->d < b->d)
+        return 1;
+    if (b->d < a->d)
+        return 0;
+    if (a->rowid != b->rowid)
+        return a->rowid < b->rowid;
+    return a->idx < b->idx;
+}
+
+static void sift_down(hq_entry *h, int64_t n, int64_t i)
+{
+    hq_entry x = h[i];
+    for (;;) {
+        int64_t c = 2 * i + 1;
+        if (c >= n)
+            break;
+        if (c + 1 < n && entry_less(&h[c], &h[c + 1]))
+            c++;
+        if (!entry_less(&x, &h[c]))
+            break;
+        h[i] = h[c];
+        i = c;
+    }
+    h[i] = x;
+}
+
+static void sift_up(hq_entry *h, int64_t i)
+{
+    hq_entry x = h[i];
+    while (i > 0) {
+        int64_t p = (i - 1) / 2;
+        if (!entry_less(&h[p], &x))
+            break;
+        h[i] = h[p];
+        i = p;
+    }
+    h[i] = x;
+}
+
+/* Keep in h (a max-heap of capacity cap, *n used) the cap smallest entries offered. */
+static inline void topk_offer(hq_entry *h, int64_t *n, int64_t cap, const hq_entry *e)
+{
+    if (*n < cap) {
+        h[*n] = *e;
+        sift_up(h, *n);
+        (*n)++;
+    } else if (entry_less(e, &h[0])) {
+        h[0] = *e;
+        sift_down(h, cap, 0);
+    }
+}
+
+/* Reorder h[0..n) so that h[0..r) holds its r smallest entries, sorted ascending. */
+static void select_sorted(hq_entry *h, int64_t n, int64_t r)
+{
+    if (r <= 0)
+        return;
+    for (int64_t i = r / 2 - 1; i >= 0; i--)
+        sift_down(h, r, i);
+    for (int64_t i = r; i < n; i++) {
+        if (entry_less(&h[i], &h[0])) {
+            h[0] = h[i];
+            sift_down(h, r, 0);
+        }
+    }
+    for (int64_t end = r - 1; end > 0; end--) {
+        hq_entry t = h[0];
+        h[0] = h[end];
+        h[end] = t;
+        sift_down(h, end, 0);
+    }
+}
+
+/* Reorder h[0..n) so that h[0..r) holds its r smallest entries, in no particular order:
+ * quickselect, falling back to the heap when partitions go badly (keys are all distinct). */
+static void select_smallest(hq_entry *h, int64_t n, int64_t r)
+{
+    int64_t lo = 0, hi = n; /* invariant: h[0..lo) are among the r smallest, h[hi..n) not */
+    int budget = 64;
+    if (r <= 0 || r >= n)
+        return;
+    while (hi - lo > 16) {
+        if (budget-- == 0) {
+            select_sorted(h + lo, hi - lo, r - lo);
+            return;
+        }
+        /* median of three as pivot, parked at hi - 1 */
+        int64_t mid = lo + (hi - lo) / 2;
+        hq_entry t;
+        if (entry_less(&h[mid], &h[lo])) { t = h[mid]; h[mid] = h[lo]; h[lo] = t; }
+        if (entry_less(&h[hi - 1], &h[lo])) { t = h[hi - 1]; h[hi - 1] = h[lo]; h[lo] = t; }
+        if (entry_less(&h[mid], &h[hi - 1])) { t = h[mid]; h[mid] = h[hi - 1]; h[hi - 1] = t; }
+        const hq_entry pivot = h[hi - 1];
+        int64_t store = lo;
+        for (int64_t i = lo; i < hi - 1; i++) {
+            if (entry_less(&h[i], &pivot)) {
+                t = h[i]; h[i] = h[store]; h[store] = t;
+                store++;
+            }
+        }
+        h[hi - 1] = h[store];
+        h[store] = pivot;
+        if (store == r || store + 1 == r)
+            return;
+        if (store < r)
+            lo = store + 1;
+        else
+            hi = store;
+    }
+    for (int64_t i = lo + 1; i < hi; i++) { /* insertion sort of the last few */
+        hq_entry x = h[i];
+        int64_t j = i;
+        while (j > lo && entry_less(&x, &h[j - 1])) {
+            h[j] = h[j - 1];
+            j--;
+        }
+        h[j] = x;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* AQD: s = LUT[0][b0] + LUT[1][b1] + ... in float32, left to right; distance = -s.          */
+
+static inline int aqd_score(const void *qcodes, int32_t qcode_bytes, int32_t m, int64_t i,
+                            const float *lut, int32_t kw, float *out)
+{
+    float s;
+    uint32_t b;
+    if (qcode_bytes == 1) {
+        const uint8_t *c = (const uint8_t *)qcodes + i * (int64_t)m;
+        if ((b = c[0]) >= (uint32_t)kw)
+            return HQ_ERR_QCODE;
+        s = lut[b];
+        for (int32_t l = 1; l < m; l++) {
+            if ((b = c[l]) >= (uint32_t)kw)
+                return HQ_ERR_QCODE;
+            s += lut[(int64_t)l * kw + b];
+        }
+    } else {
+        const uint16_t *c = (const uint16_t *)qcodes + i * (int64_t)m;
+        if ((b = c[0]) >= (uint32_t)kw)
+            return HQ_ERR_QCODE;
+        s = lut[b];
+        for (int32_t l = 1; l < m; l++) {
+            if ((b = c[l]) >= (uint32_t)kw)
+                return HQ_ERR_QCODE;
+            s += lut[(int64_t)l * kw + b];
+        }
+    }
+    *out = -s;
+    return HQ_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Threading                                                                                  */
+
+static int32_t n_chunks(int64_t n_rows, int32_t threads)
+{
+#ifdef _OPENMP
+    int64_t t = threads < 1 ? 1 : threads;
+    int64_t by_size = n_rows / hq_min_chunk_rows;
+    if (t > HQ_MAX_CHUNKS)
+        t = HQ_MAX_CHUNKS;
+    if (t > by_size)
+        t = by_size;
+    return t < 1 ? 1 : (int32_t)t;
+#else
+    (void)n_rows;
+    (void)threads;
+    return 1;
+#endif
+}
+
+static inline int64_t chunk_lo(int64_t n_rows, int32_t nchunks, int32_t t)
+{
+    /* n_rows * t cannot overflow: n_rows < 2^56 in any real table, t <= HQ_MAX_CHUNKS. */
+    return n_rows * t / nchunks;
+}
+
+int64_t hq_tune(int32_t knob, int64_t value)
+{
+    int64_t prev;
+    switch (knob) {
+    case HQ_KNOB_AVX512:
+        prev = avx512_usable() ? hq_avx512_enabled : -1;
+        if (value >= 0)
+            hq_avx512_enabled = value ? 1 : 0;
+        return prev;
+    case HQ_KNOB_MIN_CHUNK_ROWS:
+        prev = hq_min_chunk_rows;
+        if (value >= 1)
+            hq_min_chunk_rows = value;
+        return prev;
+    default:
+        return -1;
+    }
+}
+
+int hq_openmp_available(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int hq_max_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int hq_cpu_features(void)
+{
+    int f = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("popcnt"))
+        f |= HQ_CPU_POPCNT;
+    if (__builtin_cpu_supports("avx2"))
+        f |= HQ_CPU_AVX2;
+    if (__builtin_cpu_supports("avx512vpopcntdq"))
+        f |= HQ_CPU_AVX512_VPOPCNTDQ;
+#endif
+    return f;
+}
+
+const char *hq_hamming_impl(void)
+{
+    if (hq_avx512_enabled && avx512_usable())
+        return "avx512-vpopcntdq (8/16/32/64/128-byte codes), popcnt (other sizes)";
+#ifdef HQ_HAVE_CLONES
+    if (hq_cpu_features() & HQ_CPU_POPCNT)
+        return "popcnt";
+    return "swar";
+#else
+    return "portable";
+#endif
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Entry points                                                                               */
+
+int hq_hamming(const uint8_t *codes, int64_t n_rows, int32_t nb, const uint8_t *query,
+               int32_t *out, int32_t threads)
+{
+    if (nb < 1 || nb > HQ_MAX_CODE_BYTES || n_rows < 0 || !query || (n_rows > 0 && (!codes || !out)))
+        return HQ_ERR_ARG;
+    if (n_rows == 0)
+        return HQ_OK;
+    hq_query q;
+    query_prepare(&q, query, nb);
+    int32_t T = n_chunks(n_rows, threads);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(T) schedule(static, 1) if (T > 1)
+#endif
+    for (int32_t t = 0; t < T; t++)
+        ham_all(codes, nb, &q, chunk_lo(n_rows, T, t), chunk_lo(n_rows, T, t + 1), out);
+    return HQ_OK;
+}
+
+int hq_aqd_lut(const float *query, const float *codebooks, int32_t m, int32_t kw, int32_t dim,
+               float *out, int32_t threads)
+{
+    if (m < 1 || kw < 1 || dim < 1 || !query || !codebooks || !out)
+        return HQ_ERR_ARG;
+    int64_t rows = (int64_t)m * kw;
+    int32_t T = n_chunks(rows * dim / 64, threads);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(T) schedule(static) if (T > 1)
+#endif
+    for (int64_t r = 0; r < rows; r++) {
+        const float *c = codebooks + r * dim;
+        double acc = 0.0; /* exact products, summed left to right, one final rounding */
+        for (int32_t i = 0; i < dim; i++)
+            acc += (double)query[i] * (double)c[i];
+        out[r] = (float)acc;
+    }
+    return HQ_OK;
+}
+
+/* Pass 2 over rows [lo, hi): every row with distance < dstar goes to `below`; rows at dstar
+ * go to `eq`, all of them if they fit (eq_count <= eq_cap), else a bounded heap keeps the
+ * eq_cap smallest by (rowid, idx). */
+static void fill_rowids(hq_entry *e, int64_t n, const int64_t *rowids)
+{
+    for (int64_t j = 0; j < n; j++)
+        e[j].rowid = rowids[e[j].idx];
+}
+
+static inline void take_row(const uint16_t *dist, const int64_t *rowids, int64_t i,
+                            uint32_t dstar, hq_entry *below, int64_t *nbelow, hq_entry *eq,
+                            int64_t *neq, int64_t eq_cap, int use_heap)
+{
+    const uint32_t d = dist[i];
+    /* rowids[i] is a likely cache miss: fetched later in a branch-free loop (fill_rowids)
+     * where the loads overlap, except when the heap needs it now. */
+    hq_entry e = {0.0f, (int32_t)d, 0, i};
+    if (d < dstar) {
+        below[(*nbelow)++] = e;
+    } else if (!use_heap) {
+        eq[(*neq)++] = e;
+    } else if (eq_cap > 0) {
+        e.rowid = rowids[i];
+        topk_offer(eq, neq, eq_cap, &e);
+    }
+}
+
+HQ_CLONES
+static void collect_range(const uint16_t *dist, const int64_t *rowids, int64_t lo, int64_t hi,
+                          uint32_t dstar, hq_entry *below, hq_entry *eq, int64_t eq_cap,
+                          int64_t eq_count)
+{
+    int64_t nbelow = 0, neq = 0;
+    const int use_heap = eq_count > eq_cap;
+    const uint16_t dmax = (uint16_t)dstar;
+    /* 4 distances per 64-bit word: all are < 2^15, so setting each lane's top bit and
+     * subtracting dstar + 1 borrows nothing across lanes; the top bit survives iff d > dstar. */
+    const uint64_t H = 0x8000800080008000ULL;
+    const uint64_t D = 0x0001000100010001ULL * (uint64_t)(dstar + 1);
+    int64_t i = lo;
+    for (; i + 64 <= hi; i += 64) {
+        /* Almost every block has no candidate: a branch-free test the compiler vectorizes. */
+        unsigned any = 0;
+        for (int j = 0; j < 64; j++)
+            any |= dist[i + j] <= dmax;
+        if (!any)
+            continue;
+        /* Visit only the hits (a per-row branch would mispredict on every one). */
+        for (int w = 0; w < 16; w++) {
+            uint64_t x;
+            memcpy(&x, dist + i + 4 * w, 8);
+            uint64_t hits = ~((x | H) - D) & H;
+            while (hits) {
+                int lane = hq_ctz64(hits) >> 4;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+                lane = 3 - lane;
+#endif
+                hits &= hits - 1;
+                take_row(dist, rowids, i + 4 * w + lane, dstar, below, &nbelow, eq, &neq, eq_cap,
+                         use_heap);
+            }
+        }
+    }
+    for (; i < hi; i++)
+        if (dist[i] <= dmax)
+            take_row(dist, rowids, i, dstar, below, &nbelow, eq, &neq, eq_cap, use_heap);
+}
+
+static int search_hamming_stage(const uint8_t *codes, int32_t nb, const void *qcodes,
+                                int32_t qcode_bytes, int32_t m, const int64_t *rowids,
+                                const uint8_t *valid, int64_t n_rows, const hq_query *q,
+                                const float *lut, int32_t kw, int32_t mode, int64_t k,
+                                int64_t candidates, int32_t T, int64_t *out_rowids,
+                                float *out_dist, int32_t *out_ham, int64_t *out_n)
+{
+    const uint32_t nbits = (uint32_t)nb * 8, inval = nbits + 1, nbuckets = nbits + 2;
+    int rc = HQ_OK;
+    uint16_t *dist = NULL;
+    int64_t *hist = NULL, *tot = NULL, *off = NULL;
+    uint32_t *bounds = NULL;
+    hq_entry *cand = NULL, *eqbuf = NULL;
+
+    dist = (uint16_t *)malloc((size_t)n_rows * sizeof(uint16_t));
+    hist = (int64_t *)calloc((size_t)T * nbuckets, sizeof(int64_t));
+    tot = (int64_t *)calloc(nbuckets, sizeof(int64_t));
+    off = (int64_t *)malloc((size_t)T * 4 * sizeof(int64_t));
+    bounds = (uint32_t *)malloc((size_t)T * sizeof(uint32_t));
+    if (!dist || !hist || !tot || !off || !bounds) {
+        rc = HQ_ERR_NOMEM;
+        goto done;
+    }
+    int64_t c = mode == HQ_MODE_HAMMING ? k : (candidates > k ? candidates : k);
+    int64_t *nvalid_t = off + 3 * T;
+
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(T) schedule(static, 1) if (T > 1)
+#endif
+    for (int32_t t = 0; t < T; t++) {
+        bounds[t] = nbits;
+        nvalid_t[t] = ham_pass1(codes, nb, q, valid, chunk_lo(n_rows, T, t),
+                                chunk_lo(n_rows, T, t + 1), dist, hist + (int64_t)t * nbuckets,
+                                inval, c, &bounds[t]);
+    }
+
+    /* Counts are exact up to the smallest chunk bound, and d* is at most that. */
+    uint32_t bound = nbits;
+    int64_t nvalid = 0;
+    for (int32_t t = 0; t < T; t++) {
+        nvalid += nvalid_t[t];
+        if (bounds[t] < bound)
+            bound = bounds[t];
+    }
+    for (int32_t t = 0; t < T; t++)
+        for (uint32_t d = 0; d <= bound; d++)
+            tot[d] += hist[(int64_t)t * nbuckets + d];
+    if (c > nvalid)
+        c = nvalid;
+    if (c == 0)
+        goto done;
+
+    /* Threshold d*: fewer than c rows are strictly closer, at least c are within d*. */
+    uint32_t dstar = 0;
+    int64_t below = 0;
+    while (below + tot[dstar] < c && dstar < bound) {
+        below += tot[dstar];
+        dstar++;
+    }
+    const int64_t need = c - below; /* 1 <= need <= tot[dstar] */
+
+    /* Per chunk: where its below-rows go in cand, where its share of the tie rows goes. */
+    int64_t *below_off = off, *eq_off = off + T, *eq_cap = off + 2 * T;
+    int64_t nb_acc = 0, eq_acc = 0;
+    const int64_t eq_keep_all = need > (1 << 15) ? 2 * need : (1 << 16);
+    for (int32_t t = 0; t < T; t++) {
+        const int64_t *h = hist + (int64_t)t * nbuckets;
+        int64_t bt = 0;
+        for (uint32_t d = 0; d < dstar; d++)
+            bt += h[d];
+        below_off[t] = nb_acc;
+        nb_acc += bt;
+        eq_off[t] = eq_acc;
+        /* Keep every tie row (selected in linear time below) unless there are very many,
+         * e.g. all codes equal: then a heap of `need` bounds the memory. */
+        eq_cap[t] = h[dstar] <= eq_keep_all ? h[dstar] : need;
+        eq_acc += eq_cap[t];
+    }
+    cand = (hq_entry *)malloc((size_t)c * sizeof(hq_entry));
+    eqbuf = (hq_entry *)malloc((size_t)eq_acc * sizeof(hq_entry));
+    if (!cand || !eqbuf) {
+        rc = HQ_ERR_NOMEM;
+        goto done;
+    }
+
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(T) schedule(static, 1) if (T > 1)
+#endif
+    for (int32_t t = 0; t < T; t++)
+        collect_range(dist, rowids, chunk_lo(n_rows, T, t), chunk_lo(n_rows, T, t + 1), dstar,
+                      cand + below_off[t], eqbuf + eq_off[t], eq_cap[t],
+                      hist[(int64_t)t * nbuckets + dstar]);
+
+    fill_rowids(cand, below, rowids);
+    fill_rowids(eqbuf, eq_acc, rowids);
+    /* Ties at d*: the `need` smallest rowids over all chunks. */
+    select_smallest(eqbuf, eq_acc, need);
+    memcpy(cand + below, eqbuf, (size_t)need * sizeof(hq_entry));
+
+    int64_t r;
+    if (mode == HQ_MODE_HAMMING) {
+        for (int64_t j = 0; j < c; j++)
+            cand[j].d = (float)cand[j].ham;
+        r = c;
+    } else {
+        for (int64_t j = 0; j < c; j++) {
+            rc = aqd_score(qcodes, qcode_bytes, m, cand[j].idx, lut, kw, &cand[j].d);
+            if (rc != HQ_OK)
+                goto done;
+        }
+        r = k < c ? k : c;
+    }
+    select_sorted(cand, c, r);
+    for (int64_t j = 0; j < r; j++) {
+        out_rowids[j] = cand[j].rowid;
+        out_dist[j] = cand[j].d;
+        out_ham[j] = cand[j].ham;
+    }
+    *out_n = r;
+
+done:
+    free(dist);
+    free(hist);
+    free(tot);
+    free(off);
+    free(bounds);
+    free(cand);
+    free(eqbuf);
+    return rc;
+}
+
+static int search_aqd(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcode_bytes,
+                      int32_t m, const int64_t *rowids, const uint8_t *valid, int64_t n_rows,
+                      const hq_query *q, const float *lut, int32_t kw, int64_t k, int32_t T,
+                      int64_t *out_rowids, float *out_dist, int32_t *out_ham, int64_t *out_n)
+{
+    int rc = HQ_OK;
+    int64_t *cnt = (int64_t *)calloc((size_t)T, sizeof(int64_t));
+    int *err = (int *)calloc((size_t)T, sizeof(int));
+    int64_t *hoff = (int64_t *)malloc((size_t)T * sizeof(int64_t));
+    int64_t total_cap = 0;
+    hq_entry *heaps = NULL;
+    if (!cnt || !err || !hoff) {
+        rc = HQ_ERR_NOMEM;
+        goto done;
+    }
+    for (int32_t t = 0; t < T; t++) {
+        int64_t rows = chunk_lo(n_rows, T, t + 1) - chunk_lo(n_rows, T, t);
+        hoff[t] = total_cap;
+        total_cap += rows < k ? rows : k;
+    }
+    heaps = (hq_entry *)malloc((size_t)(total_cap ? total_cap : 1) * sizeof(hq_entry));
+    if (!heaps) {
+        rc = HQ_ERR_NOMEM;
+        goto done;
+    }
+
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(T) schedule(static, 1) if (T > 1)
+#endif
+    for (int32_t t = 0; t < T; t++) {
+        const int64_t lo = chunk_lo(n_rows, T, t), hi = chunk_lo(n_rows, T, t + 1);
+        const int64_t cap = hi - lo < k ? hi - lo : k;
+        hq_entry *h = heaps + hoff[t];
+        int64_t n = 0;
+        for (int64_t i = lo; i < hi; i++) {
+            if (valid && !valid[i])
+                continue;
+            hq_entry e = {0.0f, 0, rowids[i], i};
+            if (aqd_score(qcodes, qcode_bytes, m, i, lut, kw, &e.d) != HQ_OK) {
+                err[t] = 1;
+                break;
+            }
+            topk_offer(h, &n, cap, &e);
+        }
+        cnt[t] = n;
+    }
+
+    int64_t total = 0;
+    for (int32_t t = 0; t < T; t++) {
+        if (err[t]) {
+            rc = HQ_ERR_QCODE;
+            goto done;
+        }
+        memmove(heaps + total, heaps + hoff[t], (size_t)cnt[t] * sizeof(hq_entry));
+        total += cnt[t];
+    }
+    const int64_t r = k < total ? k : total;
+    select_sorted(heaps, total, r);
+    for (int64_t j = 0; j < r; j++) {
+        out_rowids[j] = heaps[j].rowid;
+        out_dist[j] = heaps[j].d;
+        out_ham[j] = (int32_t)ham_row(codes + heaps[j].idx * (int64_t)nb, q, q->nw, q->ntail);
+    }
+    *out_n = r;
+
+done:
+    free(cnt);
+    free(err);
+    free(hoff);
+    free(heaps);
+    return rc;
+}
+
+int hq_search(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcode_bytes,
+              int32_t m, const int64_t *rowids, const uint8_t *valid, int64_t n_rows,
+              const uint8_t *query_bits, const float *lut, int32_t kw, int32_t mode, int64_t k,
+              int64_t candidates, int32_t threads, int64_t *out_rowids, float *out_dist,
+              int32_t *out_ham, int64_t *out_n)
+{
+    if (!out_n)
+        return HQ_ERR_ARG;
+    *out_n = 0;
+    if (nb < 1 || nb > HQ_MAX_CODE_BYTES || n_rows < 0 || k < 1 || candidates < 1 || !query_bits)
+        return HQ_ERR_ARG;
+    if (mode != HQ_MODE_HAMMING && mode != HQ_MODE_AQD && mode != HQ_MODE_TWO_STAGE)
+        return HQ_ERR_ARG;
+    if (n_rows == 0)
+        return HQ_OK;
+    if (!codes || !rowids || !out_rowids || !out_dist || !out_ham)
+        return HQ_ERR_ARG;
+    if (mode != HQ_MODE_HAMMING &&
+        (!qcodes || !lut || m < 1 || kw < 1 || (qcode_bytes != 1 && qcode_bytes != 2)))
+        return HQ_ERR_ARG;
+
+    hq_query q;
+    query_prepare(&q, query_bits, nb);
+    int32_t T = n_chunks(n_rows, threads);
+    if (mode == HQ_MODE_AQD)
+        return search_aqd(codes, nb, qcodes, qcode_bytes, m, rowids, valid, n_rows, &q, lut, kw, k,
+                          T, out_rowids, out_dist, out_ham, out_n);
+    return search_hamming_stage(codes, nb, qcodes, qcode_bytes, m, rowids, valid, n_rows, &q, lut,
+                                kw, mode, k, candidates, T, out_rowids, out_dist, out_ham, out_n);
+}
