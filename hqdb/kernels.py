@@ -22,6 +22,7 @@ the same way (smaller rowid first), whatever the number of threads or the backen
 
 from __future__ import annotations
 
+import importlib.util
 import operator
 import os
 import warnings
@@ -158,6 +159,8 @@ def _native_disabled() -> bool:
 def _load_native() -> _NativeBackend:
     if _native_disabled():
         raise ImportError("disabled by HQDB_DISABLE_NATIVE")
+    if importlib.util.find_spec(f"{__package__}._native") is None:
+        raise ImportError("the extension hqdb._native is not built (the install could not compile it)")
     from . import _native
 
     return _NativeBackend(_native)

@@ -1,7 +1,7 @@
 """cffi (API mode) build of hqdb's native search kernels as the extension ``hqdb._native``.
 
-Used by setup.py through ``cffi_modules=["native/build_kernels.py:ffibuilder"]``; running this
-file directly compiles the module in place (``python native/build_kernels.py``).
+Used by setup.py through ``cffi_modules=["native/build_kernels.py:ffibuilder"]``: build it with
+``pip install -e .`` (or ``pip install .``).
 
 Flags: ``-O3 -ffp-contract=off`` keeps float arithmetic exactly as written (no FMA fusion, never
 ``-ffast-math``) so results match the numba fallback bit for bit. OpenMP is used when a probe
@@ -103,8 +103,3 @@ ffibuilder.set_source(
     extra_compile_args=_compile_args,
     extra_link_args=_link_args,
 )
-
-if __name__ == "__main__":
-    # From the project root, tmpdir "." puts hqdb/_native*.so next to hqdb/__init__.py.
-    os.chdir(os.path.dirname(HERE))
-    ffibuilder.compile(tmpdir=".", verbose=True)
