@@ -1,0 +1,1203 @@
+#!/usr/bin/env python
+"""Search benchmark: hqdb (through SQL) against sqlite-vec, FAISS and numpy on the same vectors.
+
+    python bench/search.py                       # full run: N = 100k, 1M; 64/128 bits; 4/8 books
+    python bench/search.py --quick               # N = 100k, 128 bits, 4 books, fewer queries
+    python bench/search.py --sizes 1000000 --bits 128 --books 4 --queries 500
+
+One run measures, on the same seeded synthetic vectors and the same queries:
+
+* hqdb two-stage search through SQL (``hq_match(...) AND k = 10 AND candidates = c``,
+  parameters bound, apsw's statement cache reusing the prepared statement), c in
+  {100, 1000, 10000}, ``hq_threads`` 1 and 2, plus ``mode = 'hamming'``; and the same searches as
+  bare ``hqdb.kernels`` calls (no SQL) to separate the SQL path's overhead from the kernel;
+* sqlite-vec 0.1.9 ``vec0`` bit[n] and float[n] KNN, and sqlite-vec 0.1.10a4
+  ``float[n] indexed by rescore(quantizer=bit)`` (downloaded to bench/.cache and run in its own
+  process, so the two builds never share symbols);
+* FAISS ``IndexBinaryFlat`` and a numpy brute-force Hamming scan on the same packed codes;
+* the memory-bandwidth floor of the Hamming stage, cold open + first query in a fresh process,
+  bulk-insert rate and bytes per row on disk.
+
+Results: a table on stdout, ``bench/RESULTS.md`` and ``bench/search.png`` (``--quick`` writes to
+``bench/.cache/quick/`` instead unless ``--out`` is given). The exit status is non-zero if hqdb's
+results disagree with the numpy / kernel reference for the same query. Times are never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import glob
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+CACHE = BENCH / ".cache"
+K = 10
+RESCORE_VERSION = "0.1.10a4"
+
+# The team's targets (never adjusted here: the report says met / missed with the measured number).
+TARGET_P50_MS = 1.0
+TARGET_VS_VEC_BIT = 10.0
+TARGET_FLOOR_X = 1.5
+TARGET_FAISS_X = 1.5
+TARGET_COLD_S = 0.5
+TARGET_INSERT_RPS = 200_000
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Imports that may be missing
+# ------------------------------------------------------------------------------------------
+def import_hqdb():
+    """(hqdb module or None, reason). Falls back to the repo checkout when not installed."""
+    try:
+        import hqdb  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, str(REPO))
+        try:
+            import hqdb  # noqa: F401
+        except Exception as exc:  # e.g. hqdb.kernels not there yet
+            return None, f"{type(exc).__name__}: {exc}"
+    import hqdb
+
+    return hqdb, None
+
+
+def import_faiss():
+    try:
+        import faiss
+
+        return faiss, None
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+# ------------------------------------------------------------------------------------------
+# Data: mixture of Gaussians on the unit sphere, residual k-means codebooks, exact top-k
+# ------------------------------------------------------------------------------------------
+def make_vectors(n_rows: int, dim: int, n_queries: int, seed: int = 0, clusters: int = 1000,
+                 spread: float = 0.5):
+    """Database and query vectors (float32, unit norm) from one seeded Gaussian mixture.
+
+    The rows for a smaller N are a prefix of the rows for a larger one (same seed, same dim).
+    """
+    ss = np.random.SeedSequence([seed, dim])
+    r_centers, r_rows, r_queries = (np.random.default_rng(s) for s in ss.spawn(3))
+    centers = r_centers.standard_normal((clusters, dim), dtype=np.float32)
+
+    def draw(rng, n):
+        out = np.empty((n, dim), dtype=np.float32)
+        for s in range(0, n, 1 << 17):
+            e = min(n, s + (1 << 17))
+            lab = rng.integers(0, clusters, e - s)
+            out[s:e] = centers[lab] + spread * rng.standard_normal((e - s, dim), dtype=np.float32)
+        out /= np.linalg.norm(out, axis=1, keepdims=True)
+        return out
+
+    return draw(r_rows, n_rows), draw(r_queries, n_queries)
+
+
+def pack(x: np.ndarray) -> np.ndarray:
+    """Sign bits, LSB first: the bytes of sqlite-vec's vec_quantize_binary."""
+    return np.packbits(x > 0, axis=-1, bitorder="little")
+
+
+def _nearest(x: np.ndarray, cent: np.ndarray, batch: int = 1 << 16) -> np.ndarray:
+    cn = (cent * cent).sum(1)
+    out = np.empty(len(x), dtype=np.int64)
+    for s in range(0, len(x), batch):
+        out[s:s + batch] = (cn[None, :] - 2.0 * (x[s:s + batch] @ cent.T)).argmin(1)
+    return out
+
+
+def residual_kmeans(x: np.ndarray, books: int, codewords: int = 256, iters: int = 6,
+                    sample: int = 20000, seed: int = 0) -> np.ndarray:
+    """Residual k-means codebooks (books, codewords, dim) trained on a sample of x."""
+    rng = np.random.default_rng(seed)
+    res = x[rng.choice(len(x), min(sample, len(x)), replace=False)].astype(np.float32)
+    cbs = np.zeros((books, codewords, x.shape[1]), dtype=np.float32)
+    for b in range(books):
+        cent = res[rng.choice(len(res), codewords, replace=False)].copy()
+        for _ in range(iters):
+            a = _nearest(res, cent)
+            cnt = np.bincount(a, minlength=codewords)
+            sums = np.zeros_like(cent)
+            np.add.at(sums, a, res)
+            ok = cnt > 0
+            cent[ok] = sums[ok] / cnt[ok, None]
+        cbs[b] = cent
+        res = res - cent[_nearest(res, cent)]
+    return cbs
+
+
+def residual_encode(x: np.ndarray, cbs: np.ndarray, batch: int = 1 << 17) -> np.ndarray:
+    out = np.empty((len(x), len(cbs)), dtype=np.uint8)
+    for s in range(0, len(x), batch):
+        res = x[s:s + batch].copy()
+        for b, cent in enumerate(cbs):
+            a = _nearest(res, cent)
+            out[s:s + batch, b] = a
+            res -= cent[a]
+    return out
+
+
+def exact_topk(x: np.ndarray, q: np.ndarray, k: int = K, batch: int = 1 << 17) -> np.ndarray:
+    """Row indices of the k largest inner products per query (the recall ground truth)."""
+    best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(q), 0), dtype=np.int64)
+    for s in range(0, len(x), batch):
+        sc = q @ x[s:s + batch].T
+        cand_s = np.concatenate([best_s, sc], axis=1)
+        cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(s, s + sc.shape[1]), sc.shape)], axis=1)
+        sel = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
+        best_s = np.take_along_axis(cand_s, sel, 1)
+        best_i = np.take_along_axis(cand_i, sel, 1)
+    order = np.argsort(-best_s, axis=1)
+    return np.take_along_axis(best_i, order, 1)
+
+
+def recall(results: list, truth: np.ndarray) -> float:
+    """Mean recall@k of result rowids (1-based) against ground-truth row indices (0-based)."""
+    hits = [len(set(r) & set((t + 1).tolist())) for r, t in zip(results, truth)]
+    return float(np.mean(hits)) / truth.shape[1]
+
+
+# ------------------------------------------------------------------------------------------
+# numpy references
+# ------------------------------------------------------------------------------------------
+def np_hamming(codes64: np.ndarray, qbits: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(codes64 ^ qbits.view(np.uint64)).sum(axis=1, dtype=np.int32)
+
+
+def topk_by_rowid(dist: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best rows by (dist, index): exact ties broken by index, in O(N)."""
+    k = min(k, len(dist))
+    thr = np.partition(dist, k - 1)[k - 1]
+    lt = np.flatnonzero(dist < thr)
+    eq = np.flatnonzero(dist == thr)[: k - len(lt)]
+    idx = np.concatenate([lt, eq])
+    return idx[np.lexsort((idx, dist[idx]))]
+
+
+def np_two_stage(codes64, qcodes, cbs, q, qbits, k, cand):
+    """Reference two-stage search: top-cand by (Hamming, rowid), re-ranked by (AQD, rowid)."""
+    ham = np_hamming(codes64, qbits)
+    idx = topk_by_rowid(ham, max(cand, k))
+    lut = (cbs.astype(np.float64) @ q.astype(np.float64)).astype(np.float32)
+    s = np.zeros(len(idx), dtype=np.float32)
+    for b in range(qcodes.shape[1]):
+        s = s + lut[b][qcodes[idx, b]]
+    d = -s
+    order = np.lexsort((idx, d))[:k]
+    return (idx[order] + 1).tolist(), d[order].tolist()
+
+
+# ------------------------------------------------------------------------------------------
+# Timing
+# ------------------------------------------------------------------------------------------
+def time_queries(fn, n_queries: int, warmup: int):
+    """Run fn(i) for i in range(n_queries) after a warm-up; return (latencies s, results).
+
+    ``time_queries.other`` is then the CPU other processes used meanwhile (in cores)."""
+    for i in range(min(warmup, n_queries)):
+        fn(i)
+    lat = np.empty(n_queries)
+    res = []
+    gc.collect()
+    gc.disable()
+    before = cpu_snapshot()
+    try:
+        for i in range(n_queries):
+            t = time.perf_counter()
+            r = fn(i)
+            lat[i] = time.perf_counter() - t
+            res.append(r)
+    finally:
+        gc.enable()
+    time_queries.other = other_cpu(before, cpu_snapshot())
+    return lat, res
+
+
+def measure_bandwidth(nbytes: int, threads: int, repeat: int = 5) -> tuple[float, str]:
+    """Best read bandwidth (bytes/s) of numpy reductions over an nbytes uint64 array.
+
+    The best of sum, max and bitwise_or.reduce (each best of ``repeat``): whichever numpy
+    reduction streams fastest on this CPU, so the floor is as strict as numpy can make it."""
+    a = np.ones(max(nbytes // 8, 1024), dtype=np.uint64)
+    parts = np.array_split(a, threads)
+    best, how = float("inf"), ""
+    reductions = {"sum": np.sum, "max": np.max, "bitwise_or.reduce": np.bitwise_or.reduce}
+    with ThreadPoolExecutor(threads) as ex:
+        for name, fn in reductions.items():
+            for _ in range(repeat):
+                t = time.perf_counter()
+                if threads == 1:
+                    fn(a)
+                else:
+                    list(ex.map(fn, parts))
+                dt = time.perf_counter() - t
+                if dt < best:
+                    best, how = dt, name
+    return a.nbytes / best, how
+
+
+def cpu_snapshot() -> tuple[float, float, float]:
+    """(machine busy CPU-seconds from /proc/stat, this process's CPU-seconds, wall time)."""
+    busy = float("nan")
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        busy = (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        pass
+    t = os.times()
+    return busy, t.user + t.system, time.perf_counter()
+
+
+def other_cpu(before, after) -> float:
+    """Cores' worth of CPU used by other processes between two snapshots (NaN when the window
+    is too short for /proc/stat's 10 ms ticks to say anything)."""
+    wall = after[2] - before[2]
+    if wall < 0.3 or before[0] != before[0]:
+        return float("nan")
+    return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / wall)
+
+
+# ------------------------------------------------------------------------------------------
+# sqlite-vec 0.1.10a4 (rescore) in its own process
+# ------------------------------------------------------------------------------------------
+def fetch_rescore_wheel() -> tuple[str | None, str]:
+    """Path of sqlite-vec 0.1.10a4's vec0 (without .so) or None, and a reason/description."""
+    dest = CACHE / f"sqlite_vec-{RESCORE_VERSION}"
+    so = dest / "sqlite_vec" / "vec0.so"
+    if not so.exists():
+        wheels = glob.glob(str(CACHE / f"sqlite_vec-{RESCORE_VERSION}-*.whl"))
+        if not wheels:
+            log(f"  downloading sqlite-vec=={RESCORE_VERSION} (wheel only, not installed) ...")
+            r = subprocess.run(
+                [sys.executable, "-m", "pip", "download", f"sqlite-vec=={RESCORE_VERSION}", "--no-deps",
+                 "--only-binary=:all:", "-d", str(CACHE)],
+                capture_output=True, text=True,
+            )
+            wheels = glob.glob(str(CACHE / f"sqlite_vec-{RESCORE_VERSION}-*.whl"))
+            if not wheels:
+                return None, f"pip download sqlite-vec=={RESCORE_VERSION} failed: {r.stderr.strip()[-300:]}"
+        with zipfile.ZipFile(wheels[0]) as z:
+            z.extractall(dest)
+        if not so.exists():
+            return None, f"no sqlite_vec/vec0.so in {Path(wheels[0]).name}"
+    return str(so)[:-3], f"sqlite-vec {RESCORE_VERSION} wheel from bench/.cache"
+
+
+RESCORE_WORKER = r"""
+import json, os, sys, time, gc
+import numpy as np, apsw
+a = json.loads(sys.argv[1])
+x = np.load(a["x"], mmap_mode="r")[: a["n"]]
+q = np.load(a["q"])
+if os.path.exists(a["db"]):
+    os.remove(a["db"])
+c = apsw.Connection(a["db"])
+c.enable_load_extension(True)
+c.load_extension(a["ext"])
+(ver,) = c.execute("select vec_version()").fetchone()
+c.execute(f"create virtual table v using vec0(embedding float[{x.shape[1]}] indexed by rescore(quantizer=bit))")
+t = time.perf_counter()
+with c:
+    c.executemany("insert into v(rowid, embedding) values (?, ?)",
+                  ((i + 1, x[i].tobytes()) for i in range(len(x))))
+ins = time.perf_counter() - t
+size = os.path.getsize(a["db"])
+sql = "select rowid, distance from v where embedding match ? and k = ?"
+def one(i):
+    return [r[0] for r in c.execute(sql, (q[i].tobytes(), a["k"])).fetchall()]
+for i in range(min(a["warmup"], len(q))):
+    one(i)
+lat, res = [], []
+gc.collect(); gc.disable()
+for i in range(len(q)):
+    t = time.perf_counter(); r = one(i); lat.append(time.perf_counter() - t); res.append(r)
+gc.enable()
+c.close()
+os.remove(a["db"])
+print(json.dumps({"version": ver, "insert_s": ins, "bytes": size, "lat": lat, "res": res}))
+"""
+
+
+def run_rescore_peer(ext: str, x_path: Path, q_path: Path, n: int, warmup: int):
+    args = {"ext": ext, "x": str(x_path), "q": str(q_path), "n": n, "k": K, "warmup": warmup,
+            "db": str(CACHE / f"vec_rescore_{n}.db")}
+    r = subprocess.run([sys.executable, "-c", RESCORE_WORKER, json.dumps(args)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return None, f"rescore worker failed: {r.stderr.strip()[-400:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1]), None
+
+
+# ------------------------------------------------------------------------------------------
+# Cold open + first query in a fresh process
+# ------------------------------------------------------------------------------------------
+COLD_WORKER = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+t1 = time.perf_counter()
+import hqdb
+t2 = time.perf_counter()
+q = np.load(sys.argv[2])
+sql = "SELECT rowid, distance, hamming FROM t WHERE hq_match(t.code, ?) AND k = 10 AND candidates = 1000"
+t3 = time.perf_counter()
+db = hqdb.connect(sys.argv[1])
+t4 = time.perf_counter()
+rows = db.execute(sql, (q.tobytes(),)).fetchall()
+t5 = time.perf_counter()
+rows = db.execute(sql, (q.tobytes(),)).fetchall()
+t6 = time.perf_counter()
+print(json.dumps({"import_numpy": t1 - t0, "import_hqdb": t2 - t1, "connect": t4 - t3,
+                  "first_query": t5 - t4, "second_query": t6 - t5, "n": len(rows)}))
+"""
+
+
+def evict_from_page_cache(path: Path) -> str:
+    """Drop path's pages from the OS page cache (posix_fadvise DONTNEED, no root needed).
+
+    Returns a note on how cold the file is afterwards (checked with fincore when present)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    if shutil.which("fincore"):
+        r = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                           capture_output=True, text=True)
+        try:
+            return f"{int(r.stdout.split()[0])} bytes of the file still cached after eviction"
+        except (ValueError, IndexError):
+            return "eviction requested (fincore gave no answer)"
+    return "eviction requested (not verified: no fincore)"
+
+
+def cold_open(db_path: Path, q: np.ndarray, runs: int = 3):
+    qp = CACHE / "cold_query.npy"
+    np.save(qp, q.astype(np.float32))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    out = {"cold": [], "warm": [], "evict_note": None}
+    for kind in ["cold", "warm"] * runs:
+        if kind == "cold":
+            out["evict_note"] = evict_from_page_cache(db_path)
+        r = subprocess.run([sys.executable, "-c", COLD_WORKER, str(db_path), str(qp)],
+                           capture_output=True, text=True, env=env)
+        if r.returncode != 0:
+            return None, f"cold-open worker failed: {r.stderr.strip()[-400:]}"
+        out[kind].append(json.loads(r.stdout.strip().splitlines()[-1]))
+    return out, None
+
+
+# ------------------------------------------------------------------------------------------
+# The benchmark
+# ------------------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.rows: list[dict] = []       # latency rows
+        self.inserts: list[dict] = []    # insert rate / bytes per row
+        self.floors: list[dict] = []     # Hamming stage vs bandwidth floor
+        self.failures: list[str] = []    # correctness disagreements (exit status)
+        self.notes: list[str] = []
+        self.skipped: list[str] = []
+        self.cold = None
+        self.profile = None
+        self.bw, self.bw_how = {}, {}
+        self.contention = None
+        self.hqdb, self.hqdb_reason = import_hqdb()
+        self.faiss, self.faiss_reason = import_faiss()
+        self.rescore_ext, self.rescore_note = None, None
+
+    # ---------------------------------------------------------------- helpers
+    def add(self, n, bits, method, lat, res=None, truth=None, books="", threads=1, note="", other=None):
+        p50, p95 = np.percentile(lat, 50) * 1e3, np.percentile(lat, 95) * 1e3
+        if other is None:
+            other = getattr(time_queries, "other", None)
+            time_queries.other = None
+        row = {"N": n, "bits": bits, "books": books, "method": method, "threads": threads,
+               "p50_ms": float(p50), "p95_ms": float(p95), "mean_ms": float(lat.mean() * 1e3),
+               "queries": len(lat), "recall": recall(res, truth) if res is not None else None,
+               "note": note, "other_cpu": other}
+        self.rows.append(row)
+        r = "" if row["recall"] is None else f"  recall@10 {row['recall']:.3f}"
+        o = "" if other is None or other != other else f"  other CPU {other:.1f}"
+        log(f"    {method:<38} m={books!s:<2} t={threads}  p50 {p50:9.3f} ms  p95 {p95:9.3f} ms{r}{o}")
+        return row
+
+    def find(self, **kw):
+        for r in self.rows:
+            if all(r.get(k) == v for k, v in kw.items()):
+                return r
+        return None
+
+    def fail(self, msg):
+        log(f"  !! MISMATCH: {msg}")
+        self.failures.append(msg)
+
+    # ---------------------------------------------------------------- main loop
+    def run(self):
+        a = self.args
+        CACHE.mkdir(parents=True, exist_ok=True)
+        log(f"hqdb: {'OK ' + json.dumps(self.hqdb.info()) if self.hqdb else 'NOT AVAILABLE: ' + self.hqdb_reason}")
+        if self.hqdb is not None and self.hqdb.kernels.BACKEND != "native":
+            log(f"WARNING: hqdb runs on its {self.hqdb.kernels.BACKEND} fallback, not the native kernels")
+        if self.faiss is None:
+            self.skipped.append(f"FAISS: {self.faiss_reason}")
+        self.rescore_ext, self.rescore_note = fetch_rescore_wheel()
+        if self.rescore_ext is None:
+            self.skipped.append(f"sqlite-vec {RESCORE_VERSION} rescore: {self.rescore_note}")
+            log(f"  skipping the rescore peer: {self.rescore_note}")
+
+        log("memory bandwidth (numpy reductions over a 256 MB uint64 array) ...")
+        (self.bw["1"], self.bw_how["1"]), (self.bw["2"], self.bw_how["2"]) = (
+            measure_bandwidth(256 << 20, 1), measure_bandwidth(256 << 20, 2))
+        log(f"  1 thread {self.bw['1'] / 1e9:.1f} GB/s ({self.bw_how['1']}), "
+            f"2 threads {self.bw['2'] / 1e9:.1f} GB/s ({self.bw_how['2']})")
+
+        for bits in a.bits:
+            t0 = time.perf_counter()
+            n_max = max(a.sizes)
+            log(f"\n== {bits} bits: generating {n_max:,} vectors + {a.queries} queries (seed 0) ...")
+            x, q = make_vectors(n_max, bits, a.queries)
+            cbs = residual_kmeans(x[: min(a.sizes)], max(a.books))
+            qcodes_all = residual_encode(x, cbs)
+            codes_all = pack(x)
+            qbits = pack(q)
+            if self.hqdb is not None:
+                hb = self.hqdb.kernels.pack_bits(x[:1000])
+                if not np.array_equal(hb, codes_all[:1000]):
+                    self.fail(f"hqdb.kernels.pack_bits differs from numpy packbits ({bits} bits)")
+            x_path = CACHE / f"x_{bits}.npy"
+            q_path = CACHE / f"q_{bits}.npy"
+            np.save(x_path, x)
+            np.save(q_path, q)
+            log(f"   data + codebooks + codes in {time.perf_counter() - t0:.1f} s")
+            for n in sorted(a.sizes):
+                log(f"\n== N = {n:,}, {bits} bits")
+                self.run_config(n, bits, x[:n], q, codes_all[:n], qbits, qcodes_all[:n], cbs,
+                                x_path, q_path)
+                gc.collect()
+            del x, qcodes_all, codes_all
+            x_path.unlink(missing_ok=True)
+            gc.collect()
+
+    def run_config(self, n, bits, x, q, codes, qbits, qcodes, cbs, x_path, q_path):
+        a = self.args
+        nq, wu = a.queries, a.warmup
+        t0 = time.perf_counter()
+        truth = exact_topk(x, q)
+        log(f"   exact float top-10 in {time.perf_counter() - t0:.1f} s")
+        codes64 = np.ascontiguousarray(codes).view(np.uint64)
+        qbits64 = np.ascontiguousarray(qbits)
+
+        # --- numpy brute-force Hamming (also the reference for hqdb's Hamming mode)
+        def np_search(i):
+            d = np_hamming(codes64, qbits64[i])
+            idx = topk_by_rowid(d, K)
+            return (idx + 1).tolist(), d[idx].tolist()
+
+        lat, res = time_queries(np_search, nq, wu)
+        self.add(n, bits, "numpy Hamming (bitwise_count)", lat, [r[0] for r in res], truth,
+                 note="XOR + np.bitwise_count + partition")
+        np_ref = res
+
+        # --- FAISS IndexBinaryFlat
+        if self.faiss is not None:
+            faiss = self.faiss
+            index = faiss.IndexBinaryFlat(bits)
+            index.add(codes)
+            for th in (1, 2):
+                faiss.omp_set_num_threads(th)
+
+                def fs(i):
+                    D, I = index.search(qbits[i:i + 1], K)
+                    return (I[0] + 1).tolist(), D[0].tolist()
+
+                lat, res = time_queries(fs, nq, wu)
+                self.add(n, bits, "FAISS IndexBinaryFlat", lat, [r[0] for r in res], truth, threads=th)
+                bad = sum(sorted(r[1]) != sorted(ref[1]) for r, ref in zip(res, np_ref))
+                if bad:
+                    self.notes.append(f"FAISS Hamming distances differ from numpy on {bad} queries (N={n}, {bits} bits)")
+            faiss.omp_set_num_threads(os.cpu_count() or 1)
+            del index
+
+        # --- sqlite-vec 0.1.9 bit[n] and float[n]
+        self.run_sqlite_vec(n, bits, x, q, codes, truth, np_ref)
+
+        # --- sqlite-vec 0.1.10a4 rescore (own process)
+        if self.rescore_ext is not None:
+            out, err = run_rescore_peer(self.rescore_ext, x_path, q_path, n, wu)
+            if out is None:
+                self.skipped.append(f"sqlite-vec {RESCORE_VERSION} rescore at N={n}, {bits} bits: {err}")
+                log(f"    rescore peer skipped: {err}")
+            else:
+                self.add(n, bits, f"sqlite-vec {RESCORE_VERSION} rescore(bit)", np.array(out["lat"]),
+                         out["res"], truth, other=float("nan"),
+                         note=f"float[{bits}] indexed by rescore(quantizer=bit), {out['version']}; own process")
+                self.inserts.append({"N": n, "bits": bits, "what": f"sqlite-vec {RESCORE_VERSION} float[{bits}] rescore(bit), executemany",
+                                     "rows_s": n / out["insert_s"], "bytes_row": out["bytes"] / n})
+
+        # --- hqdb
+        if self.hqdb is not None:
+            for m in self.args.books:
+                self.run_hqdb(n, bits, m, q, codes, qbits, qcodes[:, :m], cbs[:m], truth, np_ref, codes64)
+        self.floors_for(n, bits)
+
+    def run_sqlite_vec(self, n, bits, x, q, codes, truth, np_ref):
+        import apsw
+        import sqlite_vec
+
+        nq, wu = self.args.queries, self.args.warmup
+        for kind in ("bit", "float"):
+            path = CACHE / f"vec_{kind}_{n}_{bits}.db"
+            path.unlink(missing_ok=True)
+            c = apsw.Connection(str(path))
+            c.enable_load_extension(True)
+            c.load_extension(sqlite_vec.loadable_path())
+            (ver,) = c.execute("select vec_version()").fetchone()
+            c.execute(f"create virtual table v using vec0(embedding {kind}[{bits}])")
+            t = time.perf_counter()
+            with c:
+                if kind == "bit":
+                    c.executemany("insert into v(rowid, embedding) values (?, vec_bit(?))",
+                                  ((i + 1, codes[i].tobytes()) for i in range(n)))
+                else:
+                    c.executemany("insert into v(rowid, embedding) values (?, ?)",
+                                  ((i + 1, x[i].tobytes()) for i in range(n)))
+            dt = time.perf_counter() - t
+            self.inserts.append({"N": n, "bits": bits, "what": f"sqlite-vec {ver} {kind}[{bits}], executemany",
+                                 "rows_s": n / dt, "bytes_row": path.stat().st_size / n})
+            if kind == "bit":
+                sql = "select rowid, distance from v where embedding match vec_quantize_binary(?) and k = ?"
+                (qb,) = c.execute("select vec_quantize_binary(?)", (q[0].tobytes(),)).fetchone()
+                if qb != pack(q[:1])[0].tobytes():
+                    self.fail("sqlite-vec vec_quantize_binary bytes differ from numpy packbits")
+            else:
+                sql = "select rowid, distance from v where embedding match ? and k = ?"
+
+            def one(i):
+                rows = c.execute(sql, (q[i].tobytes(), K)).fetchall()
+                return [r[0] for r in rows], [r[1] for r in rows]
+
+            lat, res = time_queries(one, nq, wu)
+            note = "L2 on unit vectors (same ranking as inner product)" if kind == "float" else "Hamming"
+            self.add(n, bits, f"sqlite-vec {ver.lstrip('v')} {kind}[{bits}]", lat, [r[0] for r in res], truth, note=note)
+            if kind == "bit":
+                bad = sum(sorted(r[1]) != [float(v) for v in sorted(ref[1])] for r, ref in zip(res, np_ref))
+                if bad:
+                    self.notes.append(f"sqlite-vec bit[{bits}] distances differ from numpy on {bad} queries (N={n})")
+            c.close()
+            path.unlink(missing_ok=True)
+
+    def run_hqdb(self, n, bits, m, q, codes, qbits, qcodes, cbs, truth, np_ref, codes64):
+        hqdb = self.hqdb
+        a = self.args
+        nq, wu = a.queries, a.warmup
+        path = CACHE / f"hq_{n}_{bits}_{m}.db"
+        for p in (path, Path(str(path) + "-journal")):
+            p.unlink(missing_ok=True)
+        db = hqdb.connect(str(path), threads=1)
+        db.execute(f"CREATE VIRTUAL TABLE t USING hq(dim={bits}, books={m}, codewords=256)")
+        hqdb.set_codebooks(db, "t", cbs)
+        qc = np.ascontiguousarray(qcodes)
+        t = time.perf_counter()
+        rowids = hqdb.insert_codes(db, "t", codes, qc)
+        dt = time.perf_counter() - t
+        self.inserts.append({"N": n, "bits": bits, "books": m, "what": f"hqdb.insert_codes, m={m}",
+                             "rows_s": n / dt, "bytes_row": path.stat().st_size / n})
+        log(f"    hqdb.insert_codes: {n / dt:,.0f} rows/s, {path.stat().st_size / n:.1f} bytes/row")
+        if not np.array_equal(rowids, np.arange(1, n + 1)):
+            self.fail(f"insert_codes returned unexpected rowids (N={n})")
+
+        qblobs = [v.tobytes() for v in q]
+        two = "SELECT rowid, distance, hamming FROM t WHERE hq_match(t.code, ?) AND k = ? AND candidates = ?"
+        ham_sql = "SELECT rowid, distance, hamming FROM t WHERE hq_match(t.code, ?) AND k = ? AND mode = ?"
+        sql_res = {}
+        for th in (1, 2):
+            db.execute("SELECT hq_threads(?)", (th,))
+            for c in a.candidates:
+                def one(i, c=c):
+                    rows = db.execute(two, (qblobs[i], K, c)).fetchall()
+                    return [r[0] for r in rows], [r[1] for r in rows]
+
+                lat, res = time_queries(one, nq, wu)
+                self.add(n, bits, f"hqdb two-stage c={c} (SQL)", lat, [r[0] for r in res], truth, books=m, threads=th)
+                sql_res[(c, th)] = res
+            if m == min(a.books):
+                def oneh(i):
+                    rows = db.execute(ham_sql, (qblobs[i], K, "hamming")).fetchall()
+                    return [r[0] for r in rows], [r[2] for r in rows]
+
+                lat, res = time_queries(oneh, nq, wu)
+                self.add(n, bits, "hqdb hamming (SQL)", lat, [r[0] for r in res], truth, books="-", threads=th)
+                bad = [i for i, (r, ref) in enumerate(zip(res, np_ref)) if r[1] != ref[1]]
+                if bad:
+                    self.fail(f"hqdb mode='hamming' top-10 Hamming distances differ from numpy on {len(bad)} "
+                              f"of {nq} queries (N={n}, {bits} bits, threads {th}; first: query {bad[0]})")
+                badr = sum(r[0] != ref[0] for r, ref in zip(res, np_ref))
+                if badr:
+                    self.fail(f"hqdb mode='hamming' rowids differ from the numpy (distance, rowid) order on "
+                              f"{badr} queries (N={n}, {bits} bits, threads {th})")
+        db.execute("SELECT hq_threads(1)")
+
+        # --- the kernels alone (no SQL), same arrays
+        kern = getattr(hqdb, "kernels", None)
+        if kern is not None and hasattr(kern, "search"):
+            rid = np.arange(1, n + 1, dtype=np.int64)
+            cb = np.ascontiguousarray(cbs, dtype=np.float32)
+            c_main = 1000 if 1000 in a.candidates else a.candidates[0]
+            for th in (1, 2):
+                def k2(i):
+                    bq = kern.pack_bits(q[i])
+                    lut = kern.aqd_lut(q[i], cb)
+                    r, d, _ = kern.search(codes, qc, rid, None, bq, lut, k=K, candidates=c_main,
+                                          mode="two_stage", threads=th)
+                    return r.tolist(), d.tolist()
+
+                lat, res = time_queries(k2, nq, wu)
+                self.add(n, bits, f"hqdb kernel two-stage c={c_main} (no SQL)", lat, [r[0] for r in res], truth,
+                         books=m, threads=th, note="pack_bits + aqd_lut + kernels.search")
+                bad = sum(r != s for r, s in zip(res, sql_res[(c_main, th)]))
+                if bad:
+                    self.fail(f"hqdb SQL two-stage c={c_main} differs from kernels.search on {bad} of {nq} "
+                              f"queries (N={n}, {bits} bits, m={m}, threads {th})")
+                if m == min(a.books):
+                    def kh(i):
+                        r, d, _ = kern.search(codes, None, rid, None, kern.pack_bits(q[i]), None, k=K,
+                                              candidates=K, mode="hamming", threads=th)
+                        return r.tolist(), d.tolist()
+
+                    lat, res = time_queries(kh, nq, wu)
+                    self.add(n, bits, "hqdb kernel hamming (no SQL)", lat, [r[0] for r in res], truth,
+                             books="-", threads=th, note="pack_bits + kernels.search(mode='hamming')")
+            # numpy two-stage reference on a few queries (float sums in the kernels' order)
+            n_chk = min(10, nq)
+            for i in range(n_chk):
+                ref_r, ref_d = np_two_stage(codes64, qc, cbs, q[i], qbits[i], K, c_main)
+                got_r, got_d = sql_res[(c_main, 1)][i]
+                if ref_r != got_r or not np.allclose(ref_d, got_d, rtol=1e-6, atol=1e-7):
+                    self.fail(f"hqdb two-stage c={c_main} differs from the numpy reference on query {i} "
+                              f"(N={n}, {bits} bits, m={m})")
+        else:
+            self.skipped.append("hqdb kernel-only timings: hqdb.kernels.search not importable")
+
+        # --- SQL path profile at the headline configuration
+        headline = (n == max(a.sizes) and bits == (128 if 128 in a.bits else max(a.bits)) and m == min(a.books))
+        if headline and not a.no_profile:
+            self.profile = profile_sql(db, two, qblobs, min(nq, 200))
+        if headline and not a.no_contention:
+            log("    under CPU contention (busy-loop processes on every core) ...")
+            self.contention = contention_experiment(db, two, qblobs, min(nq, 60))
+        db.close()
+
+        # --- row-by-row INSERT, for reference (a subset), once per bits at the first N and m
+        if n == min(a.sizes) and m == min(a.books):
+            self.row_by_row(bits, m, codes, qc, cbs)
+
+        # --- cold open + first query on the headline database
+        if headline:
+            log("    cold open + first query (fresh process) ...")
+            out, err = cold_open(path, q[0])
+            if out is None:
+                self.skipped.append(err)
+            else:
+                self.cold = {"N": n, "bits": bits, "books": m, "bytes": path.stat().st_size, **out}
+                c = np.median([r["connect"] + r["first_query"] for r in out["cold"]])
+                w = np.median([r["connect"] + r["first_query"] for r in out["warm"]])
+                log(f"    connect + first query: evicted {c:.3f} s, warm {w:.3f} s ({out['evict_note']})")
+        elif not a.keep_dbs:
+            path.unlink(missing_ok=True)
+
+    def row_by_row(self, bits, m, codes, qc, cbs):
+        hqdb = self.hqdb
+        n = min(self.args.row_by_row, len(codes))
+        path = CACHE / f"hq_rowbyrow_{bits}_{m}.db"
+        path.unlink(missing_ok=True)
+        db = hqdb.connect(str(path))
+        db.execute(f"CREATE VIRTUAL TABLE t USING hq(dim={bits}, books={m}, codewords=256)")
+        hqdb.set_codebooks(db, "t", cbs)
+        t = time.perf_counter()
+        with db:
+            db.executemany("INSERT INTO t(code, qcode) VALUES (?, ?)",
+                           ((codes[i].tobytes(), qc[i].tobytes()) for i in range(n)))
+        dt = time.perf_counter() - t
+        db.close()
+        self.inserts.append({"N": n, "bits": bits, "books": m,
+                             "what": f"hqdb row-by-row INSERT (executemany, one transaction), m={m}",
+                             "rows_s": n / dt, "bytes_row": path.stat().st_size / n})
+        log(f"    hqdb row-by-row INSERT: {n / dt:,.0f} rows/s ({n:,} rows)")
+        path.unlink(missing_ok=True)
+
+    def floors_for(self, n, bits):
+        nbytes = n * bits // 8
+        cache_bw = measure_bandwidth(nbytes, 1)[0] if nbytes <= (64 << 20) else None
+        for th in (1, 2):
+            floor = nbytes / self.bw[str(th)] * 1e3
+            entry = {"N": n, "bits": bits, "threads": th, "bytes": nbytes, "floor_ms": floor,
+                     "cache_floor_ms": nbytes / cache_bw * 1e3 if (cache_bw and th == 1) else None}
+            for key, meth in (("sql", "hqdb hamming (SQL)"), ("kernel", "hqdb kernel hamming (no SQL)"),
+                              ("faiss", "FAISS IndexBinaryFlat"), ("numpy", "numpy Hamming (bitwise_count)")):
+                r = self.find(N=n, bits=bits, method=meth, threads=th)
+                entry[key] = r["p50_ms"] if r else None
+            self.floors.append(entry)
+
+
+HOG = "import time\nt = time.time()\nwhile time.time() - t < 60:\n    pass\n"
+
+
+def contention_experiment(db, sql, qblobs, n):
+    """hqdb two-stage c=1000 p50/p95 at 1 and 2 threads with 0, 1 and (cores) busy-loop
+    processes running, each in its own session like another user's job (this function starts
+    them and kills them)."""
+    ncpu = os.cpu_count() or 1
+    out = {"queries": n, "hogs": sorted({0, 1, ncpu}), "res": {}}
+    for nh in out["hogs"]:
+        hogs = []
+        try:
+            hogs = [subprocess.Popen([sys.executable, "-c", HOG], start_new_session=True) for _ in range(nh)]
+            if hogs:
+                time.sleep(0.5)
+            for th in (1, 2):
+                db.execute("SELECT hq_threads(?)", (th,))
+                lat, _ = time_queries(lambda i: db.execute(sql, (qblobs[i], K, 1000)).fetchall(), n, 5)
+                r = (float(np.percentile(lat, 50) * 1e3), float(np.percentile(lat, 95) * 1e3))
+                out["res"][(nh, th)] = r
+                log(f"      {nh} busy process(es), {th} thread(s): p50 {r[0]:.3f} ms, p95 {r[1]:.3f} ms")
+        finally:
+            for h in hogs:
+                h.kill()
+                h.wait()
+    db.execute("SELECT hq_threads(1)")
+    return out
+
+
+def profile_sql(db, sql, qblobs, n):
+    """cProfile of the SQL two-stage path (c=1000, 1 thread): where a query's time goes."""
+    import cProfile
+    import pstats
+
+    db.execute("SELECT hq_threads(1)")
+    for i in range(10):
+        db.execute(sql, (qblobs[i % len(qblobs)], K, 1000)).fetchall()
+    pr = cProfile.Profile()
+    t = time.perf_counter()
+    pr.enable()
+    for i in range(n):
+        db.execute(sql, (qblobs[i], K, 1000)).fetchall()
+    pr.disable()
+    wall = (time.perf_counter() - t) / n
+    st = pstats.Stats(pr)
+    rows = []
+    for (fn, line, name), (cc, nc, tt, ct, callers) in st.stats.items():
+        where = f"{Path(fn).name}:{line}({name})" if fn != "~" else name
+        rows.append((tt / n * 1e6, ct / n * 1e6, nc / n, where))
+    rows.sort(reverse=True)
+    return {"queries": n, "wall_us": wall * 1e6, "top": rows[:12]}
+
+
+# ------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------
+def git_head() -> str:
+    try:
+        r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "--", "hqdb", "native"],
+                               capture_output=True, text=True).stdout.strip()
+        return r.stdout.strip() + (" (hqdb/ or native/ modified)" if dirty else "")
+    except OSError:
+        return "?"
+
+
+def machine_info() -> dict:
+    model = platform.processor() or "?"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        with open("/proc/meminfo") as f:
+            mem = f"{int(f.readline().split()[1]) / 2**20:.0f} GiB"
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "memory": mem, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def native_module() -> str:
+    """Path, mtime and sha256 prefix of hqdb's compiled kernels (they change while being worked on)."""
+    try:
+        import hashlib
+
+        from hqdb import _native
+
+        p = Path(_native.__file__)
+        h = hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+        mt = _dt.datetime.fromtimestamp(p.stat().st_mtime).strftime("%Y-%m-%d %H:%M:%S")
+        return f"{p.relative_to(REPO) if p.is_relative_to(REPO) else p} (built {mt}, sha256 {h})"
+    except Exception as exc:
+        return f"not importable ({type(exc).__name__}: {exc})"
+
+
+def versions(b: Bench) -> dict:
+    import apsw
+    import sqlite_vec
+
+    v = {"numpy": np.__version__, "apsw": apsw.apswversion(), "sqlite": apsw.sqlite_lib_version(),
+         "sqlite-vec": getattr(sqlite_vec, "__version__", "?")}
+    if b.faiss is not None:
+        v["faiss"] = b.faiss.__version__
+    if b.hqdb is not None:
+        v["hqdb.info()"] = b.hqdb.info()
+    return v
+
+
+def fmt(v, nd=3):
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        if abs(v) >= 10:
+            return f"{v:.1f}"
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def verdict(ok):
+    return "—" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def targets(b: Bench):
+    """[(target, measured, verdict)] at 1M x 128 bits, m = 4 (or say it was not measured)."""
+    n, bits, m = 1_000_000, 128, 4
+    out = []
+    two = b.find(N=n, bits=bits, books=m, method="hqdb two-stage c=1000 (SQL)", threads=1)
+    vb = b.find(N=n, bits=bits, method=f"sqlite-vec 0.1.9 bit[{bits}]")
+    hs = b.find(N=n, bits=bits, method="hqdb hamming (SQL)", threads=1)
+    hk = b.find(N=n, bits=bits, method="hqdb kernel hamming (no SQL)", threads=1)
+    fa = b.find(N=n, bits=bits, method="FAISS IndexBinaryFlat", threads=1)
+    fl = next((f for f in b.floors if f["N"] == n and f["bits"] == bits and f["threads"] == 1), None)
+    ins = next((i for i in b.inserts if i["N"] == n and i["bits"] == bits and i.get("books") == m
+                and i["what"].startswith("hqdb.insert_codes")), None)
+    nm = "not measured in this run"
+    out.append(("two-stage c=1000 k=10 p50 through SQL, 1 thread ≤ 1 ms",
+                f"{two['p50_ms']:.3f} ms (p95 {two['p95_ms']:.3f} ms)" if two else nm,
+                verdict(two["p50_ms"] <= TARGET_P50_MS) if two else "—"))
+    if two and vb:
+        x = vb["p50_ms"] / two["p50_ms"]
+        out.append(("≥ 10× faster than sqlite-vec bit[128] KNN (p50)",
+                    f"{x:.1f}× ({vb['p50_ms']:.2f} ms vs {two['p50_ms']:.3f} ms)", verdict(x >= TARGET_VS_VEC_BIT)))
+    else:
+        out.append(("≥ 10× faster than sqlite-vec bit[128] KNN (p50)", nm, "—"))
+    if hs and fl:
+        x = hs["p50_ms"] / fl["floor_ms"]
+        kx = f"; kernel alone {hk['p50_ms'] / fl['floor_ms']:.2f}× ({hk['p50_ms']:.3f} ms)" if hk else ""
+        out.append(("Hamming stage within 1.5× of the memory floor (1 thread)",
+                    f"SQL mode='hamming' {x:.2f}× ({hs['p50_ms']:.3f} ms vs floor {fl['floor_ms']:.3f} ms){kx}",
+                    verdict(x <= TARGET_FLOOR_X)))
+    else:
+        out.append(("Hamming stage within 1.5× of the memory floor (1 thread)", nm, "—"))
+    if hs and fa:
+        x = hs["p50_ms"] / fa["p50_ms"]
+        kx = f"; kernel alone {hk['p50_ms'] / fa['p50_ms']:.2f}×" if hk else ""
+        out.append(("Hamming stage within 1.5× of FAISS IndexBinaryFlat (1 thread)",
+                    f"SQL {x:.2f}× ({hs['p50_ms']:.3f} ms vs FAISS {fa['p50_ms']:.3f} ms){kx}",
+                    verdict(x <= TARGET_FAISS_X)))
+    else:
+        out.append(("Hamming stage within 1.5× of FAISS IndexBinaryFlat (1 thread)", nm, "—"))
+    if b.cold and b.cold["N"] == n and b.cold["bits"] == bits:
+        c = float(np.median([r["connect"] + r["first_query"] for r in b.cold["cold"]]))
+        out.append(("cold open + first query ≤ 0.5 s",
+                    f"{c:.3f} s (hqdb.connect + first query, db file evicted from the page cache; "
+                    f"`import hqdb` not included)", verdict(c <= TARGET_COLD_S)))
+    else:
+        out.append(("cold open + first query ≤ 0.5 s", nm, "—"))
+    out.append(("bulk insert of precomputed codes ≥ 200k rows/s",
+                f"{ins['rows_s']:,.0f} rows/s (hqdb.insert_codes, file database, incl. commit)" if ins else nm,
+                verdict(ins["rows_s"] >= TARGET_INSERT_RPS) if ins else "—"))
+    return out
+
+
+def ratio_lines(b: Bench) -> list[str]:
+    lines = []
+    for n in sorted({r["N"] for r in b.rows}):
+        for bits in sorted({r["bits"] for r in b.rows}):
+            for m in b.args.books:
+                h = b.find(N=n, bits=bits, books=m, method="hqdb two-stage c=1000 (SQL)", threads=1)
+                if not h:
+                    continue
+                parts = []
+                for meth, th in ((f"sqlite-vec 0.1.9 bit[{bits}]", 1), (f"sqlite-vec 0.1.9 float[{bits}]", 1),
+                                 (f"sqlite-vec {RESCORE_VERSION} rescore(bit)", 1), ("FAISS IndexBinaryFlat", 1),
+                                 ("numpy Hamming (bitwise_count)", 1)):
+                    p = b.find(N=n, bits=bits, method=meth, threads=th)
+                    if p:
+                        x = p["p50_ms"] / h["p50_ms"]
+                        parts.append(f"{meth}: {x:.1f}× faster" if x >= 1 else f"{meth}: {1 / x:.2f}× slower")
+                lines.append(f"- N={n:,}, {bits} bits, m={m}: hqdb two-stage c=1000 (SQL, 1 thread, "
+                             f"p50 {h['p50_ms']:.3f} ms) vs " + "; ".join(parts))
+    return lines
+
+
+def latency_tables(b: Bench) -> list[str]:
+    out = []
+    for n in sorted({r["N"] for r in b.rows}):
+        for bits in sorted({r["bits"] for r in b.rows}):
+            rows = [r for r in b.rows if r["N"] == n and r["bits"] == bits]
+            if not rows:
+                continue
+            out += [f"### N = {n:,}, {bits}-bit codes", "",
+                    "| method | books | threads | p50 ms | p95 ms | QPS (1/mean) | recall@10 | other CPU | note |",
+                    "|---|---|---|---|---|---|---|---|---|"]
+            for r in rows:
+                oc = r.get("other_cpu")
+                oc = "—" if oc is None or oc != oc else f"{oc:.1f}"
+                out.append(f"| {r['method']} | {r['books'] or '—'} | {r['threads']} | {fmt(r['p50_ms'])} | "
+                           f"{fmt(r['p95_ms'])} | {1e3 / r['mean_ms']:,.0f} | "
+                           f"{fmt(r['recall'])} | {oc} | {r['note']} |")
+            out.append("")
+    return out
+
+
+def write_report(b: Bench, out_md: Path, out_png: Path, elapsed: float, cmd: str):
+    a = b.args
+    mi = machine_info()
+    v = versions(b)
+    L = [f"# hqdb search benchmark", "",
+         f"Generated by `bench/search.py` on {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}.", "",
+         f"- Command: `{cmd}` — total run time {elapsed / 60:.1f} min",
+         f"- Machine: {mi['cpu']}, {mi['cores']} cores, {mi['memory']} RAM, {mi['platform']}, Python {mi['python']}",
+         f"- Load average at start / end: {b.load_start} / {tuple(round(x, 2) for x in os.getloadavg())} "
+         "(other engineers share this machine; their jobs can add noise)",
+         f"- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if k != "hqdb.info()"),
+         f"- `hqdb.info()`: `{json.dumps(v.get('hqdb.info()'))}`; native module {native_module()}; "
+         f"git HEAD {git_head()}" if b.hqdb else f"- hqdb NOT AVAILABLE: {b.hqdb_reason}",
+         f"- Data: seeded (seed 0) mixture of 1000 Gaussians on the unit sphere in n dimensions; "
+         f"code = sign bits (`vec_quantize_binary` layout); {len(a.books) and max(a.books)}-book residual k-means "
+         f"(256 codewords, 6 iterations, 20k-row sample; m=4 uses the first 4 books); {a.queries} queries "
+         f"(+{a.warmup} warm-up) drawn from the same mixture; k = {K}. Every method sees the same vectors "
+         "and queries. Latency = one query through the method's API (SQL statement + fetchall for the "
+         "SQL methods), one at a time, Python GC off during timing.",
+         f"- recall@10 is against the exact float inner-product top-10: a sanity column, the bench "
+         "measures speed. The quick residual k-means codebooks (m bytes per row) are coarser than the n-bit "
+         "sign code on this clustered data, so two-stage recall here can sit below Hamming-only recall; that "
+         "says nothing about learned HQ codebooks.",
+         ""]
+    if b.hqdb is not None and b.hqdb.kernels.BACKEND != "native":
+        L += [f"> **hqdb ran on its `{b.hqdb.kernels.BACKEND}` fallback, not the native kernels** "
+              f"({b.hqdb.kernels.FALLBACK_REASON}): these hqdb figures are not the native engine's.", ""]
+    L += ["## Targets (1M rows × 128 bits, m = 4)", "", "| target | measured | verdict |", "|---|---|---|"]
+    L += [f"| {t} | {mval} | {vd} |" for t, mval, vd in targets(b)]
+    L += [""]
+    if b.failures:
+        L += ["## CORRECTNESS FAILURES", ""] + [f"- {f}" for f in b.failures] + [""]
+    else:
+        L += ["Correctness: hqdb `mode='hamming'` top-10 (distances and rowids) equal the numpy reference "
+              "on every query; SQL two-stage results equal `hqdb.kernels.search` on every query and the "
+              "numpy two-stage reference on the first 10 queries of each configuration.", ""]
+    L += ["## Ratios (p50, one thread)", ""] + ratio_lines(b) + [""]
+    L += ["## Hamming stage vs the memory floor", "",
+          f"Read bandwidth (numpy sum / max / bitwise_or.reduce over 256 MB of uint64, best of 5 each): "
+          f"{b.bw['1'] / 1e9:.1f} GB/s on one thread ({b.bw_how['1']}), {b.bw['2'] / 1e9:.1f} GB/s on two "
+          f"({b.bw_how['2']}). Floor = bytes the Hamming stage scans (N × n/8) ÷ "
+          "bandwidth. The code arrays here (≤ 16 MB) fit in this CPU's 32 MB L3, so a warm scan can beat "
+          "the DRAM floor; 'cache floor' uses the 1-thread bandwidth of a buffer the size of the codes instead. "
+          "numpy is single-threaded (no 2-thread figure).", "",
+          "| N | bits | threads | bytes scanned | floor ms | cache floor ms | hqdb SQL hamming ms (× floor) | "
+          "hqdb kernel ms (× floor) | FAISS ms (× floor) | numpy ms (× floor) |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for f in b.floors:
+        def xf(key):
+            return "—" if f[key] is None else f"{f[key]:.3f} ({f[key] / f['floor_ms']:.2f}×)"
+        L.append(f"| {f['N']:,} | {f['bits']} | {f['threads']} | {f['bytes'] / 2**20:.1f} MiB | {f['floor_ms']:.3f} | "
+                 f"{fmt(f['cache_floor_ms'])} | {xf('sql')} | {xf('kernel')} | {xf('faiss')} | {xf('numpy')} |")
+    L += [""]
+    if b.cold:
+        c = b.cold
+        L += ["## Cold open + first query", "",
+              f"Fresh Python process per run, database of {c['N']:,} rows × {c['bits']} bits, m={c['books']} "
+              f"({c['bytes'] / 2**20:.1f} MiB). Evicted = the database file dropped from the OS page cache with "
+              f"`posix_fadvise(DONTNEED)` before the run ({c['evict_note']}); the Python libraries stay warm, "
+              "and on this VM the host may still cache the virtual disk. Warm = the file left in the page cache. "
+              "Median of 3 runs each.", "",
+              "| | import hqdb s | hqdb.connect s | first query s | connect + first query s | second query ms |",
+              "|---|---|---|---|---|---|"]
+        for kind in ("cold", "warm"):
+            rs = c[kind]
+            med = lambda key: float(np.median([r[key] for r in rs]))  # noqa: E731
+            tot = float(np.median([r["connect"] + r["first_query"] for r in rs]))
+            L.append(f"| {'evicted' if kind == 'cold' else 'warm OS cache'} | {med('import_hqdb'):.3f} | "
+                     f"{med('connect'):.3f} | {med('first_query'):.3f} | {tot:.3f} | {med('second_query') * 1e3:.3f} |")
+        L += [""]
+    L += ["## Bulk insert and size on disk", "",
+          "File databases, default pragmas (rollback journal, synchronous=FULL); times include the commit.", "",
+          "| N | bits | what | rows/s | bytes/row on disk |", "|---|---|---|---|---|"]
+    for i in b.inserts:
+        L.append(f"| {i['N']:,} | {i['bits']} | {i['what']} | {i['rows_s']:,.0f} | {i['bytes_row']:.1f} |")
+    L += [""]
+    if b.contention:
+        c = b.contention
+        L += ["## hq_threads under CPU contention", "",
+              f"hqdb two-stage c=1000 through SQL at the headline configuration, {c['queries']} queries (+5 "
+              "warm-up), with 0, 1 or one-per-core busy-loop processes running, each in its own session (as "
+              "another user's job would be). A 2-thread OpenMP search cannot finish until its second thread "
+              "gets a core.", "",
+              "| busy processes | threads | p50 ms | p95 ms |", "|---|---|---|---|"]
+        for (nh, th), (p50, p95) in sorted(c["res"].items()):
+            L.append(f"| {nh} | {th} | {p50:.3f} | {p95:.3f} |")
+        L += [""]
+    if b.profile:
+        p = b.profile
+        L += ["## Where the SQL path's time goes", "",
+              f"cProfile over {p['queries']} queries of hqdb two-stage c=1000, 1 thread, at the headline "
+              f"configuration ({p['wall_us']:.0f} µs/query under the profiler). Per query:", "",
+              "| own time µs | cumulative µs | calls | function |", "|---|---|---|---|"]
+        L += [f"| {tt:.1f} | {ct:.1f} | {nc:g} | `{w}` |" for tt, ct, nc, w in p["top"]]
+        L += [""]
+    L += ["## Latency (ms per query)", "",
+          "'other CPU' = cores' worth of CPU that other processes used during that row's timed loop "
+          "(/proc/stat minus this process, 10 ms resolution): above ~0.3 the row was measured on a busy "
+          "machine, which hits the 2-thread rows hardest (see the contention section).", ""] + latency_tables(b)
+    L += ["## Not measured / notes", ""]
+    notes = list(b.skipped) + list(b.notes)
+    if 10_000_000 not in a.sizes:
+        notes.append("N = 10M was not run: sqlite-vec float[n] alone would take ~5 GB on disk and ~1 s per query "
+                     "(≈ 4 min for 200 queries), far past the ~20 min budget; `--sizes 10000000` runs it anyway.")
+    notes.append("sqlite-vec has no threads setting: its rows are single-threaded whatever the 'threads' column.")
+    notes.append("FAISS IndexBinaryFlat parallelises over queries; with one query per call, 2 threads do not help it.")
+    notes.append(f"sqlite-vec {RESCORE_VERSION} runs in a separate Python process (its vec0.so exports the same "
+                 "symbol names as 0.1.9's), same vectors and queries, default oversample.")
+    L += [f"- {x}" for x in notes] + [""]
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text("\n".join(L))
+    plot(b, out_png)
+
+
+def plot(b: Bench, out_png: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(r["N"] for r in b.rows)
+    bits = 128 if any(r["bits"] == 128 for r in b.rows) else max(r["bits"] for r in b.rows)
+    m = min(b.args.books)
+    rows = [r for r in b.rows if r["N"] == n and r["bits"] == bits and r["books"] in ("", "-", m)]
+    rows.sort(key=lambda r: r["p50_ms"])
+    def busy(r):
+        oc = r.get("other_cpu")
+        return oc is not None and oc == oc and oc > 0.3
+
+    labels = [f"{r['method']}" + (f" ×{r['threads']}t" if r["threads"] != 1 else "")
+              + (" [busy machine]" if busy(r) else "") for r in rows]
+    vals = [r["p50_ms"] for r in rows]
+    colors = ["tab:blue" if r["method"].startswith("hqdb") else "tab:gray" for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 0.38 * len(rows) + 1.6))
+    ax.barh(range(len(rows)), vals, color=colors)
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency per query, ms (log scale)")
+    ax.set_title(f"k=10 search, N={n:,}, {bits}-bit codes, m={m} (blue: hqdb)", fontsize=10)
+    for i, v in enumerate(vals):
+        ax.text(v * 1.05, i, f"{v:.3g}", va="center", fontsize=7)
+    fl = next((f for f in b.floors if f["N"] == n and f["bits"] == bits and f["threads"] == 1), None)
+    if fl:
+        ax.axvline(fl["floor_ms"], color="tab:red", ls="--", lw=1)
+        ax.text(fl["floor_ms"] * 1.03, len(rows) - 0.6, "DRAM floor of the\nHamming scan, 1 thread",
+                color="tab:red", fontsize=7, va="bottom")
+    ax.set_xlim(min(vals + ([fl["floor_ms"]] if fl else [])) / 2, max(vals) * 4)
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def print_summary(b: Bench):
+    log("\n" + "=" * 100)
+    for line in latency_tables(b):
+        log(line)
+    log("Targets (1M x 128 bits, m = 4):")
+    for t, mval, vd in targets(b):
+        log(f"  [{vd.strip('*'):>6}] {t}: {mval}")
+    log("\nRatios:")
+    for line in ratio_lines(b):
+        log(line)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--bits", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--books", type=int, nargs="+", default=[4, 8])
+    p.add_argument("--candidates", type=int, nargs="+", default=[100, 1000, 10000])
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--row-by-row", type=int, default=20000, help="rows for the row-by-row INSERT reference")
+    p.add_argument("--quick", action="store_true", help="N=100k, 128 bits, 4 books, 100 queries")
+    p.add_argument("--out", type=Path, default=None, help="Markdown report (default bench/RESULTS.md; "
+                   "bench/.cache/quick/RESULTS.md with --quick); the plot goes next to it as search.png")
+    p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--no-contention", action="store_true",
+                   help="skip the run under CPU contention (busy-loop processes on every core)")
+    p.add_argument("--keep-dbs", action="store_true", help="keep every hqdb database in bench/.cache")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.sizes, a.bits, a.books, a.queries, a.row_by_row = [100_000], [128], [4], min(a.queries, 100), 5000
+    if any(b % 64 for b in a.bits):
+        p.error("--bits must be multiples of 64 (the numpy reference reads codes as uint64 words)")
+    out_md = a.out or (CACHE / "quick" / "RESULTS.md" if a.quick else BENCH / "RESULTS.md")
+    out_png = out_md.parent / "search.png"
+    cmd = "python bench/search.py" + ("".join(f" {x}" for x in (argv if argv is not None else sys.argv[1:])))
+
+    t0 = time.perf_counter()
+    b = Bench(a)
+    b.load_start = tuple(round(x, 2) for x in os.getloadavg())
+    b.run()
+    elapsed = time.perf_counter() - t0
+    print_summary(b)
+    write_report(b, out_md, out_png, elapsed, cmd)
+    log(f"\nwrote {out_md} and {out_png}; total {elapsed / 60:.1f} min")
+    if b.hqdb is None:
+        log(f"hqdb could not be imported: {b.hqdb_reason}")
+        return 2
+    if b.failures:
+        log(f"{len(b.failures)} correctness failure(s):")
+        for f in b.failures:
+            log(f"  - {f}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
