@@ -208,14 +208,15 @@ def _backend_api(name: str):
     )
 
 
-_KNOBS = {"avx512": 0, "min_chunk_rows": 1}
+_KNOBS = {"avx512": 0, "min_chunk_rows": 1, "path": 2}
 
 
 def _tune(knob: str, value: int = -1) -> int:
     """Test hook: set a native code-path knob, return its previous value (-1: not available).
 
     ``"avx512"`` (1/0) turns the AVX-512 VPOPCNTDQ Hamming path on/off; ``"min_chunk_rows"``
-    is the fewest rows per thread chunk. Results never depend on these, only the code path
+    is the fewest rows per thread chunk; ``"path"`` picks the Hamming-stage route (0 choose,
+    1 full scan, 2 fast route with a guess too small to work, 3 always the fast route). Results never depend on these, only the code path
     does. Not thread-safe: for tests only. ``value < 0`` just reads the knob.
     """
     if BACKEND != "native":

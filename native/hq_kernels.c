@@ -31,6 +31,12 @@
 
 /* Below this many rows per chunk, splitting costs more than it saves (a knob for tests). */
 static int64_t hq_min_chunk_rows = 32768;
+
+/* Which route the Hamming stage takes (HQ_KNOB_PATH, for tests): 0 = choose, 1 = always the
+ * full route, 2 = the fast route with a guess of 0 (so it mostly falls back), 3 = always try
+ * the fast route. */
+static volatile int hq_path = 0;
+
 #define HQ_MAX_CHUNKS 64
 
 /* Bit-trick popcount. GCC recognises this idiom and emits POPCNT in the clones built for
@@ -177,6 +183,65 @@ static void ham_all_generic(const uint8_t *codes, int32_t nb, const hq_query *q,
     })
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* Hamming stage, fast route: collect the near rows during the scan itself.                   */
+/*                                                                                            */
+/* A bound g guessed from a sample (guess_bound) says which rows may be among the c closest.  */
+/* The scan keeps only valid rows with distance <= the bound, and tightens the bound as the   */
+/* rows kept so far prove that c rows lie within a smaller distance (as in pass 1). So no     */
+/* per-row scratch array and no second scan. If the guess was too small (fewer than c rows    */
+/* within it) or too many rows are kept, the caller falls back to the full route: a bad guess */
+/* costs time, never a wrong answer.                                                          */
+
+typedef struct {
+    int64_t idx;
+    uint32_t d;
+    uint32_t pad_;
+} hq_hit;
+
+typedef struct {
+    hq_hit *buf;
+    int64_t cap, n;
+    int64_t *hist; /* of the kept rows' distances */
+    uint32_t bound;
+    int overflow;
+} hq_keep;
+
+HQ_CLONES
+static int64_t ham_collect_generic(const uint8_t *codes, int32_t nb, const hq_query *q,
+                                   const uint8_t *valid, int64_t lo, int64_t hi, int64_t c,
+                                   hq_keep *kp)
+{
+    uint32_t bound = kp->bound;
+    int64_t n = 0, nvalid = 0;
+    hq_hit *buf = kp->buf;
+    HQ_DISPATCH_NB(nb, q, {
+        for (int64_t i0 = lo; i0 < hi; i0 += HQ_BOUND_BLOCK) {
+            const int64_t i1 = hi - i0 < HQ_BOUND_BLOCK ? hi : i0 + HQ_BOUND_BLOCK;
+            for (int64_t i = i0; i < i1; i++) {
+                const uint32_t d = ham_row(codes + i * (int64_t)nb, q, NW, NTAIL);
+                const int ok = valid ? valid[i] != 0 : 1;
+                nvalid += ok;
+                if (ok && d <= bound) {
+                    if (n == kp->cap) {
+                        kp->overflow = 1;
+                        goto out;
+                    }
+                    buf[n].idx = i;
+                    buf[n].d = d;
+                    n++;
+                    kp->hist[d]++;
+                }
+            }
+            bound = tighten_bound(kp->hist, bound, c);
+        }
+    })
+out:
+    kp->n = n;
+    kp->bound = bound;
+    return nvalid;
+}
+
 /* AVX-512 VPOPCNTDQ: 8 rows per step, for codes of 1, 2, 4, 8 or 16 words. GCC 12 can't
  * dispatch this ISA through target_clones, so it gets its own target attribute and a runtime
  * check (use_avx512). */
@@ -303,9 +368,76 @@ HQ_AVX512 static void ham_all_avx512(const uint8_t *codes, int32_t nb, const hq_
     for (; i < hi; i++)
         out[i] = (int32_t)ham_row(codes + i * (int64_t)nb, q, q->nw, 0);
 }
+HQ_AVX512 static int64_t ham_collect_avx512(const uint8_t *codes, int32_t nb, const hq_query *q,
+                                            const uint8_t *valid, int64_t lo, int64_t hi,
+                                            int64_t c, hq_keep *kp)
+{
+    __m512i qv[2];
+    avx512_query(q, qv);
+    uint32_t bound = kp->bound;
+    int64_t n = 0, nvalid = 0;
+    hq_hit *buf = kp->buf;
+    int64_t i = lo;
+    HQ_AVX512_DISPATCH(q->nw, {
+        while (i + 8 <= hi) {
+            const int64_t stop = hi - i > HQ_BOUND_BLOCK ? i + HQ_BOUND_BLOCK : hi;
+            const __m128i vbound = _mm_set1_epi16((short)bound);
+            for (; i + 8 <= stop; i += 8) {
+                const __m128i d = _mm512_cvtepi64_epi16(avx512_dist8(codes + i * (int64_t)nb, qv, NW));
+                __mmask8 near = _mm_cmple_epu16_mask(d, vbound);
+                if (valid) {
+                    const __m128i v = _mm_loadl_epi64((const __m128i *)(valid + i));
+                    const __mmask8 ok = _mm_test_epi8_mask(v, v);
+                    nvalid += _mm_popcnt_u32((unsigned)ok);
+                    near &= ok;
+                } else {
+                    nvalid += 8;
+                }
+                if (near) { /* rare once the bound is tight */
+                    if (n + 8 > kp->cap) {
+                        kp->overflow = 1;
+                        goto out;
+                    }
+                    const uint64_t w[2] = {(uint64_t)_mm_cvtsi128_si64(d),
+                                           (uint64_t)_mm_extract_epi64(d, 1)};
+                    unsigned bits = near;
+                    do {
+                        const int j = hq_ctz64(bits);
+                        const uint32_t dj = (uint32_t)(w[j >> 2] >> (16 * (j & 3))) & 0xFFFF;
+                        bits &= bits - 1;
+                        buf[n].idx = i + j;
+                        buf[n].d = dj;
+                        n++;
+                        kp->hist[dj]++;
+                    } while (bits);
+                }
+            }
+            bound = tighten_bound(kp->hist, bound, c);
+        }
+    })
+    for (; i < hi; i++) {
+        const uint32_t d = ham_row(codes + i * (int64_t)nb, q, q->nw, 0);
+        const int ok = valid ? valid[i] != 0 : 1;
+        nvalid += ok;
+        if (ok && d <= bound) {
+            if (n == kp->cap) {
+                kp->overflow = 1;
+                goto out;
+            }
+            buf[n].idx = i;
+            buf[n].d = d;
+            n++;
+            kp->hist[d]++;
+        }
+    }
+out:
+    kp->n = n;
+    kp->bound = bound;
+    return nvalid;
+}
 #endif
 
-/* Set to 0 (hq_set_avx512) to test the portable path on an AVX-512 machine. */
+/* 0 (hq_tune) tests the portable path on an AVX-512 machine. */
 static volatile int hq_avx512_enabled = 1;
 
 static int avx512_usable(void)
@@ -347,6 +479,16 @@ static void ham_all(const uint8_t *codes, int32_t nb, const hq_query *q, int64_t
     }
 #endif
     ham_all_generic(codes, nb, q, lo, hi, out);
+}
+
+static int64_t ham_collect(const uint8_t *codes, int32_t nb, const hq_query *q,
+                           const uint8_t *valid, int64_t lo, int64_t hi, int64_t c, hq_keep *kp)
+{
+#ifdef HQ_HAVE_AVX512
+    if (use_avx512(nb))
+        return ham_collect_avx512(codes, nb, q, valid, lo, hi, c, kp);
+#endif
+    return ham_collect_generic(codes, nb, q, valid, lo, hi, c, kp);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -551,6 +693,11 @@ int64_t hq_tune(int32_t knob, int64_t value)
         if (value >= 0)
             hq_avx512_enabled = value ? 1 : 0;
         return prev;
+    case HQ_KNOB_PATH:
+        prev = hq_path;
+        if (value >= 0 && value <= 3)
+            hq_path = (int)value;
+        return prev;
     case HQ_KNOB_MIN_CHUNK_ROWS:
         prev = hq_min_chunk_rows;
         if (value >= 1)
@@ -716,7 +863,36 @@ static void collect_range(const uint16_t *dist, const int64_t *rowids, int64_t l
             take_row(dist, rowids, i, dstar, below, &nbelow, eq, &neq, eq_cap, use_heap);
 }
 
-static int search_hamming_stage(const uint8_t *codes, int32_t nb, const void *qcodes,
+/* The final step of the Hamming-stage modes, given the c candidate rows (ham, rowid, idx set):
+ * "hamming" sorts them by (ham, rowid); "two_stage" scores them by AQD and keeps the top k. */
+static int rank_candidates(hq_entry *cand, int64_t c, int32_t mode, int64_t k, const void *qcodes,
+                           int32_t qcode_bytes, int32_t m, const float *lut, int32_t kw,
+                           int64_t *out_rowids, float *out_dist, int32_t *out_ham, int64_t *out_n)
+{
+    int64_t r;
+    if (mode == HQ_MODE_HAMMING) {
+        for (int64_t j = 0; j < c; j++)
+            cand[j].d = (float)cand[j].ham;
+        r = c;
+    } else {
+        for (int64_t j = 0; j < c; j++)
+            if (aqd_score(qcodes, qcode_bytes, m, cand[j].idx, lut, kw, &cand[j].d) != HQ_OK)
+                return HQ_ERR_QCODE;
+        r = k < c ? k : c;
+    }
+    select_sorted(cand, c, r);
+    for (int64_t j = 0; j < r; j++) {
+        out_rowids[j] = cand[j].rowid;
+        out_dist[j] = cand[j].d;
+        out_ham[j] = cand[j].ham;
+    }
+    *out_n = r;
+    return HQ_OK;
+}
+
+/* The Hamming-stage modes by the straightforward route: every row's distance into a scratch
+ * array with a histogram (pass 1), the threshold d*, then a scan for the rows within it. */
+static int search_hamming_full(const uint8_t *codes, int32_t nb, const void *qcodes,
                                 int32_t qcode_bytes, int32_t m, const int64_t *rowids,
                                 const uint8_t *valid, int64_t n_rows, const hq_query *q,
                                 const float *lut, int32_t kw, int32_t mode, int64_t k,
@@ -815,26 +991,8 @@ static int search_hamming_stage(const uint8_t *codes, int32_t nb, const void *qc
     select_smallest(eqbuf, eq_acc, need);
     memcpy(cand + below, eqbuf, (size_t)need * sizeof(hq_entry));
 
-    int64_t r;
-    if (mode == HQ_MODE_HAMMING) {
-        for (int64_t j = 0; j < c; j++)
-            cand[j].d = (float)cand[j].ham;
-        r = c;
-    } else {
-        for (int64_t j = 0; j < c; j++) {
-            rc = aqd_score(qcodes, qcode_bytes, m, cand[j].idx, lut, kw, &cand[j].d);
-            if (rc != HQ_OK)
-                goto done;
-        }
-        r = k < c ? k : c;
-    }
-    select_sorted(cand, c, r);
-    for (int64_t j = 0; j < r; j++) {
-        out_rowids[j] = cand[j].rowid;
-        out_dist[j] = cand[j].d;
-        out_ham[j] = cand[j].ham;
-    }
-    *out_n = r;
+    rc = rank_candidates(cand, c, mode, k, qcodes, qcode_bytes, m, lut, kw, out_rowids, out_dist,
+                         out_ham, out_n);
 
 done:
     free(dist);
@@ -845,6 +1003,175 @@ done:
     free(cand);
     free(eqbuf);
     return rc;
+}
+
+/* The guess for the fast route: over an evenly strided sample of rows, the distance within
+ * which the sample predicts about 2c valid rows, plus a little slack. */
+#define HQ_SAMPLE_ROWS 4096
+
+static uint32_t guess_bound(const uint8_t *codes, int32_t nb, const hq_query *q,
+                            const uint8_t *valid, int64_t n_rows, int64_t c, int64_t *expect)
+{
+    const uint32_t nbits = (uint32_t)nb * 8;
+    const int64_t S = n_rows < HQ_SAMPLE_ROWS ? n_rows : HQ_SAMPLE_ROWS;
+    uint32_t sh[HQ_MAX_CODE_BYTES * 8 + 1];
+    memset(sh, 0, sizeof(sh));
+    for (int64_t s = 0; s < S; s++) {
+        const int64_t i = s * n_rows / S;
+        if (!valid || valid[i])
+            sh[ham_row(codes + i * (int64_t)nb, q, q->nw, q->ntail)]++;
+    }
+    const int64_t target = (2 * c * S + n_rows - 1) / n_rows + 4;
+    *expect = target * (n_rows / S + 1); /* rows the guess should keep, for sizing buffers */
+    int64_t cum = 0;
+    for (uint32_t b = 0; b <= nbits; b++) {
+        cum += sh[b];
+        if (cum >= target)
+            return b;
+    }
+    return nbits;
+}
+
+#define HQ_FALLBACK 1 /* internal: the fast route can't decide, take the full one */
+
+static int search_hamming_fast(const uint8_t *codes, int32_t nb, const void *qcodes,
+                               int32_t qcode_bytes, int32_t m, const int64_t *rowids,
+                               const uint8_t *valid, int64_t n_rows, const hq_query *q,
+                               const float *lut, int32_t kw, int32_t mode, int64_t k,
+                               int64_t candidates, int32_t T, int64_t *out_rowids,
+                               float *out_dist, int32_t *out_ham, int64_t *out_n)
+{
+    const int path = hq_path;
+    const uint32_t nbits = (uint32_t)nb * 8, nbuckets = nbits + 1;
+    int64_t c = mode == HQ_MODE_HAMMING ? k : (candidates > k ? candidates : k);
+    if (path == 1 || (path == 0 && c * 32 > n_rows))
+        return HQ_FALLBACK; /* wants a large share of the rows: the full route is as good */
+
+    int64_t expect = 0;
+    uint32_t guess = guess_bound(codes, nb, q, valid, n_rows, c, &expect);
+    if (path == 2)
+        guess = 0;
+    int rc = HQ_OK;
+    hq_keep *keep = (hq_keep *)calloc((size_t)T, sizeof(hq_keep));
+    int64_t *hist = (int64_t *)calloc((size_t)T * nbuckets, sizeof(int64_t));
+    int64_t *nvalid_t = (int64_t *)calloc((size_t)T, sizeof(int64_t));
+    int64_t *tot = (int64_t *)calloc(nbuckets, sizeof(int64_t));
+    hq_hit *hits = NULL;
+    hq_entry *cand = NULL, *eq = NULL;
+    if (!keep || !hist || !nvalid_t || !tot) {
+        rc = HQ_ERR_NOMEM;
+        goto done;
+    }
+    int64_t total_cap = 0;
+    for (int32_t t = 0; t < T; t++) {
+        const int64_t rows = chunk_lo(n_rows, T, t + 1) - chunk_lo(n_rows, T, t);
+        keep[t].cap = 2 * expect * rows / n_rows + 4096;
+        total_cap += keep[t].cap;
+    }
+    hits = (hq_hit *)malloc((size_t)total_cap * sizeof(hq_hit));
+    if (!hits) {
+        rc = HQ_ERR_NOMEM;
+        goto done;
+    }
+    int64_t off = 0;
+    for (int32_t t = 0; t < T; t++) {
+        keep[t].buf = hits + off;
+        off += keep[t].cap;
+        keep[t].hist = hist + (int64_t)t * nbuckets;
+        keep[t].bound = guess;
+    }
+
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(T) schedule(static, 1) if (T > 1)
+#endif
+    for (int32_t t = 0; t < T; t++)
+        nvalid_t[t] = ham_collect(codes, nb, q, valid, chunk_lo(n_rows, T, t),
+                                  chunk_lo(n_rows, T, t + 1), c, &keep[t]);
+
+    uint32_t bound = guess;
+    int64_t nvalid = 0;
+    for (int32_t t = 0; t < T; t++) {
+        if (keep[t].overflow) {
+            rc = HQ_FALLBACK;
+            goto done;
+        }
+        nvalid += nvalid_t[t];
+        if (keep[t].bound < bound)
+            bound = keep[t].bound;
+    }
+    if (c > nvalid)
+        c = nvalid;
+    if (c == 0)
+        goto done; /* *out_n is 0 */
+    /* Every chunk kept all its rows within its own bound, so counts up to the smallest
+     * bound are exact; if they don't reach c, the guess was too small. */
+    int64_t within = 0;
+    for (uint32_t d = 0; d <= bound; d++) {
+        for (int32_t t = 0; t < T; t++)
+            tot[d] += keep[t].hist[d];
+        within += tot[d];
+    }
+    if (within < c) {
+        rc = HQ_FALLBACK;
+        goto done;
+    }
+    uint32_t dstar = 0;
+    int64_t below = 0;
+    while (below + tot[dstar] < c) {
+        below += tot[dstar];
+        dstar++;
+    }
+    const int64_t need = c - below, neq = tot[dstar];
+
+    cand = (hq_entry *)malloc((size_t)c * sizeof(hq_entry));
+    eq = (hq_entry *)malloc((size_t)neq * sizeof(hq_entry));
+    if (!cand || !eq) {
+        rc = HQ_ERR_NOMEM;
+        goto done;
+    }
+    int64_t nb_ = 0, ne = 0;
+    for (int32_t t = 0; t < T; t++) {
+        for (int64_t j = 0; j < keep[t].n; j++) {
+            const hq_hit h = keep[t].buf[j];
+            hq_entry e = {0.0f, (int32_t)h.d, 0, h.idx};
+            if (h.d < dstar)
+                cand[nb_++] = e;
+            else if (h.d == dstar)
+                eq[ne++] = e;
+        }
+    }
+    fill_rowids(cand, below, rowids);
+    fill_rowids(eq, neq, rowids);
+    select_smallest(eq, neq, need); /* ties at d*: the `need` smallest rowids */
+    memcpy(cand + below, eq, (size_t)need * sizeof(hq_entry));
+    rc = rank_candidates(cand, c, mode, k, qcodes, qcode_bytes, m, lut, kw, out_rowids, out_dist,
+                         out_ham, out_n);
+
+done:
+    free(keep);
+    free(hist);
+    free(nvalid_t);
+    free(tot);
+    free(hits);
+    free(cand);
+    free(eq);
+    return rc;
+}
+
+static int search_hamming(const uint8_t *codes, int32_t nb, const void *qcodes,
+                          int32_t qcode_bytes, int32_t m, const int64_t *rowids,
+                          const uint8_t *valid, int64_t n_rows, const hq_query *q,
+                          const float *lut, int32_t kw, int32_t mode, int64_t k,
+                          int64_t candidates, int32_t T, int64_t *out_rowids, float *out_dist,
+                          int32_t *out_ham, int64_t *out_n)
+{
+    int rc = search_hamming_fast(codes, nb, qcodes, qcode_bytes, m, rowids, valid, n_rows, q, lut,
+                                 kw, mode, k, candidates, T, out_rowids, out_dist, out_ham, out_n);
+    if (rc != HQ_FALLBACK)
+        return rc;
+    *out_n = 0;
+    return search_hamming_full(codes, nb, qcodes, qcode_bytes, m, rowids, valid, n_rows, q, lut,
+                               kw, mode, k, candidates, T, out_rowids, out_dist, out_ham, out_n);
 }
 
 static int search_aqd(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcode_bytes,
@@ -947,6 +1274,6 @@ int hq_search(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcod
     if (mode == HQ_MODE_AQD)
         return search_aqd(codes, nb, qcodes, qcode_bytes, m, rowids, valid, n_rows, &q, lut, kw, k,
                           T, out_rowids, out_dist, out_ham, out_n);
-    return search_hamming_stage(codes, nb, qcodes, qcode_bytes, m, rowids, valid, n_rows, &q, lut,
+    return search_hamming(codes, nb, qcodes, qcode_bytes, m, rowids, valid, n_rows, &q, lut,
                                 kw, mode, k, candidates, T, out_rowids, out_dist, out_ham, out_n);
 }

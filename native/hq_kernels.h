@@ -34,9 +34,12 @@ const char *hq_hamming_impl(void);
 /* Test knobs (not thread-safe; results never depend on them, only the code path taken).
  * Sets `knob` to `value` unless value < 0; returns the previous value, -1 if unknown/unusable.
  *   HQ_KNOB_AVX512          1 = use the AVX-512 VPOPCNTDQ Hamming path where possible, 0 = not
- *   HQ_KNOB_MIN_CHUNK_ROWS  fewest rows per thread chunk (default 32768) */
+ *   HQ_KNOB_MIN_CHUNK_ROWS  fewest rows per thread chunk (default 32768)
+ *   HQ_KNOB_PATH            Hamming stage route: 0 = choose, 1 = full, 2 = fast with a guess
+ *                           that is too small (exercises the fallback), 3 = always fast */
 #define HQ_KNOB_AVX512 0
 #define HQ_KNOB_MIN_CHUNK_ROWS 1
+#define HQ_KNOB_PATH 2
 int64_t hq_tune(int32_t knob, int64_t value);
 
 int hq_hamming(const uint8_t *codes, int64_t n_rows, int32_t nb, const uint8_t *query,

@@ -115,12 +115,15 @@ def tables(draw):
     candidates=st.integers(1, 400),
     threads=st.sampled_from([1, 2]),
     chunked=st.booleans(),
+    path=st.sampled_from([0, 1, 2, 3]),
+    avx512=st.sampled_from([1, 0]),
 )
-def test_search_matches_reference(table, mode, k, candidates, threads, chunked):
+def test_search_matches_reference(table, mode, k, candidates, threads, chunked, path, avx512):
     codes, qcodes, rowids, valid, q, lut = table
     want = ref_search(codes, qcodes, rowids, valid, q, lut, k=k, candidates=candidates, mode=mode)
-    # chunked: small thread chunks, so threads=2 really splits even these small tables
-    with knobs(min_chunk_rows=64 if chunked else 32768):
+    # chunked: small thread chunks, so threads=2 really splits even these small tables;
+    # path/avx512: every native route must give the same answer
+    with knobs(min_chunk_rows=64 if chunked else 32768, path=path, avx512=avx512):
         got = K.search(codes, qcodes, rowids, valid, q, lut, k=k, candidates=candidates, mode=mode,
                        threads=threads)
     assert_same(got, want)
@@ -186,13 +189,15 @@ def big():
 
 @pytest.mark.parametrize("mode", K.MODES)
 @pytest.mark.parametrize("candidates", [1, 100, 5000])
-def test_threads_do_not_change_results(big, mode, candidates):
+def test_threads_and_routes_do_not_change_results(big, mode, candidates):
     codes, qcodes, rowids, valid, q, lut = big
     want = ref_search(codes, qcodes, rowids, valid, q, lut, k=10, candidates=candidates, mode=mode)
     for threads in (1, 2, 3, 8):
-        got = K.search(codes, qcodes, rowids, valid, q, lut, k=10, candidates=candidates, mode=mode,
-                       threads=threads)
-        assert_same(got, want)
+        for path in (0, 1, 2):
+            with knobs(path=path):
+                got = K.search(codes, qcodes, rowids, valid, q, lut, k=10, candidates=candidates,
+                               mode=mode, threads=threads)
+            assert_same(got, want)
 
 
 @needs_native
@@ -583,3 +588,24 @@ def test_native_build_uses_hardware_popcount():
         assert "vpopcntq" in asm
     # the portable clone must not call libgcc's software popcount
     assert "__popcountdi2" not in asm
+
+
+@pytest.mark.parametrize("order", ["farthest_first", "nearest_first", "valid_at_end"])
+def test_adversarial_row_orders(order):
+    # Rows in storage order that defeat the sampled guess / the shrinking bound of the scan.
+    rng = np.random.default_rng(31)
+    n = 120_000
+    codes, qcodes, rowids, valid, q, lut = make_table(rng, n, 16, 2, 64, int_lut=False)
+    ham = ref_hamming(codes, q)
+    if order != "valid_at_end":
+        perm = np.argsort(-ham if order == "farthest_first" else ham, kind="stable")
+        codes, qcodes = np.ascontiguousarray(codes[perm]), np.ascontiguousarray(qcodes[perm])
+    else:
+        valid = np.zeros(n, np.uint8)
+        valid[-500:] = 1
+    for mode in K.MODES:
+        for threads in (1, 2):
+            want = ref_search(codes, qcodes, rowids, valid, q, lut, k=20, candidates=300, mode=mode)
+            got = K.search(codes, qcodes, rowids, valid, q, lut, k=20, candidates=300, mode=mode,
+                           threads=threads)
+            assert_same(got, want)
