@@ -1174,6 +1174,47 @@ static int search_hamming(const uint8_t *codes, int32_t nb, const void *qcodes,
                                kw, mode, k, candidates, T, out_rowids, out_dist, out_ham, out_n);
 }
 
+/* "aqd" mode over rows [lo, hi): score every valid row, keep the cap best in the heap h. */
+#define HQ_AQD_ROWS(QB, M)                                                                   \
+    for (int64_t i = lo; i < hi; i++) {                                                      \
+        if (valid && !valid[i])                                                              \
+            continue;                                                                        \
+        float d;                                                                             \
+        if (aqd_score(qcodes, QB, M, i, lut, kw, &d) != HQ_OK) {                             \
+            rc = HQ_ERR_QCODE;                                                               \
+            break;                                                                           \
+        }                                                                                    \
+        if (n == cap && d > h[0].d)                                                          \
+            continue; /* can't enter the top k: skip building the entry */                   \
+        hq_entry e = {d, 0, rowids[i], i};                                                   \
+        topk_offer(h, &n, cap, &e);                                                          \
+    }
+
+HQ_CLONES
+static int aqd_range(const void *qcodes, int32_t qcode_bytes, int32_t m, const int64_t *rowids,
+                     const uint8_t *valid, int64_t lo, int64_t hi, const float *lut, int32_t kw,
+                     hq_entry *h, int64_t cap, int64_t *n_out)
+{
+    int rc = HQ_OK;
+    int64_t n = 0;
+    /* constant code width and book count for the usual shapes: the book loop unrolls */
+    switch (qcode_bytes * 16 + m) {
+    case 16 + 1: HQ_AQD_ROWS(1, 1) break;
+    case 16 + 2: HQ_AQD_ROWS(1, 2) break;
+    case 16 + 3: HQ_AQD_ROWS(1, 3) break;
+    case 16 + 4: HQ_AQD_ROWS(1, 4) break;
+    case 16 + 6: HQ_AQD_ROWS(1, 6) break;
+    case 16 + 8: HQ_AQD_ROWS(1, 8) break;
+    case 32 + 1: HQ_AQD_ROWS(2, 1) break;
+    case 32 + 2: HQ_AQD_ROWS(2, 2) break;
+    case 32 + 4: HQ_AQD_ROWS(2, 4) break;
+    case 32 + 8: HQ_AQD_ROWS(2, 8) break;
+    default: HQ_AQD_ROWS(qcode_bytes, m) break;
+    }
+    *n_out = n;
+    return rc;
+}
+
 static int search_aqd(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcode_bytes,
                       int32_t m, const int64_t *rowids, const uint8_t *valid, int64_t n_rows,
                       const hq_query *q, const float *lut, int32_t kw, int64_t k, int32_t T,
@@ -1206,19 +1247,8 @@ static int search_aqd(const uint8_t *codes, int32_t nb, const void *qcodes, int3
     for (int32_t t = 0; t < T; t++) {
         const int64_t lo = chunk_lo(n_rows, T, t), hi = chunk_lo(n_rows, T, t + 1);
         const int64_t cap = hi - lo < k ? hi - lo : k;
-        hq_entry *h = heaps + hoff[t];
-        int64_t n = 0;
-        for (int64_t i = lo; i < hi; i++) {
-            if (valid && !valid[i])
-                continue;
-            hq_entry e = {0.0f, 0, rowids[i], i};
-            if (aqd_score(qcodes, qcode_bytes, m, i, lut, kw, &e.d) != HQ_OK) {
-                err[t] = 1;
-                break;
-            }
-            topk_offer(h, &n, cap, &e);
-        }
-        cnt[t] = n;
+        err[t] = aqd_range(qcodes, qcode_bytes, m, rowids, valid, lo, hi, lut, kw,
+                           heaps + hoff[t], cap, &cnt[t]) != HQ_OK;
     }
 
     int64_t total = 0;
