@@ -22,7 +22,7 @@ RESERVED = frozenset(
     {"rowid", "oid", "_rowid_", "code", "qcode", "distance", "hamming", "k", "candidates", "mode"}
 )
 
-MAX_DIM = 4096
+MAX_DIM = 1024  # the kernels take codes of up to 128 bytes
 MAX_BOOKS = 64
 MAX_CODEWORDS = 65536
 MAX_CHUNK_SIZE = 1 << 16
