@@ -33,12 +33,14 @@ def _popcount64(typingctx, x):
     return types.uint64(types.uint64), codegen
 
 
+# Hot loops live in small functions of their own and read rows as codes[i, j], never through
+# a view codes[i]: otherwise numba may keep a reference-count update per row (20x slower).
 @njit(cache=True, inline="always")
-def _load(row, off, n):
-    """n (1..8) bytes of row from off as a little-endian word (LLVM merges this into one load)."""
+def _load(a, i, off, n):
+    """n (1..8) bytes of a[i] from off as a little-endian word (LLVM merges this into one load)."""
     x = np.uint64(0)
     for j in range(n):
-        x |= np.uint64(row[off + j]) << np.uint64(8 * j)
+        x |= np.uint64(a[i, off + j]) << np.uint64(8 * j)
     return x
 
 
@@ -46,20 +48,21 @@ def _load(row, off, n):
 def _query_words(q):
     nb = q.shape[0]
     nw = nb // 8
+    q2 = q.reshape((1, nb))
     words = np.empty(nw + 1, dtype=np.uint64)  # last word: the nb % 8 tail bytes, zero-padded
     for w in range(nw):
-        words[w] = _load(q, 8 * w, 8)
-    words[nw] = _load(q, 8 * nw, nb % 8)
+        words[w] = _load(q2, 0, 8 * w, 8)
+    words[nw] = _load(q2, 0, 8 * nw, nb % 8)
     return words
 
 
 @njit(cache=True, inline="always")
-def _ham_row(row, qw, nw, ntail):
+def _ham_row(codes, i, qw, nw, ntail):
     s = np.uint64(0)
     for w in range(nw):
-        s += _popcount64(_load(row, 8 * w, 8) ^ qw[w])
+        s += _popcount64(_load(codes, i, 8 * w, 8) ^ qw[w])
     if ntail:
-        s += _popcount64(_load(row, 8 * nw, ntail) ^ qw[nw])
+        s += _popcount64(_load(codes, i, 8 * nw, ntail) ^ qw[nw])
     return np.int32(s)
 
 
@@ -69,7 +72,7 @@ def hamming(codes, query, out):
     qw = _query_words(query)
     nw, ntail = nb // 8, nb % 8
     for i in range(codes.shape[0]):
-        out[i] = _ham_row(codes[i], qw, nw, ntail)
+        out[i] = _ham_row(codes, i, qw, nw, ntail)
     return OK
 
 
@@ -167,14 +170,14 @@ def _select_sorted(ed, eh, er, ex, n, r):
 
 
 @njit(cache=True, inline="always")
-def _aqd(qrow, lut, kw):
-    """-(LUT[0][b0] + LUT[1][b1] + ...) in float32, left to right; ok=False on a bad code."""
-    b = np.int64(qrow[0])
+def _aqd(qcodes, i, lut, kw):
+    """-(LUT[0][b0] + LUT[1][b1] + ...) of row i in float32, left to right; ok=False on a bad code."""
+    b = np.int64(qcodes[i, 0])
     if b >= kw:
         return np.float32(0), False
     s = lut[0, b]
-    for l in range(1, qrow.shape[0]):
-        b = np.int64(qrow[l])
+    for l in range(1, qcodes.shape[1]):
+        b = np.int64(qcodes[i, l])
         if b >= kw:
             return np.float32(0), False
         s += lut[l, b]
@@ -189,44 +192,79 @@ def _entries(n):
 
 
 @njit(cache=True)
+def _aqd_scan(qcodes, rowids, valid, has_valid, lut, ed, eh, er, ex):
+    """Score every valid row; keep the best len(ed) in the heap. Returns (ok, kept)."""
+    kw = lut.shape[1]
+    cap = ed.shape[0]
+    n = 0
+    for i in range(qcodes.shape[0]):
+        if has_valid and valid[i] == 0:
+            continue
+        d, ok = _aqd(qcodes, i, lut, kw)
+        if not ok:
+            return False, n
+        if n == cap and d > ed[0]:
+            continue  # can't enter the top k
+        n = _offer(ed, eh, er, ex, n, cap, d, np.int32(0), rowids[i], np.int64(i))
+    return True, n
+
+
+@njit(cache=True)
 def _search_aqd(codes, qcodes, rowids, valid, has_valid, qw, lut, k, out_rowids, out_dist,
                 out_ham):
     n_rows, nb = codes.shape
-    kw = lut.shape[1]
-    cap = min(k, n_rows)
-    ed, eh, er, ex = _entries(cap)
-    n = 0
-    for i in range(n_rows):
-        if has_valid and valid[i] == 0:
-            continue
-        d, ok = _aqd(qcodes[i], lut, kw)
-        if not ok:
-            return ERR_QCODE, 0
-        n = _offer(ed, eh, er, ex, n, cap, d, np.int32(0), rowids[i], np.int64(i))
+    ed, eh, er, ex = _entries(min(k, n_rows))
+    ok, n = _aqd_scan(qcodes, rowids, valid, has_valid, lut, ed, eh, er, ex)
+    if not ok:
+        return ERR_QCODE, 0
     r = min(k, n)
     _select_sorted(ed, eh, er, ex, n, r)
     for j in range(r):
         out_rowids[j] = er[j]
         out_dist[j] = ed[j]
-        out_ham[j] = _ham_row(codes[ex[j]], qw, nb // 8, nb % 8)
+        out_ham[j] = _ham_row(codes, ex[j], qw, nb // 8, nb % 8)
     return OK, r
+
+
+@njit(cache=True)
+def _pass1(codes, qw, valid, has_valid, dist, hist):
+    """Distance of every row into dist (invalid rows: the last bucket) and their histogram."""
+    nb = codes.shape[1]
+    nw, ntail = nb // 8, nb % 8
+    inval = hist.shape[0] - 1
+    for i in range(codes.shape[0]):
+        d = _ham_row(codes, i, qw, nw, ntail)
+        if has_valid and valid[i] == 0:
+            d = inval
+        dist[i] = d
+        hist[d] += 1
+
+
+@njit(cache=True)
+def _collect(dist, rowids, dstar, need, ed, eh, er, ex, qd, qh, qr, qx):
+    """Rows with distance < dstar into e*, the need smallest (rowid, idx) at dstar into q*."""
+    nbelow = 0
+    neq = 0
+    for i in range(dist.shape[0]):
+        d = np.int64(dist[i])
+        if d < dstar:
+            ed[nbelow], eh[nbelow], er[nbelow], ex[nbelow] = 0.0, d, rowids[i], i
+            nbelow += 1
+        elif d == dstar:
+            neq = _offer(qd, qh, qr, qx, neq, need, np.float32(0), np.int32(d), rowids[i],
+                         np.int64(i))
+    return nbelow, neq
 
 
 @njit(cache=True)
 def _search_hamming_stage(codes, qcodes, rowids, valid, has_valid, qw, lut, mode, k,
                           candidates, out_rowids, out_dist, out_ham):
     n_rows, nb = codes.shape
-    nw, ntail = nb // 8, nb % 8
     nbits = nb * 8
     inval = nbits + 1
     dist = np.empty(n_rows, dtype=np.uint16)
     hist = np.zeros(nbits + 2, dtype=np.int64)
-    for i in range(n_rows):
-        d = _ham_row(codes[i], qw, nw, ntail)
-        if has_valid and valid[i] == 0:
-            d = inval
-        dist[i] = d
-        hist[d] += 1
+    _pass1(codes, qw, valid, has_valid, dist, hist)
     nvalid = n_rows - hist[inval]
     c = k if mode == MODE_HAMMING else max(candidates, k)
     c = min(c, nvalid)
@@ -243,16 +281,7 @@ def _search_hamming_stage(codes, qcodes, rowids, valid, has_valid, qw, lut, mode
 
     ed, eh, er, ex = _entries(c)
     qd, qh, qr, qx = _entries(need)  # the `need` smallest (rowid, idx) among ties at d*
-    nbelow = 0
-    neq = 0
-    for i in range(n_rows):
-        d = dist[i]
-        if d < dstar:
-            ed[nbelow], eh[nbelow], er[nbelow], ex[nbelow] = 0.0, d, rowids[i], i
-            nbelow += 1
-        elif d == dstar:
-            neq = _offer(qd, qh, qr, qx, neq, need, np.float32(0), np.int32(d), rowids[i],
-                         np.int64(i))
+    _collect(dist, rowids, dstar, need, ed, eh, er, ex, qd, qh, qr, qx)
     for j in range(need):
         ed[below + j], eh[below + j], er[below + j], ex[below + j] = qd[j], qh[j], qr[j], qx[j]
 
@@ -263,7 +292,7 @@ def _search_hamming_stage(codes, qcodes, rowids, valid, has_valid, qw, lut, mode
         r = c
     else:
         for j in range(c):
-            d, ok = _aqd(qcodes[ex[j]], lut, kw)
+            d, ok = _aqd(qcodes, ex[j], lut, kw)
             if not ok:
                 return ERR_QCODE, 0
             ed[j] = d
