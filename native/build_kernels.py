@@ -6,7 +6,8 @@ Used by setup.py through ``cffi_modules=["native/build_kernels.py:ffibuilder"]``
 Flags: ``-O3 -ffp-contract=off`` keeps float arithmetic exactly as written (no FMA fusion, never
 ``-ffast-math``) so results match the numba fallback bit for bit. OpenMP is used when a probe
 compile with ``-fopenmp`` succeeds (set ``HQDB_NO_OPENMP=1`` to build without it). No
-``-march=native``: the Hamming loops are multi-versioned per CPU feature inside the C source.
+``-march=native``: the Hamming loops are multi-versioned per CPU feature inside the C source
+(``HQDB_NATIVE_PORTABLE=1`` builds only the portable code, to test it on any machine).
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def _flags() -> tuple[list[str], list[str]]:
         compile_args = ["/O2", "/fp:precise"]
         return (compile_args + ["/openmp"], []) if _openmp_works("/openmp") else (compile_args, [])
     compile_args = ["-O3", "-ffp-contract=off", "-std=gnu11"]
+    if os.environ.get("HQDB_NATIVE_PORTABLE") == "1":  # only the portable C (tests that path)
+        compile_args.append("-DHQ_PORTABLE")
     link_args: list[str] = []
     if _openmp_works("-fopenmp"):
         compile_args.append("-fopenmp")

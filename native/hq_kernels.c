@@ -17,9 +17,15 @@
 #include <omp.h>
 #endif
 
+/* x86-64 with GCC or clang: CPU feature checks, multi-versioned and AVX-512 code. Define
+ * HQ_PORTABLE to build only the portable code (as on other platforms). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(HQ_PORTABLE)
+#define HQ_X86_GNUC 1
+#endif
+
 /* Hamming hot loops are compiled several times and picked at load time by the CPU's features:
  * the hardware popcount where present, portable code elsewhere (no -march=native). */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+#if defined(HQ_X86_GNUC) && defined(__has_attribute)
 #if __has_attribute(target_clones)
 #define HQ_CLONES __attribute__((target_clones("avx2", "popcnt", "default")))
 #define HQ_HAVE_CLONES 1
@@ -245,7 +251,7 @@ out:
 /* AVX-512 VPOPCNTDQ: 8 rows per step, for codes of 1, 2, 4, 8 or 16 words. GCC 12 can't
  * dispatch this ISA through target_clones, so it gets its own target attribute and a runtime
  * check (use_avx512). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(HQ_NO_AVX512) && \
+#if defined(HQ_X86_GNUC) && !defined(HQ_NO_AVX512) && \
     (defined(__clang__) || __GNUC__ >= 8)
 #include <immintrin.h>
 #define HQ_HAVE_AVX512 1
@@ -451,12 +457,14 @@ static int avx512_usable(void)
 #endif
 }
 
+#ifdef HQ_HAVE_AVX512
 static int use_avx512(int32_t nb)
 {
     if (!hq_avx512_enabled || (nb != 8 && nb != 16 && nb != 32 && nb != 64 && nb != 128))
         return 0;
     return avx512_usable();
 }
+#endif
 
 static int64_t ham_pass1(const uint8_t *codes, int32_t nb, const hq_query *q,
                          const uint8_t *valid, int64_t lo, int64_t hi, uint16_t *dist,
@@ -729,7 +737,7 @@ int hq_max_threads(void)
 int hq_cpu_features(void)
 {
     int f = 0;
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef HQ_X86_GNUC
     __builtin_cpu_init();
     if (__builtin_cpu_supports("popcnt"))
         f |= HQ_CPU_POPCNT;
@@ -782,6 +790,7 @@ int hq_aqd_lut(const float *query, const float *codebooks, int32_t m, int32_t kw
         return HQ_ERR_ARG;
     int64_t rows = (int64_t)m * kw;
     int32_t T = n_chunks(rows * dim / 64, threads);
+    (void)T; /* unused without OpenMP */
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(T) schedule(static) if (T > 1)
 #endif
