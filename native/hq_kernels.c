@@ -791,15 +791,39 @@ int hq_aqd_lut(const float *query, const float *codebooks, int32_t m, int32_t kw
     int64_t rows = (int64_t)m * kw;
     int32_t T = n_chunks(rows * dim / 64, threads);
     (void)T; /* unused without OpenMP */
+    /* Eight codewords at a time: eight independent sums in flight instead of one latency-bound
+     * chain; each sum still runs over i = 0..dim-1 in order, so results don't change. */
+    const int64_t groups = (rows + 7) / 8;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(T) schedule(static) if (T > 1)
 #endif
-    for (int64_t r = 0; r < rows; r++) {
-        const float *c = codebooks + r * dim;
-        double acc = 0.0; /* exact products, summed left to right, one final rounding */
-        for (int32_t i = 0; i < dim; i++)
-            acc += (double)query[i] * (double)c[i];
-        out[r] = (float)acc;
+    for (int64_t g = 0; g < groups; g++) {
+        const int64_t r0 = g * 8, nr = rows - r0 < 8 ? rows - r0 : 8;
+        const float *c = codebooks + r0 * dim;
+        if (nr == 8) {
+            double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0, a4 = 0.0, a5 = 0.0, a6 = 0.0, a7 = 0.0;
+            for (int32_t i = 0; i < dim; i++) {
+                const double x = (double)query[i]; /* exact products, one final rounding */
+                a0 += x * (double)c[i];
+                a1 += x * (double)c[dim + i];
+                a2 += x * (double)c[2 * (int64_t)dim + i];
+                a3 += x * (double)c[3 * (int64_t)dim + i];
+                a4 += x * (double)c[4 * (int64_t)dim + i];
+                a5 += x * (double)c[5 * (int64_t)dim + i];
+                a6 += x * (double)c[6 * (int64_t)dim + i];
+                a7 += x * (double)c[7 * (int64_t)dim + i];
+            }
+            float *o = out + r0;
+            o[0] = (float)a0, o[1] = (float)a1, o[2] = (float)a2, o[3] = (float)a3;
+            o[4] = (float)a4, o[5] = (float)a5, o[6] = (float)a6, o[7] = (float)a7;
+        } else {
+            for (int64_t j = 0; j < nr; j++) {
+                double acc = 0.0;
+                for (int32_t i = 0; i < dim; i++)
+                    acc += (double)query[i] * (double)c[j * dim + i];
+                out[r0 + j] = (float)acc;
+            }
+        }
     }
     return HQ_OK;
 }
