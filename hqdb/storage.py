@@ -195,7 +195,7 @@ class CodeStore:
         if i == len(self.free):
             return (self.chunk_ids[-1] + 1 if self.chunk_ids else 1), 0
         base = i * self.cs
-        slot = int(np.flatnonzero(self.valid[base : base + self.cs] == 0)[0])
+        slot = int(self.valid[base : base + self.cs].argmin())  # first free slot (valid is 0/1)
         return self.chunk_ids[i], slot
 
     def _ensure_chunk(self, chunk: int) -> int:

@@ -616,6 +616,8 @@ class HqCursor:
         for tok, value in zip(tokens, args):
             kind = tok[0]
             if kind == "m":
+                if int(tok[1:]) != 0:
+                    raise HqError(f"hq_match searches the code column: write hq_match({t.name}.code, :query)")
                 match = value
             elif kind == "k":
                 self.k = _int_arg("k", value, 1, MAX_K)

@@ -102,6 +102,7 @@ def test_query_columns_cannot_be_written(db):
         ("SELECT rowid FROM t WHERE hq_match(t.code, ?) AND k = 5 AND mode = 'fast'", (b"\x00" * 256,), "unknown mode"),
         ("SELECT rowid FROM t WHERE hq_match(t.code, ?)", (b"\x00" * 256,), "needs the number of results"),
         ("SELECT hq_match(code, ?) FROM t", (b"\x00" * 256,), "only works as a WHERE constraint"),
+        ("SELECT rowid FROM t WHERE hq_match(t.qcode, ?) AND k = 5", (b"\x00" * 256,), "searches the code column"),
     ],
 )
 def test_bad_queries(db, sql, params, message):
