@@ -20,23 +20,16 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# Must match native/hq_kernels.h.
-CDEF = """
-int hq_cpu_features(void);
-int hq_openmp_available(void);
-int hq_max_threads(void);
-const char *hq_hamming_impl(void);
-int64_t hq_tune(int32_t knob, int64_t value);
-int hq_hamming(const uint8_t *codes, int64_t n_rows, int32_t nb, const uint8_t *query,
-               int32_t *out, int32_t threads);
-int hq_aqd_lut(const float *query, const float *codebooks, int32_t m, int32_t kw, int32_t dim,
-               float *out, int32_t threads);
-int hq_search(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcode_bytes,
-              int32_t m, const int64_t *rowids, const uint8_t *valid, int64_t n_rows,
-              const uint8_t *query_bits, const float *lut, int32_t kw, int32_t mode, int64_t k,
-              int64_t candidates, int32_t threads, int64_t *out_rowids, float *out_dist,
-              int32_t *out_ham, int64_t *out_n);
-"""
+
+def _cdef_from_header() -> str:
+    """The header's function declarations (its preprocessor lines dropped: cffi's cdef takes
+    plain declarations), so the header and the cffi interface never drift apart."""
+    with open(os.path.join(HERE, "hq_kernels.h"), encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    return "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+
+
+CDEF = _cdef_from_header()
 
 
 def _rel(path: str) -> str:

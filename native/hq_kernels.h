@@ -4,7 +4,7 @@
  * still rejects arguments that would make it read or write out of bounds (HQ_ERR_ARG) and
  * checks every quantization code against the LUT width (HQ_ERR_QCODE).
  *
- * Keep the declarations below in sync with CDEF in native/build_kernels.py.
+ * native/build_kernels.py hands this file's declarations to cffi as they are.
  */
 #ifndef HQ_KERNELS_H
 #define HQ_KERNELS_H
