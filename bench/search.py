@@ -464,6 +464,7 @@ class Bench:
         self.contention = None
         self.breakdown = None
         self.hqdb, self.hqdb_reason = import_hqdb()
+        self.native_at_start = native_module() if self.hqdb is not None else None
         self.faiss, self.faiss_reason = import_faiss()
         self.rescore_ext, self.rescore_note = None, None
 
@@ -926,16 +927,19 @@ def machine_info() -> dict:
 
 
 def native_module() -> str:
-    """Path, mtime and sha256 prefix of hqdb's compiled kernels (they change while being worked on)."""
+    """Path, mtime, inode and sha256 prefix of hqdb's compiled kernels (they are rebuilt while
+    being worked on: the bench records this at import and again at the end)."""
     try:
         import hashlib
 
         from hqdb import _native
 
         p = Path(_native.__file__)
+        st = p.stat()
         h = hashlib.sha256(p.read_bytes()).hexdigest()[:12]
-        mt = _dt.datetime.fromtimestamp(p.stat().st_mtime).strftime("%Y-%m-%d %H:%M:%S")
-        return f"{p.relative_to(REPO) if p.is_relative_to(REPO) else p} (built {mt}, sha256 {h})"
+        mt = _dt.datetime.fromtimestamp(st.st_mtime).strftime("%Y-%m-%d %H:%M:%S")
+        rel = p.relative_to(REPO) if p.is_relative_to(REPO) else p
+        return f"{rel} (mtime {mt}, inode {st.st_ino}, sha256 {h})"
     except Exception as exc:
         return f"not importable ({type(exc).__name__}: {exc})"
 
@@ -1079,8 +1083,8 @@ def write_report(b: Bench, out_md: Path, out_png: Path, elapsed: float, cmd: str
             f"{QUIET['waited']:.0f} s of waiting in all, {QUIET['gave_up']} row(s) started busy after 30 s."
             if QUIET["enabled"] else "No waiting for a quiet machine (--no-wait-quiet)."),
          f"- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if k != "hqdb.info()"),
-         f"- `hqdb.info()`: `{json.dumps(v.get('hqdb.info()'))}`; native module {native_module()}; "
-         f"git HEAD {git_head()}" if b.hqdb else f"- hqdb NOT AVAILABLE: {b.hqdb_reason}",
+         f"- `hqdb.info()`: `{json.dumps(v.get('hqdb.info()'))}`; native module at import: "
+         f"{b.native_at_start}; git HEAD {git_head()}" if b.hqdb else f"- hqdb NOT AVAILABLE: {b.hqdb_reason}",
          f"- Data: seeded (seed 0), n-dimensional unit vectors of intrinsic dimension 16 (a mixture of 256 "
          "Gaussians in 16 dimensions, mapped into n by a random orthonormal map, plus isotropic noise 0.05); "
          f"code = sign bits (`vec_quantize_binary` layout); {len(a.books) and max(a.books)}-book residual k-means "
@@ -1093,6 +1097,9 @@ def write_report(b: Bench, out_md: Path, out_png: Path, elapsed: float, cmd: str
          "measures speed. Quick residual k-means codebooks of m bytes per row are coarse (m = 4 can rank "
          "below the n-bit sign code); that says nothing about learned HQ codebooks.",
          ""]
+    if b.hqdb is not None and native_module() != b.native_at_start:
+        L += [f"> **hqdb's native module changed on disk during this run** (at import: {b.native_at_start}; "
+              f"at the end: {native_module()}): the figures may mix two builds; run again.", ""]
     if b.hqdb is not None and b.hqdb.kernels.BACKEND != "native":
         L += [f"> **hqdb ran on its `{b.hqdb.kernels.BACKEND}` fallback, not the native kernels** "
               f"({b.hqdb.kernels.FALLBACK_REASON}): these hqdb figures are not the native engine's.", ""]
@@ -1298,6 +1305,9 @@ def main(argv=None):
     if b.hqdb is None:
         log(f"hqdb could not be imported: {b.hqdb_reason}")
         return 2
+    if native_module() != b.native_at_start:
+        log(f"WARNING: hqdb's native module changed on disk during the run ({b.native_at_start} -> "
+            f"{native_module()}): the figures may mix two builds")
     if b.failures:
         log(f"{len(b.failures)} correctness failure(s):")
         for f in b.failures:
