@@ -62,6 +62,8 @@ def insert_codes(
     """
     t = _table(conn, table)
     o = t.opts
+    if o.model:
+        raise HqError(f"{table} is bound to model {o.model!r}: insert features with hqdb.insert_items()")
     codes = np.asarray(codes)
     if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != o.code_bytes:
         raise HqError(f"codes must be a uint8 array of shape (N, {o.code_bytes}); got {codes.dtype} {codes.shape}")
@@ -96,28 +98,13 @@ def insert_codes(
 
     with conn:  # a savepoint: all or nothing
         st = t.store
-        st.ensure_fresh()
+        t.fresh()
         if rowids is None:
-            (top,) = conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {st.rows_table}").fetchone()
+            (top,) = conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {t.rows_table}").fetchone()
             rowids = np.arange(top + 1, top + 1 + n, dtype=np.int64)
-        chunks, slots = _allocate(st, n)
+        chunks, slots = st.allocate(n)
         cols = [meta.get(name, [None] * n) for name in t.meta_names]
         conn.executemany(t._insert_row, zip(rowids.tolist(), chunks.tolist(), slots.tolist(), *cols))
         st.put_many(chunks, slots, rowids, codes, qcodes)
-        st.bump()
+        t.bump()
     return rowids
-
-
-def _allocate(st, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(chunk, slot) for n new rows: free slots of existing chunks first, then new chunks."""
-    free_pos = np.flatnonzero(st.valid[: st.size] == 0)[:n]
-    chunk_ids = np.asarray(st.chunk_ids, dtype=np.int64)
-    chunks = chunk_ids[free_pos // st.cs] if len(free_pos) else np.zeros(0, dtype=np.int64)
-    slots = free_pos % st.cs
-    rest = n - len(free_pos)
-    if rest:
-        first = (chunk_ids.max() + 1) if len(chunk_ids) else 1
-        new = np.arange(rest, dtype=np.int64)
-        chunks = np.concatenate([chunks, first + new // st.cs])
-        slots = np.concatenate([slots, new % st.cs])
-    return chunks.astype(np.int64), slots.astype(np.int64)

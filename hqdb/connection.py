@@ -13,7 +13,7 @@ import sqlite_vec
 
 from . import kernels
 from .schema import migrate
-from .vtab import HqError, HqModule, _hq_match_scalar
+from .vtab import HqError, HqModule, _hq_match_scalar, encode_query
 
 __all__ = ["Connection", "connect", "register"]
 
@@ -72,6 +72,7 @@ def register(conn: apsw.Connection, *, threads: int = 1) -> HqModule:
     conn.create_scalar_function("hq_codebooks", hq_codebooks, 2)
     conn.create_scalar_function("hq_threads", hq_threads, -1)
     conn.create_scalar_function("hq_bits", hq_bits, 1, deterministic=True)
+    conn.create_scalar_function("hq_query", encode_query, 2, deterministic=True)
     conn.create_scalar_function("hq_info", lambda: json.dumps(kernels.info()), 0)
     migrate(conn)
     return module

@@ -41,12 +41,37 @@ class Column:
 
 
 @dataclass(frozen=True)
+class CodeSet:
+    """One set of codes per row: a raw table has one (columns code/qcode); a model-bound table
+    has one per modality ``m`` (input column ``m``, codes in ``m_code``/``m_qcode``)."""
+
+    name: str
+    input_col: str | None  # where features / text arrive (model-bound tables)
+    code_col: str
+    qcode_col: str
+    chunks_suffix: str  # shadow table <table><suffix> holding this set's chunks
+    chunk_col: str  # columns of <table>_rows locating a row's codes
+    slot_col: str
+
+
+@dataclass(frozen=True)
 class TableOptions:
     dim: int
     books: int
     codewords: int
     chunk_size: int = DEFAULT_CHUNK_SIZE
     columns: tuple[Column, ...] = field(default_factory=tuple)
+    model: str | None = None
+    modalities: tuple[str, ...] = ()
+
+    @property
+    def code_sets(self) -> tuple[CodeSet, ...]:
+        if self.model is None:
+            return (CodeSet("code", None, "code", "qcode", "_chunks", "chunk", "slot"),)
+        return tuple(
+            CodeSet(m, m, f"{m}_code", f"{m}_qcode", f"_{m}_chunks", f"{m}_chunk", f"{m}_slot")
+            for m in self.modalities
+        )
 
     @property
     def code_bytes(self) -> int:
@@ -65,12 +90,18 @@ class TableOptions:
         return next((c for c in self.columns if c.key), None)
 
     def to_json(self) -> str:
-        return json.dumps({"columns": [[c.name, c.type, c.key] for c in self.columns]})
+        return json.dumps({
+            "columns": [[c.name, c.type, c.key] for c in self.columns],
+            "model": self.model,
+            "modalities": list(self.modalities),
+        })
 
     @classmethod
     def from_catalog(cls, dim: int, books: int, codewords: int, chunk_size: int, options: str) -> "TableOptions":
-        cols = tuple(Column(n, t, bool(k)) for n, t, k in json.loads(options).get("columns", []))
-        return cls(dim=dim, books=books, codewords=codewords, chunk_size=chunk_size, columns=cols)
+        doc = json.loads(options)
+        cols = tuple(Column(n, t, bool(k)) for n, t, k in doc.get("columns", []))
+        return cls(dim=dim, books=books, codewords=codewords, chunk_size=chunk_size, columns=cols,
+                   model=doc.get("model"), modalities=tuple(doc.get("modalities", ())))
 
 
 def _int_option(name: str, raw: str, lo: int, hi: int) -> int:
@@ -83,9 +114,14 @@ def _int_option(name: str, raw: str, lo: int, hi: int) -> int:
     return value
 
 
-def parse_args(args: tuple) -> TableOptions:
-    """Turn the module arguments of CREATE VIRTUAL TABLE into validated :class:`TableOptions`."""
+def parse_args(args: tuple, resolve_model=None) -> TableOptions:
+    """Turn the module arguments of CREATE VIRTUAL TABLE into validated :class:`TableOptions`.
+
+    ``resolve_model(name)`` returns ``(dim, books, codewords, modalities)`` of a stored model
+    (for ``model='name'``), or raises :class:`OptionError`.
+    """
     opts: dict[str, int] = {}
+    model: str | None = None
     columns: list[Column] = []
     seen: set[str] = set()
     for arg in args:
@@ -105,9 +141,15 @@ def parse_args(args: tuple) -> TableOptions:
                 opts[name] = _int_option(name, m.group(2), 2, MAX_CODEWORDS)
             elif name == "chunk_size":
                 opts[name] = _int_option(name, m.group(2), 8, MAX_CHUNK_SIZE)
+            elif name == "model":
+                raw = m.group(2).strip()
+                if len(raw) < 2 or raw[0] not in "'\"" or raw[-1] != raw[0]:
+                    raise OptionError(f"hq option model={raw}: expected a quoted name, e.g. model='wiki64'")
+                model = raw[1:-1]
+                opts[name] = 1
             else:
                 raise OptionError(
-                    f"unknown hq option {name!r} (known: dim, books, codewords, chunk_size)"
+                    f"unknown hq option {name!r} (known: dim, books, codewords, chunk_size, model)"
                 )
             continue
         m = _COLUMN.match(text)
@@ -134,14 +176,27 @@ def parse_args(args: tuple) -> TableOptions:
             raise OptionError("only one column may be a key (PRIMARY KEY / UNIQUE)")
         seen.add(name.lower())
         columns.append(Column(name, ctype, key))
+    chunk_size = opts.get("chunk_size", DEFAULT_CHUNK_SIZE)
+    if model is not None:
+        clash = sorted({"dim", "books", "codewords"} & set(opts))
+        if clash:
+            raise OptionError(f"hq options {', '.join(clash)} come from the model: drop them when model= is given")
+        if resolve_model is None:
+            raise OptionError("model-bound tables need hqdb.connect()")
+        dim, books, codewords, modalities = resolve_model(model)
+        taken = {c.name.lower() for c in columns}
+        for mod in modalities:
+            for col in (mod, f"{mod}_code", f"{mod}_qcode"):
+                if col.lower() in taken:
+                    raise OptionError(f"column {col!r} is used by the model's {mod!r} modality")
+        return TableOptions(dim=dim, books=books, codewords=codewords, chunk_size=chunk_size,
+                            columns=tuple(columns), model=model, modalities=tuple(modalities))
     if "dim" not in opts:
-        raise OptionError("hq table needs dim=N (code length in bits, a multiple of 8)")
-    books = opts.get("books", 4)
-    codewords = opts.get("codewords", 256)
+        raise OptionError("hq table needs dim=N (code length in bits, a multiple of 8) or model='name'")
     return TableOptions(
         dim=opts["dim"],
-        books=books,
-        codewords=codewords,
-        chunk_size=opts.get("chunk_size", DEFAULT_CHUNK_SIZE),
+        books=opts.get("books", 4),
+        codewords=opts.get("codewords", 256),
+        chunk_size=chunk_size,
         columns=tuple(columns),
     )

@@ -27,7 +27,7 @@ import numpy as np
 
 import apsw
 
-from .options import TableOptions
+from .options import CodeSet, TableOptions
 
 
 class CorruptTableError(apsw.CorruptError if hasattr(apsw, "CorruptError") else Exception):
@@ -41,45 +41,61 @@ def quote_ident(name: str) -> str:
 class CodeStore:
     """Codes of one hq table for one connection: cache, slot allocation and write-back."""
 
-    def __init__(self, conn: apsw.Connection, schema: str, name: str, opts: TableOptions):
+    def __init__(self, conn: apsw.Connection, schema: str, table: str, opts: TableOptions, codeset: CodeSet):
         self.conn = conn
         self.schema = schema
-        self.name = name
+        self.name = table
         self.opts = opts
+        self.codeset = codeset
         self.cs = opts.chunk_size
-        self.rows_table = f"{quote_ident(schema)}.{quote_ident(name + '_rows')}"
-        self.chunks_table = f"{quote_ident(schema)}.{quote_ident(name + '_chunks')}"
+        self.chunks_name = table + codeset.chunks_suffix
+        self.chunks_table = f"{quote_ident(schema)}.{quote_ident(self.chunks_name)}"
         self.loaded = False
         self.version: int | None = None  # catalog version the arrays reflect
         self._empty()
 
     # ---------------------------------------------------------------- shadow tables
     @staticmethod
+    def shadow_suffixes(opts: TableOptions) -> list[str]:
+        suffixes = ["_rows"] + [c.chunks_suffix for c in opts.code_sets]
+        return suffixes + (["_pending"] if opts.model else [])
+
+    @staticmethod
     def create_tables(conn: apsw.Connection, schema: str, name: str, opts: TableOptions) -> None:
+        q = quote_ident
+        # Raw tables always have codes; in a model-bound table a row may lack a modality.
+        null = " NOT NULL" if opts.model is None else ""
+        locs = "".join(f", {q(c.chunk_col)} INTEGER{null}, {q(c.slot_col)} INTEGER{null}" for c in opts.code_sets)
         cols = "".join(
-            f", {quote_ident(c.name)} {c.type}{' UNIQUE' if c.key else ''}" for c in opts.columns
+            f", {q(c.name)} {c.type}{' UNIQUE' if c.key else ''}" for c in opts.columns
         )
-        q = quote_ident
-        conn.execute(
-            f"CREATE TABLE {q(schema)}.{q(name + '_rows')} ("
-            f"rowid INTEGER PRIMARY KEY, chunk INTEGER NOT NULL, slot INTEGER NOT NULL{cols});"
-            f"CREATE TABLE {q(schema)}.{q(name + '_chunks')} ("
-            "chunk INTEGER PRIMARY KEY, valid BLOB NOT NULL, rowids BLOB NOT NULL, "
-            "codes BLOB NOT NULL, qcodes BLOB NOT NULL);"
-        )
+        sql = f"CREATE TABLE {q(schema)}.{q(name + '_rows')} (rowid INTEGER PRIMARY KEY{locs}{cols});"
+        for c in opts.code_sets:
+            sql += (
+                f"CREATE TABLE {q(schema)}.{q(name + c.chunks_suffix)} ("
+                "chunk INTEGER PRIMARY KEY, valid BLOB NOT NULL, rowids BLOB NOT NULL, "
+                "codes BLOB NOT NULL, qcodes BLOB NOT NULL);"
+            )
+        if opts.model:
+            # Inputs waiting to be encoded: rows inserted by SQL are encoded in batches.
+            sql += (
+                f"CREATE TABLE {q(schema)}.{q(name + '_pending')} ("
+                "rowid INTEGER NOT NULL, codeset TEXT NOT NULL, value NOT NULL, "
+                "PRIMARY KEY (rowid, codeset)) WITHOUT ROWID;"
+            )
+        conn.execute(sql)
 
     @staticmethod
-    def drop_tables(conn: apsw.Connection, schema: str, name: str) -> None:
+    def drop_tables(conn: apsw.Connection, schema: str, name: str, opts: TableOptions) -> None:
         q = quote_ident
-        conn.execute(
-            f"DROP TABLE IF EXISTS {q(schema)}.{q(name + '_rows')};"
-            f"DROP TABLE IF EXISTS {q(schema)}.{q(name + '_chunks')};"
-        )
+        conn.execute("".join(
+            f"DROP TABLE IF EXISTS {q(schema)}.{q(name + s)};" for s in CodeStore.shadow_suffixes(opts)
+        ))
 
     @staticmethod
-    def rename_tables(conn: apsw.Connection, schema: str, old: str, new: str) -> None:
+    def rename_tables(conn: apsw.Connection, schema: str, old: str, new: str, opts: TableOptions) -> None:
         q = quote_ident
-        for suffix in ("_rows", "_chunks"):
+        for suffix in CodeStore.shadow_suffixes(opts):
             conn.execute(f"ALTER TABLE {q(schema)}.{q(old + suffix)} RENAME TO {q(new + suffix)}")
 
     # ---------------------------------------------------------------- cache
@@ -106,30 +122,11 @@ class CodeStore:
         """Number of slots in use by the cache arrays (occupied or not)."""
         return len(self.chunk_ids) * self.cs
 
-    def db_version(self) -> int:
-        row = self.conn.execute(
-            f"SELECT version FROM {quote_ident(self.schema)}.hqdb_tables WHERE name = ?", (self.name,)
-        ).fetchone()
-        if row is None:
-            raise CorruptTableError(f"hq table {self.name} is missing from the catalog")
-        return int(row[0])
-
-    def ensure_fresh(self) -> int:
-        """Make the cache match the database (load, or reload if stale); return the version."""
-        version = self.db_version()
+    def ensure_fresh(self, version: int) -> None:
+        """Make the cache match the database at catalog ``version`` (load, or reload if stale)."""
         if not self.loaded or version != self.version:
             self.load()
             self.version = version
-        return version
-
-    def bump(self) -> None:
-        """Record a write: bump the catalog counter, and our cache's with it (it saw the write)."""
-        self.conn.execute(
-            f"UPDATE {quote_ident(self.schema)}.hqdb_tables SET version = version + 1 WHERE name = ?",
-            (self.name,),
-        )
-        if self.loaded and self.version is not None:
-            self.version += 1
 
     def invalidate(self) -> None:
         """Forget the cache (after a rollback the database is the truth)."""
@@ -154,7 +151,7 @@ class CodeStore:
                 or not isinstance(qcodes, bytes) or len(qcodes) != cs * o.qcode_bytes
             ):
                 raise CorruptTableError(
-                    f"hq table {self.name}: chunk {chunk} in {self.name}_chunks has wrong BLOB sizes"
+                    f"hq table {self.name}: chunk {chunk} in {self.chunks_name} has wrong BLOB sizes"
                 )
             sl = slice(i * cs, (i + 1) * cs)
             self.valid[sl] = np.frombuffer(valid, dtype=np.uint8)
@@ -198,6 +195,20 @@ class CodeStore:
         slot = int(self.valid[base : base + self.cs].argmin())  # first free slot (valid is 0/1)
         return self.chunk_ids[i], slot
 
+    def allocate(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk, slot) for n new rows: free slots of existing chunks first, then new chunks."""
+        free_pos = np.flatnonzero(self.valid[: self.size] == 0)[:n]
+        chunk_ids = np.asarray(self.chunk_ids, dtype=np.int64)
+        chunks = chunk_ids[free_pos // self.cs] if len(free_pos) else np.zeros(0, dtype=np.int64)
+        slots = free_pos % self.cs
+        rest = n - len(free_pos)
+        if rest:
+            first = (chunk_ids.max() + 1) if len(chunk_ids) else 1
+            new = np.arange(rest, dtype=np.int64)
+            chunks = np.concatenate([chunks, first + new // self.cs])
+            slots = np.concatenate([slots, new % self.cs])
+        return chunks.astype(np.int64), slots.astype(np.int64)
+
     def _ensure_chunk(self, chunk: int) -> int:
         """Cache index of ``chunk``, creating it (in the arrays and as a database row) if needed."""
         idx = self.chunk_index.get(chunk)
@@ -234,7 +245,7 @@ class CodeStore:
             parts.append(("qcodes", slot * o.qcode_bytes,
                           self.qcodes[pos].astype(o.qcode_dtype, copy=False).tobytes()))
         for column, offset, data in parts:
-            blob = self.conn.blob_open(self.schema, self.name + "_chunks", column, chunk, True)
+            blob = self.conn.blob_open(self.schema, self.chunks_name, column, chunk, True)
             try:
                 blob.seek(offset)
                 blob.write(data)

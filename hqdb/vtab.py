@@ -31,9 +31,11 @@ import numpy as np
 import apsw
 
 from . import kernels
+from .modelstore import ModelError
 from .options import OptionError, TableOptions, parse_args
 from .storage import CodeStore, CorruptTableError, quote_ident
 
+PENDING_BATCH = 4096  # queued inputs encoded together (and at every commit)
 MAX_K = 65536
 MAX_CANDIDATES = 1 << 31
 MODES = ("two_stage", "hamming", "aqd")
@@ -67,6 +69,44 @@ class HqError(apsw.SQLError):
     """A user error inside an hq table operation (shown by SQLite as the statement's error)."""
 
 
+def load_model(conn, name):
+    """A stored model as a ready :class:`hqdb.model.TrainedModel` (numpy inference only)."""
+    from .model import TrainedModel  # the model layer; torch is only needed to train
+    from .modelstore import load
+
+    config, tensors = load(conn, name)
+    try:
+        return TrainedModel.from_state(config, tensors)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"model {name!r} is corrupt or incomplete: {e}") from None
+
+
+# hq_query(modality, value) hands the table a tagged BLOB: the table's own model encodes it.
+_QUERY_TAG = b"HQQ\x01"
+
+
+def encode_query(modality, value) -> bytes:
+    if not isinstance(modality, str) or not modality or len(modality.encode()) > 255:
+        raise HqError("hq_query(modality, value): modality must be a name such as 'image' or 'text'")
+    if isinstance(value, str):
+        kind, payload = b"t", value.encode("utf-8")
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        kind, payload = b"b", bytes(value)
+    else:
+        raise HqError("hq_query(modality, value): value must be TEXT or a float32 feature BLOB")
+    name = modality.encode("utf-8")
+    return _QUERY_TAG + bytes([len(name)]) + name + kind + payload
+
+
+def decode_query(blob):
+    """(modality, value) of an hq_query() BLOB, or None for any other value."""
+    if not isinstance(blob, bytes) or not blob.startswith(_QUERY_TAG) or len(blob) < 6:
+        return None
+    n = blob[4]
+    name, kind, payload = blob[5:5 + n], blob[5 + n:6 + n], blob[6 + n:]
+    return name.decode("utf-8"), (payload.decode("utf-8") if kind == b"t" else payload)
+
+
 def _hq_match_scalar(*_args):
     raise HqError(
         "hq_match() only works as a WHERE constraint on an hq virtual table, e.g. "
@@ -85,9 +125,16 @@ class HqModule:
         self.tables: dict[tuple[str, str], HqTable] = {}
         self.threads = 1
 
+    def _resolve_model(self, name: str):
+        try:
+            model = load_model(self.conn, name)
+        except ModelError as e:
+            raise OptionError(str(e)) from None
+        return model.bits, model.books, model.codewords, tuple(model.modalities)
+
     def Create(self, conn, modulename, dbname, tablename, *args):
         try:
-            opts = parse_args(args)
+            opts = parse_args(args, self._resolve_model)
         except OptionError as e:
             raise HqError(str(e)) from None
         CodeStore.create_tables(conn, dbname, tablename, opts)
@@ -114,7 +161,7 @@ class HqModule:
         return table.declaration(), table
 
     def ShadowName(self, suffix):
-        return suffix in ("rows", "chunks")
+        return suffix in ("rows", "pending") or suffix.endswith("chunks")
 
     def table(self, name: str, schema: str = "main") -> "HqTable":
         """The open table object for ``name`` (connecting it if this connection has not yet)."""
@@ -155,39 +202,94 @@ class HqTable:
         self.module = module
         self.conn = conn
         self.schema = schema
-        self.name = name
         self.opts = opts
-        self.store = CodeStore(conn, schema, name, opts)
+        self.sets = opts.code_sets
         self.meta_names = [c.name for c in opts.columns]
-        n_meta = len(opts.columns)
-        self.COL_META0 = 2
-        self.COL_DISTANCE = 2 + n_meta
-        self.COL_HAMMING = self.COL_DISTANCE + 1
-        self.COL_K = self.COL_DISTANCE + 2
-        self.COL_CANDIDATES = self.COL_DISTANCE + 3
-        self.COL_MODE = self.COL_DISTANCE + 4
+        # Column layout: raw tables [code, qcode, meta..., hidden]; model-bound tables
+        # [m, m_code, m_qcode for each modality m, meta..., hidden].
+        cols: list[tuple[str, int]] = []
+        for i in range(len(self.sets)):
+            if opts.model:
+                cols.append(("input", i))
+            cols += [("code", i), ("qcode", i)]
+        self.COL_META0 = len(cols)
+        cols += [("meta", j) for j in range(len(opts.columns))]
+        self.COL_DISTANCE = len(cols)
+        self.COL_HAMMING, self.COL_K, self.COL_CANDIDATES, self.COL_MODE = range(len(cols) + 1, len(cols) + 5)
+        cols += [("distance", 0), ("hamming", 0), ("k", 0), ("candidates", 0), ("mode", 0)]
+        self.cols = cols
         self._codebooks: np.ndarray | None = None
         self._codebooks_version: int | None = None
-        meta_sel = "".join(", " + quote_ident(n) for n in self.meta_names)
-        self._select_rows = f"SELECT rowid, chunk, slot{meta_sel} FROM {self.store.rows_table}"
+        self._model = None
+        self._rename(name)
+
+    def _rename(self, name: str) -> None:
+        self.name = name
+        self.rows_table = f"{quote_ident(self.schema)}.{quote_ident(name + '_rows')}"
+        self.pending_table = f"{quote_ident(self.schema)}.{quote_ident(name + '_pending')}"
+        self.stores = [CodeStore(self.conn, self.schema, name, self.opts, c) for c in self.sets]
+        locs = [col for c in self.sets for col in (c.chunk_col, c.slot_col)]
+        names = ["rowid", *locs, *self.meta_names]
+        self._select_rows = f"SELECT {', '.join(map(quote_ident, names))} FROM {self.rows_table}"
         self._insert_row = (
-            f"INSERT INTO {self.store.rows_table}(rowid, chunk, slot"
-            + "".join(", " + quote_ident(n) for n in self.meta_names)
-            + ") VALUES (?, ?, ?" + ", ?" * n_meta + ")"
+            f"INSERT INTO {self.rows_table}({', '.join(map(quote_ident, names))}) "
+            f"VALUES ({', '.join('?' * len(names))})"
         )
 
-    def declaration(self) -> str:
-        cols = ["code BLOB", "qcode BLOB"]
-        cols += [f"{quote_ident(c.name)} {c.type}" for c in self.opts.columns]
-        cols += ["distance REAL HIDDEN", "hamming INTEGER HIDDEN", "k INTEGER HIDDEN",
-                 "candidates INTEGER HIDDEN", "mode TEXT HIDDEN"]
-        return f"CREATE TABLE x({', '.join(cols)})"
+    @property
+    def store(self) -> CodeStore:
+        """The code store of a raw table (its only code set)."""
+        return self.stores[0]
 
-    # -------------------------------------------------------------- codebooks
+    def declaration(self) -> str:
+        decl = []
+        for kind, i in self.cols:
+            c = self.sets[i] if kind in ("input", "code", "qcode") else None
+            if kind == "input":
+                decl.append(f"{quote_ident(c.input_col)} HIDDEN")
+            elif kind in ("code", "qcode"):
+                col = c.code_col if kind == "code" else c.qcode_col
+                decl.append(f"{quote_ident(col)} BLOB" + (" HIDDEN" if self.opts.model else ""))
+            elif kind == "meta":
+                m = self.opts.columns[i]
+                decl.append(f"{quote_ident(m.name)} {m.type}")
+        decl += ["distance REAL HIDDEN", "hamming INTEGER HIDDEN", "k INTEGER HIDDEN",
+                 "candidates INTEGER HIDDEN", "mode TEXT HIDDEN"]
+        return f"CREATE TABLE x({', '.join(decl)})"
+
+    # -------------------------------------------------------------- version and cache
+    def db_version(self) -> int:
+        row = self.conn.execute(
+            f"SELECT version FROM {quote_ident(self.schema)}.hqdb_tables WHERE name = ?", (self.name,)
+        ).fetchone()
+        if row is None:
+            raise CorruptTableError(f"hq table {self.name} is missing from the catalog")
+        return int(row[0])
+
+    def fresh(self) -> int:
+        """Bring every code cache up to the database; return the catalog version."""
+        version = self.db_version()
+        for st in self.stores:
+            st.ensure_fresh(version)
+        return version
+
+    def bump(self) -> None:
+        """Record a write in the catalog counter; our caches saw it, so they move along."""
+        self.conn.execute(
+            f"UPDATE {quote_ident(self.schema)}.hqdb_tables SET version = version + 1 WHERE name = ?",
+            (self.name,),
+        )
+        for st in self.stores:
+            if st.loaded and st.version is not None:
+                st.version += 1
+
+    # -------------------------------------------------------------- codebooks and model
     def codebooks(self, version: int | None = None) -> np.ndarray | None:
         """The table's codebooks (books x codewords x dim float32), or None if not set yet."""
+        if self.opts.model:
+            return self.model().codebooks
         if version is None:
-            version = self.store.db_version()
+            version = self.db_version()
         if self._codebooks_version != version:
             (blob,) = self.conn.execute(
                 f"SELECT codebooks FROM {quote_ident(self.schema)}.hqdb_tables WHERE name = ?", (self.name,)
@@ -212,6 +314,8 @@ class HqTable:
         return cb
 
     def set_codebooks(self, blob) -> None:
+        if self.opts.model:
+            raise HqError(f"hq table {self.name} takes its codebooks from model {self.opts.model!r}")
         if self.opts.books == 0:
             raise HqError(f"hq table {self.name} has books=0: it stores no quantization codes")
         self._parse_codebooks(blob)
@@ -219,10 +323,67 @@ class HqTable:
             f"UPDATE {quote_ident(self.schema)}.hqdb_tables SET codebooks = ? WHERE name = ?",
             (blob, self.name),
         )
-        self.store.bump()
+        self.bump()
         self._codebooks_version = None
 
+    def model(self):
+        """The trained model a model-bound table encodes with (loaded once per connection)."""
+        if self._model is None:
+            try:
+                self._model = load_model(self.conn, self.opts.model)
+            except ModelError as e:
+                raise HqError(f"hq table {self.name}: {e}") from None
+        return self._model
+
+    def encode_inputs(self, set_idx: int, values: list) -> np.ndarray:
+        """Features (float32 blobs) or raw text of one modality → common-space vectors (N, dim)."""
+        model = self.model()
+        modality = self.sets[set_idx].name
+        texts = [v for v in values if isinstance(v, str)]
+        if texts and len(texts) != len(values):
+            raise HqError(f"{self.name}.{modality}: mix of text and feature blobs in one batch")
+        try:
+            if texts:
+                x = model.featurize(modality, texts)
+            else:
+                x = np.stack([np.frombuffer(v, dtype="<f4") for v in values]).astype(np.float32)
+                x = model.featurize(modality, x)
+            return model.embed(modality, x)
+        except (ValueError, TypeError) as e:
+            raise HqError(f"{self.name}.{modality}: {e}") from None
+
+    def check_input(self, set_idx: int, value) -> object:
+        """Validate one modality input at INSERT time, so the batched encode cannot fail later."""
+        model = self.model()
+        modality = self.sets[set_idx].name
+        if isinstance(value, str):
+            if not model.has_featurizer(modality):
+                raise HqError(
+                    f"{self.name}.{modality}: model {self.opts.model!r} has no text featurizer for "
+                    f"{modality!r}; insert a float32 feature BLOB of {model.input_dim(modality)} values"
+                )
+            return value
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            value = bytes(value)
+            d = model.input_dim(modality)
+            if len(value) != 4 * d:
+                raise HqError(f"{self.name}.{modality} must be a float32 BLOB of {d} values "
+                              f"({4 * d} bytes); got {len(value)} bytes")
+            if not np.isfinite(np.frombuffer(value, dtype="<f4")).all():
+                raise HqError(f"{self.name}.{modality}: features contain NaN or infinity")
+            return value
+        raise HqError(f"{self.name}.{modality} must be a BLOB of float32 features"
+                      + (" or TEXT" if model.has_featurizer(modality) else "")
+                      + f", got {type(value).__name__}")
+
     # -------------------------------------------------------------- planning
+    def _set_of_column(self, col: int) -> int | None:
+        if 0 <= col < self.COL_META0:
+            kind, i = self.cols[col]
+            if kind in ("input", "code"):
+                return i
+        return None
+
     def BestIndexObject(self, ii: apsw.IndexInfo) -> bool:
         match = k = cand = mode = limit = rowid_eq = None
         filters: list[tuple[int, int, bool]] = []  # (constraint index, column, is_in)
@@ -316,8 +477,9 @@ class HqTable:
         return HqCursor(self)
 
     # -------------------------------------------------------------- writes
-    def _validate_code(self, value) -> np.ndarray:
+    def _validate_code(self, cset, value) -> np.ndarray:
         o = self.opts
+        label = f"{self.name}.{cset.code_col}"
         if isinstance(value, (bytes, bytearray, memoryview)):
             value = bytes(value)
             if len(value) == o.code_bytes:
@@ -325,56 +487,69 @@ class HqTable:
             if len(value) == o.dim * 4:  # a float32 vector: store its sign bits
                 vec = np.frombuffer(value, dtype="<f4")
                 if not np.isfinite(vec).all():
-                    raise HqError(f"{self.name}.code: float32 vector contains NaN or infinity")
+                    raise HqError(f"{label}: float32 vector contains NaN or infinity")
                 return kernels.pack_bits(vec)
             raise HqError(
-                f"{self.name}.code must be a BLOB of {o.code_bytes} bytes (dim={o.dim} bits) "
+                f"{label} must be a BLOB of {o.code_bytes} bytes (dim={o.dim} bits) "
                 f"or a float32 vector of {o.dim} values ({o.dim * 4} bytes); got {len(value)} bytes"
             )
         if value is None:
-            raise HqError(f"{self.name}.code cannot be NULL")
-        raise HqError(f"{self.name}.code must be a BLOB, got {type(value).__name__}")
+            raise HqError(f"{label} cannot be NULL")
+        raise HqError(f"{label} must be a BLOB, got {type(value).__name__}")
 
-    def _validate_qcode(self, value) -> np.ndarray | None:
+    def _validate_qcode(self, cset, value) -> np.ndarray | None:
         o = self.opts
+        label = f"{self.name}.{cset.qcode_col}"
         if o.books == 0:
             if value is not None:
-                raise HqError(f"{self.name} has books=0: qcode must be NULL")
+                raise HqError(f"{self.name} has books=0: {cset.qcode_col} must be NULL")
             return None
         if value is None:
-            raise HqError(f"{self.name}.qcode cannot be NULL (table has books={o.books})")
+            raise HqError(f"{label} cannot be NULL (table has books={o.books})")
         if not isinstance(value, (bytes, bytearray, memoryview)):
-            raise HqError(f"{self.name}.qcode must be a BLOB, got {type(value).__name__}")
+            raise HqError(f"{label} must be a BLOB, got {type(value).__name__}")
         value = bytes(value)
         if len(value) != o.qcode_bytes:
             width = "uint8" if o.codewords <= 256 else "uint16 little-endian"
             raise HqError(
-                f"{self.name}.qcode must be {o.books} {width} indices ({o.qcode_bytes} bytes); "
-                f"got {len(value)} bytes"
+                f"{label} must be {o.books} {width} indices ({o.qcode_bytes} bytes); got {len(value)} bytes"
             )
         q = np.frombuffer(value, dtype=o.qcode_dtype)
         if int(q.max()) >= o.codewords:
-            raise HqError(f"{self.name}.qcode: index {int(q.max())} out of range (codewords={o.codewords})")
+            raise HqError(f"{label}: index {int(q.max())} out of range (codewords={o.codewords})")
         return q
 
     def _split_fields(self, fields):
-        o = self.opts
+        """Validate a row's values; return (per code set: ('codes', code, qcode) | ('input', value)
+        | None, metadata values). Nothing is written before every value has passed."""
         for col, label in ((self.COL_DISTANCE, "distance"), (self.COL_HAMMING, "hamming"),
                            (self.COL_K, "k"), (self.COL_CANDIDATES, "candidates"), (self.COL_MODE, "mode")):
             if fields[col] is not None:
                 raise HqError(f"{self.name}.{label} is a query column and cannot be written")
-        code = self._validate_code(fields[0])
-        qcode = self._validate_qcode(fields[1])
+        per_set: list = [None] * len(self.sets)
+        values = {(kind, i): fields[n] for n, (kind, i) in enumerate(self.cols)}
+        for i, cset in enumerate(self.sets):
+            raw_input = values.get(("input", i))
+            code, qcode = values[("code", i)], values[("qcode", i)]
+            if raw_input is not None:
+                per_set[i] = ("input", self.check_input(i, raw_input))
+            elif code is not None or not self.opts.model:
+                per_set[i] = ("codes", self._validate_code(cset, code), self._validate_qcode(cset, qcode))
+            elif qcode is not None:
+                raise HqError(f"{self.name}.{cset.qcode_col} given without {cset.code_col}")
         meta = list(fields[self.COL_META0:self.COL_DISTANCE])
-        for c, v in zip(o.columns, meta):
+        for c, v in zip(self.opts.columns, meta):
             if isinstance(v, float) and math.isnan(v):
                 raise HqError(f"{self.name}.{c.name}: NaN is not a value")
-        return code, qcode, meta
+        return per_set, meta
 
-    def _locate(self, rowid: int) -> tuple[int, int] | None:
-        return self.conn.execute(
-            f"SELECT chunk, slot FROM {self.store.rows_table} WHERE rowid = ?", (rowid,)
-        ).fetchone()
+    def _locate(self, rowid: int) -> list | None:
+        """[(chunk, slot) or None per code set] of a row, or None if there is no such row."""
+        locs = ", ".join(f"{quote_ident(c.chunk_col)}, {quote_ident(c.slot_col)}" for c in self.sets)
+        row = self.conn.execute(f"SELECT {locs} FROM {self.rows_table} WHERE rowid = ?", (rowid,)).fetchone()
+        if row is None:
+            return None
+        return [None if row[2 * i] is None else (row[2 * i], row[2 * i + 1]) for i in range(len(self.sets))]
 
     def _conflicts(self, rowid, meta) -> list[int]:
         """Rowids of existing rows an insert of (rowid, meta) would collide with."""
@@ -386,16 +561,15 @@ class HqTable:
             v = meta[self.meta_names.index(key.name)]
             if v is not None:
                 row = self.conn.execute(
-                    f"SELECT rowid FROM {self.store.rows_table} WHERE {quote_ident(key.name)} = ?", (v,)
+                    f"SELECT rowid FROM {self.rows_table} WHERE {quote_ident(key.name)} = ?", (v,)
                 ).fetchone()
                 if row and row[0] not in found:
                     found.append(row[0])
         return found
 
     def UpdateInsertRow(self, rowid, fields):
-        code, qcode, meta = self._split_fields(fields)
-        store = self.store
-        store.ensure_fresh()
+        per_set, meta = self._split_fields(fields)
+        self.fresh()
         conflicts = self._conflicts(rowid, meta)
         if conflicts:
             policy = self.conn.vtab_on_conflict()
@@ -407,55 +581,128 @@ class HqTable:
             else:
                 what = "rowid" if rowid in conflicts else self.opts.key_column.name
                 raise apsw.ConstraintError(f"UNIQUE constraint failed: {self.name}.{what}")
-        chunk, slot = store.next_free()
-        self.conn.execute(self._insert_row, (rowid, chunk, slot, *meta))
+        locs = []
+        for st, item in zip(self.stores, per_set):
+            locs += st.next_free() if item is not None and item[0] == "codes" else (None, None)
+        self.conn.execute(self._insert_row, (rowid, *locs, *meta))
         if rowid is None:
             rowid = self.conn.last_insert_rowid()
-        store.put(chunk, slot, rowid, code, qcode)
-        store.bump()
+        self._store_codes(rowid, per_set, locs)
+        self.bump()
         return rowid
 
-    def _delete(self, rowid: int) -> None:
-        loc = self._locate(rowid)
-        if loc is None:
+    def _store_codes(self, rowid: int, per_set: list, locs: list) -> None:
+        """Put directly given codes in their (already reserved) slots; queue inputs to encode."""
+        pending = []
+        for i, (st, item) in enumerate(zip(self.stores, per_set)):
+            if item is None:
+                continue
+            if item[0] == "codes":
+                st.put(locs[2 * i], locs[2 * i + 1], rowid, item[1], item[2])
+            else:
+                pending.append((rowid, self.sets[i].name, item[1]))
+        if pending:
+            self.conn.executemany(
+                f"INSERT INTO {self.pending_table}(rowid, codeset, value) VALUES (?, ?, ?)", pending
+            )
+            if self.conn.execute(f"SELECT count(*) >= ? FROM {self.pending_table}",
+                                 (PENDING_BATCH,)).fetchone()[0]:
+                self.flush_pending()
+
+    def flush_pending(self) -> None:
+        """Encode every queued input in one batch per modality and store the codes."""
+        if not self.opts.model:
             return
-        self.conn.execute(f"DELETE FROM {self.store.rows_table} WHERE rowid = ?", (rowid,))
-        self.store.clear(*loc)
-        self.store.bump()
+        rows = self.conn.execute(
+            f"SELECT rowid, codeset, value FROM {self.pending_table} ORDER BY codeset, rowid"
+        ).fetchall()
+        if not rows:
+            return
+        self.fresh()
+        model = self.model()
+        for i, cset in enumerate(self.sets):
+            mine = [(r, v) for r, c, v in rows if c == cset.name]
+            if not mine:
+                continue
+            rowids = np.array([r for r, _ in mine], dtype=np.int64)
+            f = self.encode_inputs(i, [v for _, v in mine])
+            st = self.stores[i]
+            chunks, slots = st.allocate(len(mine))
+            st.put_many(chunks, slots, rowids, kernels.pack_bits(f), model.quantize(f))
+            self.conn.executemany(
+                f"UPDATE {self.rows_table} SET {quote_ident(cset.chunk_col)} = ?, "
+                f"{quote_ident(cset.slot_col)} = ? WHERE rowid = ?",
+                zip(chunks.tolist(), slots.tolist(), rowids.tolist()),
+            )
+        self.conn.execute(f"DELETE FROM {self.pending_table}")
+        self.bump()
+
+    def _has_pending(self) -> bool:
+        return bool(self.opts.model) and self.conn.execute(
+            f"SELECT 1 FROM {self.pending_table} LIMIT 1").fetchone() is not None
+
+    def _delete(self, rowid: int) -> None:
+        locs = self._locate(rowid)
+        if locs is None:
+            return
+        self.conn.execute(f"DELETE FROM {self.rows_table} WHERE rowid = ?", (rowid,))
+        if self.opts.model:
+            self.conn.execute(f"DELETE FROM {self.pending_table} WHERE rowid = ?", (rowid,))
+        for st, loc in zip(self.stores, locs):
+            if loc is not None:
+                st.clear(*loc)
 
     def UpdateDeleteRow(self, rowid):
-        self.store.ensure_fresh()
+        self.fresh()
         self._delete(rowid)
+        self.bump()
 
     def UpdateChangeRow(self, rowid, newrowid, fields):
-        code, qcode, meta = self._split_fields(fields)
-        store = self.store
-        store.ensure_fresh()
-        loc = self._locate(rowid)
-        if loc is None:
+        per_set, meta = self._split_fields(fields)
+        self.fresh()
+        old = self._locate(rowid)
+        if old is None:
             raise CorruptTableError(f"hq table {self.name}: row {rowid} vanished during UPDATE")
         if newrowid != rowid and self._locate(newrowid) is not None:
             if self.conn.vtab_on_conflict() == apsw.SQLITE_REPLACE:
                 self._delete(newrowid)
             else:
                 raise apsw.ConstraintError(f"UNIQUE constraint failed: {self.name}.rowid")
-        sets = ", ".join(f"{quote_ident(n)} = ?" for n in ["rowid", *self.meta_names])
-        self.conn.execute(
-            f"UPDATE {store.rows_table} SET {sets} WHERE rowid = ?", (newrowid, *meta, rowid)
-        )
-        store.update(*loc, newrowid, code, qcode)
-        store.bump()
+        if self.opts.model:
+            self.conn.execute(f"DELETE FROM {self.pending_table} WHERE rowid = ?", (rowid,))
+        locs = []
+        for st, item, loc in zip(self.stores, per_set, old):
+            if item is not None and item[0] == "codes" and loc is not None:
+                st.update(*loc, newrowid, item[1], item[2])
+                locs += loc
+                continue
+            if loc is not None:  # re-encoded from new input, or the modality was removed
+                st.clear(*loc)
+            locs += st.next_free() if item is not None and item[0] == "codes" else (None, None)
+        names = [c for cs in self.sets for c in (cs.chunk_col, cs.slot_col)] + self.meta_names
+        sets = ", ".join(f"{quote_ident(n)} = ?" for n in ["rowid", *names])
+        self.conn.execute(f"UPDATE {self.rows_table} SET {sets} WHERE rowid = ?", (newrowid, *locs, *meta, rowid))
+        fresh_items = [
+            item if (item is not None and (item[0] == "input" or old[i] is None)) else None
+            for i, item in enumerate(per_set)
+        ]
+        self._store_codes(newrowid, fresh_items, locs)
+        self.bump()
 
     # -------------------------------------------------------------- transactions
     # Writes go straight to the shadow tables, so SQLite's transaction machinery is all the
-    # durability we need; a rollback only has to drop the in-memory cache.
+    # durability we need. Queued inputs are encoded before a commit; a rollback only has to
+    # drop the in-memory caches.
+    def Sync(self):
+        self.flush_pending()
+
     def Rollback(self):
-        self.store.invalidate()
+        for st in self.stores:
+            st.invalidate()
         self._codebooks_version = None
 
     def RollbackTo(self, level):
-        self.store.invalidate()
-        self._codebooks_version = None
+        self.Rollback()
 
     # -------------------------------------------------------------- lifecycle
     def Disconnect(self):
@@ -463,44 +710,65 @@ class HqTable:
 
     def Destroy(self):
         self.module.tables.pop((self.schema, self.name.lower()), None)
-        CodeStore.drop_tables(self.conn, self.schema, self.name)
+        CodeStore.drop_tables(self.conn, self.schema, self.name, self.opts)
         self.conn.execute(f"DELETE FROM {quote_ident(self.schema)}.hqdb_tables WHERE name = ?", (self.name,))
 
     def Rename(self, newname):
-        CodeStore.rename_tables(self.conn, self.schema, self.name, newname)
+        CodeStore.rename_tables(self.conn, self.schema, self.name, newname, self.opts)
         self.conn.execute(
             f"UPDATE {quote_ident(self.schema)}.hqdb_tables SET name = ? WHERE name = ?", (newname, self.name)
         )
         self.module.tables.pop((self.schema, self.name.lower()), None)
-        self.name = newname
-        self.store = CodeStore(self.conn, self.schema, newname, self.opts)
+        self._rename(newname)
         self.module.tables[(self.schema, newname.lower())] = self
 
     def Integrity(self, schema, name, is_quick):
         try:
-            self.store.load()
+            version = self.db_version()
+            for st in self.stores:
+                st.load()
+                st.version = version
         except CorruptTableError as e:
             return str(e)
-        st = self.store
-        rows = self.conn.execute(f"SELECT rowid, chunk, slot FROM {st.rows_table}").fetchall()
-        if len(rows) != st.n_rows:
-            return f"hq table {schema}.{name}: {len(rows)} rows but {st.n_rows} occupied code slots"
-        for rowid, chunk, slot in rows:
-            if chunk not in st.chunk_index or not 0 <= slot < st.cs:
-                return f"hq table {schema}.{name}: row {rowid} points at a missing slot"
-            pos = st.position(chunk, slot)
-            if not st.valid[pos] or st.rowids[pos] != rowid:
-                return f"hq table {schema}.{name}: row {rowid} and its code slot disagree"
+        rows = self.conn.execute(self._select_rows).fetchall()
+        for i, st in enumerate(self.stores):
+            located = [(r[0], r[1 + 2 * i], r[2 + 2 * i]) for r in rows if r[1 + 2 * i] is not None]
+            if len(located) != st.n_rows:
+                return (f"hq table {schema}.{name}: {len(located)} rows with {self.sets[i].name} codes "
+                        f"but {st.n_rows} occupied code slots")
+            for rowid, chunk, slot in located:
+                if chunk not in st.chunk_index or not 0 <= slot < st.cs:
+                    return f"hq table {schema}.{name}: row {rowid} points at a missing slot"
+                pos = st.position(chunk, slot)
+                if not st.valid[pos] or st.rowids[pos] != rowid:
+                    return f"hq table {schema}.{name}: row {rowid} and its code slot disagree"
         return None
 
     # -------------------------------------------------------------- search
-    def parse_query(self, blob, mode: str):
-        """Validate a query blob; return (bits, float vector or None)."""
+    def parse_query(self, blob, mode: str, set_idx: int):
+        """Validate a query; return (bits, float vector or None).
+
+        A query is a float32 vector of ``dim`` values in the common space, ``dim/8`` bytes of
+        bit code (Hamming mode only), or — on a model-bound table — ``hq_query(modality, value)``,
+        which this table's model encodes first."""
         o = self.opts
+        decoded = decode_query(blob)
+        if decoded is not None:
+            if not o.model:
+                raise HqError(f"hq_query() needs a model-bound table; {self.name} is a raw table: "
+                              f"pass a float32 vector of {o.dim} values")
+            modality, value = decoded
+            names = [c.name for c in self.sets]
+            if modality not in names:
+                raise HqError(f"model {o.model!r} has no modality {modality!r} (it has: {', '.join(names)})")
+            qi = names.index(modality)
+            vec = self.encode_inputs(qi, [self.check_input(qi, value)])[0]
+            return kernels.pack_bits(vec), vec
         if not isinstance(blob, (bytes, bytearray, memoryview)):
             raise HqError(
                 f"hq_match query for {self.name} must be a BLOB (float32 x {o.dim}, or {o.code_bytes} "
-                f"bytes of bit code), got {type(blob).__name__}"
+                f"bytes of bit code{', or hq_query(modality, value)' if o.model else ''}), "
+                f"got {type(blob).__name__}"
             )
         blob = bytes(blob)
         if len(blob) == o.dim * 4:
@@ -520,18 +788,19 @@ class HqTable:
             f"({o.dim * 4} bytes) or a bit code of {o.code_bytes} bytes; got {len(blob)} bytes"
         )
 
-    def filter_mask(self, conds: list[tuple[str, int, object]]) -> np.ndarray:
+    def filter_mask(self, set_idx: int, conds: list[tuple[str, int, object]]) -> np.ndarray:
         """Slots (as a uint8 mask over the cache) of rows that pass the metadata conditions."""
-        st = self.store
+        st = self.stores[set_idx]
+        cset = self.sets[set_idx]
         where, params = [], []
         for kind, col, value in conds:
             name = quote_ident(self.meta_names[col - self.COL_META0])
             if kind == "IN":
                 values = list(value)
-                where.append(f"{name} IN (SELECT value FROM json_each(?))")
-                params.append(json.dumps([v if not isinstance(v, bytes) else None for v in values]))
                 if any(isinstance(v, bytes) for v in values):  # JSON can't carry BLOBs: don't prefilter
-                    where.pop(), params.pop()
+                    continue
+                where.append(f"{name} IN (SELECT value FROM json_each(?))")
+                params.append(json.dumps(values))
             elif kind in ("ISNULL", "NOTNULL"):
                 where.append(f"{name} {kind}")
             else:
@@ -542,8 +811,10 @@ class HqTable:
             return mask
         # One string of packed (chunk, slot) keys parsed in C is far cheaper than a Python tuple
         # per matching row when a filter keeps most of a large table.
+        chunk, slot = quote_ident(cset.chunk_col), quote_ident(cset.slot_col)
         (packed,) = self.conn.execute(
-            f"SELECT group_concat(chunk * 65536 + slot) FROM {st.rows_table} WHERE {' AND '.join(where)}",
+            f"SELECT group_concat({chunk} * 65536 + {slot}) FROM {self.rows_table} "
+            f"WHERE {chunk} IS NOT NULL AND {' AND '.join(where)}",
             params,
         ).fetchone()
         sel = np.zeros(st.size, dtype=np.uint8)
@@ -554,7 +825,7 @@ class HqTable:
             sel[idx * st.cs + (keys & 0xFFFF)] = 1
         return mask & sel
 
-    def search(self, query, k, candidates, mode, conds):
+    def search(self, set_idx, query, k, candidates, mode, conds):
         o = self.opts
         if mode not in MODES:
             raise HqError(f"unknown mode {mode!r} for {self.name} (use one of: {', '.join(MODES)})")
@@ -562,9 +833,10 @@ class HqTable:
             if mode == "aqd":
                 raise HqError(f"{self.name} has books=0: mode 'aqd' needs quantization codes")
             mode = "hamming"
-        bits, vec = self.parse_query(query, mode)
-        st = self.store
-        version = st.ensure_fresh()
+        if self._has_pending():
+            self.flush_pending()
+        bits, vec = self.parse_query(query, mode, set_idx)
+        version = self.fresh()
         lut = None
         if mode != "hamming":
             cb = self.codebooks(version)
@@ -574,8 +846,9 @@ class HqTable:
                     f"SELECT hq_set_codebooks('{self.name}', :blob), or search with mode = 'hamming'"
                 )
             lut = kernels.aqd_lut(vec, cb)
+        st = self.stores[set_idx]
         n = st.size
-        valid = self.filter_mask(conds) if conds else st.valid[:n]
+        valid = self.filter_mask(set_idx, conds) if conds else st.valid[:n]
         return kernels.search(
             st.codes[:n], st.qcodes[:n] if o.books else None, st.rowids[:n], valid, bits, lut,
             k=k, candidates=candidates, mode=mode, threads=self.module.threads,
@@ -610,14 +883,16 @@ class HqCursor:
         self.i = 0
         self._meta = None
         self.k = self.candidates = self.mode = None
-        match = None
+        match = set_idx = None
         limit = None
         conds: list[tuple[str, int, object]] = []
         for tok, value in zip(tokens, args):
             kind = tok[0]
             if kind == "m":
-                if int(tok[1:]) != 0:
-                    raise HqError(f"hq_match searches the code column: write hq_match({t.name}.code, :query)")
+                set_idx = t._set_of_column(int(tok[1:]))
+                if set_idx is None:
+                    cols = " or ".join(f"{t.name}.{c.input_col or c.code_col}" for c in t.sets)
+                    raise HqError(f"hq_match searches the code column: write hq_match({cols}, :query)")
                 match = value
             elif kind == "k":
                 self.k = _int_arg("k", value, 1, MAX_K)
@@ -651,10 +926,12 @@ class HqCursor:
                 raise HqError("hq_match query is NULL")
             mode = self.mode or "two_stage"
             cand = self.candidates if self.candidates is not None else max(1000, 10 * self.k)
-            rowids, dist, ham = t.search(match, self.k, cand, mode, conds)
+            rowids, dist, ham = t.search(set_idx, match, self.k, cand, mode, conds)
             self.rows = list(zip(rowids.tolist(), dist.tolist(), ham.tolist()))
             return
 
+        if t._has_pending():  # rows inserted earlier in this transaction: encode them first
+            t.flush_pending()
         if header == PLAN_ROWID:
             (rowid,) = args[:1]
             rows = t.conn.execute(t._select_rows + " WHERE rowid = ?", (rowid,)).fetchall()
@@ -707,13 +984,17 @@ class HqCursor:
             return self.candidates
         if n == t.COL_MODE:
             return self.mode
-        meta = self._row_meta(rowid)
+        meta = self._row_meta(rowid)  # (chunk, slot per code set..., metadata...)
+        n_locs = 2 * len(t.sets)
         if n >= t.COL_META0:
-            return meta[2 + n - t.COL_META0]
-        st = t.store
-        st.ensure_fresh()
-        pos = st.position(meta[0], meta[1])
-        if n == 0:
+            return meta[n_locs + n - t.COL_META0]
+        kind, i = t.cols[n]
+        if kind == "input" or meta[2 * i] is None:
+            return None  # inputs are encoded, not kept; or the row lacks this modality
+        st = t.stores[i]
+        t.fresh()
+        pos = st.position(meta[2 * i], meta[2 * i + 1])
+        if kind == "code":
             return st.codes[pos].tobytes()
         if t.opts.books == 0:
             return None

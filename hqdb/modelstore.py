@@ -1,0 +1,123 @@
+"""Trained models kept inside the database (catalog tables ``hqdb_models`` and
+``hqdb_model_tensors``): a JSON config plus raw little-endian tensors. Loading parses JSON and
+checks every tensor's dtype, shape and byte length; nothing is ever unpickled."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+
+import apsw
+
+from .errors import HqdbError
+
+_DTYPES = {"float32": "<f4", "int64": "<i8", "uint8": "u1", "uint16": "<u2"}
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+
+
+class ModelError(HqdbError, ValueError):
+    """A stored model is missing, corrupt, or does not fit what it is used for."""
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ModelError(f"model name {name!r}: use 1-128 letters, digits, '_', '.', '-'")
+    return name
+
+
+def save(conn: apsw.Connection, name: str, config: dict, tensors: dict[str, np.ndarray], *,
+         replace: bool = False) -> None:
+    """Store a model (``config`` must be JSON-serialisable; tensors are numpy arrays)."""
+    _check_name(name)
+    rows = []
+    for tname, arr in tensors.items():
+        arr = np.asarray(arr)
+        dtype = next((k for k, v in _DTYPES.items() if np.dtype(v) == arr.dtype.newbyteorder("<")
+                      or np.dtype(v) == arr.dtype), None)
+        if dtype is None:
+            raise ModelError(f"tensor {tname!r}: dtype {arr.dtype} cannot be stored")
+        data = np.ascontiguousarray(arr, dtype=_DTYPES[dtype]).tobytes()
+        rows.append((name, tname, dtype, json.dumps(list(arr.shape)), data))
+    with conn:
+        exists = conn.execute("SELECT 1 FROM hqdb_models WHERE name = ?", (name,)).fetchone()
+        if exists and not replace:
+            raise ModelError(f"a model named {name!r} already exists (pass replace=True to overwrite)")
+        if exists:
+            in_use = conn.execute(
+                "SELECT name FROM hqdb_tables WHERE json_extract(options, '$.model') = ?", (name,)
+            ).fetchall()
+            if in_use:
+                raise ModelError(f"model {name!r} is used by hq table(s) {[r[0] for r in in_use]}: "
+                                 "their codes would no longer match; save under a new name")
+            conn.execute("DELETE FROM hqdb_model_tensors WHERE model = ?", (name,))
+            conn.execute("DELETE FROM hqdb_models WHERE name = ?", (name,))
+        conn.execute("INSERT INTO hqdb_models(name, config) VALUES (?, ?)", (name, json.dumps(config)))
+        conn.executemany(
+            "INSERT INTO hqdb_model_tensors(model, name, dtype, shape, data) VALUES (?, ?, ?, ?, ?)", rows
+        )
+
+
+def load(conn: apsw.Connection, name: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(config, tensors) of a stored model; :class:`ModelError` if missing or corrupt."""
+    _check_name(name)
+    row = conn.execute("SELECT config FROM hqdb_models WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        known = [r[0] for r in conn.execute("SELECT name FROM hqdb_models ORDER BY name")]
+        raise ModelError(f"no model named {name!r} in this database (models: {known or 'none'})")
+    try:
+        config = json.loads(row[0])
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"model {name!r}: config is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"model {name!r}: config must be a JSON object")
+    tensors = {}
+    for tname, dtype, shape, data in conn.execute(
+        "SELECT name, dtype, shape, data FROM hqdb_model_tensors WHERE model = ? ORDER BY name", (name,)
+    ):
+        try:
+            shape = tuple(json.loads(shape))
+            if not all(isinstance(d, int) and d >= 0 for d in shape):
+                raise ValueError("bad dimensions")
+        except (TypeError, ValueError):
+            raise ModelError(f"model {name!r}: tensor {tname!r} has a malformed shape {shape!r}") from None
+        if dtype not in _DTYPES or not isinstance(data, bytes):
+            raise ModelError(f"model {name!r}: tensor {tname!r} has an unknown dtype or non-BLOB data")
+        np_dtype = np.dtype(_DTYPES[dtype])
+        expected = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+        if len(data) != expected:
+            raise ModelError(
+                f"model {name!r}: tensor {tname!r} is truncated or corrupt "
+                f"({len(data)} bytes, expected {expected} for {dtype}{list(shape)})"
+            )
+        arr = np.frombuffer(data, dtype=np_dtype).reshape(shape).astype(np_dtype.newbyteorder("="))
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ModelError(f"model {name!r}: tensor {tname!r} contains NaN or infinity")
+        tensors[tname] = arr
+    return config, tensors
+
+
+def list_models(conn: apsw.Connection) -> list[dict]:
+    out = []
+    for name, config, created in conn.execute(
+        "SELECT name, config, created_at FROM hqdb_models ORDER BY name"
+    ):
+        try:
+            cfg = json.loads(config)
+        except ValueError:
+            cfg = {}
+        out.append({"name": name, "created_at": created,
+                    **{k: cfg.get(k) for k in ("method", "bits", "books", "codewords", "modalities")}})
+    return out
+
+
+def delete(conn: apsw.Connection, name: str) -> None:
+    with conn:
+        in_use = conn.execute(
+            "SELECT name FROM hqdb_tables WHERE json_extract(options, '$.model') = ?", (name,)
+        ).fetchall()
+        if in_use:
+            raise ModelError(f"model {name!r} is used by hq table(s) {[r[0] for r in in_use]}")
+        conn.execute("DELETE FROM hqdb_model_tensors WHERE model = ?", (name,))
+        conn.execute("DELETE FROM hqdb_models WHERE name = ?", (name,))
