@@ -465,6 +465,7 @@ class Bench:
         self.breakdown = None
         self.hqdb, self.hqdb_reason = import_hqdb()
         self.native_at_start = native_module() if self.hqdb is not None else None
+        self.git_at_start = git_head()
         self.faiss, self.faiss_reason = import_faiss()
         self.rescore_ext, self.rescore_note = None, None
 
@@ -1084,7 +1085,9 @@ def write_report(b: Bench, out_md: Path, out_png: Path, elapsed: float, cmd: str
             if QUIET["enabled"] else "No waiting for a quiet machine (--no-wait-quiet)."),
          f"- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if k != "hqdb.info()"),
          f"- `hqdb.info()`: `{json.dumps(v.get('hqdb.info()'))}`; native module at import: "
-         f"{b.native_at_start}; git HEAD {git_head()}" if b.hqdb else f"- hqdb NOT AVAILABLE: {b.hqdb_reason}",
+         f"{b.native_at_start}; git HEAD at start {b.git_at_start}"
+         + ("" if git_head() == b.git_at_start else f" (at the end {git_head()}: modules were already imported)")
+         if b.hqdb else f"- hqdb NOT AVAILABLE: {b.hqdb_reason}",
          f"- Data: seeded (seed 0), n-dimensional unit vectors of intrinsic dimension 16 (a mixture of 256 "
          "Gaussians in 16 dimensions, mapped into n by a random orthonormal map, plus isotropic noise 0.05); "
          f"code = sign bits (`vec_quantize_binary` layout); {len(a.books) and max(a.books)}-book residual k-means "
