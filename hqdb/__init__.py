@@ -7,18 +7,49 @@
 
 from __future__ import annotations
 
-from . import kernels
-from .bulk import insert_codes, set_codebooks
+from . import kernels, metrics
+from .bulk import insert_codes, insert_items, set_codebooks
 from .connection import connect, register
 from .errors import HqdbError, SchemaError
+from .modelstore import ModelError
+from .modelstore import list_models as _list_models
 from .schema import latest_version as schema_version
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "connect", "register", "insert_codes", "set_codebooks", "info",
-    "HqdbError", "SchemaError", "schema_version", "__version__",
+    "connect", "register", "insert_codes", "insert_items", "set_codebooks", "info",
+    "train", "save_model", "load_model", "list_models",
+    "HqdbError", "SchemaError", "ModelError", "schema_version", "__version__",
 ]
+
+
+def train(data, **kwargs):
+    """Train an encoder (HQ by default) on paired data; see :func:`hqdb.model.train.train`.
+    Needs torch (``pip install -e '.[train]'``); searching with the result does not."""
+    from .model.train import train as _train
+
+    return _train(data, **kwargs)
+
+
+def save_model(conn, name: str, model, *, replace: bool = False) -> None:
+    """Store a trained model in the database under ``name`` (JSON config + raw tensors)."""
+    from .modelstore import save
+
+    config, tensors = model.state()
+    save(conn, name, config, tensors, replace=replace)
+
+
+def load_model(conn, name: str):
+    """A model stored in the database, ready to encode (numpy only, no torch)."""
+    from .vtab import load_model as _load
+
+    return _load(conn, name)
+
+
+def list_models(conn) -> list[dict]:
+    """The models stored in the database: name, method, bits, books, codewords, modalities."""
+    return _list_models(conn)
 
 
 def info() -> dict:

@@ -13,6 +13,7 @@ import numpy as np
 
 import apsw
 
+from . import kernels
 from .vtab import HqError, HqModule, HqTable
 
 
@@ -106,5 +107,79 @@ def insert_codes(
         cols = [meta.get(name, [None] * n) for name in t.meta_names]
         conn.executemany(t._insert_row, zip(rowids.tolist(), chunks.tolist(), slots.tolist(), *cols))
         st.put_many(chunks, slots, rowids, codes, qcodes)
+        t.bump()
+    return rowids
+
+
+def insert_items(
+    conn: apsw.Connection,
+    table: str,
+    *,
+    metadata: Mapping[str, Sequence] | None = None,
+    rowids: Sequence[int] | np.ndarray | None = None,
+    **inputs,
+) -> np.ndarray:
+    """Insert many items into a model-bound table, encoding each modality in one batch.
+
+    ``inputs`` maps modality → feature matrix (N, input_dim) or list of N strings (for a
+    modality with a text featurizer); a modality left out (or None) is absent for these items.
+    Returns the new rowids. All or nothing.
+
+    >>> hqdb.insert_items(db, "docs", image=img_feats, text=texts, metadata={"title": titles})
+    """
+    t = _table(conn, table)
+    if not t.opts.model:
+        raise HqError(f"{table} is a raw table: insert codes with hqdb.insert_codes()")
+    names = [c.name for c in t.sets]
+    unknown = set(inputs) - set(names)
+    if unknown:
+        raise HqError(f"model {t.opts.model!r} has no modality {sorted(unknown)} (it has: {names})")
+    given = {m: v for m, v in inputs.items() if v is not None}
+    if not given:
+        raise HqError(f"insert_items needs at least one of: {', '.join(names)}")
+    sizes = {m: len(v) for m, v in given.items()}
+    n = next(iter(sizes.values()))
+    if any(s != n for s in sizes.values()):
+        raise HqError(f"every modality needs the same number of items; got {sizes}")
+    meta = dict(metadata or {})
+    bad = set(meta) - set(t.meta_names)
+    if bad:
+        raise HqError(f"unknown metadata column(s) for {table}: {sorted(bad)}")
+    for name, values in meta.items():
+        if len(values) != n:
+            raise HqError(f"metadata column {name!r} has {len(values)} values for {n} items")
+    model = t.model()
+    encoded = {}
+    for m, values in given.items():
+        i = names.index(m)
+        try:
+            x = model.featurize(m, list(values) if not isinstance(values, np.ndarray) else values)
+            f = model.embed(m, x)
+        except (ValueError, TypeError) as e:
+            raise HqError(f"{table}.{m}: {e}") from None
+        encoded[i] = (kernels.pack_bits(f), model.quantize(f))
+    if rowids is not None:
+        rowids = np.asarray(rowids)
+        if rowids.shape != (n,) or rowids.dtype.kind not in "iu" or len(np.unique(rowids)) != n:
+            raise HqError(f"rowids must be {n} unique integers")
+        rowids = rowids.astype(np.int64)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    with conn:
+        t.fresh()
+        if rowids is None:
+            (top,) = conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {t.rows_table}").fetchone()
+            rowids = np.arange(top + 1, top + 1 + n, dtype=np.int64)
+        locs: list[list] = []
+        for i, st in enumerate(t.stores):
+            if i in encoded:
+                chunks, slots = st.allocate(n)
+                locs += [chunks.tolist(), slots.tolist()]
+            else:
+                locs += [[None] * n, [None] * n]
+        cols = [meta.get(name, [None] * n) for name in t.meta_names]
+        conn.executemany(t._insert_row, zip(rowids.tolist(), *locs, *cols))
+        for i, (bits, q) in encoded.items():
+            t.stores[i].put_many(np.asarray(locs[2 * i]), np.asarray(locs[2 * i + 1]), rowids, bits, q)
         t.bump()
     return rowids

@@ -1,0 +1,109 @@
+"""Cross-modal retrieval quality measured through the real search path.
+
+The database items are inserted into a model-bound hq table through hqdb's insert path, and
+every query runs as ``SELECT ... WHERE hq_match(t.<target>, hq_query(<source>, ?))``. Rankings:
+
+- ``two_stage``: the first ``candidates`` results of the two-stage search (Hamming prefilter,
+  then AQD re-rank), followed by the remaining items in Hamming order — so MAP@all is defined;
+- ``hamming``: Hamming distance only (the paper's α = 0);
+- ``aqd``: AQD over every item (α = 1);
+- ``lossless``: inner product of the model's float features (the paper's Lossless row), computed
+  in numpy from the same model, ties by index.
+
+All rankings break ties by rowid (= database index + 1). Scores come from :mod:`hqdb.metrics`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import metrics
+from .storage import quote_ident
+
+DIRECTIONS = {"i2t": ("image", "text"), "t2i": ("text", "image")}
+
+
+def load_npz(path_or_dict) -> dict:
+    if isinstance(path_or_dict, dict):
+        return path_or_dict
+    with np.load(path_or_dict, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def modality_inputs(model, data: dict) -> dict:
+    """The arrays (or texts) of ``data`` that feed each of the model's modalities."""
+    keys = model.config.get("data_keys", {})
+    out = {}
+    for m in model.modalities:
+        key = keys.get(m, m)
+        if key not in data:
+            raise KeyError(f"data has no {key!r} array for the model's {m!r} modality (keys: {sorted(data)})")
+        value = data[key]
+        out[m] = [str(v) for v in value] if value.dtype.kind in "UO" else np.asarray(value, dtype=np.float32)
+    return out
+
+
+def evaluate(conn, model_name: str, queries, database, *, candidates: int = 1000, precision_k: int = 10,
+             table: str | None = None, keep: bool = False) -> dict:
+    """MAP@all, MAP@50 and P@k for image→text and text→image, per ranking, through SQL."""
+    from .bulk import insert_items
+    from .vtab import load_model
+
+    model = load_model(conn, model_name)
+    q, db = load_npz(queries), load_npz(database)
+    q_in, db_in = modality_inputs(model, q), modality_inputs(model, db)
+    labels_q, labels_db = q["labels"], db["labels"]
+    n = len(labels_db)
+    table = table or f"hqdb_eval_{model_name}".replace("-", "_").replace(".", "_")
+    conn.execute(f"DROP TABLE IF EXISTS {quote_ident(table)}")
+    conn.execute(f"CREATE VIRTUAL TABLE {quote_ident(table)} USING hq(model='{model_name}')")
+    t0 = time.perf_counter()
+    insert_items(conn, table, rowids=np.arange(1, n + 1), **db_in)
+    index_s = time.perf_counter() - t0
+    out: dict = {"model": model_name, "bits": model.bits, "books": model.books, "codewords": model.codewords,
+                 "n_queries": len(labels_q), "n_database": n, "candidates": candidates,
+                 "bytes_per_item": model.bits // 8 + model.books * (1 if model.codewords <= 256 else 2),
+                 "index_seconds": index_s}
+    try:
+        for direction, (src, dst) in DIRECTIONS.items():
+            if src not in model.modalities or dst not in model.modalities:
+                continue
+            rankings = _rankings(conn, table, model, src, dst, q_in[src], db_in[dst], n, candidates)
+            out[direction] = {
+                name: metrics.summary(metrics.relevance(labels_q, labels_db, ranking), precision_k=precision_k)
+                for name, ranking in rankings.items()
+            }
+        if "i2t" in out and "t2i" in out:
+            out["harmonic"] = {
+                name: {key: metrics.harmonic_mean(out["i2t"][name][key], out["t2i"][name][key])
+                       for key in out["i2t"][name]}
+                for name in out["i2t"]
+            }
+    finally:
+        if not keep:
+            conn.execute(f"DROP TABLE IF EXISTS {quote_ident(table)}")
+    return out
+
+
+def _rankings(conn, table, model, src, dst, queries, items, n, candidates):
+    t = quote_ident(table)
+    sql = (f"SELECT rowid FROM {t} WHERE hq_match({t}.{quote_ident(dst)}, hq_query(?, ?)) "
+           "AND k = ? AND mode = ? AND candidates = ?")
+    values = queries if isinstance(queries, list) else [np.ascontiguousarray(v).tobytes() for v in queries]
+    out = {"two_stage": [], "hamming": [], "aqd": []}
+    for mode in ("hamming", "aqd"):
+        for v in values:
+            out[mode].append([r[0] - 1 for r in conn.execute(sql, (src, v, n, mode, 1))])
+    c = min(candidates, n)
+    for qi, v in enumerate(values):
+        head = [r[0] - 1 for r in conn.execute(sql, (src, v, c, "two_stage", c))]
+        seen = set(head)
+        out["two_stage"].append(head + [i for i in out["hamming"][qi] if i not in seen])
+    # Lossless: float inner products of the same model's features.
+    fq = model.embed(src, model.featurize(src, queries))
+    fd = model.embed(dst, model.featurize(dst, items))
+    scores = fq @ fd.T
+    out["lossless"] = np.argsort(-scores, axis=1, kind="stable").tolist()
+    return {k: np.asarray(v, dtype=np.int64) for k, v in out.items()}
