@@ -1,0 +1,12 @@
+"""hqdb's model layer: learned encoders for the hq table (the HQ paper's towers + codebooks).
+
+Inference (:class:`TrainedModel`, the tf-idf featurizer, additive quantization) is numpy/numba
+only; training (:func:`hqdb.model.train.train`, also ``hqdb.train``) imports torch.
+"""
+
+from __future__ import annotations
+
+from .featurize import TfidfFeaturizer
+from .model import TrainedModel
+
+__all__ = ["TrainedModel", "TfidfFeaturizer"]

@@ -1,0 +1,79 @@
+"""HQ's towers and loss (paper §4, Eq. 3-7), in torch. Only training imports this module.
+
+Normalisation of the sums in Eq. 3-6 (so the λ's don't depend on batch size or code length):
+
+- L_sim (Eq. 3): mean over the B×B cross-modal pairs (image i, text j) of a batch of B items of
+  log(1 + e^θ_ij) − s_ij θ_ij, θ_ij = ⟨f_i, g_j⟩ (computed stably);
+- L_h (Eq. 4): mean over items of ‖f − h‖² / n, h = sgn(f) (sgn(0) = +1 as in §4.3), image and
+  text terms added;
+- L_b (Eq. 5): mean over items of (f·1)² / n — the paper's per-sample balance ("balances the
+  number of +1 and −1 ... for each training sample"), image and text added;
+- L_q (Eq. 6): mean over items of ‖f − Σ_l C^l b^l‖² / n, image and text added; C and b are
+  constants here (updated between epochs by :mod:`hqdb.model.aq`).
+
+The /n makes each per-item term O(1) for ±1 codes whatever the code length; L_sim keeps the
+paper's unscaled ⟨f_i, g_j⟩.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+TERMS = ("sim", "h", "b", "q")
+
+
+class Tower(nn.Module):
+    """x → standardise (fixed mean/scale buffers) → [Linear → ReLU]* → Linear → f ∈ R^n.
+
+    No tanh on the output: the hash loss (Eq. 4) is what pulls f toward ±1."""
+
+    def __init__(self, input_dim: int, hidden: list[int], bits: int, mean=None, scale=None):
+        super().__init__()
+        sizes = [input_dim, *hidden, bits]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.register_buffer("mean", torch.zeros(input_dim) if mean is None else torch.as_tensor(mean).float())
+        self.register_buffer("scale", torch.ones(input_dim) if scale is None else torch.as_tensor(scale).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) * self.scale
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = torch.relu(x)
+        return x
+
+
+def sgn(f: torch.Tensor) -> torch.Tensor:
+    """The optimal h of Eq. 4 for fixed f (§4.3): +1 where f >= 0, else −1."""
+    return torch.where(f >= 0, torch.ones_like(f), -torch.ones_like(f))
+
+
+def similarity(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
+    """s_ij = 1 iff the multi-hot labels share at least one class."""
+    return ((labels_a.float() @ labels_b.float().T) > 0).float()
+
+
+def loss_terms(f: torch.Tensor, g: torch.Tensor, s: torch.Tensor,
+               qf: torch.Tensor | None = None, qg: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The four terms of Eq. 7 for image features f (B, n), text features g (B, n), similarity
+    s (B, B) with s[i, j] for (image i, text j), and the quantized reconstructions qf, qg (B, n)
+    (L_q is 0 when they are None). Normalised as in the module docstring."""
+    n = f.shape[1]
+    theta = f @ g.T
+    # log(1 + e^θ) = max(θ, 0) + log1p(e^−|θ|): exact and never overflows (torch's softplus
+    # switches to θ itself above θ = 20).
+    softplus = torch.clamp(theta, min=0) + torch.log1p(torch.exp(-theta.abs()))
+    sim = (softplus - s * theta).mean()  # Eq. 3
+    h = (((f - sgn(f).detach()) ** 2).sum(1) + ((g - sgn(g).detach()) ** 2).sum(1)).mean() / n  # Eq. 4
+    b = (f.sum(1) ** 2 + g.sum(1) ** 2).mean() / n  # Eq. 5
+    if qf is None or qg is None:
+        q = f.new_zeros(())
+    else:
+        q = (((f - qf) ** 2).sum(1) + ((g - qg) ** 2).sum(1)).mean() / n  # Eq. 6
+    return {"sim": sim, "h": h, "b": b, "q": q}
+
+
+def total_loss(terms: dict[str, torch.Tensor], lambdas: dict[str, float]) -> torch.Tensor:
+    """Eq. 7: λ_sim L_sim + λ_h L_h + λ_b L_b + λ_q L_q."""
+    return sum(lambdas[t] * terms[t] for t in TERMS)

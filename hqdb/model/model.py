@@ -1,0 +1,229 @@
+"""A trained encoder, ready to encode: numpy only (no torch), so the engine runs without it.
+
+State = a JSON-able config + named float32 tensors (the database stores them as JSON and raw
+little-endian blobs; nothing is pickled). Tensors:
+
+- ``codebooks``: (books, codewords, bits), shared by all modalities (AQD works across them);
+- per modality ``m``: ``m.input_mean``, ``m.input_scale`` (d,) — the input standardisation;
+  ``m.layer{i}.weight`` (out, in) and ``m.layer{i}.bias`` (out,) of the tower's linear layers,
+  ReLU between them, none after the last (its width is ``bits``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from . import aq
+from .featurize import TfidfFeaturizer
+
+FORMAT = "hqdb-model/1"
+ACTIVATIONS = ("relu",)
+MAX_BITS = 1024  # the search kernels' limit
+
+
+def _int(cfg, key, lo, hi=None, where="config"):
+    v = cfg.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ValueError(f"{where}: {key!r} must be an integer {rng}, got {v!r}")
+    return v
+
+
+@njit(cache=True)
+def _dense(x, wt, b, relu):
+    """x (N, d) @ wt (d, o) + b, each output summed over d in ascending order in float32 (inner
+    loop over outputs: vectorised without reordering a sum), so a row's result never depends
+    on the batch it comes in or on the machine's BLAS. Zero inputs are skipped (sparse tf-idf);
+    that changes at most the sign of a zero."""
+    n, d = x.shape
+    o = wt.shape[1]
+    out = np.empty((n, o), dtype=np.float32)
+    acc = np.empty(o, dtype=np.float32)
+    for i in range(n):
+        for j in range(o):
+            acc[j] = 0.0
+        for k in range(d):
+            v = x[i, k]
+            if v != 0.0:
+                for j in range(o):
+                    acc[j] += v * wt[k, j]
+        for j in range(o):
+            y = acc[j] + b[j]
+            out[i, j] = max(y, np.float32(0.0)) if relu else y
+    return out
+
+
+class TrainedModel:
+    """Towers + codebooks of a trained model (see the module docstring for the state layout)."""
+
+    def __init__(self, config: dict, tensors: dict[str, np.ndarray]):
+        # Use from_state(): it validates. This only stores what it is given.
+        self.config = config
+        self._tensors = tensors
+        self.modalities = tuple(config["modalities"])
+        self.bits = config["bits"]
+        self.books = config["books"]
+        self.codewords = config["codewords"]
+        self.codebooks = tensors["codebooks"]
+        self._layers = {m: self._fold(m) for m in self.modalities}
+        self._featurizers = {
+            m: (TfidfFeaturizer.from_state(s) if s is not None else None)
+            for m, s in config["featurizers"].items()
+        }
+
+    # ------------------------------------------------------------------ state
+    @staticmethod
+    def expected_shapes(config: dict) -> dict[str, tuple]:
+        """Every tensor a config calls for, with its shape."""
+        shapes = {"codebooks": (config["books"], config["codewords"], config["bits"])}
+        for m in config["modalities"]:
+            tower = config["towers"][m]
+            d = tower["input_dim"]
+            shapes[f"{m}.input_mean"] = (d,)
+            shapes[f"{m}.input_scale"] = (d,)
+            prev = d
+            for i, width in enumerate(tower["layers"]):
+                shapes[f"{m}.layer{i}.weight"] = (width, prev)
+                shapes[f"{m}.layer{i}.bias"] = (width,)
+                prev = width
+        return shapes
+
+    @classmethod
+    def from_state(cls, config: dict, tensors: dict[str, np.ndarray]) -> TrainedModel:
+        """Rebuild a model, checking the config and every tensor's presence, shape and values;
+        ``ValueError`` with a message naming the problem otherwise."""
+        if not isinstance(config, dict):
+            raise ValueError("model config must be a dict")
+        if not isinstance(tensors, dict):
+            raise ValueError("model tensors must be a dict of name -> array")
+        if config.get("format") != FORMAT:
+            raise ValueError(f"model config format {config.get('format')!r} is not {FORMAT!r}")
+        bits = _int(config, "bits", 8, MAX_BITS)
+        if bits % 8:
+            raise ValueError(f"config: 'bits' must be a multiple of 8, got {bits}")
+        _int(config, "books", 1)
+        _int(config, "codewords", 1, 65536)
+        mods = config.get("modalities")
+        if (not isinstance(mods, list) or not mods or not all(isinstance(m, str) and m for m in mods)
+                or len(set(mods)) != len(mods)):
+            raise ValueError(f"config: 'modalities' must be a non-empty list of distinct names, got {mods!r}")
+        towers, feats = config.get("towers"), config.get("featurizers")
+        if not isinstance(towers, dict) or set(towers) != set(mods):
+            raise ValueError(f"config: 'towers' must describe exactly the modalities {mods}")
+        if not isinstance(feats, dict) or set(feats) != set(mods):
+            raise ValueError(f"config: 'featurizers' must have an entry (state or null) for each of {mods}")
+        for m in mods:
+            t = towers[m]
+            where = f"config tower {m!r}"
+            if not isinstance(t, dict):
+                raise ValueError(f"{where} must be a dict")
+            d = _int(t, "input_dim", 1, where=where)
+            layers = t.get("layers")
+            if (not isinstance(layers, list) or not layers
+                    or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in layers)):
+                raise ValueError(f"{where}: 'layers' must be a non-empty list of positive widths")
+            if layers[-1] != bits:
+                raise ValueError(f"{where}: the last layer has {layers[-1]} outputs but the model has {bits} bits")
+            if t.get("activation") not in ACTIVATIONS:
+                raise ValueError(f"{where}: unknown activation {t.get('activation')!r} (known: {ACTIVATIONS})")
+            if feats[m] is not None:
+                fz = TfidfFeaturizer.from_state(feats[m])
+                if fz.dim != d:
+                    raise ValueError(f"{where}: featurizer makes {fz.dim}-d vectors but input_dim is {d}")
+        expected = cls.expected_shapes(config)
+        missing = sorted(set(expected) - set(tensors))
+        if missing:
+            raise ValueError(f"model tensors missing: {missing}")
+        extra = sorted(set(tensors) - set(expected))
+        if extra:
+            raise ValueError(f"unexpected model tensors (not in the config): {extra}")
+        clean = {}
+        for name, shape in expected.items():
+            arr = np.asarray(tensors[name])
+            if arr.dtype.kind != "f":
+                raise ValueError(f"tensor {name!r} must be floating point, got {arr.dtype}")
+            if arr.shape != shape:
+                raise ValueError(f"tensor {name!r} has shape {arr.shape}, the config needs {shape}")
+            if not np.isfinite(arr).all():
+                raise ValueError(f"tensor {name!r} contains NaN or infinity")
+            clean[name] = np.ascontiguousarray(arr, dtype=np.float32)
+        return cls(config, clean)
+
+    def _fold(self, m: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(Wᵀ, b) per layer, float32, with the input standardisation (x − mean)·scale folded
+        into the first layer, so sparse inputs stay sparse."""
+        t = self._tensors
+        layers = []
+        for i in range(len(self.config["towers"][m]["layers"])):
+            w = t[f"{m}.layer{i}.weight"].astype(np.float64)
+            b = t[f"{m}.layer{i}.bias"].astype(np.float64)
+            if i == 0:
+                scale = t[f"{m}.input_scale"].astype(np.float64)
+                b = b - w @ (t[f"{m}.input_mean"].astype(np.float64) * scale)
+                w = w * scale
+            layers.append((np.ascontiguousarray(w.T, dtype=np.float32), b.astype(np.float32)))
+        return layers
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(config, tensors): JSON-able config and float32 arrays; from_state() inverts it."""
+        return self.config, dict(self._tensors)
+
+    # ------------------------------------------------------------------ inference
+    def _check_modality(self, modality: str) -> None:
+        if modality not in self.modalities:
+            raise ValueError(f"the model has no modality {modality!r} (it has: {', '.join(self.modalities)})")
+
+    def has_featurizer(self, modality: str) -> bool:
+        self._check_modality(modality)
+        return self._featurizers[modality] is not None
+
+    def input_dim(self, modality: str) -> int:
+        self._check_modality(modality)
+        return self.config["towers"][modality]["input_dim"]
+
+    def featurize(self, modality: str, values) -> np.ndarray:
+        """Inputs of one modality → float32 (N, input_dim): raw strings go through the
+        modality's tf-idf featurizer; feature arrays are checked for shape and NaN/inf."""
+        self._check_modality(modality)
+        fz = self._featurizers[modality]
+        if isinstance(values, str):
+            values = [values]
+        is_text = (isinstance(values, np.ndarray) and values.dtype.kind in "UO") or (
+            isinstance(values, (list, tuple)) and len(values) > 0 and isinstance(values[0], str))
+        if is_text:
+            if fz is None:
+                raise ValueError(f"modality {modality!r} has no text featurizer: give float features of "
+                                 f"{self.input_dim(modality)} values per item")
+            return fz.transform(list(values))
+        x = np.asarray(values)
+        if x.dtype.kind not in "fiu":
+            raise ValueError(f"{modality!r} features must be numbers, got {x.dtype}")
+        if x.ndim == 1:
+            x = x[None, :]
+        d = self.input_dim(modality)
+        if x.ndim != 2 or x.shape[1] != d:
+            raise ValueError(f"{modality!r} features must have shape (N, {d}), got {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError(f"{modality!r} features contain NaN or infinity")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def embed(self, modality: str, X) -> np.ndarray:
+        """The tower's forward pass (no torch): f ∈ R^bits per row, float32; bit i of the code is
+        set iff f_i > 0 (``kernels.pack_bits``). A row's result is the same whatever batch it is in."""
+        x = self.featurize(modality, X)  # checks shape and NaN; strings work too
+        layers = self._layers[modality]
+        for i, (wt, b) in enumerate(layers):
+            x = _dense(x, wt, b, i < len(layers) - 1)
+        return x
+
+    def quantize(self, F) -> np.ndarray:
+        """Quantization codes (N, books) of features F with the model's codebooks (see aq.encode)."""
+        F = np.asarray(F)
+        if F.ndim != 2 or F.shape[1] != self.bits:
+            raise ValueError(f"features to quantize must have shape (N, {self.bits}), got {F.shape}")
+        return aq.encode(F, self.codebooks, iters=self.config.get("aq_iters", 3))
+
+    def __repr__(self) -> str:
+        return (f"TrainedModel({self.config.get('method')!r}, {self.bits} bits, "
+                f"{self.books}x{self.codewords} codebooks, modalities={self.modalities})")

@@ -1,0 +1,304 @@
+"""Train an HQ model (paper §4) on paired image/text data with labels. Needs torch.
+
+Per epoch: Adam steps on mini-batches of paired items with C and b fixed (Eq. 7 over the batch's
+cross-modal pairs); then, with the towers fixed, the features of every training item of both
+modalities are re-quantized by alternating update_codebooks / encode ``aq_rounds`` times (§4.3;
+one set of codebooks for both modalities); then validation — MAP@50 of the two-stage ranking
+(Hamming top-``candidates`` re-ranked by AQD), held-out validation items as queries against the
+training items as the database, mean of I→T and T→I — decides early stopping. The best epoch's
+towers and codebooks are kept.
+
+Deterministic on CPU for a given seed and thread count: seeded torch RNG (forked, so the
+caller's RNG state is untouched), deterministic algorithms, fixed torch threads (restored after).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+from .. import metrics
+from .. import quantize as raw_quantize
+from . import aq, ranking
+from .featurize import TfidfFeaturizer
+from .model import FORMAT, TrainedModel
+
+METHODS = ("hq",)
+# Tuned on a seeded 20% validation split of Wiki's training file only (see the module's tests).
+# With the normalisation of hq.py, the paper's ratios (λ_sim ≫ λ_h, λ_b ≫ λ_q) hold roughly.
+DEFAULT_LAMBDAS = {"sim": 1.0, "h": 0.1, "b": 0.01, "q": 0.01}
+DEFAULT_HIDDEN = {"image": [512], "text": [512]}
+
+
+def _load(data) -> dict:
+    if isinstance(data, dict):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        with np.load(data, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    raise TypeError("data must be a dict of arrays or the path of an .npz file")
+
+
+def _is_text(values) -> bool:
+    if isinstance(values, np.ndarray):
+        return values.dtype.kind in "UO"
+    return isinstance(values, (list, tuple)) and len(values) > 0 and isinstance(values[0], str)
+
+
+def _standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and 1/std, std floored at the mean std so near-constant dimensions
+    (rare words, empty visual words) are not blown up."""
+    mean = x.mean(0, dtype=np.float64)
+    std = x.std(0, dtype=np.float64)
+    floor = max(float(std.mean()), 1e-12)
+    return mean.astype(np.float32), (1.0 / np.maximum(std, floor)).astype(np.float32)
+
+
+class _Progress:
+    """tqdm when installed, else one stderr line rewritten per epoch."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.enabled, self.total, self.bar = enabled, total, None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, desc="hq train", unit="epoch", file=sys.stderr)
+            except ImportError:
+                pass
+
+    def update(self, epoch: int, info: dict) -> None:
+        if not self.enabled:
+            return
+        text = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in info.items()}
+        if self.bar is not None:
+            self.bar.set_postfix(text, refresh=False)
+            self.bar.update(1)
+        else:
+            cells = " ".join(f"{k} {v}" for k, v in text.items())
+            print(f"\rhq train epoch {epoch}/{self.total} {cells}", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            print(file=sys.stderr)
+
+
+def train(data, *, method: str = "hq", bits: int = 64, books: int = 4, codewords: int = 256,
+          text_key: str = "text", image_key: str = "image", val_fraction: float = 0.2, seed: int = 0,
+          epochs: int = 100, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-4,
+          lambdas: dict | None = None, hidden=None, patience: int = 15, aq_rounds: int = 2,
+          aq_iters: int = 3, candidates: int = 100, vocab_size: int = 1000, threads: int = 1,
+          progress: bool = True) -> TrainedModel:
+    """Train HQ on ``data`` (dict or .npz path): ``image`` (N, d_i) floats, ``text_key`` (N, d_t)
+    floats or N raw strings (a tf-idf featurizer of ``vocab_size`` words is fitted and kept),
+    ``labels`` multi-hot (N, C) or class ids (N,). Returns a numpy-only :class:`TrainedModel`.
+
+    ``lambdas`` overrides entries of DEFAULT_LAMBDAS (keys sim, h, b, q — Eq. 7); ``hidden`` is the
+    hidden-layer widths, a list for both towers or {"image": [...], "text": [...]}.
+    ``val_fraction`` of the items (seeded) are held out for early stopping; 0 trains ``epochs``
+    epochs on everything."""
+    import torch
+
+    from . import hq
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r} (available: {', '.join(METHODS)})")
+    if not isinstance(bits, int) or bits < 8 or bits % 8 or bits > 1024:
+        raise ValueError(f"bits must be a multiple of 8 in 8..1024, got {bits!r}")
+    if not isinstance(books, int) or books < 1 or not isinstance(codewords, int) or not 1 <= codewords <= 65536:
+        raise ValueError("books must be >= 1 and codewords in 1..65536")
+    if not 0 <= val_fraction < 1:
+        raise ValueError("val_fraction must be in [0, 1)")
+    lam = dict(DEFAULT_LAMBDAS)
+    if lambdas:
+        unknown = set(lambdas) - set(lam)
+        if unknown:
+            raise ValueError(f"unknown lambdas {sorted(unknown)} (known: sim, h, b, q)")
+        lam.update({k: float(v) for k, v in lambdas.items()})
+    if hidden is None:
+        hidden = DEFAULT_HIDDEN
+    if not isinstance(hidden, dict):
+        hidden = {"image": list(hidden), "text": list(hidden)}
+
+    d = _load(data)
+    for key in (image_key, text_key, "labels"):
+        if key not in d:
+            raise KeyError(f"data has no {key!r} (keys: {sorted(d)})")
+    labels = metrics.as_multihot(np.asarray(d["labels"]))
+    n_items = len(labels)
+    raw = {"image": d[image_key], "text": d[text_key]}
+    for m, v in raw.items():
+        if len(v) != n_items:
+            raise ValueError(f"{m!r} has {len(v)} items but there are {n_items} labels")
+    if n_items < 2:
+        raise ValueError("need at least 2 items to train")
+
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n_items)
+    n_val = int(round(val_fraction * n_items))
+    if n_val < 1 or n_items - n_val < 1:
+        n_val = 0
+    val_idx, tr_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+
+    featurizers: dict = {"image": None, "text": None}
+    X = {}
+    for m, v in raw.items():
+        if _is_text(v):
+            texts = [str(t) for t in v]
+            fz = TfidfFeaturizer(vocab_size).fit([texts[i] for i in tr_idx])  # train part only
+            featurizers[m] = fz
+            X[m] = fz.transform(texts)
+        else:
+            x = np.asarray(v)
+            if x.ndim != 2 or x.dtype.kind not in "fiu" or not np.isfinite(x).all():
+                raise ValueError(f"{m!r} must be a finite 2-D float array (or raw strings for text)")
+            X[m] = np.ascontiguousarray(x, dtype=np.float32)
+
+    t_start = time.perf_counter()
+    prev_threads = torch.get_num_threads()
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            result = _fit(torch, hq, X, labels, tr_idx, val_idx, rng, bits=bits, books=books,
+                          codewords=codewords, epochs=epochs, batch_size=batch_size, lr=lr,
+                          weight_decay=weight_decay, lam=lam, hidden=hidden, patience=patience,
+                          aq_rounds=aq_rounds, aq_iters=aq_iters, candidates=candidates,
+                          progress=progress, seed=seed)
+    finally:
+        torch.set_num_threads(prev_threads)
+        torch.use_deterministic_algorithms(prev_det)
+    towers, codebooks, history = result
+
+    tensors = {"codebooks": codebooks}
+    tower_cfg = {}
+    for m, tower in towers.items():
+        tensors[f"{m}.input_mean"] = tower.mean.numpy().copy()
+        tensors[f"{m}.input_scale"] = tower.scale.numpy().copy()
+        for i, layer in enumerate(tower.layers):
+            tensors[f"{m}.layer{i}.weight"] = layer.weight.detach().numpy().copy()
+            tensors[f"{m}.layer{i}.bias"] = layer.bias.detach().numpy().copy()
+        tower_cfg[m] = {"input_dim": int(X[m].shape[1]), "layers": [int(w) for w in hidden[m]] + [bits],
+                        "activation": "relu", "input_norm": "standardize"}
+    config = {
+        "format": FORMAT, "method": method, "bits": bits, "books": books, "codewords": codewords,
+        "modalities": ["image", "text"],
+        "data_keys": {"image": image_key, "text": text_key},
+        "towers": tower_cfg,
+        "featurizers": {m: (f.state() if f is not None else None) for m, f in featurizers.items()},
+        "lambdas": lam, "seed": seed, "aq_iters": aq_iters,
+        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                  "patience": patience, "aq_rounds": aq_rounds, "val_fraction": val_fraction,
+                  "candidates": candidates, "threads": threads},
+    }
+    model = TrainedModel.from_state(config, tensors)
+    train_metrics = {"n_train": int(len(tr_idx)), "n_val": int(len(val_idx)),
+                     "epochs_run": history["epochs_run"], "best_epoch": history["best_epoch"],
+                     "train_seconds": round(time.perf_counter() - t_start, 3)}
+    if n_val:
+        # Validation scores of the model as it will run (numpy inference, fresh quantization).
+        q = {m: X[m][val_idx] for m in X}
+        db = {m: X[m][tr_idx] for m in X}
+        train_metrics["validation"] = ranking.cross_modal(model, q, db, labels[val_idx], labels[tr_idx],
+                                                          candidates=candidates)
+    config["metrics"] = train_metrics
+    return model
+
+
+def _fit(torch, hq, X, labels, tr_idx, val_idx, rng, *, bits, books, codewords, epochs, batch_size, lr,
+         weight_decay, lam, hidden, patience, aq_rounds, aq_iters, candidates, progress, seed):
+    mods = ("image", "text")
+    towers = {}
+    for m in mods:
+        mean, scale = _standardizer(X[m][tr_idx])
+        towers[m] = hq.Tower(X[m].shape[1], list(hidden[m]), bits, mean, scale)
+    params = [p for t in towers.values() for p in t.parameters()]
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    Xt = {m: torch.from_numpy(X[m]) for m in mods}
+    Lt = torch.from_numpy(labels.astype(np.float32))
+    n_tr = len(tr_idx)
+
+    def features(idx) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            return {m: towers[m](Xt[m][idx]).numpy() for m in mods}
+
+    def requantize(C, codes):
+        f = features(tr_idx)
+        F = np.concatenate([f["image"], f["text"]])  # both modalities share the codebooks
+        if C is None:
+            C = raw_quantize.fit_codebooks(F, books, codewords, iters=4, seed=seed)
+            codes = aq.encode(F, C, iters=aq_iters)
+        for _ in range(aq_rounds):  # §4.3: alternate C (closed form) and b (exhaustive per book)
+            C = aq.update_codebooks(F, codes, books, codewords, prev=C)
+            codes = aq.encode(F, C, init=codes, iters=aq_iters)
+        return C, codes, f
+
+    def validate(C, codes, f_tr) -> float:
+        f_val = features(val_idx)
+        maps = []
+        for src, dst, rows in (("image", "text", slice(n_tr, None)), ("text", "image", slice(0, n_tr))):
+            r = ranking.rankings(f_val[src], f_tr[dst], codes[rows], C, candidates=candidates, kinds=("two_stage",))
+            rel = metrics.relevance(labels[val_idx], labels[tr_idx], r["two_stage"])
+            maps.append(metrics.mean_average_precision(rel, 50))
+        return float(np.mean(maps))
+
+    C, codes, f_tr = requantize(None, None)
+    best = (-1.0, 0, None)
+    history = {"epochs_run": 0, "best_epoch": 0}
+    bar = _Progress(epochs, progress)
+    stale = 0
+    try:
+        for epoch in range(1, epochs + 1):
+            recon = torch.from_numpy(aq.reconstruct(codes, C))
+            q_img, q_txt = recon[:n_tr], recon[n_tr:]  # row r of each = training item tr_idx[r]
+            perm = rng.permutation(n_tr)
+            for t in towers.values():
+                t.train()
+            sums = dict.fromkeys(hq.TERMS, 0.0)
+            for s in range(0, n_tr, batch_size):
+                pos = torch.from_numpy(perm[s:s + batch_size])
+                items = torch.from_numpy(tr_idx)[pos]
+                f = towers["image"](Xt["image"][items])
+                g = towers["text"](Xt["text"][items])
+                sim = hq.similarity(Lt[items], Lt[items])
+                terms = hq.loss_terms(f, g, sim, q_img[pos], q_txt[pos])
+                loss = hq.total_loss(terms, lam)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                for k in sums:
+                    sums[k] += float(terms[k].detach()) * len(pos) / n_tr
+            for t in towers.values():
+                t.eval()
+            C, codes, f_tr = requantize(C, codes)
+            history["epochs_run"] = epoch
+            info = {k: sums[k] for k in hq.TERMS}
+            if len(val_idx):
+                score = validate(C, codes, f_tr)
+                info["val_map50"] = score
+                if score > best[0]:
+                    snap = {m: {k: v.clone() for k, v in t.state_dict().items()} for m, t in towers.items()}
+                    best = (score, epoch, (snap, C.copy()))
+                    stale = 0
+                else:
+                    stale += 1
+            bar.update(epoch, info)
+            if len(val_idx) and stale >= patience:
+                break
+    finally:
+        bar.close()
+    if best[2] is not None:
+        snap, C = best[2]
+        for m, t in towers.items():
+            t.load_state_dict(snap[m])
+        history["best_epoch"] = best[1]
+    else:
+        history["best_epoch"] = history["epochs_run"]
+    return towers, C.astype(np.float32), history
