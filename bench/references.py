@@ -130,28 +130,49 @@ class CCA:
         return (np.asarray(Y, dtype=np.float64) - self.my) @ self.B[:, :dim]
 
 
-def choose_cca_ridge(X, Y, dim: int, seed: int, ridges=CCA_RIDGES) -> tuple[float, dict]:
-    """The ridge whose CCA, fitted on 80% of (X, Y), gives the largest sum of the top-``dim``
-    canonical correlations on the other 20% (unsupervised: no labels)."""
+def choose_cca_ridges(X, Y, dims, seed: int, ridges=CCA_RIDGES) -> tuple[dict, dict]:
+    """For each dimension in ``dims``: the ridge whose CCA, fitted on a seeded 80% of (X, Y), gives
+    the largest sum of the top-``dim`` canonical correlations on the other 20% (unsupervised: no
+    labels). One fit per ridge serves every dimension. Returns ({dim: ridge}, {dim: {ridge: sum}})."""
     val_idx, fit_idx = split(len(X), seed=seed + 1000)  # (20%, 80%)
-    held = {}
+    held = {d: {} for d in dims}
     for r in ridges:
         cca = CCA(r).fit(X[fit_idx], Y[fit_idx])
-        a, b = cca.tx(X[val_idx], dim), cca.ty(Y[val_idx], dim)
+        a, b = cca.tx(X[val_idx], cca.rank), cca.ty(Y[val_idx], cca.rank)
         a, b = a - a.mean(0), b - b.mean(0)
         corr = (a * b).sum(0) / np.maximum(np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0), 1e-12)
-        held[r] = float(corr.sum())
-    return max(held, key=held.get), held
+        for d in dims:
+            held[d][r] = float(corr[:d].sum())
+    return {d: max(h, key=h.get) for d, h in held.items()}, held
 
 
-def cca_reference(q: dict, db: dict, text_key: str, dim: int, seed: int = 0) -> tuple[dict, dict]:
-    """Float CCA (``dim`` dimensions) ranked by cosine. Returns (scores, info)."""
-    ridge, held = choose_cca_ridge(db["image"], db[text_key], dim, seed)
-    cca = CCA(ridge).fit(db["image"], db[text_key])
-    i2t = cosine_rank(cca.tx(q["image"], dim), cca.ty(db[text_key], dim))
-    t2i = cosine_rank(cca.ty(q[text_key], dim), cca.tx(db["image"], dim))
-    return score_both(q, db, i2t, t2i), {"ridge": ridge, "held_out_corr_sum": held, "dim": dim,
-                                         "rank": cca.rank, "top_corr": cca.corr[:dim].tolist()}
+class CCAFamily:
+    """The CCA references of one (image, text) pairing: ridges chosen per dimension on the database,
+    one fit per distinct ridge (on the whole database part)."""
+
+    def __init__(self, db: dict, text_key: str, dims, seed: int = 0):
+        self.text_key, self.seed = text_key, seed
+        self.ridge, self.held = choose_cca_ridges(db["image"], db[text_key], sorted(set(dims)), seed)
+        self.fits = {r: CCA(r).fit(db["image"], db[text_key]) for r in sorted(set(self.ridge.values()))}
+
+    def model(self, dim: int) -> CCA:
+        return self.fits[self.ridge[dim]]
+
+    def cosine(self, q: dict, db: dict, dim: int) -> tuple[dict, dict]:
+        """Float CCA (``dim`` dimensions) ranked by cosine. Returns (scores, info)."""
+        cca, tk = self.model(dim), self.text_key
+        i2t = cosine_rank(cca.tx(q["image"], dim), cca.ty(db[tk], dim))
+        t2i = cosine_rank(cca.ty(q[tk], dim), cca.tx(db["image"], dim))
+        return score_both(q, db, i2t, t2i), {"ridge": self.ridge[dim], "held_out_corr_sum": self.held[dim],
+                                             "dim": dim, "rank": cca.rank, "top_corr": cca.corr[:dim].tolist()}
+
+    def sign(self, q: dict, db: dict, bits: int) -> tuple[dict, dict]:
+        """sign(CCA) at ``bits`` bits ranked by Hamming distance. Returns (scores, info)."""
+        cca, tk = self.model(bits), self.text_key
+        qi, qt, how = sign_cca_codes(cca, q["image"], q[tk], bits, self.seed)
+        di, dt, _ = sign_cca_codes(cca, db["image"], db[tk], bits, self.seed)
+        return (score_both(q, db, rank_by_hamming(qi, dt), rank_by_hamming(qt, di)),
+                {"ridge": self.ridge[bits], "how": how})
 
 
 def sign_cca_codes(cca: CCA, X, Y, bits: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -165,16 +186,6 @@ def sign_cca_codes(cca: CCA, X, Y, bits: int, seed: int) -> tuple[np.ndarray, np
     rot = np.linalg.qr(g)[0].T  # (r, bits), orthonormal rows
     return (cca.tx(X, r) @ rot > 0, cca.ty(Y, r) @ rot > 0,
             f"all {r} CCA directions x random {r}x{bits} rotation")
-
-
-def sign_cca_reference(q: dict, db: dict, text_key: str, bits: int, seed: int = 0,
-                       ridge: float | None = None) -> tuple[dict, dict]:
-    if ridge is None:
-        ridge, _ = choose_cca_ridge(db["image"], db[text_key], min(bits, len(db["labels"]) - 1), seed)
-    cca = CCA(ridge).fit(db["image"], db[text_key])
-    qi, qt, how = sign_cca_codes(cca, q["image"], q[text_key], bits, seed)
-    di, dt, _ = sign_cca_codes(cca, db["image"], db[text_key], bits, seed)
-    return score_both(q, db, rank_by_hamming(qi, dt), rank_by_hamming(qt, di)), {"ridge": ridge, "how": how}
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,6 +202,15 @@ class LogReg:
     def fit(self, X, y) -> LogReg:
         import torch
 
+        prev_threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny problem: threads only add contention on a shared machine
+        try:
+            self._fit(torch, X, y)
+        finally:
+            torch.set_num_threads(prev_threads)
+        return self
+
+    def _fit(self, torch, X, y) -> None:
         torch.manual_seed(self.seed)
         X = np.asarray(X, dtype=np.float64)
         self.mu, self.sd = X.mean(0), X.std(0) + 1e-8
@@ -210,7 +230,6 @@ class LogReg:
 
         opt.step(closure)
         self.W, self.b = W.detach().numpy(), b.detach().numpy()
-        return self
 
     def proba(self, X) -> np.ndarray:
         z = ((np.asarray(X, dtype=np.float64) - self.mu) / self.sd) @ self.W + self.b
