@@ -80,35 +80,7 @@ def insert_codes(
         qcodes = qcodes.astype(np.dtype(o.qcode_dtype).newbyteorder("="))
     elif qcodes is not None:
         raise HqError(f"{table} has books=0: pass no qcodes")
-    meta = dict(metadata or {})
-    unknown = set(meta) - set(t.meta_names)
-    if unknown:
-        raise HqError(f"unknown metadata column(s) for {table}: {sorted(unknown)}")
-    for name, values in meta.items():
-        if len(values) != n:
-            raise HqError(f"metadata column {name!r} has {len(values)} values for {n} rows")
-    if rowids is not None:
-        rowids = np.asarray(rowids)
-        if rowids.shape != (n,) or rowids.dtype.kind not in "iu":
-            raise HqError(f"rowids must be an integer array of shape ({n},)")
-        rowids = rowids.astype(np.int64)
-        if len(np.unique(rowids)) != n:
-            raise HqError("rowids must be unique")
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-
-    with conn:  # a savepoint: all or nothing
-        st = t.store
-        t.fresh()
-        if rowids is None:
-            (top,) = conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {t.rows_table}").fetchone()
-            rowids = np.arange(top + 1, top + 1 + n, dtype=np.int64)
-        chunks, slots = st.allocate(n)
-        cols = [meta.get(name, [None] * n) for name in t.meta_names]
-        conn.executemany(t._insert_row, zip(rowids.tolist(), chunks.tolist(), slots.tolist(), *cols))
-        st.put_many(chunks, slots, rowids, codes, qcodes)
-        t.bump()
-    return rowids
+    return _write_rows(conn, t, n, rowids, metadata, {0: (codes, qcodes)})
 
 
 def insert_items(
@@ -141,13 +113,6 @@ def insert_items(
     n = next(iter(sizes.values()))
     if any(s != n for s in sizes.values()):
         raise HqError(f"every modality needs the same number of items; got {sizes}")
-    meta = dict(metadata or {})
-    bad = set(meta) - set(t.meta_names)
-    if bad:
-        raise HqError(f"unknown metadata column(s) for {table}: {sorted(bad)}")
-    for name, values in meta.items():
-        if len(values) != n:
-            raise HqError(f"metadata column {name!r} has {len(values)} values for {n} items")
     model = t.model()
     encoded = {}
     for m, values in given.items():
@@ -158,28 +123,39 @@ def insert_items(
         except (ValueError, TypeError) as e:
             raise HqError(f"{table}.{m}: {e}") from None
         encoded[i] = (kernels.pack_bits(f), model.quantize(f))
+    return _write_rows(conn, t, n, rowids, metadata, encoded)
+
+
+def _write_rows(conn, t: HqTable, n: int, rowids, metadata, codes_by_set: dict) -> np.ndarray:
+    """Validate rowids and metadata, then insert n rows whose codes are given per code set
+    (``{set index: (bit codes, qcodes)}``; sets left out stay empty) in one savepoint."""
+    meta = dict(metadata or {})
+    unknown = set(meta) - set(t.meta_names)
+    if unknown:
+        raise HqError(f"unknown metadata column(s) for {t.name}: {sorted(unknown)}")
+    for name, values in meta.items():
+        if len(values) != n:
+            raise HqError(f"metadata column {name!r} has {len(values)} values for {n} rows")
     if rowids is not None:
         rowids = np.asarray(rowids)
-        if rowids.shape != (n,) or rowids.dtype.kind not in "iu" or len(np.unique(rowids)) != n:
-            raise HqError(f"rowids must be {n} unique integers")
+        if rowids.shape != (n,) or rowids.dtype.kind not in "iu":
+            raise HqError(f"rowids must be an integer array of shape ({n},)")
         rowids = rowids.astype(np.int64)
+        if len(np.unique(rowids)) != n:
+            raise HqError("rowids must be unique")
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    with conn:
+    with conn:  # a savepoint: all or nothing
         t.fresh()
         if rowids is None:
             (top,) = conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {t.rows_table}").fetchone()
             rowids = np.arange(top + 1, top + 1 + n, dtype=np.int64)
-        locs: list[list] = []
+        locs: list[np.ndarray | list] = []
         for i, st in enumerate(t.stores):
-            if i in encoded:
-                chunks, slots = st.allocate(n)
-                locs += [chunks.tolist(), slots.tolist()]
-            else:
-                locs += [[None] * n, [None] * n]
+            locs += st.allocate(n) if i in codes_by_set else ([None] * n, [None] * n)
         cols = [meta.get(name, [None] * n) for name in t.meta_names]
-        conn.executemany(t._insert_row, zip(rowids.tolist(), *locs, *cols))
-        for i, (bits, q) in encoded.items():
-            t.stores[i].put_many(np.asarray(locs[2 * i]), np.asarray(locs[2 * i + 1]), rowids, bits, q)
+        conn.executemany(t._insert_row, zip(rowids.tolist(), *(np.asarray(x).tolist() for x in locs), *cols))
+        for i, (codes, qcodes) in codes_by_set.items():
+            t.stores[i].put_many(locs[2 * i], locs[2 * i + 1], rowids, codes, qcodes)
         t.bump()
     return rowids
