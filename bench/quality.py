@@ -336,6 +336,25 @@ def write_report(path: Path, ctx: dict):
     if ctx.get("hq_error"):
         L.append(f"**HQ rows not run**: `hqdb.train` / `hqdb.evaluate` not importable ({ctx['hq_error']}).\n")
 
+    if hq:
+        L.append("## Overview: MAP@50 (I→T / T→I / harmonic) by code length\n")
+        L.append("| ranking | " + " | ".join(f"{b} bits" for b in bits_list) + " |")
+        L.append("|---|" + "---:|" * len(bits_list))
+
+        def cell(s):
+            i, t = s["i2t"]["map@50"], s["t2i"]["map@50"]
+            return f"{f3(i)} / {f3(t)} / **{f3(metrics.harmonic_mean(i, t))}**"
+
+        for kind, label in (("two_stage", f"HQ two-stage (αN = {CANDIDATES})"), ("hamming", "HQ hamming"),
+                            ("aqd", "HQ aqd"), ("lossless", "HQ lossless (float)")):
+            L.append(f"| {label} | " + " | ".join(cell({d: hq[b][d][kind] for d in ("i2t", "t2i")})
+                                                  if b in hq else "–" for b in bits_list) + " |")
+        L.append("| sign(CCA) (Hamming) | " + " | ".join(cell(sign[b]) for b in bits_list) + " |")
+        for key, label in (("cca", f"CCA {CCA_DIM}-d (float, any length)"), ("label", "label-space (float)"),
+                           ("random", "random")):
+            L.append(f"| {label} | " + " | ".join(cell(refs[key]) for _ in bits_list) + " |")
+        L.append("")
+
     for b in bits_list:
         L.append(f"## {b} bits\n")
         if b in hq:
