@@ -22,7 +22,7 @@ TOPICS = {
 FILLER = "a the of on in with and near under over some old new big small red blue photo view".split()
 
 
-def synthetic_pairs(n: int = 2000, *, dim_image: int = 128, noise: float = 1.0, seed: int = 0) -> dict:
+def synthetic_pairs(n: int = 2000, *, dim_image: int = 128, noise: float = 3.0, seed: int = 0) -> dict:
     """``{"image", "text", "labels", "label_names"}`` with ``n`` items (labels as class ids)."""
     rng = np.random.default_rng(seed)
     names = list(TOPICS)
