@@ -28,10 +28,11 @@ class Tower(nn.Module):
 
     No tanh on the output: the hash loss (Eq. 4) is what pulls f toward ±1."""
 
-    def __init__(self, input_dim: int, hidden: list[int], bits: int, mean=None, scale=None):
+    def __init__(self, input_dim: int, hidden: list[int], bits: int, mean=None, scale=None, dropout: float = 0.0):
         super().__init__()
         sizes = [input_dim, *hidden, bits]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.dropout = nn.Dropout(dropout)  # training only: identity in eval mode and in numpy inference
         self.register_buffer("mean", torch.zeros(input_dim) if mean is None else torch.as_tensor(mean).float())
         self.register_buffer("scale", torch.ones(input_dim) if scale is None else torch.as_tensor(scale).float())
 
@@ -40,7 +41,7 @@ class Tower(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
-                x = torch.relu(x)
+                x = self.dropout(torch.relu(x))
         return x
 
 

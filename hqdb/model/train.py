@@ -29,7 +29,7 @@ from .model import FORMAT, TrainedModel
 METHODS = ("hq",)
 # Tuned on a seeded 20% validation split of Wiki's training file only (see the module's tests).
 # With the normalisation of hq.py, the paper's ratios (λ_sim ≫ λ_h, λ_b ≫ λ_q) hold roughly.
-DEFAULT_LAMBDAS = {"sim": 1.0, "h": 0.1, "b": 0.01, "q": 0.01}
+DEFAULT_LAMBDAS = {"sim": 1.0, "h": 0.3, "b": 0.01, "q": 0.01}
 DEFAULT_HIDDEN = {"image": [512], "text": [512]}
 
 
@@ -90,8 +90,8 @@ class _Progress:
 
 def train(data, *, method: str = "hq", bits: int = 64, books: int = 4, codewords: int = 256,
           text_key: str = "text", image_key: str = "image", val_fraction: float = 0.2, seed: int = 0,
-          epochs: int = 100, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-4,
-          lambdas: dict | None = None, hidden=None, patience: int = 15, aq_rounds: int = 2,
+          epochs: int = 50, batch_size: int = 32, lr: float = 3e-3, weight_decay: float = 1e-4,
+          lambdas: dict | None = None, hidden=None, dropout: float = 0.0, cosine: bool = True, patience: int = 15, aq_rounds: int = 2,
           aq_iters: int = 3, candidates: int = 100, vocab_size: int = 1000, threads: int = 1,
           progress: bool = True) -> TrainedModel:
     """Train HQ on ``data`` (dict or .npz path): ``image`` (N, d_i) floats, ``text_key`` (N, d_t)
@@ -169,7 +169,7 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int = 4, codewords
             torch.manual_seed(seed)
             result = _fit(torch, hq, X, labels, tr_idx, val_idx, rng, bits=bits, books=books,
                           codewords=codewords, epochs=epochs, batch_size=batch_size, lr=lr,
-                          weight_decay=weight_decay, lam=lam, hidden=hidden, patience=patience,
+                          weight_decay=weight_decay, lam=lam, hidden=hidden, dropout=dropout, cosine=cosine, patience=patience,
                           aq_rounds=aq_rounds, aq_iters=aq_iters, candidates=candidates,
                           progress=progress, seed=seed)
     finally:
@@ -194,13 +194,14 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int = 4, codewords
         "towers": tower_cfg,
         "featurizers": {m: (f.state() if f is not None else None) for m, f in featurizers.items()},
         "lambdas": lam, "seed": seed, "aq_iters": aq_iters,
-        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "dropout": dropout, "cosine": cosine,
                   "patience": patience, "aq_rounds": aq_rounds, "val_fraction": val_fraction,
                   "candidates": candidates, "threads": threads},
     }
     model = TrainedModel.from_state(config, tensors)
     train_metrics = {"n_train": int(len(tr_idx)), "n_val": int(len(val_idx)),
                      "epochs_run": history["epochs_run"], "best_epoch": history["best_epoch"],
+                     "curve": history["curve"],
                      "train_seconds": round(time.perf_counter() - t_start, 3)}
     if n_val:
         # Validation scores of the model as it will run (numpy inference, fresh quantization).
@@ -213,14 +214,16 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int = 4, codewords
 
 
 def _fit(torch, hq, X, labels, tr_idx, val_idx, rng, *, bits, books, codewords, epochs, batch_size, lr,
-         weight_decay, lam, hidden, patience, aq_rounds, aq_iters, candidates, progress, seed):
+         weight_decay, lam, hidden, dropout, cosine, patience, aq_rounds, aq_iters, candidates, progress, seed):
     mods = ("image", "text")
     towers = {}
     for m in mods:
         mean, scale = _standardizer(X[m][tr_idx])
-        towers[m] = hq.Tower(X[m].shape[1], list(hidden[m]), bits, mean, scale)
+        towers[m] = hq.Tower(X[m].shape[1], list(hidden[m]), bits, mean, scale, dropout)
     params = [p for t in towers.values() for p in t.parameters()]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    # Cosine decay over the epoch budget: big steps early, small ones to settle at the end.
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1)) if cosine else None
     Xt = {m: torch.from_numpy(X[m]) for m in mods}
     Lt = torch.from_numpy(labels.astype(np.float32))
     n_tr = len(tr_idx)
@@ -240,18 +243,19 @@ def _fit(torch, hq, X, labels, tr_idx, val_idx, rng, *, bits, books, codewords, 
             codes = aq.encode(F, C, init=codes, iters=aq_iters)
         return C, codes, f
 
-    def validate(C, codes, f_tr) -> float:
+    def validate(C, codes, f_tr) -> tuple[float, float]:
+        """Two-stage MAP@50 of (I→T, T→I): validation queries against the training items."""
         f_val = features(val_idx)
         maps = []
         for src, dst, rows in (("image", "text", slice(n_tr, None)), ("text", "image", slice(0, n_tr))):
             r = ranking.rankings(f_val[src], f_tr[dst], codes[rows], C, candidates=candidates, kinds=("two_stage",))
             rel = metrics.relevance(labels[val_idx], labels[tr_idx], r["two_stage"])
             maps.append(metrics.mean_average_precision(rel, 50))
-        return float(np.mean(maps))
+        return maps[0], maps[1]
 
     C, codes, f_tr = requantize(None, None)
     best = (-1.0, 0, None)
-    history = {"epochs_run": 0, "best_epoch": 0}
+    history = {"epochs_run": 0, "best_epoch": 0, "curve": []}
     bar = _Progress(epochs, progress)
     stale = 0
     try:
@@ -275,20 +279,24 @@ def _fit(torch, hq, X, labels, tr_idx, val_idx, rng, *, bits, books, codewords, 
                 opt.step()
                 for k in sums:
                     sums[k] += float(terms[k].detach()) * len(pos) / n_tr
+            if sched is not None:
+                sched.step()
             for t in towers.values():
                 t.eval()
             C, codes, f_tr = requantize(C, codes)
             history["epochs_run"] = epoch
             info = {k: sums[k] for k in hq.TERMS}
             if len(val_idx):
-                score = validate(C, codes, f_tr)
-                info["val_map50"] = score
+                i2t, t2i = validate(C, codes, f_tr)
+                score = (i2t + t2i) / 2
+                info.update(val_i2t=i2t, val_t2i=t2i, val_map50=score)
                 if score > best[0]:
                     snap = {m: {k: v.clone() for k, v in t.state_dict().items()} for m, t in towers.items()}
                     best = (score, epoch, (snap, C.copy()))
                     stale = 0
                 else:
                     stale += 1
+            history["curve"].append({"epoch": epoch, **{k: round(v, 6) for k, v in info.items()}})
             bar.update(epoch, info)
             if len(val_idx) and stale >= patience:
                 break

@@ -1,0 +1,83 @@
+"""HQ trained on the Wikipedia benchmark (``../shared/data/wiki/wiki_train.npz``) reaches the
+retrieval quality we measured, with the default hyper-parameters.
+
+Protocol: a seeded permutation (seed 0) of the file's 2,173 rows puts 20% (435) aside as queries
+and 80% (1,738) as the database; the model is trained on the database part only (its own
+validation split is carved from that), so queries are never seen. Image features (SIFT BoW,
+128-d) and ``text_tfidf`` (1,000-d), 64 bits, 4 books × 256 codewords. Rankings are numpy
+(:mod:`hqdb.model.ranking`: Hamming by (distance, index), AQD, two-stage with 100 candidates),
+scored by :mod:`hqdb.metrics`. Relevant = same class; random ranking MAP ≈ 0.11.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared/data/wiki/wiki_train.npz"
+
+# Measured with seed 0 on this protocol (see the report in the commit that set them); the
+# floors leave a margin for BLAS/CPU differences that can change the trained weights slightly.
+MEASURED = {"i2t": {"two_stage": 0.245, "hamming": 0.260, "aqd": 0.236},
+            "t2i": {"two_stage": 0.803, "hamming": 0.804, "aqd": 0.788}}
+MARGIN = 0.05
+# Re-ranking against Hamming-only. On Wiki the three rankings are within noise of each other
+# (435 queries): AQD-only measured 0.024 (I→T) and 0.016 (T→I) *below* Hamming, two-stage
+# 0.015 below / 0.001 below. AQD uses the query's float features, and the image features are
+# far from ±1 (mean |f| ≈ 0.55), so it is not better than the signs here.
+TOLERANCE = {"two_stage": 0.03, "aqd": 0.04}
+
+
+@pytest.fixture(scope="module")
+def wiki():
+    if not DATA.exists():
+        pytest.skip(f"Wiki benchmark data not found at {DATA} (see ../shared/data/README.md)")
+    pytest.importorskip("torch", reason="training needs torch (pip install -e '.[train]')")
+    from hqdb.model import ranking
+    from hqdb.model.train import train
+
+    with np.load(DATA, allow_pickle=False) as z:
+        d = {k: z[k] for k in ("image", "text_tfidf", "labels")}
+    n = len(d["labels"])
+    perm = np.random.default_rng(0).permutation(n)
+    n_q = int(round(0.2 * n))
+    q, db = np.sort(perm[:n_q]), np.sort(perm[n_q:])
+    t0 = time.perf_counter()
+    model = train({k: v[db] for k, v in d.items()}, bits=64, books=4, codewords=256,
+                  text_key="text_tfidf", seed=0, progress=False)
+    seconds = time.perf_counter() - t0
+    res = ranking.cross_modal(model, {"image": d["image"][q], "text": d["text_tfidf"][q]},
+                              {"image": d["image"][db], "text": d["text_tfidf"][db]},
+                              d["labels"][q], d["labels"][db], candidates=100)
+    print(f"\nWiki 64 bits, trained in {seconds:.1f}s ({model.config['metrics']['epochs_run']} epochs, "
+          f"best {model.config['metrics']['best_epoch']})")
+    for direction in ("i2t", "t2i"):
+        for kind, s in res[direction].items():
+            print(f"  {direction} {kind:<10} MAP@50 {s['map@50']:.4f}  MAP@all {s['map@all']:.4f}")
+    return model, res
+
+
+@pytest.mark.parametrize("direction", ["i2t", "t2i"])
+@pytest.mark.parametrize("kind", ["two_stage", "hamming", "aqd"])
+def test_wiki_quality_floor(wiki, direction, kind):
+    _, res = wiki
+    got = res[direction][kind]["map@50"]
+    assert got >= MEASURED[direction][kind] - MARGIN, (direction, kind, got)
+
+
+@pytest.mark.parametrize("direction", ["i2t", "t2i"])
+def test_wiki_reranking_does_not_lose_to_hamming(wiki, direction):
+    _, res = wiki
+    ham = res[direction]["hamming"]["map@50"]
+    for kind, tol in TOLERANCE.items():
+        assert res[direction][kind]["map@50"] >= ham - tol, (direction, kind, res[direction])
+
+
+def test_wiki_model_is_well_above_random(wiki):
+    model, res = wiki
+    assert model.config["metrics"]["n_train"] + model.config["metrics"]["n_val"] == 1738
+    for direction in ("i2t", "t2i"):
+        assert res[direction]["two_stage"]["map@50"] > 0.2
