@@ -133,7 +133,8 @@ def test_encode_converges_to_a_point_no_single_book_change_improves():
     F = rng.standard_normal((80, 4)).astype(np.float32)
     codes = aq.encode(F, C, iters=20)
     for i in range(80):
-        err = lambda c: float(((F[i].astype(np.float64) - sum(C[l, c[l]].astype(np.float64) for l in range(3))) ** 2).sum())
+        f = F[i].astype(np.float64)
+        err = lambda c: float(((f - sum(C[l, c[l]].astype(np.float64) for l in range(3))) ** 2).sum())
         here = err(codes[i])
         for l in range(3):
             for j in range(6):
@@ -366,7 +367,8 @@ def test_training_on_synthetic_pairs_beats_random_by_far():
     model = _train({k: v[db] for k, v in data.items()}, bits=32, books=4, codewords=32, epochs=30)
     cfg = model.config
     assert cfg["metrics"]["n_train"] == 640 and cfg["metrics"]["n_val"] == 160
-    assert 1 <= cfg["metrics"]["best_epoch"] <= cfg["metrics"]["epochs_run"]
+    assert 1 <= cfg["metrics"]["best_epoch"] <= cfg["metrics"]["epochs_run"] == len(cfg["history"])
+    assert set(cfg["history"][0]) == {"epoch", "sim", "h", "b", "q", "val_i2t", "val_t2i", "val_hmean"}
     json.dumps(cfg)
     res = ranking.cross_modal(model, {k: data[k][q] for k in ("image", "text")},
                               {k: data[k][db] for k in ("image", "text")}, data["labels"][q], data["labels"][db])
@@ -440,3 +442,7 @@ def test_train_rejects_bad_arguments():
         _train({**data, "text": data["text"][:10]})
     with pytest.raises(ValueError, match="unknown text featurizer"):
         _train(data, text_featurizer="bow")
+    with pytest.raises(ValueError, match="hidden"):
+        _train(data, hidden={"image": [8]})
+    with pytest.raises(ValueError, match="epochs"):
+        _train(data, epochs=0)

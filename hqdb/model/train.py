@@ -138,6 +138,16 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int = 4, codewords
         hidden = DEFAULT_HIDDEN
     if not isinstance(hidden, dict):
         hidden = {"image": list(hidden), "text": list(hidden)}
+    if set(hidden) != {"image", "text"} or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for ws in hidden.values() for w in ws):
+        raise ValueError("hidden must be a list of positive widths or {'image': [...], 'text': [...]}, "
+                         f"got {hidden!r}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("aq_rounds", aq_rounds),
+                        ("aq_iters", aq_iters), ("candidates", candidates), ("threads", threads)):
+        if not isinstance(value, int) or value < (0 if name in ("aq_rounds", "aq_iters") else 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
 
     d = _load(data)
     for key in (image_key, text_key, "labels"):
@@ -183,9 +193,9 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int = 4, codewords
             torch.manual_seed(seed)
             result = _fit(torch, hq, X, labels, tr_idx, val_idx, rng, bits=bits, books=books,
                           codewords=codewords, epochs=epochs, batch_size=batch_size, lr=lr,
-                          weight_decay=weight_decay, lam=lam, hidden=hidden, dropout=dropout, cosine=cosine, patience=patience,
-                          aq_rounds=aq_rounds, aq_iters=aq_iters, candidates=candidates,
-                          progress=progress, seed=seed)
+                          weight_decay=weight_decay, lam=lam, hidden=hidden, dropout=dropout,
+                          cosine=cosine, patience=patience, aq_rounds=aq_rounds, aq_iters=aq_iters,
+                          candidates=candidates, progress=progress, seed=seed)
     finally:
         torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)
@@ -208,15 +218,14 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int = 4, codewords
         "towers": tower_cfg,
         "featurizers": {m: (f.state() if f is not None else None) for m, f in featurizers.items()},
         "lambdas": lam, "seed": seed, "aq_iters": aq_iters,
-        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "dropout": dropout, "cosine": cosine,
-                  "patience": patience, "aq_rounds": aq_rounds, "val_fraction": val_fraction,
-                  "candidates": candidates, "threads": threads, "text_featurizer": text_featurizer,
-                  "vocab_size": vocab_size},
+        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                  "dropout": dropout, "cosine": cosine, "patience": patience, "aq_rounds": aq_rounds,
+                  "val_fraction": val_fraction, "candidates": candidates, "threads": threads,
+                  "text_featurizer": text_featurizer, "vocab_size": vocab_size},
     }
     model = TrainedModel.from_state(config, tensors)
     train_metrics = {"n_train": int(len(tr_idx)), "n_val": int(len(val_idx)),
                      "epochs_run": history["epochs_run"], "best_epoch": history["best_epoch"],
-                     "curve": history["curve"],
                      "train_seconds": round(time.perf_counter() - t_start, 3)}
     if n_val:
         # Validation scores of the model as it will run (numpy inference, fresh quantization).
@@ -225,6 +234,7 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int = 4, codewords
         train_metrics["validation"] = ranking.cross_modal(model, q, db, labels[val_idx], labels[tr_idx],
                                                           candidates=candidates)
     config["metrics"] = train_metrics
+    config["history"] = history["curve"]  # per epoch: mean loss terms, validation MAP@50
     return model
 
 
@@ -304,7 +314,7 @@ def _fit(torch, hq, X, labels, tr_idx, val_idx, rng, *, bits, books, codewords, 
             if len(val_idx):
                 i2t, t2i = validate(C, codes, f_tr)
                 score = metrics.harmonic_mean(i2t, t2i)  # the paper's balanced summary of both tasks
-                info.update(val_i2t=i2t, val_t2i=t2i, val_map50=score)
+                info.update(val_i2t=i2t, val_t2i=t2i, val_hmean=score)
                 if score > best[0]:
                     snap = {m: {k: v.clone() for k, v in t.state_dict().items()} for m, t in towers.items()}
                     best = (score, epoch, (snap, C.copy()))
