@@ -11,7 +11,7 @@ import numpy as np
 import apsw
 import sqlite_vec
 
-from . import kernels
+from . import check, kernels
 from .schema import migrate
 from .vtab import HqError, HqModule, _hq_match_scalar, encode_query
 
@@ -74,12 +74,13 @@ def register(conn: apsw.Connection, *, threads: int = 1) -> HqModule:
     conn.create_scalar_function("hq_bits", hq_bits, 1, deterministic=True)
     conn.create_scalar_function("hq_query", encode_query, 2, deterministic=True)
     conn.create_scalar_function("hq_info", lambda: json.dumps(kernels.info()), 0)
+    check.register_functions(conn)
     migrate(conn)
     return module
 
 
 def connect(path: str = ":memory:", *, threads: int = 1, readonly: bool = False,
-            timeout: float = 5.0) -> Connection:
+            timeout: float = 5.0, wal: bool = True) -> Connection:
     """Open ``path`` (a file, or ``":memory:"``) ready for hq tables.
 
     The returned apsw connection has sqlite-vec loaded, the ``hq`` virtual-table module and
@@ -94,7 +95,11 @@ def connect(path: str = ":memory:", *, threads: int = 1, readonly: bool = False,
     readonly : bool
         Open read-only; a database that needs a migration is then refused.
     timeout : float
-        Seconds to wait on another connection's write lock.
+        Seconds to wait on another connection's lock before failing with ``apsw.BusyError``.
+    wal : bool
+        Put a file database in write-ahead-log mode (the default: readers and one writer work
+        concurrently, and readers never block the writer). The mode is stored in the file, so
+        ``wal=False`` only avoids switching a database that is not in WAL mode yet.
     """
     flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
     conn = Connection(os.fspath(path), flags=flags | apsw.SQLITE_OPEN_URI)
@@ -103,6 +108,10 @@ def connect(path: str = ":memory:", *, threads: int = 1, readonly: bool = False,
         conn.enable_load_extension(True)
         conn.load_extension(sqlite_vec.loadable_path())
         conn.enable_load_extension(False)
+        if wal and not readonly and conn.db_filename("main"):  # "" for :memory: and temp databases
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode.lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
         register(conn, threads=threads)
     except BaseException:
         conn.close()

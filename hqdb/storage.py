@@ -136,8 +136,12 @@ class CodeStore:
 
     def load(self) -> None:
         o = self.opts
+        # CAST: a chunk column someone overwrote with TEXT is reported as corrupt below (a BLOB
+        # of the wrong size or kind) instead of failing to decode as UTF-8.
         rows = self.conn.execute(
-            f"SELECT chunk, valid, rowids, codes, qcodes FROM {self.chunks_table} ORDER BY chunk"
+            "SELECT chunk, CASE WHEN typeof(valid) = 'blob' THEN valid END, "
+            "CASE WHEN typeof(rowids) = 'blob' THEN rowids END, CASE WHEN typeof(codes) = 'blob' THEN codes END, "
+            f"CASE WHEN typeof(qcodes) = 'blob' THEN qcodes END FROM {self.chunks_table} ORDER BY chunk"
         ).fetchall()
         self._empty()
         self._alloc(len(rows))

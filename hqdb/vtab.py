@@ -723,26 +723,11 @@ class HqTable:
         self.module.tables[(self.schema, newname.lower())] = self
 
     def Integrity(self, schema, name, is_quick):
-        try:
-            version = self.db_version()
-            for st in self.stores:
-                st.load()
-                st.version = version
-        except CorruptTableError as e:
-            return str(e)
-        rows = self.conn.execute(self._select_rows).fetchall()
-        for i, st in enumerate(self.stores):
-            located = [(r[0], r[1 + 2 * i], r[2 + 2 * i]) for r in rows if r[1 + 2 * i] is not None]
-            if len(located) != st.n_rows:
-                return (f"hq table {schema}.{name}: {len(located)} rows with {self.sets[i].name} codes "
-                        f"but {st.n_rows} occupied code slots")
-            for rowid, chunk, slot in located:
-                if chunk not in st.chunk_index or not 0 <= slot < st.cs:
-                    return f"hq table {schema}.{name}: row {rowid} points at a missing slot"
-                pos = st.position(chunk, slot)
-                if not st.valid[pos] or st.rowids[pos] != rowid:
-                    return f"hq table {schema}.{name}: row {rowid} and its code slot disagree"
-        return None
+        # PRAGMA integrity_check: the full on-disk consistency check of hqdb.check.
+        from .check import check_table
+
+        problems = check_table(self.conn, name, schema)
+        return "\n".join(problems) if problems else None
 
     # -------------------------------------------------------------- search
     def parse_query(self, blob, mode: str, set_idx: int):
