@@ -1,0 +1,149 @@
+"""Concurrency: one writer process and several reader processes on a WAL database; a held write
+lock gives a clear BusyError after the busy timeout; threads sharing a connection or each with
+their own get the same answers as a single thread."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import apsw
+import hqdb
+from hqdb.check import check
+
+from conftest import random_table
+
+BATCH = 200
+SECONDS = float(os.environ.get("HQDB_CONCURRENCY_SECONDS", "3"))
+
+WRITER = textwrap.dedent(
+    f"""
+    import sys, time, numpy as np, hqdb
+    db = hqdb.connect(sys.argv[1])
+    rng = np.random.default_rng(1)
+    end = time.time() + float(sys.argv[2])
+    b = 0
+    while time.time() < end:
+        with db:  # one transaction per batch: {BATCH} rows of batch b, and batch b-3 deleted
+            hqdb.insert_codes(db, "t", rng.integers(0, 256, ({BATCH}, 8), dtype=np.uint8),
+                              rng.integers(0, 16, ({BATCH}, 4), dtype=np.uint8), metadata={{"batch": [b] * {BATCH}}})
+            db.execute("DELETE FROM t WHERE batch = ?", (b - 3,))
+        b += 1
+    print(b)
+    """
+)
+
+READER = textwrap.dedent(
+    """
+    import json, sys, time, numpy as np, hqdb
+    from hqdb import kernels
+    db = hqdb.connect(sys.argv[1])
+    cb = np.frombuffer(db.execute("SELECT hq_codebooks('t')").fetchone()[0], "<f4").reshape(4, 16, 64)
+    rng = np.random.default_rng(int(sys.argv[3]))
+    end = time.time() + float(sys.argv[2])
+    queries = snapshots = 0
+    seen = set()
+    while time.time() < end:
+        db.execute("BEGIN")  # one read snapshot: plain SQL and the hq search must agree in it
+        counts = dict(db.execute("SELECT batch, count(*) FROM t GROUP BY batch").fetchall())
+        bad = {b: c for b, c in counts.items() if c != BATCH}
+        assert not bad, f"half-written batches visible: {bad}"
+        rows = db.execute("SELECT rowid, qcode FROM t ORDER BY rowid").fetchall()
+        for _ in range(3):
+            q = rng.standard_normal(64).astype(np.float32)
+            got = db.execute("SELECT rowid, distance FROM t WHERE hq_match(t.code, ?) AND k = 20 "
+                             "AND candidates = 100000000", (q.tobytes(),)).fetchall()
+            ids = np.array([r for r, _ in rows], dtype=np.int64)
+            qc = np.frombuffer(b"".join(c for _, c in rows), np.uint8).reshape(-1, 4).astype(np.int64)
+            lut = kernels.aqd_lut(q, cb)
+            dist = -lut[np.arange(4)[None, :], qc].sum(axis=1, dtype=np.float32)
+            want = [(int(ids[i]), float(dist[i])) for i in np.lexsort((ids, dist))[:20]]
+            assert got == want, "search disagrees with the snapshot's rows (stale code cache?)"
+            queries += 1
+        db.execute("COMMIT")
+        snapshots += 1
+        seen.add(max(counts, default=-1))
+    print(json.dumps({"queries": queries, "snapshots": snapshots, "distinct_states": len(seen)}))
+    """
+).replace("BATCH", str(BATCH))
+
+
+def test_one_writer_many_readers(db_path):
+    db = hqdb.connect(db_path)
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.execute("CREATE VIRTUAL TABLE t USING hq(dim=64, books=4, codewords=16, chunk_size=128, batch INTEGER)")
+    hqdb.set_codebooks(db, "t", np.random.default_rng(0).integers(-8, 9, (4, 16, 64)).astype(np.float32))
+    db.close()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db_path), str(SECONDS)],
+                              stdout=subprocess.PIPE, text=True)
+    readers = [subprocess.Popen([sys.executable, "-c", READER, str(db_path), str(SECONDS), str(i)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
+    out = [p.communicate(timeout=120) for p in readers]
+    batches = int(writer.communicate(timeout=120)[0])
+    for p, (so, se) in zip(readers, out):
+        assert p.returncode == 0, se
+    stats = [json.loads(so) for so, _ in out]
+    print(f"writer: {batches} batches; readers: {stats}")
+    assert batches > 3
+    # Every reader took many snapshots and saw the table change under it (the cache refreshed).
+    assert all(s["snapshots"] > 5 and s["distinct_states"] > 1 for s in stats), stats
+    db = hqdb.connect(db_path)
+    assert check(db)["ok"]
+    assert db.execute("SELECT count(*) FROM t").fetchone() == (BATCH * min(3, batches),)
+
+
+def test_busy_write_lock_gives_clear_error_after_the_timeout(db_path):
+    a = hqdb.connect(db_path)
+    random_table(a, n=50)
+    b = hqdb.connect(db_path, timeout=0.3)
+    assert b.execute("SELECT count(*) FROM t").fetchone() == (50,)
+    a.execute("BEGIN IMMEDIATE")
+    a.execute("INSERT INTO t(code, qcode) VALUES (zeroblob(8), zeroblob(4))")
+    start = time.perf_counter()
+    with pytest.raises(apsw.BusyError):
+        b.execute("INSERT INTO t(code, qcode) VALUES (zeroblob(8), zeroblob(4))")
+    waited = time.perf_counter() - start
+    assert 0.25 < waited < 5
+    # Readers are not blocked by the writer in WAL mode, and see the last commit.
+    q = np.ones(64, np.float32).tobytes()
+    assert len(b.execute("SELECT rowid FROM t WHERE hq_match(t.code, ?) AND k = 100", (q,)).fetchall()) == 50
+    a.execute("COMMIT")
+    b.execute("INSERT INTO t(code, qcode) VALUES (zeroblob(8), zeroblob(4))")
+    assert b.execute("SELECT count(*) FROM t").fetchone() == (52,)
+    assert len(b.execute("SELECT rowid FROM t WHERE hq_match(t.code, ?) AND k = 100", (q,)).fetchall()) == 52
+    assert check(b)["ok"]
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_threads_get_single_thread_answers(db_path, shared):
+    db = hqdb.connect(db_path)
+    random_table(db, n=3000)
+    rng = np.random.default_rng(5)
+    queries = [rng.standard_normal(64).astype(np.float32).tobytes() for _ in range(40)]
+    sql = "SELECT rowid, distance, hamming FROM t WHERE hq_match(t.code, ?) AND k = 10 AND candidates = 300"
+    want = [db.execute(sql, (q,)).fetchall() for q in queries]
+    results: dict[int, list] = {}
+    errors: list[BaseException] = []
+
+    def work(i):
+        try:
+            conn = db if shared else hqdb.connect(db_path)
+            results[i] = [conn.execute(sql, (q,)).fetchall() for q in queries]
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(results[i] == want for i in range(4))
