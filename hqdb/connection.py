@@ -13,7 +13,7 @@ import sqlite_vec
 
 from . import check, kernels
 from .schema import migrate
-from .vtab import HqError, HqModule, _hq_match_scalar, encode_query
+from .vtab import HqError, HqModule, HqShadowModule, _hq_match_scalar, encode_query
 
 __all__ = ["Connection", "connect", "register"]
 
@@ -33,13 +33,22 @@ def _check_threads(n) -> int:
 def register(conn: apsw.Connection, *, threads: int = 1) -> HqModule:
     """Register the ``hq`` module and hqdb's SQL functions on an existing apsw connection, and
     bring its catalog to this hqdb's schema version."""
-    module = HqModule(conn)
-    module.threads = _check_threads(threads)
+    threads = _check_threads(threads)
+    module = HqShadowModule(conn)
+    try:
+        conn.create_module("hq", module, use_bestindex_object=True, iVersion=4)
+    except Exception as e:  # apsw's module slots for API version 3+ (33 per process) are all taken
+        if "ShadowName" not in str(e):
+            raise
+        # Without a slot apsw offers only the version-2 module API: no xShadowName and no
+        # xIntegrity (PRAGMA integrity_check then skips hq tables; hq_check() still runs).
+        module = HqModule(conn)
+        conn.create_module("hq", module, use_bestindex_object=True, iVersion=2)
+    module.threads = threads
     try:
         conn.hq = module
     except AttributeError:  # a plain apsw.Connection: hqdb.bulk then needs hqdb.connect()
         pass
-    conn.create_module("hq", module, use_bestindex_object=True, iVersion=4)
     conn.overload_function("hq_match", 2)
     conn.create_scalar_function("hq_match", _hq_match_scalar, 2)
 

@@ -18,6 +18,9 @@ from __future__ import annotations
 import numpy as np
 
 
+MAX_CLASSES = 1 << 16  # class ids above this are refused, not turned into a giant matrix
+
+
 def as_multihot(labels: np.ndarray, n_classes: int | None = None) -> np.ndarray:
     """Class ids (N,) or multi-hot (N, C) → multi-hot uint8 (N, C)."""
     labels = np.asarray(labels)
@@ -25,7 +28,9 @@ def as_multihot(labels: np.ndarray, n_classes: int | None = None) -> np.ndarray:
         return (labels > 0).astype(np.uint8)
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise ValueError("labels must be class ids (N,) or a multi-hot matrix (N, C)")
-    n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= MAX_CLASSES):
+        raise ValueError(f"class ids must lie in [0, {MAX_CLASSES}), got [{int(labels.min())}, {int(labels.max())}]")
+    n_classes = (int(labels.max()) + 1 if len(labels) else 1) if n_classes is None else n_classes
     out = np.zeros((len(labels), n_classes), dtype=np.uint8)
     out[np.arange(len(labels)), labels] = 1
     return out

@@ -5,6 +5,7 @@ checks every tensor's dtype, shape and byte length; nothing is ever unpickled.""
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import numpy as np
@@ -59,33 +60,47 @@ def save(conn: apsw.Connection, name: str, config: dict, tensors: dict[str, np.n
         )
 
 
+def _text(raw) -> str:
+    if raw is None:
+        raise ValueError("missing")
+    return raw.decode("utf-8")  # UnicodeDecodeError is a ValueError
+
+
 def load(conn: apsw.Connection, name: str) -> tuple[dict, dict[str, np.ndarray]]:
     """(config, tensors) of a stored model; :class:`ModelError` if missing or corrupt."""
     _check_name(name)
-    row = conn.execute("SELECT config FROM hqdb_models WHERE name = ?", (name,)).fetchone()
+    # Everything read from a (possibly hostile) file comes back as bytes and is decoded here:
+    # TEXT that is not UTF-8 must be a ModelError, not a decoding crash inside the driver.
+    row = conn.execute("SELECT CAST(config AS BLOB) FROM hqdb_models WHERE name = ?", (name,)).fetchone()
     if row is None:
         known = [r[0] for r in conn.execute("SELECT name FROM hqdb_models ORDER BY name")]
         raise ModelError(f"no model named {name!r} in this database (models: {known or 'none'})")
     try:
-        config = json.loads(row[0])
-    except (TypeError, ValueError) as e:
+        config = json.loads(_text(row[0]))
+    except (TypeError, ValueError, RecursionError) as e:
         raise ModelError(f"model {name!r}: config is not valid JSON ({e})") from None
     if not isinstance(config, dict):
         raise ModelError(f"model {name!r}: config must be a JSON object")
     tensors = {}
     for tname, dtype, shape, data in conn.execute(
-        "SELECT name, dtype, shape, data FROM hqdb_model_tensors WHERE model = ? ORDER BY name", (name,)
+        "SELECT CAST(name AS BLOB), CAST(dtype AS BLOB), CAST(shape AS BLOB), "
+        "CASE WHEN typeof(data) = 'blob' THEN data END FROM hqdb_model_tensors WHERE model = ? ORDER BY name",
+        (name,),
     ):
+        tname = (tname or b"").decode("utf-8", "replace")
+        dtype = (dtype or b"").decode("utf-8", "replace")
         try:
-            shape = tuple(json.loads(shape))
-            if not all(isinstance(d, int) and d >= 0 for d in shape):
+            shape = tuple(json.loads(_text(shape)))
+            if len(shape) > 8 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
                 raise ValueError("bad dimensions")
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             raise ModelError(f"model {name!r}: tensor {tname!r} has a malformed shape {shape!r}") from None
         if dtype not in _DTYPES or not isinstance(data, bytes):
             raise ModelError(f"model {name!r}: tensor {tname!r} has an unknown dtype or non-BLOB data")
         np_dtype = np.dtype(_DTYPES[dtype])
-        expected = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+        # Python integers: a hostile shape cannot overflow into a size that matches the data,
+        # and nothing is allocated before the byte count agrees with the declared shape.
+        expected = math.prod(shape) * np_dtype.itemsize
         if len(data) != expected:
             raise ModelError(
                 f"model {name!r}: tensor {tname!r} is truncated or corrupt "
@@ -101,11 +116,15 @@ def load(conn: apsw.Connection, name: str) -> tuple[dict, dict[str, np.ndarray]]
 def list_models(conn: apsw.Connection) -> list[dict]:
     out = []
     for name, config, created in conn.execute(
-        "SELECT name, config, created_at FROM hqdb_models ORDER BY name"
+        "SELECT CAST(name AS BLOB), CAST(config AS BLOB), CAST(created_at AS BLOB) FROM hqdb_models ORDER BY name"
     ):
+        name = (name or b"").decode("utf-8", "replace")
+        created = (created or b"").decode("utf-8", "replace")
         try:
-            cfg = json.loads(config)
-        except ValueError:
+            cfg = json.loads(_text(config))
+        except (TypeError, ValueError, RecursionError):
+            cfg = None
+        if not isinstance(cfg, dict):  # a damaged config is listed, and refused when loaded
             cfg = {}
         out.append({"name": name, "created_at": created,
                     **{k: cfg.get(k) for k in ("method", "bits", "books", "codewords", "modalities")}})

@@ -160,9 +160,6 @@ class HqModule:
         self.tables[(dbname, tablename.lower())] = table
         return table.declaration(), table
 
-    def ShadowName(self, suffix):
-        return suffix in ("rows", "pending") or suffix.endswith("chunks")
-
     def table(self, name: str, schema: str = "main") -> "HqTable":
         """The open table object for ``name`` (connecting it if this connection has not yet)."""
         key = (schema, name.lower())
@@ -175,6 +172,15 @@ class HqModule:
             # Any statement touching the table makes SQLite connect it.
             self.conn.execute(f"SELECT rowid FROM {quote_ident(schema)}.{quote_ident(name)} WHERE rowid = 0")
         return self.tables[key]
+
+
+class HqShadowModule(HqModule):
+    """The module that also names its shadow tables to SQLite (xShadowName: in defensive mode
+    ordinary SQL may then read but not write them). apsw has a fixed number of slots for such
+    modules per process (33), so connections past that use :class:`HqModule` without it."""
+
+    def ShadowName(self, suffix):
+        return suffix in ("rows", "pending") or suffix.endswith("chunks")
 
 
 # ------------------------------------------------------------------------------------------

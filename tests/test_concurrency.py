@@ -147,3 +147,14 @@ def test_threads_get_single_thread_answers(db_path, shared):
         t.join()
     assert not errors
     assert all(results[i] == want for i in range(4))
+
+
+def test_many_open_connections(tmp_path):
+    # apsw allows 33 modules with xShadowName per process: connections past that still work.
+    conns = [hqdb.connect(tmp_path / "many.db") for _ in range(40)]
+    conns[0].execute("CREATE VIRTUAL TABLE t USING hq(dim=8, books=0)")
+    for i, c in enumerate(conns):
+        c.execute("INSERT INTO t(code) VALUES (?)", (bytes([i]),))
+    assert all(c.execute("SELECT count(*) FROM t").fetchone() == (40,) for c in conns)
+    for c in conns:
+        c.close()
