@@ -171,7 +171,10 @@ class HqModule:
                 raise HqError(f"no hq table named {name!r}")
             # Any statement touching the table makes SQLite connect it.
             self.conn.execute(f"SELECT rowid FROM {quote_ident(schema)}.{quote_ident(name)} WHERE rowid = 0")
-        return self.tables[key]
+        table = self.tables.get(key)
+        if table is None:  # pragma: no cover - SQLite connected no instance of it
+            raise HqError(f"hq table {name!r} could not be connected")
+        return table
 
 
 class HqShadowModule(HqModule):
@@ -711,11 +714,18 @@ class HqTable:
         self.Rollback()
 
     # -------------------------------------------------------------- lifecycle
+    def _forget(self) -> None:
+        # SQLite may connect a new instance of a table (after a schema reset) before it
+        # disconnects the old one: only drop the entry if it is still this instance.
+        key = (self.schema, self.name.lower())
+        if self.module.tables.get(key) is self:
+            del self.module.tables[key]
+
     def Disconnect(self):
-        self.module.tables.pop((self.schema, self.name.lower()), None)
+        self._forget()
 
     def Destroy(self):
-        self.module.tables.pop((self.schema, self.name.lower()), None)
+        self._forget()
         CodeStore.drop_tables(self.conn, self.schema, self.name, self.opts)
         self.conn.execute(f"DELETE FROM {quote_ident(self.schema)}.hqdb_tables WHERE name = ?", (self.name,))
 
@@ -724,7 +734,7 @@ class HqTable:
         self.conn.execute(
             f"UPDATE {quote_ident(self.schema)}.hqdb_tables SET name = ? WHERE name = ?", (newname, self.name)
         )
-        self.module.tables.pop((self.schema, self.name.lower()), None)
+        self._forget()
         self._rename(newname)
         self.module.tables[(self.schema, newname.lower())] = self
 

@@ -171,3 +171,15 @@ def test_corrupt_chunk_gives_clear_error(db, db_path):
     with pytest.raises(apsw.Error, match="wrong BLOB sizes"):
         db2.execute(SQL, (np.ones(64, np.float32).tobytes(),)).fetchall()
     assert "wrong BLOB sizes" in db2.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def test_table_functions_work_after_schema_changes(db):
+    # A CREATE that our module refuses resets the schema: the next statement connects a fresh
+    # instance of t, and SQLite disconnects the old one afterwards. The old one's Disconnect
+    # must not make the connection forget the live one (found by tests/fuzz_atheris.py).
+    random_table(db, n=10)
+    db.execute("SELECT count(*) FROM t").fetchall()
+    with pytest.raises(apsw.SQLError, match="needs dim"):
+        db.execute("CREATE VIRTUAL TABLE x USING hq()")
+    db.execute("SELECT count(*) FROM t").fetchall()
+    assert db.execute("SELECT length(hq_codebooks('t'))").fetchone() == (4 * 16 * 64 * 4,)
