@@ -135,28 +135,33 @@ class CodeStore:
         self._empty()
 
     def load(self) -> None:
+        """Read every chunk into the arrays, one chunk at a time (the arrays are sized from a
+        count first, so loading needs no second copy of the codes in memory)."""
         o = self.opts
+        cs = self.cs
+        (expected,) = self.conn.execute(f"SELECT count(*) FROM {self.chunks_table}").fetchone()
+        self._empty()
+        self._alloc(expected)
         # CAST: a chunk column someone overwrote with TEXT is reported as corrupt below (a BLOB
         # of the wrong size or kind) instead of failing to decode as UTF-8.
-        rows = self.conn.execute(
+        cursor = self.conn.execute(
             "SELECT chunk, CASE WHEN typeof(valid) = 'blob' THEN valid END, "
             "CASE WHEN typeof(rowids) = 'blob' THEN rowids END, CASE WHEN typeof(codes) = 'blob' THEN codes END, "
             f"CASE WHEN typeof(qcodes) = 'blob' THEN qcodes END FROM {self.chunks_table} ORDER BY chunk"
-        ).fetchall()
-        self._empty()
-        self._alloc(len(rows))
-        qdt = self.qcodes.dtype
-        cs = self.cs
-        for i, (chunk, valid, rowids, codes, qcodes) in enumerate(rows):
+        )
+        for i, (chunk, valid, rowids, codes, qcodes) in enumerate(cursor):
             if (
                 not isinstance(valid, bytes) or len(valid) != cs
                 or not isinstance(rowids, bytes) or len(rowids) != cs * 8
                 or not isinstance(codes, bytes) or len(codes) != cs * o.code_bytes
                 or not isinstance(qcodes, bytes) or len(qcodes) != cs * o.qcode_bytes
             ):
+                cursor.close()
                 raise CorruptTableError(
                     f"hq table {self.name}: chunk {chunk} in {self.chunks_name} has wrong BLOB sizes"
                 )
+            if (i + 1) * cs > len(self.valid):  # another writer added chunks since the count
+                self._grow(2 * (i + 1))
             sl = slice(i * cs, (i + 1) * cs)
             self.valid[sl] = np.frombuffer(valid, dtype=np.uint8)
             self.rowids[sl] = np.frombuffer(rowids, dtype="<i8")
@@ -166,17 +171,25 @@ class CodeStore:
             self.chunk_ids.append(int(chunk))
             self.chunk_index[int(chunk)] = i
             self.present.append(True)
-        if o.books and len(rows) and int(self.qcodes.max(initial=0)) >= o.codewords:
+        n = self.size
+        if o.books and n and int(self.qcodes[:n].max(initial=0)) >= o.codewords:
             raise CorruptTableError(
                 f"hq table {self.name}: stored qcodes exceed codewords={o.codewords}"
             )
-        if np.any(self.valid > 1):
+        if np.any(self.valid[:n] > 1):
             raise CorruptTableError(f"hq table {self.name}: corrupt validity map")
-        per_chunk = self.valid.reshape(-1, cs).sum(axis=1, dtype=np.int64) if rows else np.zeros(0)
+        per_chunk = self.valid[:n].reshape(-1, cs).sum(axis=1, dtype=np.int64)
         self.free = [cs - int(x) for x in per_chunk]
-        self.n_rows = int(per_chunk.sum()) if rows else 0
+        self.n_rows = int(per_chunk.sum())
         self._fill_hint = 0
         self.loaded = True
+
+    def _grow(self, n_chunks: int) -> None:
+        """Reallocate the arrays for ``n_chunks`` chunks, keeping what they hold."""
+        old = (self.valid, self.rowids, self.codes, self.qcodes)
+        self._alloc(n_chunks)
+        n = len(old[0])
+        self.valid[:n], self.rowids[:n], self.codes[:n], self.qcodes[:n] = old
 
     # ---------------------------------------------------------------- slots
     def position(self, chunk: int, slot: int) -> int:
@@ -219,10 +232,7 @@ class CodeStore:
         if idx is None:
             idx = len(self.chunk_ids)
             if self.size == len(self.valid):  # grow geometrically: bulk inserts stay linear
-                old = (self.valid, self.rowids, self.codes, self.qcodes)
-                self._alloc(max(4, 2 * len(self.chunk_ids)))
-                n = len(old[0])
-                self.valid[:n], self.rowids[:n], self.codes[:n], self.qcodes[:n] = old
+                self._grow(max(4, 2 * len(self.chunk_ids)))
             self.chunk_ids.append(chunk)
             self.chunk_index[chunk] = idx
             self.free.append(self.cs)
