@@ -266,3 +266,47 @@ def test_training_npz_files(tmp_path_factory, arrays):
         hqdb.train(str(path), bits=8, books=1, codewords=2, epochs=1, progress=False)
     except CLEAR as e:
         assert str(e)
+
+
+def test_no_code_runs_from_a_database_file(tmp_path):
+    """Nothing in hqdb can execute code from data: no pickle/marshal/eval anywhere in the
+    package, and a model row carrying a pickle payload is data, not a program."""
+    import ast
+    import pathlib
+    import pickle
+
+    banned_modules = {"pickle", "cPickle", "dill", "marshal", "shelve", "joblib", "cloudpickle"}
+    pkg = pathlib.Path(hqdb.__file__).parent
+    for path in pkg.rglob("*.py"):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert not {a.name.split(".")[0] for a in node.names} & banned_modules, path
+            elif isinstance(node, ast.ImportFrom):
+                assert (node.module or "").split(".")[0] not in banned_modules, path
+            elif isinstance(node, ast.Call):
+                f = node.func
+                name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+                if isinstance(f, ast.Name):  # (a method such as torch's Module.eval() is fine)
+                    assert name not in {"eval", "exec", "__import__"}, (path, node.lineno)
+                if name == "load" and isinstance(f, ast.Attribute) and getattr(f.value, "id", "") == "torch":
+                    raise AssertionError(f"torch.load in {path}:{node.lineno}")
+                for kw in node.keywords:
+                    assert not (kw.arg == "allow_pickle" and getattr(kw.value, "value", False) is True), path
+
+    class Boom:  # unpickling this would create the marker file
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    db = hqdb.connect(tmp_path / "evil.db")
+    payload = pickle.dumps(Boom())
+    db.execute("PRAGMA ignore_check_constraints = ON")
+    db.execute("INSERT INTO hqdb_models(name, config) VALUES ('evil', ?)", (payload,))
+    db.execute("INSERT INTO hqdb_model_tensors(model, name, dtype, shape, data) VALUES ('evil', 'codebooks', 'float32', ?, ?)",
+               (payload, payload))
+    assert [m["name"] for m in hqdb.list_models(db)] == ["evil"]
+    with pytest.raises(hqdb.ModelError):
+        hqdb.load_model(db, "evil")
+    with pytest.raises(apsw.SQLError):
+        db.execute("CREATE VIRTUAL TABLE docs USING hq(model='evil')")
+    assert not (tmp_path / "pwned").exists()
