@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from . import kernels, metrics
-from .bulk import insert_codes, insert_items, set_codebooks
+from .bulk import delete_rows, insert_codes, insert_items, set_codebooks
 from .connection import connect, register
 from .errors import HqdbError, SchemaError
 from .modelstore import ModelError
@@ -18,7 +18,7 @@ from .schema import latest_version as schema_version
 __version__ = "0.1.0"
 
 __all__ = [
-    "connect", "register", "insert_codes", "insert_items", "set_codebooks", "info",
+    "connect", "register", "insert_codes", "insert_items", "delete_rows", "set_codebooks", "info",
     "train", "save_model", "load_model", "list_models",
     "HqdbError", "SchemaError", "ModelError", "schema_version", "__version__",
 ]

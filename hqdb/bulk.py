@@ -7,6 +7,7 @@ call per row).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -126,6 +127,57 @@ def insert_items(
     return _write_rows(conn, t, n, rowids, metadata, encoded)
 
 
+@contextmanager
+def _atomic(conn: apsw.Connection, t: HqTable):
+    """A savepoint around a bulk write. The caches are edited along with the database, and
+    SQLite does not tell the table when the savepoint rolls back: on failure forget them."""
+    try:
+        with conn:
+            yield
+    except BaseException:
+        for st in t.stores:
+            st.invalidate()
+        raise
+
+
+def delete_rows(conn: apsw.Connection, table: str, rowids: Sequence[int] | np.ndarray) -> int:
+    """Delete many rows at once (raw or model-bound table); return how many existed.
+
+    The fast path for ``DELETE FROM t WHERE rowid IN (...)``: one write per touched chunk
+    instead of one virtual-table call per row. Rowids that are not in the table are ignored.
+    All or nothing.
+    """
+    import json
+
+    t = _table(conn, table)
+    ids = np.asarray(rowids)
+    if ids.ndim != 1 or (len(ids) and ids.dtype.kind not in "iu"):
+        raise HqError(f"rowids must be a 1-D sequence of integers; got {ids.dtype} {ids.shape}")
+    ids = np.unique(ids.astype(np.int64))
+    if not len(ids):
+        return 0
+    locs_sql = ", ".join(f'"{c.chunk_col}", "{c.slot_col}"' for c in t.sets)
+    with _atomic(conn, t):
+        t.fresh()
+        found = []
+        for lo in range(0, len(ids), 100_000):  # JSON arrays of bounded size
+            batch = json.dumps(ids[lo:lo + 100_000].tolist())
+            found += conn.execute(
+                f"SELECT rowid, {locs_sql} FROM {t.rows_table} WHERE rowid IN (SELECT value FROM json_each(?))",
+                (batch,)).fetchall()
+            conn.execute(f"DELETE FROM {t.rows_table} WHERE rowid IN (SELECT value FROM json_each(?))", (batch,))
+            if t.opts.model:
+                conn.execute(f"DELETE FROM {t.pending_table} WHERE rowid IN (SELECT value FROM json_each(?))", (batch,))
+        for i, st in enumerate(t.stores):
+            located = [(r[1 + 2 * i], r[2 + 2 * i]) for r in found if r[1 + 2 * i] is not None]
+            if located:
+                chunks, slots = (np.array(x, dtype=np.int64) for x in zip(*located))
+                st.clear_many(chunks, slots)
+        if found:
+            t.bump()
+    return len(found)
+
+
 def _write_rows(conn, t: HqTable, n: int, rowids, metadata, codes_by_set: dict) -> np.ndarray:
     """Validate rowids and metadata, then insert n rows whose codes are given per code set
     (``{set index: (bit codes, qcodes)}``; sets left out stay empty) in one savepoint."""
@@ -145,7 +197,7 @@ def _write_rows(conn, t: HqTable, n: int, rowids, metadata, codes_by_set: dict) 
             raise HqError("rowids must be unique")
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    with conn:  # a savepoint: all or nothing
+    with _atomic(conn, t):
         t.fresh()
         if rowids is None:
             (top,) = conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {t.rows_table}").fetchone()

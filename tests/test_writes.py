@@ -9,6 +9,10 @@ import apsw
 import hqdb
 from conftest import random_table
 
+import hqdb.check
+
+SQL_ALL = "SELECT rowid, distance FROM t WHERE hq_match(t.code, ?) AND k = 1000 AND candidates = 100000"
+
 KNN = "SELECT rowid FROM t WHERE hq_match(t.code, ?) AND k = ? AND mode = 'hamming'"
 
 
@@ -174,3 +178,40 @@ def test_shadow_tables_are_read_only_to_sql_in_defensive_mode(db):
     db.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
     with pytest.raises(apsw.Error):
         db.execute("DELETE FROM t_chunks")
+
+
+def test_bulk_delete_equals_sql_delete(tmp_path):
+    a, b = hqdb.connect(tmp_path / "a.db"), hqdb.connect(tmp_path / "b.db")
+    for db in (a, b):
+        random_table(db, n=3000, chunk_size=128, extra=", tag INTEGER")
+    gone = [r for r in range(1, 3001) if r % 7 != 0 or 1000 < r < 1300]  # empties some chunks
+    a.execute(f"DELETE FROM t WHERE rowid IN ({','.join(map(str, gone))})")
+    assert hqdb.delete_rows(b, "t", gone + [999_999]) == len(gone)  # unknown rowids are ignored
+    assert hqdb.delete_rows(b, "t", []) == 0
+    q = np.random.default_rng(4).standard_normal(64).astype(np.float32).tobytes()
+    sql = "SELECT rowid, distance FROM t WHERE hq_match(t.code, ?) AND k = 500 AND candidates = 100000"
+    assert a.execute(sql, (q,)).fetchall() == b.execute(sql, (q,)).fetchall()
+    for db in (a, b):
+        assert hqdb.check.check(db)["ok"]
+        assert db.execute("SELECT count(*) FROM t").fetchone() == (3000 - len(gone),)
+    assert (a.execute("SELECT chunk, valid, rowids, codes, qcodes FROM t_chunks ORDER BY chunk").fetchall()
+            == b.execute("SELECT chunk, valid, rowids, codes, qcodes FROM t_chunks ORDER BY chunk").fetchall())
+    # Freed slots are reused by the next inserts, in both.
+    for db in (a, b):
+        db.execute("INSERT INTO t(code, qcode) VALUES (zeroblob(8), zeroblob(4))")
+    where = "SELECT chunk, slot FROM t_rows WHERE rowid = last_insert_rowid()"
+    assert a.execute(where).fetchone() == b.execute(where).fetchone() == (1, 0)
+
+
+def test_bulk_delete_is_all_or_nothing(db):
+    random_table(db, n=300, chunk_size=64)
+    q = np.ones(64, np.float32).tobytes()
+    before = db.execute(SQL_ALL, (q,)).fetchall()
+    with pytest.raises(apsw.SQLError, match="rowids"):
+        hqdb.delete_rows(db, "t", [[1, 2]])
+    db.execute("BEGIN")
+    hqdb.delete_rows(db, "t", list(range(1, 200)))
+    assert db.execute("SELECT count(*) FROM t").fetchone() == (101,)
+    db.execute("ROLLBACK")
+    assert db.execute(SQL_ALL, (q,)).fetchall() == before
+    assert hqdb.check.check(db)["ok"]
