@@ -342,13 +342,12 @@ class Collection:
                 if existing:
                     raise CollectionError(f"{self.name}: rowid {existing[0]} already exists (use upsert or update)")
                 (top,) = self.db.execute(f"SELECT coalesce(max(rowid), 0) FROM {t.rows_table}").fetchone()
-                top = max([top, *given])
-                rowids = []
+                rowids = []  # as SQLite numbers rows inserted one by one: after the largest so far
                 for r, _, _ in rows:
-                    if r is None:
-                        top += 1
-                        r = top
-                    rowids.append(r)
+                    top = r if r is not None and r > top else top + (r is None)
+                    rowids.append(top if r is None else r)
+                if len(set(rowids)) != n:
+                    raise CollectionError(f"{self.name}: an item's rowid equals one given to an earlier item")
                 for start in range(0, n, batch_size):
                     self._write_batch(rows[start:start + batch_size], rowids[start:start + batch_size])
                     bar.update(min(batch_size, n - start))
