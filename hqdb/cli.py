@@ -41,9 +41,13 @@ def _demo(args) -> int:
 def _train(args) -> int:
     import hqdb
 
+    if not args.replace and os.path.exists(args.db):  # fail before training, not after
+        names = [m["name"] for m in hqdb.list_models(hqdb.connect(args.db, readonly=True))]
+        if args.name in names:
+            raise UserError(f"{args.db} already has a model named {args.name!r} (--replace overwrites it)")
     model = hqdb.train(args.data, method=args.method, bits=args.bits, books=args.books,
                        codewords=args.codewords, text_key=args.text_key, epochs=args.epochs,
-                       val_fraction=args.val_fraction, seed=args.seed, progress=not args.quiet)
+                       val_fraction=args.val_fraction, seed=args.seed, progress=_show_progress(args))
     db = hqdb.connect(args.db)
     hqdb.save_model(db, args.name, model, replace=args.replace)
     metrics = model.config.get("metrics")
@@ -242,7 +246,7 @@ def _index(args) -> int:
     keep = set(coll.columns) | set(coll.modalities)
     items = [{k: v for k, v in it.items() if k in keep} for it in items]
     t0 = time.perf_counter()
-    rowids = coll.insert_all(items, batch_size=args.batch_size, progress=not args.quiet and not args.json)
+    rowids = coll.insert_all(items, batch_size=args.batch_size, progress=_show_progress(args))
     seconds = time.perf_counter() - t0
     result = {"collection": coll.name, "model": coll.model_name, "created": created, "inserted": len(rowids),
               "rows": len(coll), "columns": coll.columns, "seconds": round(seconds, 3)}
@@ -301,8 +305,12 @@ def _search(args) -> int:
 def _eval(args) -> int:
     from .evaluate import evaluate, load_npz
 
+    import hqdb
+
     db = _open(args.db)
     queries, database = (_load_data(p) for p in (args.queries, args.database))
+    for name in args.model:
+        hqdb.load_model(db, name)  # a missing model fails before any work
     results, curves = [], {}
     bar = _bar(len(args.model) * (2 if args.plot else 1), "eval", not args.quiet and not args.json)
     try:
@@ -399,7 +407,7 @@ def _bench(args) -> int:
         if not quiet:
             print(f"data: SYNTHETIC paired set from hqdb.datasets ({args.items} items, {args.n_queries} queries); "
                   f"training a {args.bits}-bit model", file=sys.stderr)
-        model = hqdb.train(database, bits=args.bits, seed=args.seed, progress=not quiet)
+        model = hqdb.train(database, bits=args.bits, seed=args.seed, progress=_show_progress(args))
         db = hqdb.connect(":memory:")
         name = "bench"
         hqdb.save_model(db, name, model)
@@ -412,7 +420,7 @@ def _bench(args) -> int:
         q_in = modality_inputs(coll.model, queries)
         n = len(database["labels"])
         items = [{m: (db_in[m][i]) for m in coll.modalities} for i in range(n)]
-        coll.insert_all(items, progress=not quiet)
+        coll.insert_all(items, progress=_show_progress(args))
         src, dst = ("image", "text") if args.direction == "i2t" else ("text", "image")
         sql, _ = coll._search_sql(dst, args.k, 1, None, None)
         values = [coll._query_value(src, v, "") for v in q_in[src]]
@@ -456,10 +464,15 @@ def _bench(args) -> int:
 # ------------------------------------------------------------------------------------------
 # plumbing
 # ------------------------------------------------------------------------------------------
+def _show_progress(args) -> bool:
+    """Bars go to a terminal only: scripts reading stderr get clean lines."""
+    return not getattr(args, "quiet", False) and not getattr(args, "json", False) and sys.stderr.isatty()
+
+
 def _bar(total: int, desc: str, enabled: bool, unit: str = "step"):
     from .collections import _progress_bar
 
-    return _progress_bar(total, desc, enabled, unit=unit)
+    return _progress_bar(total, desc, enabled and sys.stderr.isatty(), unit=unit)
 
 
 def build_parser() -> argparse.ArgumentParser:
