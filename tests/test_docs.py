@@ -24,6 +24,8 @@ import json
 import os
 import re
 import shlex
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +103,10 @@ def run_sh(code: str, where: str) -> None:
 def run_file(path: Path, tmp_path) -> list[str]:
     """Run a Markdown file's examples; return 'file:line' of each block run."""
     ran = []
-    namespace: dict = {"__name__": "__docs__"}
+    # A real module, so classes defined in examples (dataclasses) can find their module.
+    module = types.ModuleType("hqdb_docs_example")
+    sys.modules[module.__name__] = module
+    namespace = module.__dict__
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
@@ -120,6 +125,7 @@ def run_file(path: Path, tmp_path) -> list[str]:
             ran.append(where)
     finally:
         os.chdir(cwd)
+        del sys.modules[module.__name__]
         for v in namespace.values():  # close connections the example opened
             if isinstance(v, hqdb.connection.Connection):
                 v.close()
