@@ -4,7 +4,8 @@ Rules (they apply to any Markdown file added under docs/ or examples/ later, aut
 
 - A file's fenced blocks run in order, in a fresh temporary directory, sharing one namespace
   (like a doctest session): ```python blocks are executed; ```sql blocks run on the connection
-  named ``db`` that an earlier block opened; ```sh blocks run each ``hqdb ...`` command through
+  named ``db`` that an earlier block opened, with each ``:name`` parameter bound to the Python
+  variable of that name; ```sh blocks run each ``hqdb ...`` command through
   :func:`hqdb.cli.main` and require exit status 0 (``python -m hqdb ...`` works too).
 - A block preceded by ``<!-- docs-test: skip (reason) -->`` is not run; the reason is required.
   Blocks of other languages (```text output, ```json, ...) are not code and are not run.
@@ -119,7 +120,8 @@ def run_file(path: Path, tmp_path) -> list[str]:
             elif b["lang"] == "sql":
                 db = namespace.get("db")
                 assert db is not None, f"{where}: an sql block needs a connection named db from an earlier block"
-                db.execute(b["code"]).fetchall()
+                params = {name: namespace[name] for name in re.findall(r"(?<!:):([A-Za-z_]\w*)", b["code"])}
+                db.execute(b["code"], params).fetchall()
             else:
                 run_sh(b["code"], where)
             ran.append(where)
