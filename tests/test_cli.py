@@ -198,3 +198,14 @@ def test_progress_bars_on_a_terminal(work, capsys, monkeypatch):
     assert rc == 0 and "insert bars" in err and "/250" in err
     rc, _, err = run(capsys, "index", work / "items.npz", "--db", work / "app.db", "--collection", "bars", "-q")
     assert rc == 0 and err == ""
+
+
+def test_demo(tmp_path, capsys):
+    """The README's main job: trains, indexes, searches in SQL and reports MAP (a quality floor
+    on the synthetic set; measured 0.94 image->text, 1.00 text->image two-stage MAP@50)."""
+    from hqdb.demo import run_model
+
+    result = run_model(str(tmp_path / "demo.db"), bits=64, seed=0)
+    out = capsys.readouterr().out
+    assert "image -> text" in out and "text -> image" in out and "MAP@50 through SQL" in out
+    assert result["i2t"]["two_stage"]["map@50"] > 0.85 and result["t2i"]["two_stage"]["map@50"] > 0.9

@@ -7,6 +7,7 @@ Rules (they apply to any Markdown file added under docs/ or examples/ later, aut
   named ``db`` that an earlier block opened, with each ``:name`` parameter bound to the Python
   variable of that name; ```sh blocks run each ``hqdb ...`` command through
   :func:`hqdb.cli.main` and require exit status 0 (``python -m hqdb ...`` works too).
+- A page's own directory is on ``sys.path`` while it runs (examples/README.md imports the app).
 - A block preceded by ``<!-- docs-test: skip (reason) -->`` is not run; the reason is required.
   Blocks of other languages (```text output, ```json, ...) are not code and are not run.
 - Training is deterministic (fixed seeds), so within this test session ``hqdb.train`` returns a
@@ -110,6 +111,7 @@ def run_file(path: Path, tmp_path) -> list[str]:
     namespace = module.__dict__
     cwd = os.getcwd()
     os.chdir(tmp_path)
+    sys.path.insert(0, str(path.parent))  # a page's own directory is importable (examples/)
     try:
         for b in blocks(path):
             where = f"{path.relative_to(ROOT)}:{b['line']}"
@@ -127,6 +129,7 @@ def run_file(path: Path, tmp_path) -> list[str]:
             ran.append(where)
     finally:
         os.chdir(cwd)
+        sys.path.remove(str(path.parent))
         del sys.modules[module.__name__]
         for v in namespace.values():  # close connections the example opened
             if isinstance(v, hqdb.connection.Connection):
