@@ -407,7 +407,8 @@ def _bench(args) -> int:
         if not quiet:
             print(f"data: SYNTHETIC paired set from hqdb.datasets ({args.items} items, {args.n_queries} queries); "
                   f"training a {args.bits}-bit model", file=sys.stderr)
-        model = hqdb.train(database, bits=args.bits, seed=args.seed, progress=_show_progress(args))
+        model = hqdb.train(database, bits=args.bits, epochs=args.epochs, seed=args.seed,
+                           progress=_show_progress(args))
         db = hqdb.connect(":memory:")
         name = "bench"
         hqdb.save_model(db, name, model)
@@ -554,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--items", type=int, default=5000, help="synthetic database items (default 5000)")
     be.add_argument("--n-queries", type=int, default=200, help="synthetic queries (default 200)")
     be.add_argument("--bits", type=int, default=64, help="code length of the synthetic model (default 64)")
+    be.add_argument("--epochs", type=int, default=50, help="training epochs of the synthetic model (default 50)")
     be.add_argument("--seed", type=int, default=0)
     be.add_argument("--plot", metavar="PNG", help="write latency and MAP against candidates (needs matplotlib)")
     be.add_argument("-q", "--quiet", action="store_true")
