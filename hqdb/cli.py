@@ -42,13 +42,13 @@ def _train(args) -> int:
     import hqdb
 
     if not args.replace and os.path.exists(args.db):  # fail before training, not after
-        names = [m["name"] for m in hqdb.list_models(hqdb.connect(args.db, readonly=True))]
+        names = [m["name"] for m in hqdb.list_models(_connect(args.db, readonly=True))]
         if args.name in names:
             raise UserError(f"{args.db} already has a model named {args.name!r} (--replace overwrites it)")
     model = hqdb.train(args.data, method=args.method, bits=args.bits, books=args.books,
                        codewords=args.codewords, text_key=args.text_key, epochs=args.epochs,
                        val_fraction=args.val_fraction, seed=args.seed, progress=_show_progress(args))
-    db = hqdb.connect(args.db)
+    db = _connect(args.db)
     hqdb.save_model(db, args.name, model, replace=args.replace)
     metrics = model.config.get("metrics")
     if args.json:
@@ -80,13 +80,22 @@ def _models(args) -> int:
     return 0
 
 
-def _open(path: str, *, readonly: bool = False):
-    """An hqdb connection to an existing database file (a typo must not create an empty one)."""
+_OPEN: list = []  # connections of the running command, closed when it ends
+
+
+def _connect(path: str, *, readonly: bool = False):
     import hqdb
 
+    conn = hqdb.connect(path, readonly=readonly)
+    _OPEN.append(conn)
+    return conn
+
+
+def _open(path: str, *, readonly: bool = False):
+    """An hqdb connection to an existing database file (a typo must not create an empty one)."""
     if path != ":memory:" and not os.path.exists(path):
         raise UserError(f"no database file {path!r}")
-    return hqdb.connect(path, readonly=readonly)
+    return _connect(path, readonly=readonly)
 
 
 # ------------------------------------------------------------------------------------------
@@ -409,7 +418,7 @@ def _bench(args) -> int:
                   f"training a {args.bits}-bit model", file=sys.stderr)
         model = hqdb.train(database, bits=args.bits, epochs=args.epochs, seed=args.seed,
                            progress=_show_progress(args))
-        db = hqdb.connect(":memory:")
+        db = _connect(":memory:")
         name = "bench"
         hqdb.save_model(db, name, model)
     table = "hqdb_bench"
@@ -586,7 +595,11 @@ def _user_errors() -> tuple:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        try:
+            return COMMANDS[args.command](args)
+        finally:
+            while _OPEN:
+                _OPEN.pop().close()
     except ImportError as e:
         extra = {"torch": "train", "matplotlib": "plot"}.get((e.name or "").split(".")[0])
         hint = f" (pip install 'hqdb[{extra}]')" if extra else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from contextlib import closing
 import subprocess
 import sys
 
@@ -76,15 +77,16 @@ def test_index_search_info_models(work, capsys):
     rc, out, _ = run(capsys, "search", "--db", db_path, "--collection", "photos", "--text", "castle on a hill",
                      "-k", "5", "--where", "year > ? AND title LIKE ?", "--arg", "2010", "--arg", "item 1%", "--json")
     assert rc == 0
-    db = hqdb.connect(db_path)
-    expected = db.collection("photos").search(text="castle on a hill", k=5, where="year > ? AND title LIKE ?",
-                                              where_args=[2010, "item 1%"])
+    with closing(hqdb.connect(db_path)) as db:
+        expected = db.collection("photos").search(text="castle on a hill", k=5, where="year > ? AND title LIKE ?",
+                                                  where_args=[2010, "item 1%"])
     assert json.loads(out) == expected.to_dicts() and len(expected) == 5
     np.save(work / "q.npy", np.load(work / "queries.npz")["image"][:3])
     rc, out, _ = run(capsys, "search", "--db", db_path, "--collection", "photos", "--image", work / "q.npy",
                      "--row", "2", "-k", "3")
     assert rc == 0
-    want = db.collection("photos").search(image=np.load(work / "q.npy")[2], k=3)
+    with closing(hqdb.connect(db_path)) as db:
+        want = db.collection("photos").search(image=np.load(work / "q.npy")[2], k=3)
     lines = out.strip().splitlines()
     assert lines[0].split() == ["rowid", "distance", "hamming", "title", "year"]
     assert [int(line.split()[0]) for line in lines[1:]] == want.rowids.tolist()
@@ -112,13 +114,15 @@ def test_index_csv(work, capsys):
         w.writerow(["/c.jpg", "2019", "", " ".join(map(str, img[1].tolist()))])
     rc, out, err = run(capsys, "index", path, "--db", work / "app.db", "--collection", "csv_items", "--model", "m")
     assert rc == 0, err
-    c = hqdb.connect(work / "app.db").collection("csv_items")
+    db = hqdb.connect(work / "app.db")
+    c = db.collection("csv_items")
     assert c.columns == {"path": "TEXT", "year": "INTEGER"}
     assert list(c) == [{"rowid": 1, "path": "/a.jpg", "year": 2021}, {"rowid": 2, "path": "/b.jpg", "year": None},
                        {"rowid": 3, "path": "/c.jpg", "year": 2019}]
     has = c.db.execute("SELECT image_code IS NOT NULL, text_code IS NOT NULL FROM csv_items ORDER BY rowid").fetchall()
     assert has == [(1, 1), (0, 1), (1, 0)]
     assert c.search(image=img[1], target="image", k=1)[0].rowid == 3  # its own code: Hamming 0
+    db.close()
 
 
 def test_eval_json_equals_the_python_path_and_plots(work, capsys):
@@ -128,13 +132,13 @@ def test_eval_json_equals_the_python_path_and_plots(work, capsys):
                      "--database", work / "items.npz", "--json", "--plot", plot)
     assert rc == 0
     got = json.loads(out)
-    want = evaluate(hqdb.connect(work / "app.db"), "m", str(work / "queries.npz"), str(work / "items.npz"))
+    with closing(hqdb.connect(work / "app.db")) as db:
+        want = evaluate(db, "m", str(work / "queries.npz"), str(work / "items.npz"))
+        # The evaluation tables are gone again.
+        assert db.execute("SELECT count(*) FROM hqdb_tables WHERE name LIKE 'hqdb_eval%'").fetchone() == (0,)
     for d in ("i2t", "t2i", "harmonic"):
         assert got[d] == want[d]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
-    # The evaluation tables are gone again.
-    assert hqdb.connect(work / "app.db").execute("SELECT count(*) FROM hqdb_tables WHERE name LIKE 'hqdb_eval%'"
-                                                 ).fetchone() == (0,)
 
 
 def test_bench_full_candidates_equals_aqd_map(work, capsys):
@@ -148,7 +152,8 @@ def test_bench_full_candidates_equals_aqd_map(work, capsys):
     result = json.loads(out)
     assert [r["candidates"] for r in result["rows"]] == [50, 100, 250]
     assert all(r["p50_ms"] > 0 and 0 <= r["map@50"] <= 1 for r in result["rows"])
-    want = evaluate(hqdb.connect(work / "app.db"), "m", str(work / "queries.npz"), str(work / "items.npz"))
+    with closing(hqdb.connect(work / "app.db")) as db:
+        want = evaluate(db, "m", str(work / "queries.npz"), str(work / "items.npz"))
     assert result["rows"][-1]["map@50"] == pytest.approx(want["i2t"]["aqd"]["map@50"], abs=1e-12)
     assert (work / "bench.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -78,9 +78,15 @@ def _fingerprint(value) -> str:
 def cached_training(monkeypatch):
     real = hqdb.train
 
+    from hqdb.model.train import train as implementation
+
+    signature = inspect.signature(implementation)
+
     def train(data, **kwargs):
-        key = (_fingerprint(data), json.dumps({k: v for k, v in kwargs.items() if k != "progress"},
-                                              sort_keys=True, default=str))
+        options = signature.bind(data, **kwargs)
+        options.apply_defaults()  # the same training however the arguments are spelled
+        options = {k: v for k, v in options.arguments.items() if k not in ("data", "progress")}
+        key = (_fingerprint(data), json.dumps(options, sort_keys=True, default=str))
         if key not in _TRAINED:
             _TRAINED[key] = real(data, **kwargs)
         return _TRAINED[key]
