@@ -194,6 +194,10 @@ def _read_items(path: str, modalities, data_keys: dict) -> tuple[list[dict], dic
             rows = list(csv.DictReader(f))
         if not rows:
             raise UserError(f"{path} has no rows")
+        for line, r in enumerate(rows, start=2):
+            if None in r or None in r.values():
+                raise UserError(f"{path} line {line}: the number of fields differs from the header "
+                                "(quote cells that contain commas, such as JSON lists)")
         items, types = [], {}
         fields = [k for k in rows[0] if k not in modalities]
         for k in fields:
@@ -250,12 +254,13 @@ def _index(args) -> int:
         if missing:
             raise UserError(f"{args.data} has no field(s) {missing} (fields: {sorted(types)})")
         types = {c: types[c] for c in wanted}
-    if created:
-        coll = db.create_collection(args.collection, model=args.model, columns=types)
-    keep = set(coll.columns) | set(coll.modalities)
-    items = [{k: v for k, v in it.items() if k in keep} for it in items]
     t0 = time.perf_counter()
-    rowids = coll.insert_all(items, batch_size=args.batch_size, progress=_show_progress(args))
+    with db:  # a new collection exists only if its items went in
+        if created:
+            coll = db.create_collection(args.collection, model=args.model, columns=types)
+        keep = set(coll.columns) | set(coll.modalities)
+        items = [{k: v for k, v in it.items() if k in keep} for it in items]
+        rowids = coll.insert_all(items, batch_size=args.batch_size, progress=_show_progress(args))
     seconds = time.perf_counter() - t0
     result = {"collection": coll.name, "model": coll.model_name, "created": created, "inserted": len(rowids),
               "rows": len(coll), "columns": coll.columns, "seconds": round(seconds, 3)}

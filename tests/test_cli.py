@@ -125,6 +125,19 @@ def test_index_csv(work, capsys):
     db.close()
 
 
+def test_index_error_creates_nothing(work, capsys):
+    path = work / "bad.csv"
+    path.write_text('title,image\nok,"[1.0, 2.0]"\n')
+    rc, _, err = run(capsys, "index", path, "--db", work / "app.db", "--collection", "never", "--model", "m")
+    assert rc == 1 and "never.image (item 0): expected 128 float features (shape (128,)), got shape (2,)" in err
+    with closing(hqdb.connect(work / "app.db")) as db:
+        assert "never" not in db.collections()
+        assert db.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE 'never%'").fetchone() == (0,)
+    path.write_text("title,image\nok,[1.0, 2.0]\n")
+    rc, _, err = run(capsys, "index", path, "--db", work / "app.db", "--collection", "never", "--model", "m")
+    assert rc == 1 and "bad.csv line 2: the number of fields differs from the header" in err
+
+
 def test_eval_json_equals_the_python_path_and_plots(work, capsys):
     pytest.importorskip("matplotlib")
     plot = work / "eval.png"
