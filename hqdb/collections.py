@@ -392,7 +392,8 @@ class Collection:
 
     def upsert(self, item, *, key: str | None = None) -> int:
         """Update the row matching ``item`` (by the collection's key column, ``key``, or the item's
-        ``rowid``) with the fields it gives, or insert it; return the rowid."""
+        ``rowid``) with the fields it gives (inputs that are None keep their codes), or insert
+        it; return the rowid."""
         return self.upsert_all([item], key=key)[0]
 
     def upsert_all(self, items: Iterable, *, key: str | None = None) -> list[int]:
@@ -404,7 +405,9 @@ class Collection:
                 if rowid is None:
                     out.append(self.insert(item))
                 else:
-                    self.update(rowid, {k: v for k, v in item.items() if k != "rowid"})
+                    # An input left None (a typed object's default) is "not given", not "remove".
+                    self.update(rowid, {k: v for k, v in item.items()
+                                        if k != "rowid" and not (k in self.modalities and v is None)})
                     out.append(rowid)
         return out
 
