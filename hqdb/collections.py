@@ -412,10 +412,13 @@ class Collection:
         return out
 
     def update(self, rowid: int, values=None, **fields) -> None:
-        """Change some fields of row ``rowid``: columns, and inputs (re-encoded; ``None`` removes
-        the item's codes for that modality). ``values`` is a dict or typed object; keyword
-        arguments add to it."""
-        item = {**(_as_dict(self.name, values, 0) if values is not None else {}), **fields}
+        """Change some fields of row ``rowid``: columns, and inputs (re-encoded; ``None`` in a dict
+        or keyword removes the item's codes for that modality, in a typed object it means "not
+        given"). ``values`` is a dict or typed object; keyword arguments add to it."""
+        given = _as_dict(self.name, values, 0) if values is not None else {}
+        if values is not None and not isinstance(values, Mapping):  # a typed object's None input: not given
+            given = {k: v for k, v in given.items() if not (k in self.modalities and v is None)}
+        item = {**given, **fields}
         item.pop("rowid", None)
         if not item:
             return

@@ -205,7 +205,8 @@ def test_upsert_by_key_and_by_rowid(db, model):
     keyed = db.create_collection("keyed_photos", model="m", columns=Photo, key="title")
     k1 = keyed.insert(Photo("t1", 2000, text="castle tower"))
     keyed.upsert(Photo("t1", 2005))
-    assert keyed.get(k1)["year"] == 2005
+    keyed.update(k1, Photo("t1", 2006))
+    assert keyed.get(k1)["year"] == 2006
     assert db.execute("SELECT text_code IS NOT NULL FROM keyed_photos WHERE rowid = ?", (k1,)).fetchone() == (1,)
     plain = db.create_collection("plain", model="m", columns={"title": str})
     with pytest.raises(hqdb.CollectionError, match="upsert needs a key column"):
