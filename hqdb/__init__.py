@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import kernels, metrics
 from .bulk import delete_rows, insert_codes, insert_items, set_codebooks
+from .collections import Collection, CollectionError, Hit, Hits, NotFoundError
 from .connection import connect, register
 from .errors import HqdbError, SchemaError
 from .modelstore import ModelError
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "connect", "register", "insert_codes", "insert_items", "delete_rows", "set_codebooks", "info",
     "train", "save_model", "load_model", "list_models",
+    "Collection", "CollectionError", "Hit", "Hits", "NotFoundError",
     "HqdbError", "SchemaError", "ModelError", "schema_version", "__version__",
 ]
 

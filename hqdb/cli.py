@@ -1,31 +1,73 @@
-"""The ``hqdb`` command line: train, models, eval, demo, bench-free info."""
+"""The ``hqdb`` command line: demo, train, index, search, eval, bench, models, info.
+
+Every subcommand has ``--help``; those that print results take ``--json`` for scripts. A user
+mistake (bad file, unknown model, wrong shape, ...) prints one line ``hqdb: error: ...`` on
+stderr and exits with status 1 (argparse's usage errors exit with 2); bugs keep their traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import sys
+import time
+
+import numpy as np
+
+EXIT_USER_ERROR = 1
+EXIT_INCONSISTENT = 3  # `hqdb check` found problems (2 is argparse's bad command line)
+
+
+class UserError(Exception):
+    """A mistake in the command's input, reported in one line."""
+
+
+# ------------------------------------------------------------------------------------------
+# demo / train / models
+# ------------------------------------------------------------------------------------------
+def _demo(args) -> int:
+    if args.raw:
+        from .demo import run
+
+        run(args.db, seed=args.seed)
+    else:
+        from .demo import run_model
+
+        run_model(args.db, data=args.data, bits=args.bits, seed=args.seed)
+    return 0
 
 
 def _train(args) -> int:
     import hqdb
 
+    if not args.replace and os.path.exists(args.db):  # fail before training, not after
+        names = [m["name"] for m in hqdb.list_models(_connect(args.db, readonly=True))]
+        if args.name in names:
+            raise UserError(f"{args.db} already has a model named {args.name!r} (--replace overwrites it)")
     model = hqdb.train(args.data, method=args.method, bits=args.bits, books=args.books,
-                       codewords=args.codewords, text_key=args.text_key,
-                       val_fraction=args.val_fraction, seed=args.seed, progress=not args.quiet)
-    db = hqdb.connect(args.db)
+                       codewords=args.codewords, text_key=args.text_key, epochs=args.epochs,
+                       val_fraction=args.val_fraction, seed=args.seed, progress=_show_progress(args))
+    db = _connect(args.db)
     hqdb.save_model(db, args.name, model, replace=args.replace)
-    print(f"saved model {args.name!r} ({args.method}, {args.bits} bits, {args.books}x{args.codewords}) in {args.db}")
     metrics = model.config.get("metrics")
-    if metrics:
-        print(json.dumps(metrics, indent=2))
+    if args.json:
+        print(json.dumps({"name": args.name, "db": args.db, "method": args.method, "bits": model.bits,
+                          "books": model.books, "codewords": model.codewords, "metrics": metrics}))
+        return 0
+    print(f"saved model {args.name!r} ({args.method}, {model.bits} bits, {model.books}x{model.codewords}) in {args.db}")
+    if metrics and not args.quiet:
+        val = metrics.get("validation") or {}
+        if val:
+            print("validation: " + json.dumps(val))
     return 0
 
 
 def _models(args) -> int:
     import hqdb
 
-    db = hqdb.connect(args.db, readonly=True)
+    db = _open(args.db, readonly=True)
     models = hqdb.list_models(db)
     if args.json:
         print(json.dumps(models, indent=2))
@@ -39,30 +81,463 @@ def _models(args) -> int:
     return 0
 
 
-def _eval(args) -> int:
-    import hqdb
-    from .evaluate import evaluate
+_OPEN: list = []  # connections of the running command, closed when it ends
 
-    db = hqdb.connect(args.db)
-    result = evaluate(db, args.model, args.queries, args.database, candidates=args.candidates,
-                      precision_k=args.precision_k)
+
+def _connect(path: str, *, readonly: bool = False):
+    import hqdb
+
+    conn = hqdb.connect(path, readonly=readonly)
+    _OPEN.append(conn)
+    return conn
+
+
+def _open(path: str, *, readonly: bool = False):
+    """An hqdb connection to an existing database file (a typo must not create an empty one)."""
+    if path != ":memory:" and not os.path.exists(path):
+        raise UserError(f"no database file {path!r}")
+    return _connect(path, readonly=readonly)
+
+
+# ------------------------------------------------------------------------------------------
+# info
+# ------------------------------------------------------------------------------------------
+def table_info(db) -> list[dict]:
+    """One entry per hq table: kind, model, modalities, rows, code bytes per item and
+    modality, and the pages the table's storage takes in the file (``dbstat``)."""
+    from .storage import quote_ident
+
+    out = []
+    for name, dim, books, codewords, options in db.execute(
+            "SELECT name, dim, books, codewords, options FROM hqdb_tables ORDER BY name"):
+        opts = json.loads(options)
+        code_bytes = dim // 8 + books * (1 if codewords <= 256 else 2)
+        (rows,) = db.execute(f"SELECT count(*) FROM {quote_ident(name + '_rows')}").fetchone()
+        (disk,) = db.execute("SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name = ? OR name LIKE ? ESCAPE '\\'",
+                             (name + "_rows", name.replace("_", "\\_") + "\\_%chunks")).fetchone()
+        out.append({
+            "table": name, "kind": "collection" if opts.get("model") else "raw", "model": opts.get("model"),
+            "modalities": opts.get("modalities") or ["code"], "columns": [c[0] for c in opts.get("columns", [])],
+            "rows": rows, "bits": dim, "books": books, "codewords": codewords,
+            "code_bytes_per_item": code_bytes, "disk_bytes": disk,
+            "disk_bytes_per_row": round(disk / rows, 1) if rows else None,
+        })
+    return out
+
+
+def _info(args) -> int:
+    import hqdb
+
+    info = hqdb.info()
+    if args.db:
+        db = _open(args.db, readonly=True)
+        (pages,) = db.execute("PRAGMA page_count").fetchone()
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+        info["database"] = {"path": args.db, "bytes": pages * page_size,  # including what still sits in the WAL
+                            "tables": table_info(db), "models": hqdb.list_models(db)}
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(info, indent=2))
         return 0
-    print(f"model {args.model}: {result['bits']} bits + {result['books']}x{result['codewords']} "
-          f"({result['bytes_per_item']} bytes/item); {result['n_queries']} queries x {result['n_database']} items")
-    for direction in ("i2t", "t2i", "harmonic"):
-        if direction not in result:
-            continue
-        for ranking, scores in result[direction].items():
-            cells = "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
-            print(f"  {direction:<8} {ranking:<10} {cells}")
+    backend = info.get("backend")
+    print(f"hqdb {info['hqdb']} (schema {info['schema_version']}), SQLite {info['sqlite']}, "
+          f"sqlite-vec {info['sqlite_vec']}")
+    print(f"kernels: {backend}" + (f" ({info['fallback_reason']})" if info.get("fallback_reason") else "")
+          + (f", Hamming {info['hamming_impl']}" if info.get("hamming_impl") else "")
+          + f", up to {info.get('max_threads', 1)} threads")
+    if args.db:
+        d = info["database"]
+        print(f"\n{args.db}: {d['bytes']:,} bytes, {len(d['tables'])} hq table(s), {len(d['models'])} model(s)")
+        if d["tables"]:
+            print(f"  {'table':<20} {'kind':<10} {'model':<12} {'rows':>9} {'code B/item':>11} {'disk B/row':>10}  modalities")
+            for t in d["tables"]:
+                print(f"  {t['table']:<20} {t['kind']:<10} {t['model'] or '-':<12} {t['rows']:>9,} "
+                      f"{t['code_bytes_per_item']:>11} {t['disk_bytes_per_row'] or '-':>10}  {','.join(t['modalities'])}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+# ------------------------------------------------------------------------------------------
+# index
+# ------------------------------------------------------------------------------------------
+def _parse_scalar(text: str):
+    """'12' → 12, '1.5' → 1.5, anything else stays a string."""
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _read_items(path: str, modalities, data_keys: dict) -> tuple[list[dict], dict[str, type]]:
+    """Items of an .npz (one array per field, N rows each) or a CSV (one row per item) as dicts,
+    and the Python type of each metadata field found."""
+    if not os.path.exists(path):
+        raise UserError(f"no such file {path!r}")
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+        inputs = {m: data_keys.get(m, m) for m in modalities if data_keys.get(m, m) in data}
+        if not inputs:
+            raise UserError(f"{path} has none of the model's inputs {[data_keys.get(m, m) for m in modalities]} "
+                            f"(arrays: {sorted(data)})")
+        n = len(data[next(iter(inputs.values()))])
+        meta = {k: v for k, v in data.items() if k not in inputs.values() and v.ndim == 1 and len(v) == n
+                and v.dtype.kind in "iufUb"}
+        types = {k: (str if v.dtype.kind == "U" else float if v.dtype.kind == "f" else int) for k, v in meta.items()}
+        items = []
+        for i in range(n):
+            item = {m: (str(data[key][i]) if data[key].dtype.kind in "UO" else data[key][i]) for m, key in inputs.items()}
+            item.update({k: v[i].item() for k, v in meta.items()})
+            items.append(item)
+        return items, types
+    if path.endswith(".csv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            raise UserError(f"{path} has no rows")
+        for line, r in enumerate(rows, start=2):
+            if None in r or None in r.values():
+                raise UserError(f"{path} line {line}: the number of fields differs from the header "
+                                "(quote cells that contain commas, such as JSON lists)")
+        items, types = [], {}
+        fields = [k for k in rows[0] if k not in modalities]
+        for k in fields:
+            values = [_parse_scalar(r[k]) for r in rows if r[k] != ""]
+            types[k] = (int if values and all(isinstance(v, int) for v in values) else
+                        float if values and all(isinstance(v, (int, float)) for v in values) else str)
+        for line, r in enumerate(rows, start=2):
+            item = {}
+            for m in modalities:
+                v = r.get(m, "")
+                if v:
+                    item[m] = _parse_features(v, path, line, m)
+            for k in fields:
+                v = r[k]
+                item[k] = None if v == "" else types[k](v) if types[k] is not str else v
+            items.append(item)
+        return items, types
+    raise UserError(f"{path}: expected an .npz or .csv file")
+
+
+def _parse_features(value: str, path: str, line: int, modality: str):
+    """A CSV cell of a modality: a JSON list or space-separated numbers are features; other text is raw text."""
+    text = value.strip()
+    try:
+        if text.startswith("["):
+            return [float(x) for x in json.loads(text)]
+        parts = text.split()
+        if parts and all(_parse_scalar(p) is not p for p in parts) and len(parts) > 1:
+            return [float(p) for p in parts]
+    except (ValueError, TypeError):
+        raise UserError(f"{path} line {line}: {modality} is neither a list of numbers nor text") from None
+    return value
+
+
+def _index(args) -> int:
+    import hqdb
+
+    db = _open(args.db)
+    if args.collection in db.collections():
+        coll = db.collection(args.collection)
+        if args.model and args.model != coll.model_name:
+            raise UserError(f"collection {coll.name!r} uses model {coll.model_name!r}, not {args.model!r}")
+        created = False
+    else:
+        if not args.model:
+            raise UserError(f"no collection {args.collection!r} in {args.db}: pass --model to create it")
+        created = True
+        coll = None
+    model = hqdb.load_model(db, args.model or coll.model_name)
+    items, types = _read_items(args.data, model.modalities, model.config.get("data_keys", {}))
+    if args.columns is not None:
+        wanted = [c for c in args.columns.split(",") if c]
+        missing = [c for c in wanted if c not in types]
+        if missing:
+            raise UserError(f"{args.data} has no field(s) {missing} (fields: {sorted(types)})")
+        types = {c: types[c] for c in wanted}
+    t0 = time.perf_counter()
+    with db:  # a new collection exists only if its items went in
+        if created:
+            coll = db.create_collection(args.collection, model=args.model, columns=types)
+        keep = set(coll.columns) | set(coll.modalities)
+        items = [{k: v for k, v in it.items() if k in keep} for it in items]
+        rowids = coll.insert_all(items, batch_size=args.batch_size, progress=_show_progress(args))
+    seconds = time.perf_counter() - t0
+    result = {"collection": coll.name, "model": coll.model_name, "created": created, "inserted": len(rowids),
+              "rows": len(coll), "columns": coll.columns, "seconds": round(seconds, 3)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"indexed {len(rowids)} items into {'new ' if created else ''}collection {coll.name!r} "
+              f"(model {coll.model_name!r}, columns {', '.join(coll.columns) or 'none'}) in {seconds:.1f}s; "
+              f"{result['rows']} rows")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# search
+# ------------------------------------------------------------------------------------------
+def _load_vector(path: str, row: int, key: str | None) -> np.ndarray:
+    if not os.path.exists(path):
+        raise UserError(f"no such file {path!r}")
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            if key not in z.files:
+                raise UserError(f"{path} has no array {key!r} (arrays: {sorted(z.files)})")
+            x = z[key]
+    else:
+        x = np.load(path, allow_pickle=False)
+    if x.ndim == 2:
+        if not 0 <= row < len(x):
+            raise UserError(f"--row {row} is out of range: {path} has {len(x)} rows")
+        x = x[row]
+    return x
+
+
+def _search(args) -> int:
+    db = _open(args.db, readonly=True)
+    coll = db.collection(args.collection)
+    if (args.text is None) == (args.image is None):
+        raise UserError("give --text 'words' or --image FILE (.npy, or .npz with --key)")
+    query = {"text": args.text} if args.text is not None else {
+        "image": _load_vector(args.image, args.row, args.key)}
+    where_args = [_parse_scalar(a) for a in args.arg]
+    hits = coll.search(**query, target=args.target, k=args.k, candidates=args.candidates, where=args.where,
+                       where_args=where_args, mode=args.mode)
+    if args.json:
+        print(json.dumps(hits.to_dicts()))
+        return 0
+    cols = list(coll.columns)
+    print(f"{'rowid':>8} {'distance':>10} {'hamming':>7}  " + "  ".join(cols))
+    for h in hits:
+        print(f"{h.rowid:>8} {h.distance:>10.4f} {h.hamming:>7}  " + "  ".join(str(h.values[c]) for c in cols))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# eval
+# ------------------------------------------------------------------------------------------
+def _eval(args) -> int:
+    from .evaluate import evaluate, load_npz
+
+    import hqdb
+
+    db = _open(args.db)
+    queries, database = (_load_data(p) for p in (args.queries, args.database))
+    for name in args.model:
+        hqdb.load_model(db, name)  # a missing model fails before any work
+    results, curves = [], {}
+    bar = _bar(len(args.model) * (2 if args.plot else 1), "eval", not args.quiet and not args.json)
+    try:
+        for name in args.model:
+            table = f"hqdb_eval_{name}".replace("-", "_").replace(".", "_")
+            result = evaluate(db, name, queries, database, candidates=args.candidates,
+                              precision_k=args.precision_k, table=table, keep=bool(args.plot))
+            bar.update(1)
+            results.append(result)
+            if args.plot:
+                try:
+                    curves[name] = pr_curves(db, table, queries, database)
+                finally:
+                    db.execute(f'DROP TABLE IF EXISTS "{table}"')
+                bar.update(1)
+    finally:
+        bar.close()
+    if args.plot:
+        from .plots import eval_figure
+
+        eval_figure(results, curves, args.plot)
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results))
+        return 0
+    for result in results:
+        print(f"model {result['model']}: {result['bits']} bits + {result['books']}x{result['codewords']} "
+              f"({result['bytes_per_item']} bytes/item); {result['n_queries']} queries x {result['n_database']} items")
+        for direction in ("i2t", "t2i", "harmonic"):
+            if direction not in result:
+                continue
+            for ranking, scores in result[direction].items():
+                cells = "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
+                print(f"  {direction:<8} {ranking:<10} {cells}")
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _load_data(path: str) -> dict:
+    from .evaluate import load_npz
+
+    if not os.path.exists(path):
+        raise UserError(f"no such file {path!r}")
+    return load_npz(path)
+
+
+def pr_curves(db, table: str, queries: dict, database: dict, points: int = 50) -> dict:
+    """Precision–recall curves of the search as a user runs it (default candidates, k = all
+    items up to the engine's maximum) in both directions, over a table ``evaluate(keep=True)``
+    indexed (rowid = database index + 1)."""
+    from . import metrics
+    from .collections import Collection
+    from .evaluate import DIRECTIONS, modality_inputs
+    from .vtab import MAX_K
+
+    coll = Collection(db, table)
+    q_in = modality_inputs(coll.model, queries)
+    n = len(database["labels"])
+    k = min(n, MAX_K)
+    out = {}
+    for direction, (src, dst) in DIRECTIONS.items():
+        if src not in coll.modalities or dst not in coll.modalities:
+            continue
+        hits = coll.search_many(**{src: q_in[src]}, target=dst, k=k)
+        ranking = np.array([h.rowids - 1 for h in hits], dtype=np.int64)
+        precision, recall = metrics.precision_recall_curve(queries["labels"], database["labels"], ranking, points)
+        out[direction] = {"precision": precision.tolist(), "recall": recall.tolist()}
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# bench
+# ------------------------------------------------------------------------------------------
+def _bench(args) -> int:
+    import hqdb
+
+    from .collections import Collection
+    from .evaluate import modality_inputs
+    from . import metrics
+
+    quiet = args.quiet or args.json
+    if args.db:
+        if not (args.model and args.queries and args.database):
+            raise UserError("with --db, also give --model, --queries and --database")
+        db = _open(args.db)
+        name = args.model
+        queries, database = _load_data(args.queries), _load_data(args.database)
+    else:
+        from . import datasets
+
+        pairs = datasets.synthetic_pairs(args.items + args.n_queries, seed=args.seed)
+        queries = {k: v[:args.n_queries] for k, v in pairs.items() if k != "label_names"}
+        database = {k: v[args.n_queries:] for k, v in pairs.items() if k != "label_names"}
+        if not quiet:
+            print(f"data: SYNTHETIC paired set from hqdb.datasets ({args.items} items, {args.n_queries} queries); "
+                  f"training a {args.bits}-bit model", file=sys.stderr)
+        model = hqdb.train(database, bits=args.bits, epochs=args.epochs, seed=args.seed,
+                           progress=_show_progress(args))
+        db = _connect(":memory:")
+        name = "bench"
+        hqdb.save_model(db, name, model)
+    table = "hqdb_bench"
+    db.execute(f'DROP TABLE IF EXISTS "{table}"')
+    db.execute(f"CREATE VIRTUAL TABLE \"{table}\" USING hq(model='{name}')")
+    try:
+        coll = Collection(db, table)
+        db_in = modality_inputs(coll.model, database)
+        q_in = modality_inputs(coll.model, queries)
+        n = len(database["labels"])
+        items = [{m: (db_in[m][i]) for m in coll.modalities} for i in range(n)]
+        coll.insert_all(items, progress=_show_progress(args))
+        src, dst = ("image", "text") if args.direction == "i2t" else ("text", "image")
+        sql, _ = coll._search_sql(dst, args.k, 1, None, None)
+        values = [coll._query_value(src, v, "") for v in q_in[src]]
+        cands = sorted({min(max(int(c), args.k), n) for c in args.candidates.split(",")})
+        rows = []
+        bar = _bar(len(cands), "bench", not quiet, unit="sweep")
+        for c in cands:
+            times, ranking = [], []
+            for v in values:
+                t = time.perf_counter()
+                found = db.execute(sql, (src, v, args.k, c)).fetchall()
+                times.append(time.perf_counter() - t)
+                ranking.append([r[0] - 1 for r in found])
+            rel = metrics.relevance(queries["labels"], database["labels"], np.array(ranking, dtype=np.int64))
+            rows.append({"candidates": c, "p50_ms": 1000 * float(np.median(times)),
+                         "mean_ms": 1000 * float(np.mean(times)),
+                         f"map@{args.k}": metrics.mean_average_precision(rel, args.k)})
+            bar.update(1)
+        bar.close()
+    finally:
+        db.execute(f'DROP TABLE IF EXISTS "{table}"')
+    result = {"model": name, "direction": args.direction, "k": args.k, "n_database": n,
+              "n_queries": len(values), "load_average": list(os.getloadavg()), "rows": rows}
+    if args.plot:
+        from .plots import bench_figure
+
+        bench_figure(result, args.plot)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.direction}, k={args.k}, {n} items, {len(values)} queries through SQL "
+          f"(load average {result['load_average'][0]:.2f})")
+    print(f"  {'candidates':>10} {'p50 ms':>8} {'mean ms':>8} {'MAP@' + str(args.k):>8}")
+    for r in rows:
+        print(f"  {r['candidates']:>10} {r['p50_ms']:>8.3f} {r['mean_ms']:>8.3f} {r[f'map@{args.k}']:>8.4f}")
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# check / rebuild
+# ------------------------------------------------------------------------------------------
+
+
+def _check(args) -> int:
+    from .check import check
+
+    db = _open(args.db, readonly=True)
+    report = check(db, args.table)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for name, problems in report["tables"].items():
+            print(f"{name}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+            for p in problems:
+                print(f"  {p}")
+        if not report["tables"]:
+            print("no hq tables")
+    return 0 if report["ok"] else EXIT_INCONSISTENT
+
+
+def _rebuild(args) -> int:
+    from .check import rebuild_table
+
+    db = _open(args.db)
+    stats = rebuild_table(db, args.table, drop_missing=args.drop_missing)
+    if args.vacuum:
+        db.execute("VACUUM")
+    if args.json:
+        print(json.dumps(stats))
+        return 0
+    for codeset, kept in stats["kept"].items():
+        print(f"{args.table} ({codeset}): {kept} rows kept, {stats['lost'][codeset]} lost, "
+              f"{stats['orphans_dropped'][codeset]} orphan codes dropped, "
+              f"{stats['chunks_before'][codeset]} -> {stats['chunks_after'][codeset]} chunks")
+    if stats["rows_dropped"]:
+        print(f"{stats['rows_dropped']} rows without codes deleted")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# plumbing
+# ------------------------------------------------------------------------------------------
+def _show_progress(args) -> bool:
+    """Bars go to a terminal only: scripts reading stderr get clean lines."""
+    return not getattr(args, "quiet", False) and not getattr(args, "json", False) and sys.stderr.isatty()
+
+
+def _bar(total: int, desc: str, enabled: bool, unit: str = "step"):
+    from .collections import _progress_bar
+
+    return _progress_bar(total, desc, enabled and sys.stderr.isatty(), unit=unit)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="hqdb", description="Cross-modal search over compact codes in SQLite.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"hqdb {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="train a small model, index items and search them from SQL")
     demo.add_argument("--db", default="demo.db", help="database file to (re)create the demo tables in")
@@ -73,50 +548,130 @@ def main(argv: list[str] | None = None) -> int:
 
     tr = sub.add_parser("train", help="train an encoder on paired data and store it in a database")
     tr.add_argument("data", help=".npz with image, text (or --text-key), labels")
-    tr.add_argument("--db", required=True)
+    tr.add_argument("--db", required=True, help="database file to store the model in (created if missing)")
     tr.add_argument("--name", required=True, help="name to store the model under")
     tr.add_argument("--method", default="hq")
-    tr.add_argument("--bits", type=int, default=64)
-    tr.add_argument("--books", type=int, default=4)
-    tr.add_argument("--codewords", type=int, default=256)
-    tr.add_argument("--text-key", default="text")
+    tr.add_argument("--bits", type=int, default=64, help="code length (default 64)")
+    tr.add_argument("--books", type=int, default=4, help="additive-quantization codebooks (default 4)")
+    tr.add_argument("--codewords", type=int, default=256, help="codewords per codebook (default 256)")
+    tr.add_argument("--epochs", type=int, default=50, help="maximum epochs (default 50, early stopping)")
+    tr.add_argument("--text-key", default="text", help="array of the .npz holding the text (default text)")
     tr.add_argument("--val-fraction", type=float, default=0.2)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--replace", action="store_true", help="overwrite a model of the same name")
-    tr.add_argument("-q", "--quiet", action="store_true")
+    tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    tr.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    ix = sub.add_parser("index", help="bulk-load items from an .npz or .csv into a collection")
+    ix.add_argument("data", help=".npz (arrays of N rows: the model's inputs and 1-D metadata) or .csv "
+                                 "(a row per item; a modality column holds text or a list of numbers)")
+    ix.add_argument("--db", required=True)
+    ix.add_argument("--collection", required=True, help="collection to add to (created if --model is given)")
+    ix.add_argument("--model", help="stored model of a new collection")
+    ix.add_argument("--columns", help="comma-separated metadata fields to keep (default: all found)")
+    ix.add_argument("--batch-size", type=int, default=1024)
+    ix.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ix.add_argument("--json", action="store_true")
+
+    se = sub.add_parser("search", help="search a collection by text or by an image feature vector")
+    se.add_argument("--db", required=True)
+    se.add_argument("--collection", required=True)
+    se.add_argument("--text", help="query text (needs a model with a text featurizer)")
+    se.add_argument("--image", help="query features: a .npy vector (or matrix with --row), or an .npz with --key")
+    se.add_argument("--row", type=int, default=0, help="row of a 2-D --image array (default 0)")
+    se.add_argument("--key", default="image", help="array of an --image .npz (default image)")
+    se.add_argument("--target", help="modality to search (default: the other one)")
+    se.add_argument("-k", type=int, default=10, help="results (default 10)")
+    se.add_argument("--candidates", type=int, help="Hamming shortlist re-ranked by AQD (default max(1000, 10k))")
+    se.add_argument("--mode", choices=("two_stage", "hamming", "aqd"))
+    se.add_argument("--where", help="SQL condition on the columns, e.g. \"year > ?\"")
+    se.add_argument("--arg", action="append", default=[], help="value for a ? in --where (repeatable)")
+    se.add_argument("--json", action="store_true")
+
+    ev = sub.add_parser("eval", help="MAP of stored models, measured through SQL search")
+    ev.add_argument("--db", required=True)
+    ev.add_argument("--model", required=True, action="append", help="stored model (repeat to compare code lengths)")
+    ev.add_argument("--queries", required=True, help=".npz of query items")
+    ev.add_argument("--database", required=True, help=".npz of database items")
+    ev.add_argument("--candidates", type=int, default=1000)
+    ev.add_argument("--precision-k", type=int, default=10)
+    ev.add_argument("--plot", metavar="PNG", help="write precision-recall curves and MAP by code length (needs matplotlib)")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("--json", action="store_true")
+
+    be = sub.add_parser("bench", help="search latency and MAP against the number of candidates")
+    be.add_argument("--db", help="database with the model (default: train one on a synthetic set in memory)")
+    be.add_argument("--model")
+    be.add_argument("--queries", help=".npz of query items (with --db)")
+    be.add_argument("--database", help=".npz of database items (with --db)")
+    be.add_argument("--candidates", default="50,100,200,500,1000,2000,5000",
+                    help="comma-separated candidate counts (default 50,...,5000; capped at the items)")
+    be.add_argument("-k", type=int, default=50, help="results per query; MAP@k is reported (default 50)")
+    be.add_argument("--direction", choices=("i2t", "t2i"), default="i2t")
+    be.add_argument("--items", type=int, default=5000, help="synthetic database items (default 5000)")
+    be.add_argument("--n-queries", type=int, default=200, help="synthetic queries (default 200)")
+    be.add_argument("--bits", type=int, default=64, help="code length of the synthetic model (default 64)")
+    be.add_argument("--epochs", type=int, default=50, help="training epochs of the synthetic model (default 50)")
+    be.add_argument("--seed", type=int, default=0)
+    be.add_argument("--plot", metavar="PNG", help="write latency and MAP against candidates (needs matplotlib)")
+    be.add_argument("-q", "--quiet", action="store_true")
+    be.add_argument("--json", action="store_true")
 
     mo = sub.add_parser("models", help="list the models stored in a database")
     mo.add_argument("--db", required=True)
     mo.add_argument("--json", action="store_true")
 
-    ev = sub.add_parser("eval", help="MAP of a stored model, measured through SQL search")
-    ev.add_argument("--db", required=True)
-    ev.add_argument("--model", required=True)
-    ev.add_argument("--queries", required=True, help=".npz of query items")
-    ev.add_argument("--database", required=True, help=".npz of database items")
-    ev.add_argument("--candidates", type=int, default=1000)
-    ev.add_argument("--precision-k", type=int, default=10)
-    ev.add_argument("--json", action="store_true")
+    ck = sub.add_parser("check", help="consistency check of hq tables (exit status 3 if problems are found)")
+    ck.add_argument("db", help="database file")
+    ck.add_argument("--table", help="check only this hq table")
+    ck.add_argument("--json", action="store_true")
 
-    sub.add_parser("info", help="print the kernel backend, CPU features and versions")
-    args = parser.parse_args(argv)
+    rb = sub.add_parser("rebuild", help="rewrite an hq table's codes from what is stored; compacts it")
+    rb.add_argument("db", help="database file")
+    rb.add_argument("table", help="hq table to rebuild")
+    rb.add_argument("--drop-missing", action="store_true",
+                    help="delete rows of a raw table whose codes are lost (otherwise an error names them)")
+    rb.add_argument("--vacuum", action="store_true", help="VACUUM afterwards to give freed pages back")
+    rb.add_argument("--json", action="store_true")
 
-    if args.command == "info":
-        import hqdb
+    inf = sub.add_parser("info", help="kernel backend and versions; with --db its tables, rows and bytes per row")
+    inf.add_argument("--db", help="database file to describe")
+    inf.add_argument("--json", action="store_true")
+    return parser
 
-        print(json.dumps(hqdb.info(), indent=2))
-        return 0
-    if args.command == "demo":
-        if args.raw:
-            from .demo import run
 
-            run(args.db, seed=args.seed)
-        else:
-            from .demo import run_model
+COMMANDS = {"demo": _demo, "train": _train, "index": _index, "search": _search, "eval": _eval,
+            "bench": _bench, "models": _models, "info": _info, "check": _check, "rebuild": _rebuild}
 
-            run_model(args.db, data=args.data, bits=args.bits, seed=args.seed)
-        return 0
-    return {"train": _train, "models": _models, "eval": _eval}[args.command](args)
+
+def _user_errors() -> tuple:
+    import apsw
+
+    from .errors import HqdbError
+
+    return (UserError, HqdbError, apsw.Error, ValueError, KeyError, OSError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        try:
+            return COMMANDS[args.command](args)
+        finally:
+            while _OPEN:
+                _OPEN.pop().close()
+    except ImportError as e:
+        extra = {"torch": "train", "matplotlib": "plot"}.get((e.name or "").split(".")[0])
+        hint = f" (pip install 'hqdb[{extra}]')" if extra else ""
+        print(f"hqdb: error: {e}{hint}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except _user_errors() as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"hqdb: error: {' '.join(str(msg).split())}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("hqdb: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

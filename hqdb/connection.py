@@ -23,6 +23,35 @@ class Connection(apsw.Connection):
 
     hq: HqModule
 
+    # Collections: model-bound hq tables with a Python face (hqdb/collections.py).
+    def create_collection(self, name: str, model: str, columns=None, *, key: str | None = None,
+                          exist_ok: bool = False):
+        """Create a collection: a model-bound hq table bound to the stored model ``model``, with
+        ``columns`` a dict of name -> type (str, int, float, bytes) or a typed class (dataclass,
+        NamedTuple, ...; fields named like a modality are inputs). ``key`` makes a column unique
+        (upsert matches on it). Returns the :class:`hqdb.Collection`."""
+        from .collections import create_collection
+
+        return create_collection(self, name, model, columns, key=key, exist_ok=exist_ok)
+
+    def collection(self, name: str):
+        """The :class:`hqdb.Collection` of an existing model-bound hq table."""
+        from .collections import get_collection
+
+        return get_collection(self, name)
+
+    def collections(self) -> list[str]:
+        """Names of the collections (model-bound hq tables) in the main database."""
+        from .collections import list_collections
+
+        return list_collections(self)
+
+    def drop_collection(self, name: str, *, missing_ok: bool = False) -> None:
+        """Drop a collection with its rows and codes (its model stays stored)."""
+        from .collections import drop_collection
+
+        drop_collection(self, name, missing_ok=missing_ok)
+
 
 def _check_threads(n) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1024:

@@ -2,7 +2,8 @@
 
 :func:`run_model` (the default) trains an HQ model on paired image/text data (a generated
 SYNTHETIC set unless a file is given), stores it in the database, indexes the items through a
-model-bound hq table and runs image→text and text→image searches in SQL, then reports MAP.
+model-bound hq table and runs image→text and text→image searches in SQL (and one through the
+Python collection API), then reports MAP.
 
 :func:`run` (``hqdb demo --raw``) is the engine alone: a raw hq table of synthetic codes. The data is a seeded mixture of Gaussian clusters in a 128-d "common space" (standing in for
 the output of trained encoders), so nearest neighbours exist and recall is meaningful. Each item
@@ -140,6 +141,11 @@ def run_model(path: str = "demo.db", data: str | None = None, bits: int = 64, se
         out(f"\ntext -> image   ('{phrase}')\n  {sql_t2i}")
         for row in db.execute(sql_t2i, {"q": phrase}):
             out(f"    {row}")
+        # The same table from Python: a collection gives typed hits instead of tuples.
+        out(f"\nthe same from Python:\n  db.collection('docs').search(text='{phrase}', k=3, where='topic != ?', "
+            "where_args=['music'])")
+        for hit in db.collection("docs").search(text=phrase, k=3, where="topic != ?", where_args=["music"]):
+            out(f"    {hit}")
 
     result = evaluate(db, "demo", queries, database, table="hqdb_eval_demo")
     out(f"\nMAP@50 through SQL, {len(q_idx)} held-out queries, {result['bytes_per_item']} bytes per item:")

@@ -1,0 +1,640 @@
+"""Collections: the Python face of model-bound hq tables.
+
+A collection is a model-bound ``hq`` table (``CREATE VIRTUAL TABLE photos USING hq(model='m',
+title TEXT, ...)``) seen from Python: items go in as dicts or typed objects (features as numpy
+arrays or lists, raw text where the model has a featurizer), searches come back as :class:`Hit`
+objects. Everything runs through the SQL layer underneath (``hqdb.insert_items`` for batches,
+``INSERT``/``UPDATE``/``DELETE`` and ``hq_match`` for the rest), so a table created in SQL is a
+collection too, and a collection is an ordinary table to SQL.
+
+>>> photos = db.create_collection("photos", model="wiki64", columns={"title": str, "year": int})
+>>> photos.insert({"title": "castle", "year": 2021, "image": img_features})
+>>> photos.search(text="a castle on a hill", k=5, where="year > ?", where_args=[2020])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+import apsw
+
+from .bulk import insert_items
+from .errors import HqdbError
+from .options import METADATA_TYPES, OptionError, parse_args
+from .storage import quote_ident
+
+__all__ = ["Collection", "CollectionError", "Hit", "Hits", "NotFoundError"]
+
+# Python types a column may be declared with, and the SQL type each becomes.
+_SQL_TYPES = {str: "TEXT", int: "INTEGER", bool: "INTEGER", float: "REAL", bytes: "BLOB"}
+_PY_TYPES = {"TEXT": str, "INTEGER": int, "REAL": float, "BLOB": bytes}
+BATCH = 1024  # items encoded and written per insert_items call
+PROGRESS_MIN = 5000  # show a progress bar (progress=None) from this many items on
+
+
+class CollectionError(HqdbError, ValueError):
+    """Bad input to a collection: the message names the collection, the column and what it expects."""
+
+
+class NotFoundError(CollectionError, KeyError):
+    """No such collection, or no row with that rowid."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+# ------------------------------------------------------------------------------------------
+# Results
+# ------------------------------------------------------------------------------------------
+class Hit:
+    """One search result: ``rowid``, ``distance`` (AQD, smaller is closer; Hamming distance in
+    ``mode='hamming'``), ``hamming`` and the row's columns, as attributes or ``hit["title"]``."""
+
+    __slots__ = ("rowid", "distance", "hamming", "values")
+
+    def __init__(self, rowid: int, distance: float, hamming: int, values: dict):
+        self.rowid, self.distance, self.hamming, self.values = rowid, distance, hamming, values
+
+    def __getattr__(self, name):
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(f"hit has no column {name!r} (columns: {', '.join(self.values)})") from None
+
+    def __getitem__(self, name):
+        if name in ("rowid", "distance", "hamming"):
+            return getattr(self, name)
+        return self.values[name]
+
+    def to_dict(self) -> dict:
+        return {"rowid": self.rowid, "distance": self.distance, "hamming": self.hamming, **self.values}
+
+    def __eq__(self, other):
+        return isinstance(other, Hit) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        cols = "".join(f", {k}={v!r}" for k, v in self.values.items())
+        return f"Hit(rowid={self.rowid}, distance={self.distance:.4g}, hamming={self.hamming}{cols})"
+
+
+class Hits(list):
+    """The results of one search, best first (a list of :class:`Hit`)."""
+
+    @property
+    def rowids(self) -> np.ndarray:
+        return np.array([h.rowid for h in self], dtype=np.int64)
+
+    @property
+    def distances(self) -> np.ndarray:
+        return np.array([h.distance for h in self], dtype=np.float64)
+
+    def to_dicts(self) -> list[dict]:
+        return [h.to_dict() for h in self]
+
+    def to_numpy(self) -> np.ndarray:
+        """A structured array with fields rowid, distance, hamming and one per column (int64 /
+        float64 for numeric columns without NULLs, object otherwise)."""
+        names = ["rowid", "distance", "hamming"] + (list(self[0].values) if self else [])
+        columns = {n: [h[n] for h in self] for n in names}
+        dtypes = []
+        for n, vals in columns.items():
+            if n == "rowid" or n == "hamming":
+                dt = np.int64
+            elif n == "distance":
+                dt = np.float64
+            elif vals and all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+                dt = np.int64
+            elif vals and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+                dt = np.float64
+            else:
+                dt = object
+            dtypes.append((n, dt))
+        out = np.empty(len(self), dtype=dtypes)
+        for n, vals in columns.items():
+            out[n] = vals
+        return out
+
+
+# ------------------------------------------------------------------------------------------
+# Column declarations
+# ------------------------------------------------------------------------------------------
+def _unwrap_optional(tp):
+    """``Optional[X]`` / ``X | None`` → X; anything else unchanged."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or (sys.version_info >= (3, 10) and origin is types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _sql_type(collection: str, name: str, tp) -> str:
+    if isinstance(tp, str):
+        if tp.upper() in METADATA_TYPES:
+            return tp.upper()
+        raise CollectionError(f"{collection}.{name}: unknown column type {tp!r} "
+                              f"(use str, int, float, bytes or one of {', '.join(METADATA_TYPES)})")
+    tp = _unwrap_optional(tp)
+    if tp in _SQL_TYPES:
+        return _SQL_TYPES[tp]
+    raise CollectionError(f"{collection}.{name}: cannot store {getattr(tp, '__name__', tp)!r} in a column "
+                          "(use str, int, float or bytes)")
+
+
+def _declared_columns(collection: str, columns, modalities: Sequence[str]) -> dict[str, str]:
+    """{name: SQL type} from a dict of name → type, or from a typed class (dataclass,
+    NamedTuple, TypedDict, any class with annotations); fields named like one of the model's
+    modalities are inputs, not columns."""
+    if columns is None:
+        return {}
+    if isinstance(columns, Mapping):
+        items = dict(columns)
+    elif isinstance(columns, type):
+        try:
+            items = typing.get_type_hints(columns)
+        except Exception as e:  # unresolvable forward references and the like
+            raise CollectionError(f"{collection}: cannot read the annotations of {columns.__name__}: {e}") from None
+        if not items:
+            raise CollectionError(f"{collection}: {columns.__name__} has no annotated fields to make columns of")
+        items = {k: v for k, v in items.items() if k not in modalities and k != "rowid" and not k.startswith("_")}
+    else:
+        raise CollectionError(f"{collection}: columns must be a dict of name -> type or a typed class, "
+                              f"got {type(columns).__name__}")
+    return {name: _sql_type(collection, name, tp) for name, tp in items.items()}
+
+
+def _as_dict(collection: str, item, index: int) -> dict:
+    """An item (dict, dataclass, NamedTuple, pydantic model, plain object) as a dict."""
+    if isinstance(item, Mapping):
+        return dict(item)
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
+    if isinstance(item, tuple) and hasattr(item, "_asdict"):
+        return dict(item._asdict())
+    if hasattr(item, "model_dump"):
+        return dict(item.model_dump())
+    if hasattr(item, "__dict__") and not isinstance(item, type):
+        return {k: v for k, v in vars(item).items() if not k.startswith("_")}
+    raise CollectionError(f"{collection}: item {index} must be a dict or a typed object, got {type(item).__name__}")
+
+
+# ------------------------------------------------------------------------------------------
+# Collection
+# ------------------------------------------------------------------------------------------
+class Collection:
+    """A model-bound hq table with a Python face; get one from ``db.create_collection`` or
+    ``db.collection``. ``len()``, iteration (dicts in rowid order) and ``in`` (rowids) work."""
+
+    def __init__(self, conn, name: str):
+        self.db = conn
+        self.name = name
+        t = self._table()
+        if not t.opts.model:
+            raise CollectionError(f"{name} is a raw hq table (codes, no model): use hqdb.insert_codes and SQL; "
+                                  "collections are model-bound tables")
+        self.model_name: str = t.opts.model
+        self.modalities: tuple[str, ...] = tuple(c.name for c in t.sets)
+        self.columns: dict[str, str] = {c.name: c.type for c in t.opts.columns}
+        key = t.opts.key_column
+        self.key: str | None = key.name if key is not None else None
+        self._q = quote_ident(name)
+
+    def _table(self):
+        from .vtab import HqError
+
+        try:
+            return self.db.hq.table(self.name)
+        except HqError:
+            raise NotFoundError(f"no collection named {self.name!r}") from None
+
+    @property
+    def model(self):
+        """The :class:`hqdb.model.TrainedModel` this collection encodes with."""
+        return self._table().model()
+
+    def __repr__(self) -> str:
+        cols = ", ".join(f"{k} {v}" for k, v in self.columns.items())
+        return f"Collection({self.name!r}, model={self.model_name!r}, modalities={list(self.modalities)}, columns=[{cols}])"
+
+    # -------------------------------------------------------------- reading
+    def __len__(self) -> int:
+        (n,) = self.db.execute(f"SELECT count(*) FROM {self._table().rows_table}").fetchone()
+        return int(n)
+
+    def __contains__(self, rowid) -> bool:
+        return self.db.execute(f"SELECT 1 FROM {self._table().rows_table} WHERE rowid = ?", (rowid,)).fetchone() is not None
+
+    def _select(self) -> str:
+        return ", ".join(["rowid"] + [quote_ident(c) for c in self.columns])
+
+    def _row(self, row) -> dict:
+        return {"rowid": row[0], **dict(zip(self.columns, row[1:]))}
+
+    def __iter__(self) -> Iterator[dict]:
+        for row in self.db.execute(f"SELECT {self._select()} FROM {self._q} ORDER BY rowid"):
+            yield self._row(row)
+
+    def get(self, rowid: int) -> dict:
+        """The row ``rowid`` as a dict (``rowid`` and the columns); :class:`NotFoundError` if absent."""
+        row = self.db.execute(f"SELECT {self._select()} FROM {self._q} WHERE rowid = ?", (rowid,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"{self.name} has no row with rowid {rowid!r}")
+        return self._row(row)
+
+    # -------------------------------------------------------------- validation
+    def _check_value(self, column: str, value, where: str):
+        """A metadata value ready for SQLite, checked against the column's declared type."""
+        if value is None:
+            return None
+        if isinstance(value, np.generic):
+            value = value.item()
+        sql_type = self.columns[column]
+        ok = {
+            "TEXT": isinstance(value, str),
+            "INTEGER": isinstance(value, int),
+            "REAL": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "BLOB": isinstance(value, (bytes, bytearray, memoryview)),
+        }[sql_type]
+        if not ok:
+            raise CollectionError(f"{self.name}.{column}{where}: expected {_PY_TYPES[sql_type].__name__} "
+                                  f"({sql_type}), got {type(value).__name__} {value!r:.40}")
+        if isinstance(value, float) and value != value:
+            raise CollectionError(f"{self.name}.{column}{where}: NaN is not a value")
+        return bytes(value) if isinstance(value, (bytearray, memoryview)) else value
+
+    def _check_input(self, modality: str, value, where: str):
+        """A modality input: raw text (when the model has a featurizer) or a float32 feature vector."""
+        model = self.model
+        if isinstance(value, str):
+            if not model.has_featurizer(modality):
+                raise CollectionError(f"{self.name}.{modality}{where}: model {self.model_name!r} has no text "
+                                      f"featurizer for {modality!r}; give {model.input_dim(modality)} float features")
+            return value
+        d = model.input_dim(modality)
+        try:
+            x = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            x = None
+        if x is None or x.shape not in ((d,), (1, d)):
+            got = f"shape {x.shape}" if x is not None else type(value).__name__
+            text = " or a str" if model.has_featurizer(modality) else ""
+            raise CollectionError(f"{self.name}.{modality}{where}: expected {d} float features (shape ({d},)){text}, "
+                                  f"got {got}")
+        if not np.isfinite(x).all():
+            raise CollectionError(f"{self.name}.{modality}{where}: features contain NaN or infinity")
+        return np.ascontiguousarray(x.reshape(d))
+
+    def _split_item(self, item: dict, where: str) -> tuple[int | None, dict, dict]:
+        """(rowid or None, {modality: input}, {column: value}) of one item, all checked."""
+        unknown = set(item) - set(self.columns) - set(self.modalities) - {"rowid"}
+        if unknown:
+            raise CollectionError(
+                f"{self.name}{where}: unknown field(s) {sorted(unknown)}; columns: {list(self.columns)}, "
+                f"inputs: {list(self.modalities)}")
+        rowid = item.get("rowid")
+        if rowid is not None:
+            if isinstance(rowid, np.integer):
+                rowid = int(rowid)
+            if isinstance(rowid, bool) or not isinstance(rowid, int):
+                raise CollectionError(f"{self.name}.rowid{where}: expected int, got {type(rowid).__name__}")
+        inputs = {m: self._check_input(m, item[m], where) for m in self.modalities if item.get(m) is not None}
+        meta = {c: self._check_value(c, item[c], where) for c in self.columns if c in item}
+        return rowid, inputs, meta
+
+    # -------------------------------------------------------------- writing
+    def insert(self, item) -> int:
+        """Insert one item (dict or typed object); return its rowid."""
+        return int(self.insert_all([item], progress=False)[0])
+
+    def insert_all(self, items: Iterable, *, batch_size: int = BATCH, progress: bool | None = None) -> list[int]:
+        """Insert many items in one transaction (all or nothing); return their rowids in order.
+
+        Each item is a dict or typed object with any of the columns, the model's modalities
+        (numpy array or list of floats, or ``str`` where the model has a text featurizer) and
+        optionally ``rowid``. Inputs are encoded ``batch_size`` items at a time through
+        ``hqdb.insert_items``; ``progress`` shows a bar (default: from 5000 items on)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise CollectionError(f"{self.name}: batch_size must be a positive integer, got {batch_size!r}")
+        rows = [self._split_item(_as_dict(self.name, it, i), f" (item {i})") for i, it in enumerate(items)]
+        n = len(rows)
+        if n == 0:
+            return []
+        empty = [i for i, (_, inputs, _) in enumerate(rows) if not inputs]
+        if empty:
+            raise CollectionError(f"{self.name} (item {empty[0]}): an item needs at least one of "
+                                  f"{', '.join(self.modalities)} to be searchable")
+        t = self._table()
+        given = [r for r, _, _ in rows if r is not None]
+        if len(set(given)) != len(given):
+            raise CollectionError(f"{self.name}: the same rowid appears twice among the items")
+        show = n >= PROGRESS_MIN if progress is None else bool(progress)
+        bar = _progress_bar(n, f"insert {self.name}", show)
+        try:
+            with self.db:  # one transaction: every batch or none
+                existing = [r for r in given if r in self]
+                if existing:
+                    raise CollectionError(f"{self.name}: rowid {existing[0]} already exists (use upsert or update)")
+                (top,) = self.db.execute(f"SELECT coalesce(max(rowid), 0) FROM {t.rows_table}").fetchone()
+                rowids = []  # as SQLite numbers rows inserted one by one: after the largest so far
+                for r, _, _ in rows:
+                    top = r if r is not None and r > top else top + (r is None)
+                    rowids.append(top if r is None else r)
+                if len(set(rowids)) != n:
+                    raise CollectionError(f"{self.name}: an item's rowid equals one given to an earlier item")
+                for start in range(0, n, batch_size):
+                    self._write_batch(rows[start:start + batch_size], rowids[start:start + batch_size])
+                    bar.update(min(batch_size, n - start))
+        finally:
+            bar.close()
+        return rowids
+
+    def _write_batch(self, rows: list, rowids: list[int]) -> None:
+        """Insert rows through hqdb.insert_items, one call per shape of input (which modalities,
+        text or features), since each call encodes every given modality for all its items."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, inputs, _) in enumerate(rows):
+            shape = tuple((m, isinstance(inputs[m], str)) for m in self.modalities if m in inputs)
+            groups.setdefault(shape, []).append(i)
+        for shape, idx in groups.items():
+            inputs = {}
+            for m, is_text in shape:
+                values = [rows[i][1][m] for i in idx]
+                inputs[m] = values if is_text else np.stack(values)
+            meta = {c: [rows[i][2].get(c) for i in idx] for c in self.columns}
+            try:
+                insert_items(self.db, self.name, rowids=np.array([rowids[i] for i in idx], dtype=np.int64),
+                             metadata=meta, **inputs)
+            except apsw.ConstraintError as e:
+                raise CollectionError(f"{self.name}: {e}") from None
+
+    def _find(self, item: dict, key: str | None) -> int | None:
+        """The rowid an upsert of ``item`` matches: by the key column, else by ``rowid``."""
+        key = key or self.key
+        if key is not None:
+            if key not in self.columns:
+                raise CollectionError(f"{self.name}: upsert key {key!r} is not a column (columns: {list(self.columns)})")
+            if item.get(key) is None:
+                raise CollectionError(f"{self.name}: upsert needs a value for the key column {key!r}")
+            row = self.db.execute(f"SELECT rowid FROM {self._q} WHERE {quote_ident(key)} = ?",
+                                  (self._check_value(key, item[key], ""),)).fetchone()
+            return None if row is None else row[0]
+        if item.get("rowid") is None:
+            raise CollectionError(f"{self.name}: upsert needs a key column (create_collection(..., key=...)), "
+                                  "a key= argument, or a rowid in the item")
+        return item["rowid"] if item["rowid"] in self else None
+
+    def upsert(self, item, *, key: str | None = None) -> int:
+        """Update the row matching ``item`` (by the collection's key column, ``key``, or the item's
+        ``rowid``) with the fields it gives (inputs that are None keep their codes), or insert
+        it; return the rowid."""
+        return self.upsert_all([item], key=key)[0]
+
+    def upsert_all(self, items: Iterable, *, key: str | None = None) -> list[int]:
+        out = []
+        with self.db:
+            for i, it in enumerate(items):
+                item = _as_dict(self.name, it, i)
+                rowid = self._find(item, key)
+                if rowid is None:
+                    out.append(self.insert(item))
+                else:
+                    # An input left None (a typed object's default) is "not given", not "remove".
+                    self.update(rowid, {k: v for k, v in item.items()
+                                        if k != "rowid" and not (k in self.modalities and v is None)})
+                    out.append(rowid)
+        return out
+
+    def update(self, rowid: int, values=None, **fields) -> None:
+        """Change some fields of row ``rowid``: columns, and inputs (re-encoded; ``None`` in a dict
+        or keyword removes the item's codes for that modality, in a typed object it means "not
+        given"). ``values`` is a dict or typed object; keyword arguments add to it."""
+        given = _as_dict(self.name, values, 0) if values is not None else {}
+        if values is not None and not isinstance(values, Mapping):  # a typed object's None input: not given
+            given = {k: v for k, v in given.items() if not (k in self.modalities and v is None)}
+        item = {**given, **fields}
+        item.pop("rowid", None)
+        if not item:
+            return
+        unknown = set(item) - set(self.columns) - set(self.modalities)
+        if unknown:
+            raise CollectionError(f"{self.name}: unknown field(s) {sorted(unknown)}; columns: {list(self.columns)}, "
+                                  f"inputs: {list(self.modalities)}")
+        sets, params = [], []
+        for name, value in item.items():
+            if name in self.columns:
+                sets.append(f"{quote_ident(name)} = ?")
+                params.append(self._check_value(name, value, f" (row {rowid})"))
+            elif value is None:  # drop this modality's codes
+                sets += [f"{quote_ident(name + '_code')} = NULL", f"{quote_ident(name + '_qcode')} = NULL"]
+            else:
+                x = self._check_input(name, value, f" (row {rowid})")
+                sets.append(f"{quote_ident(name)} = ?")
+                params.append(x if isinstance(x, str) else x.astype("<f4").tobytes())
+        with self.db:
+            if rowid not in self:
+                raise NotFoundError(f"{self.name} has no row with rowid {rowid!r}")
+            try:
+                self.db.execute(f"UPDATE {self._q} SET {', '.join(sets)} WHERE rowid = ?", (*params, rowid))
+            except apsw.ConstraintError as e:
+                raise CollectionError(f"{self.name}: {e}") from None
+
+    def delete(self, rowids) -> int:
+        """Delete one rowid or a list of them; return how many rows existed and were deleted."""
+        ids = [rowids] if isinstance(rowids, (int, np.integer)) else list(rowids)
+        n = 0
+        with self.db:
+            for r in ids:
+                if r in self:
+                    self.db.execute(f"DELETE FROM {self._q} WHERE rowid = ?", (int(r),))
+                    n += 1
+        return n
+
+    def delete_where(self, where: str, where_args: Sequence = ()) -> int:
+        """Delete the rows matching an SQL condition on the columns; return how many."""
+        with self.db:
+            ids = [r[0] for r in self.db.execute(f"SELECT rowid FROM {self._q} WHERE {where}", tuple(where_args))]
+            return self.delete(ids)
+
+    # -------------------------------------------------------------- search
+    def _query(self, image, text, target):
+        given = {m: v for m, v in (("image", image), ("text", text)) if v is not None}
+        if len(given) != 1:
+            raise CollectionError(f"{self.name}.search: give exactly one of image=... or text=...")
+        (source, value), = given.items()
+        if source not in self.modalities:
+            raise CollectionError(f"{self.name}.search: model {self.model_name!r} has no {source!r} modality "
+                                  f"(it has: {', '.join(self.modalities)})")
+        if target is None:
+            others = [m for m in self.modalities if m != source]
+            target = others[0] if others else source
+        if target not in self.modalities:
+            raise CollectionError(f"{self.name}.search: target must be one of {list(self.modalities)}, got {target!r}")
+        return source, value, target
+
+    def _query_value(self, source: str, value, where: str):
+        x = self._check_input(source, value, where)
+        return x if isinstance(x, str) else x.astype("<f4").tobytes()
+
+    def _search_sql(self, target: str, k, candidates, mode, where) -> tuple[str, list]:
+        sql = (f"SELECT rowid, distance, hamming{''.join(', ' + quote_ident(c) for c in self.columns)} "
+               f"FROM {self._q} WHERE hq_match({self._q}.{quote_ident(target)}, hq_query(?, ?)) AND k = ?")
+        extra = [k]
+        if candidates is not None:
+            sql += " AND candidates = ?"
+            extra.append(candidates)
+        if mode is not None:
+            sql += " AND mode = ?"
+            extra.append(mode)
+        if where:
+            sql += f" AND ({where})"
+        return sql, extra
+
+    def _hits(self, rows) -> Hits:
+        cols = list(self.columns)
+        return Hits(Hit(r[0], r[1], r[2], dict(zip(cols, r[3:]))) for r in rows)
+
+    def search(self, image=None, text=None, *, target: str | None = None, k: int = 10,
+               candidates: int | None = None, where: str | None = None, where_args: Sequence = (),
+               mode: str | None = None) -> Hits:
+        """The ``k`` items nearest to a query, best first.
+
+        Give ``image=`` (features) or ``text=`` (a string, or features); ``target`` is the
+        modality searched (default: the other one, so text finds images). ``candidates`` is
+        the Hamming shortlist re-ranked by AQD (default: the table's, ``max(1000, 10·k)``);
+        ``where`` an SQL condition on the columns with ``?`` for ``where_args``, applied during
+        the search; ``mode`` 'two_stage' (default), 'hamming' or 'aqd'."""
+        source, value, target = self._query(image, text, target)
+        return _search_batch(self, source, [self._query_value(source, value, "")], target, k, candidates,
+                             where, where_args, mode)[0]
+
+    def search_many(self, image=None, text=None, *, target: str | None = None, k: int = 10,
+                    candidates: int | None = None, where: str | None = None, where_args: Sequence = (),
+                    mode: str | None = None) -> list[Hits]:
+        """:meth:`search` for a batch of queries (``image`` an (N, d) array or list of vectors;
+        ``text`` a list of strings or an (N, d) array); one :class:`Hits` per query, in order."""
+        source, values, target = self._query(image, text, target)
+        if isinstance(values, str):
+            raise CollectionError(f"{self.name}.search_many: give a list of queries, not one string")
+        encoded = [self._query_value(source, v, f" (query {i})") for i, v in enumerate(values)]
+        return _search_batch(self, source, encoded, target, k, candidates, where, where_args, mode)
+
+
+def _search_batch(coll: Collection, source: str, values: list, target: str, k, candidates, where, where_args,
+                  mode) -> list[Hits]:
+    """Every search of a collection goes through here: ``values`` are checked queries of
+    modality ``source`` (text, or float32 bytes); one :class:`Hits` per query.
+
+    For now each query is one ``hq_match`` statement; this is the one place to switch to the
+    engine's batched search (one kernel call for the whole batch)."""
+    sql, extra = coll._search_sql(target, k, candidates, mode, where)
+    if isinstance(where_args, (Mapping, str)):
+        raise CollectionError(f"{coll.name}.search: where_args must be a list of values for the '?' in where")
+    args = list(where_args)
+    out = []
+    try:
+        for v in values:
+            out.append(coll._hits(coll.db.execute(sql, (source, v, *extra, *args))))
+    except apsw.SQLError as e:
+        raise CollectionError(f"{coll.name}.search: {e}") from None
+    except apsw.BindingsError as e:
+        raise CollectionError(f"{coll.name}.search: where_args do not match the '?' in where: {e}") from None
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Catalog operations (exposed as methods of hqdb's Connection)
+# ------------------------------------------------------------------------------------------
+def _model_names(conn) -> dict[str, str | None]:
+    """{hq table name: model name or None} for every hq table of the main database."""
+    out = {}
+    for name, options in conn.execute("SELECT name, options FROM hqdb_tables ORDER BY name"):
+        try:
+            out[name] = json.loads(options).get("model")
+        except (TypeError, ValueError):
+            out[name] = None
+    return out
+
+
+def create_collection(conn, name: str, model: str, columns=None, *, key: str | None = None,
+                      exist_ok: bool = False) -> Collection:
+    from .vtab import HqError
+
+    if not isinstance(name, str) or not name:
+        raise CollectionError(f"collection name must be a non-empty string, got {name!r}")
+    if not isinstance(model, str):
+        raise CollectionError(f"{name}: model must be the name of a stored model (store a trained one with "
+                              "hqdb.save_model(db, 'name', model))")
+    existing = _model_names(conn)
+    match = next((n for n in existing if n.lower() == name.lower()), None)
+    if match is not None:
+        if exist_ok and existing[match] == model:
+            return Collection(conn, match)
+        raise CollectionError(f"a collection or hq table named {match!r} already exists"
+                              + (f" (model {existing[match]!r})" if existing[match] else ""))
+    from .vtab import load_model
+
+    modalities = load_model(conn, model).modalities  # ModelError names the missing model
+    decl = _declared_columns(name, columns, modalities)
+    if key is not None and key not in decl:
+        raise CollectionError(f"{name}: key {key!r} is not one of the columns {list(decl)}")
+    args = [f"model='{model}'"] + [f"{quote_ident(c)} {t}" + (" PRIMARY KEY" if c == key else "")
+                                   for c, t in decl.items()]
+    try:
+        parse_args(("dim=8", *args[1:]))  # names and types checked before touching the database
+    except OptionError as e:
+        raise CollectionError(f"{name}: {e}") from None
+    try:
+        conn.execute(f"CREATE VIRTUAL TABLE {quote_ident(name)} USING hq({', '.join(args)})")
+    except (HqError, apsw.SQLError) as e:
+        raise CollectionError(f"{name}: {e}") from None
+    return Collection(conn, name)
+
+
+def get_collection(conn, name: str) -> Collection:
+    existing = _model_names(conn)
+    match = next((n for n in existing if n.lower() == str(name).lower()), None)
+    if match is None:
+        known = [n for n, m in existing.items() if m]
+        raise NotFoundError(f"no collection named {name!r} (collections: {', '.join(known) or 'none'})")
+    return Collection(conn, match)
+
+
+def list_collections(conn) -> list[str]:
+    return [n for n, m in _model_names(conn).items() if m]
+
+
+def drop_collection(conn, name: str, *, missing_ok: bool = False) -> None:
+    try:
+        coll = get_collection(conn, name)
+    except NotFoundError:
+        if missing_ok:
+            return
+        raise
+    conn.execute(f"DROP TABLE {quote_ident(coll.name)}")
+
+
+# ------------------------------------------------------------------------------------------
+# Progress
+# ------------------------------------------------------------------------------------------
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, desc: str, enabled: bool, unit: str = "item"):
+    """A tqdm bar on stderr (tqdm is a core dependency), or one that does nothing."""
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
