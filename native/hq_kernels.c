@@ -1207,7 +1207,8 @@ static int search_hamming(const uint8_t *codes, int32_t nb, const void *qcodes,
                                kw, mode, k, candidates, T, out_rowids, out_dist, out_ham, out_n);
 }
 
-/* "aqd" mode over rows [lo, hi): score every valid row, keep the cap best in the heap h. */
+/* "aqd" mode over rows [lo, hi): score every valid row, keep the cap best in the heap h
+ * (which holds *n_out entries on entry). */
 #define HQ_AQD_ROWS(QB, M)                                                                   \
     for (int64_t i = lo; i < hi; i++) {                                                      \
         if (valid && !valid[i])                                                              \
@@ -1229,7 +1230,7 @@ static int aqd_range(const void *qcodes, int32_t qcode_bytes, int32_t m, const i
                      hq_entry *h, int64_t cap, int64_t *n_out)
 {
     int rc = HQ_OK;
-    int64_t n = 0;
+    int64_t n = *n_out; /* h may already hold n entries (the batched search adds chunk by chunk) */
     /* constant code width and book count for the usual shapes: the book loop unrolls */
     switch (qcode_bytes * 16 + m) {
     case 16 + 1: HQ_AQD_ROWS(1, 1) break;
@@ -1339,4 +1340,216 @@ int hq_search(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcod
                           T, out_rowids, out_dist, out_ham, out_n);
     return search_hamming(codes, nb, qcodes, qcode_bytes, m, rowids, valid, n_rows, &q, lut,
                                 kw, mode, k, candidates, T, out_rowids, out_dist, out_ham, out_n);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Batched search: many queries over the same rows in one call.                               */
+/*                                                                                            */
+/* The rows are walked in blocks small enough to stay in L2 (HQ_BATCH_BLOCK_BYTES of codes);  */
+/* every query of the batch scans a block before the next block is loaded, so each code is    */
+/* read from memory once per batch instead of once per query. Each query keeps a bounded      */
+/* max-heap of its best rows so far by (Hamming, rowid, slot) (or by AQD distance in "aqd"    */
+/* mode); its top is the threshold a row must beat, so after a short start almost every row  */
+/* is rejected by one integer comparison. Threads split the queries of each block; a query's  */
+/* heap only ever sees its rows in ascending order, whichever thread runs it, and a heap of   */
+/* the c smallest entries under a strict total order holds the same set however the entries  */
+/* arrive, so results equal hq_search's for every query and any thread count.                 */
+
+#define HQ_BATCH_BLOCK_BYTES (256 * 1024)
+
+/* Offer rows [lo, hi) to one query's heap h (cap entries, *n used) by Hamming distance. */
+HQ_CLONES
+static void ham_heap_generic(const uint8_t *codes, int32_t nb, const hq_query *q,
+                             const uint8_t *valid, const int64_t *rowids, int64_t lo, int64_t hi,
+                             hq_entry *h, int64_t *n_io, int64_t cap)
+{
+    int64_t n = *n_io;
+    uint32_t thr = n == cap ? (uint32_t)h[0].ham : UINT32_MAX;
+    HQ_DISPATCH_NB(nb, q, {
+        for (int64_t i = lo; i < hi; i++) {
+            const uint32_t d = ham_row(codes + i * (int64_t)nb, q, NW, NTAIL);
+            if (d > thr || (valid && !valid[i]))
+                continue;
+            hq_entry e = {(float)d, (int32_t)d, rowids[i], i};
+            topk_offer(h, &n, cap, &e);
+            if (n == cap)
+                thr = (uint32_t)h[0].ham;
+        }
+    })
+    *n_io = n;
+}
+
+#ifdef HQ_HAVE_AVX512
+HQ_AVX512 static void ham_heap_avx512(const uint8_t *codes, int32_t nb, const hq_query *q,
+                                      const uint8_t *valid, const int64_t *rowids, int64_t lo,
+                                      int64_t hi, hq_entry *h, int64_t *n_io, int64_t cap)
+{
+    __m512i qv[2];
+    avx512_query(q, qv);
+    int64_t n = *n_io;
+    uint32_t thr = n == cap ? (uint32_t)h[0].ham : UINT32_MAX;
+    int64_t i = lo;
+    HQ_AVX512_DISPATCH(q->nw, {
+        __m512i vthr = _mm512_set1_epi64((int64_t)thr);
+        for (; i + 8 <= hi; i += 8) {
+            const __m512i d = avx512_dist8(codes + i * (int64_t)nb, qv, NW);
+            unsigned near = (unsigned)_mm512_cmple_epu64_mask(d, vthr);
+            if (!near) /* almost always, once the heap is full */
+                continue;
+            uint64_t dl[8];
+            _mm512_storeu_si512((void *)dl, d);
+            do {
+                const int j = hq_ctz64(near);
+                near &= near - 1;
+                const uint32_t dj = (uint32_t)dl[j];
+                if (dj > thr || (valid && !valid[i + j]))
+                    continue;
+                hq_entry e = {(float)dj, (int32_t)dj, rowids[i + j], i + j};
+                topk_offer(h, &n, cap, &e);
+                if (n == cap)
+                    thr = (uint32_t)h[0].ham;
+            } while (near);
+            vthr = _mm512_set1_epi64((int64_t)thr);
+        }
+    })
+    *n_io = n;
+    if (i < hi) /* the last hi - i < 8 rows */
+        ham_heap_generic(codes, nb, q, valid, rowids, i, hi, h, n_io, cap);
+}
+#endif
+
+static void ham_heap(const uint8_t *codes, int32_t nb, const hq_query *q, const uint8_t *valid,
+                     const int64_t *rowids, int64_t lo, int64_t hi, hq_entry *h, int64_t *n_io,
+                     int64_t cap)
+{
+#ifdef HQ_HAVE_AVX512
+    if (use_avx512(nb)) {
+        ham_heap_avx512(codes, nb, q, valid, rowids, lo, hi, h, n_io, cap);
+        return;
+    }
+#endif
+    ham_heap_generic(codes, nb, q, valid, rowids, lo, hi, h, n_io, cap);
+}
+
+int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcode_bytes,
+                   int32_t m, const int64_t *rowids, const uint8_t *valid, int64_t n_rows,
+                   int64_t n_queries, const uint8_t *query_bits, const float *luts, int32_t kw,
+                   int32_t mode, int64_t k, int64_t candidates, int32_t threads,
+                   int64_t *out_rowids, float *out_dist, int32_t *out_ham, int64_t *out_n)
+{
+    if (!out_n || n_queries < 0)
+        return HQ_ERR_ARG;
+    for (int64_t j = 0; j < n_queries; j++)
+        out_n[j] = 0;
+    if (nb < 1 || nb > HQ_MAX_CODE_BYTES || n_rows < 0 || k < 1 || candidates < 1 ||
+        (n_queries > 0 && !query_bits))
+        return HQ_ERR_ARG;
+    if (mode != HQ_MODE_HAMMING && mode != HQ_MODE_AQD && mode != HQ_MODE_TWO_STAGE)
+        return HQ_ERR_ARG;
+    if (n_rows == 0 || n_queries == 0)
+        return HQ_OK;
+    if (!codes || !rowids || !out_rowids || !out_dist || !out_ham)
+        return HQ_ERR_ARG;
+    if (mode != HQ_MODE_HAMMING &&
+        (!qcodes || !luts || m < 1 || kw < 1 || (qcode_bytes != 1 && qcode_bytes != 2)))
+        return HQ_ERR_ARG;
+    const int64_t lut_size = mode == HQ_MODE_HAMMING ? 0 : (int64_t)m * kw;
+    const int64_t stride = k; /* of the outputs, whatever k is clamped to below */
+
+    int32_t T = 1;
+#ifdef _OPENMP
+    T = threads < 1 ? 1 : threads > HQ_MAX_CHUNKS ? HQ_MAX_CHUNKS : threads;
+#endif
+    /* Fewer queries than threads: each query alone, with all the threads over its rows. */
+    if (n_queries < T) {
+        for (int64_t j = 0; j < n_queries; j++) {
+            const int rc = hq_search(codes, nb, qcodes, qcode_bytes, m, rowids, valid, n_rows,
+                                     query_bits + j * nb, luts ? luts + j * lut_size : NULL, kw,
+                                     mode, k, candidates, threads, out_rowids + j * stride,
+                                     out_dist + j * stride, out_ham + j * stride, &out_n[j]);
+            if (rc != HQ_OK)
+                return rc;
+        }
+        return HQ_OK;
+    }
+
+    if (k > n_rows)
+        k = n_rows;
+    if (candidates > n_rows)
+        candidates = n_rows;
+    const int64_t c = mode == HQ_MODE_HAMMING ? k : (candidates > k ? candidates : k);
+    const int64_t cap = mode == HQ_MODE_AQD ? k : c;
+    int rc = HQ_OK;
+    hq_query *qs = (hq_query *)malloc((size_t)n_queries * sizeof(hq_query));
+    hq_entry *heaps = (hq_entry *)malloc((size_t)n_queries * (size_t)cap * sizeof(hq_entry));
+    int64_t *cnt = (int64_t *)calloc((size_t)n_queries, sizeof(int64_t));
+    int *err = (int *)calloc((size_t)n_queries, sizeof(int));
+    if (!qs || !heaps || !cnt || !err) {
+        rc = HQ_ERR_NOMEM;
+        goto done;
+    }
+    for (int64_t j = 0; j < n_queries; j++)
+        query_prepare(&qs[j], query_bits + j * nb, nb);
+
+    int64_t block = HQ_BATCH_BLOCK_BYTES / (mode == HQ_MODE_AQD ? m * qcode_bytes : nb);
+    block = block < 1024 ? 1024 : block & ~(int64_t)7;
+
+#ifdef _OPENMP
+#pragma omp parallel num_threads(T) if (T > 1)
+#endif
+    for (int64_t lo = 0; lo < n_rows; lo += block) {
+        const int64_t hi = n_rows - lo < block ? n_rows : lo + block;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t j = 0; j < n_queries; j++) {
+            hq_entry *h = heaps + j * cap;
+            if (mode == HQ_MODE_AQD) {
+                if (!err[j] && aqd_range(qcodes, qcode_bytes, m, rowids, valid, lo, hi,
+                                         luts + j * lut_size, kw, h, cap, &cnt[j]) != HQ_OK)
+                    err[j] = 1;
+            } else {
+                ham_heap(codes, nb, &qs[j], valid, rowids, lo, hi, h, &cnt[j], cap);
+            }
+        }
+    }
+
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(T) schedule(dynamic, 4) if (T > 1)
+#endif
+    for (int64_t j = 0; j < n_queries; j++) {
+        hq_entry *h = heaps + j * cap;
+        int64_t *orow = out_rowids + j * stride, *on = &out_n[j];
+        float *odist = out_dist + j * stride;
+        int32_t *oham = out_ham + j * stride;
+        if (err[j])
+            continue;
+        if (mode != HQ_MODE_AQD) {
+            err[j] = rank_candidates(h, cnt[j], mode, k, qcodes, qcode_bytes, m,
+                                     luts ? luts + j * lut_size : NULL, kw, orow, odist, oham,
+                                     on) != HQ_OK;
+            continue;
+        }
+        const int64_t r = k < cnt[j] ? k : cnt[j];
+        select_sorted(h, cnt[j], r);
+        for (int64_t e = 0; e < r; e++) {
+            orow[e] = h[e].rowid;
+            odist[e] = h[e].d;
+            oham[e] = (int32_t)ham_row(codes + h[e].idx * (int64_t)nb, &qs[j], qs[j].nw,
+                                       qs[j].ntail);
+        }
+        *on = r;
+    }
+    for (int64_t j = 0; j < n_queries; j++)
+        if (err[j]) {
+            rc = HQ_ERR_QCODE;
+            break;
+        }
+
+done:
+    free(qs);
+    free(heaps);
+    free(cnt);
+    free(err);
+    return rc;
 }

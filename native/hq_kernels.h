@@ -54,4 +54,13 @@ int hq_search(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcod
               int64_t candidates, int32_t threads, int64_t *out_rowids, float *out_dist,
               int32_t *out_ham, int64_t *out_n);
 
+/* Many queries over the same rows in one call, each with the result hq_search would give it.
+ * query_bits is n_queries x nb bytes; luts n_queries x m x kw floats (NULL in Hamming mode);
+ * query j's results go to out_*[j * k ...], out_n[j] of them. */
+int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcode_bytes,
+                   int32_t m, const int64_t *rowids, const uint8_t *valid, int64_t n_rows,
+                   int64_t n_queries, const uint8_t *query_bits, const float *luts, int32_t kw,
+                   int32_t mode, int64_t k, int64_t candidates, int32_t threads,
+                   int64_t *out_rowids, float *out_dist, int32_t *out_ham, int64_t *out_n);
+
 #endif
