@@ -632,11 +632,13 @@ def search_many(codes, qcodes, rowids, valid, queries_bits, luts, *, k, candidat
                         candidates=candidates, mode=mode, threads=threads)
 
 
-def _search_many(impl, codes, qcodes, rowids, valid, queries_bits, luts, *, k, candidates,
-                 mode="two_stage", threads=1):
+def _search_many_args(codes, qcodes, rowids, valid, queries_bits, luts, k, candidates, mode,
+                      threads):
+    """Validate a batched search's arguments (for every backend, the torch one too); return
+    (qcodes or None, valid as uint8 or None, luts or None, k, candidates, threads)."""
     k, candidates, threads = _search_scalars(mode, k, candidates, threads)
     _codes(codes)
-    n_rows, nb = codes.shape
+    nb = codes.shape[1]
     _array("queries_bits", queries_bits, (np.uint8,), 2)
     n_queries = queries_bits.shape[0]
     if queries_bits.shape[1] != nb:
@@ -656,6 +658,14 @@ def _search_many(impl, codes, qcodes, rowids, valid, queries_bits, luts, *, k, c
         _lut_shape("luts", luts.shape, qcodes.shape[1])
         if not np.isfinite(luts).all():
             raise ValueError("luts contain NaN or infinity")
+    return qcodes, valid, luts, k, candidates, threads
+
+
+def _search_many(impl, codes, qcodes, rowids, valid, queries_bits, luts, *, k, candidates,
+                 mode="two_stage", threads=1):
+    qcodes, valid, luts, k, candidates, threads = _search_many_args(
+        codes, qcodes, rowids, valid, queries_bits, luts, k, candidates, mode, threads)
+    n_rows, n_queries = codes.shape[0], queries_bits.shape[0]
     r_max = min(k, n_rows)
     if n_rows == 0 or n_queries == 0:
         return (np.empty((n_queries, r_max), dtype=np.int64),

@@ -219,7 +219,7 @@ static int64_t ham_collect_generic(const uint8_t *codes, int32_t nb, const hq_qu
                                    hq_keep *kp)
 {
     uint32_t bound = kp->bound;
-    int64_t n = 0, nvalid = 0;
+    int64_t n = kp->n, nvalid = 0; /* appends to the rows kept so far */
     hq_hit *buf = kp->buf;
     HQ_DISPATCH_NB(nb, q, {
         for (int64_t i0 = lo; i0 < hi; i0 += HQ_BOUND_BLOCK) {
@@ -381,7 +381,7 @@ HQ_AVX512 static int64_t ham_collect_avx512(const uint8_t *codes, int32_t nb, co
     __m512i qv[2];
     avx512_query(q, qv);
     uint32_t bound = kp->bound;
-    int64_t n = 0, nvalid = 0;
+    int64_t n = kp->n, nvalid = 0; /* appends to the rows kept so far */
     hq_hit *buf = kp->buf;
     int64_t i = lo;
     HQ_AVX512_DISPATCH(q->nw, {
@@ -1067,6 +1067,53 @@ static uint32_t guess_bound(const uint8_t *codes, int32_t nb, const hq_query *q,
 
 #define HQ_FALLBACK 1 /* internal: the fast route can't decide, take the full one */
 
+/* The end of the fast route, shared with the batched search: from the rows kept by T scans
+ * (tot[d] = their count at distance d, exact for every d up to some bound with at least c rows
+ * within it), the c best by (Hamming, rowid), ranked by rank_candidates. */
+static int rank_kept(const hq_keep *keep, int32_t T, const int64_t *tot, int64_t c,
+                     const int64_t *rowids, int32_t mode, int64_t k, const void *qcodes,
+                     int32_t qcode_bytes, int32_t m, const float *lut, int32_t kw,
+                     int64_t *out_rowids, float *out_dist, int32_t *out_ham, int64_t *out_n)
+{
+    int rc;
+    uint32_t dstar = 0;
+    int64_t below = 0;
+    while (below + tot[dstar] < c) {
+        below += tot[dstar];
+        dstar++;
+    }
+    const int64_t need = c - below, neq = tot[dstar];
+
+    hq_entry *cand = (hq_entry *)malloc((size_t)c * sizeof(hq_entry));
+    hq_entry *eq = (hq_entry *)malloc((size_t)neq * sizeof(hq_entry));
+    if (!cand || !eq) {
+        rc = HQ_ERR_NOMEM;
+        goto done;
+    }
+    int64_t nb_ = 0, ne = 0;
+    for (int32_t t = 0; t < T; t++) {
+        for (int64_t j = 0; j < keep[t].n; j++) {
+            const hq_hit h = keep[t].buf[j];
+            hq_entry e = {0.0f, (int32_t)h.d, 0, h.idx};
+            if (h.d < dstar)
+                cand[nb_++] = e;
+            else if (h.d == dstar)
+                eq[ne++] = e;
+        }
+    }
+    fill_rowids(cand, below, rowids);
+    fill_rowids(eq, neq, rowids);
+    select_smallest(eq, neq, need); /* ties at d*: the `need` smallest rowids */
+    memcpy(cand + below, eq, (size_t)need * sizeof(hq_entry));
+    rc = rank_candidates(cand, c, mode, k, qcodes, qcode_bytes, m, lut, kw, out_rowids, out_dist,
+                         out_ham, out_n);
+
+done:
+    free(cand);
+    free(eq);
+    return rc;
+}
+
 static int search_hamming_fast(const uint8_t *codes, int32_t nb, const void *qcodes,
                                int32_t qcode_bytes, int32_t m, const int64_t *rowids,
                                const uint8_t *valid, int64_t n_rows, const hq_query *q,
@@ -1090,7 +1137,6 @@ static int search_hamming_fast(const uint8_t *codes, int32_t nb, const void *qco
     int64_t *nvalid_t = (int64_t *)calloc((size_t)T, sizeof(int64_t));
     int64_t *tot = (int64_t *)calloc(nbuckets, sizeof(int64_t));
     hq_hit *hits = NULL;
-    hq_entry *cand = NULL, *eq = NULL;
     if (!keep || !hist || !nvalid_t || !tot) {
         rc = HQ_ERR_NOMEM;
         goto done;
@@ -1148,37 +1194,8 @@ static int search_hamming_fast(const uint8_t *codes, int32_t nb, const void *qco
         rc = HQ_FALLBACK;
         goto done;
     }
-    uint32_t dstar = 0;
-    int64_t below = 0;
-    while (below + tot[dstar] < c) {
-        below += tot[dstar];
-        dstar++;
-    }
-    const int64_t need = c - below, neq = tot[dstar];
-
-    cand = (hq_entry *)malloc((size_t)c * sizeof(hq_entry));
-    eq = (hq_entry *)malloc((size_t)neq * sizeof(hq_entry));
-    if (!cand || !eq) {
-        rc = HQ_ERR_NOMEM;
-        goto done;
-    }
-    int64_t nb_ = 0, ne = 0;
-    for (int32_t t = 0; t < T; t++) {
-        for (int64_t j = 0; j < keep[t].n; j++) {
-            const hq_hit h = keep[t].buf[j];
-            hq_entry e = {0.0f, (int32_t)h.d, 0, h.idx};
-            if (h.d < dstar)
-                cand[nb_++] = e;
-            else if (h.d == dstar)
-                eq[ne++] = e;
-        }
-    }
-    fill_rowids(cand, below, rowids);
-    fill_rowids(eq, neq, rowids);
-    select_smallest(eq, neq, need); /* ties at d*: the `need` smallest rowids */
-    memcpy(cand + below, eq, (size_t)need * sizeof(hq_entry));
-    rc = rank_candidates(cand, c, mode, k, qcodes, qcode_bytes, m, lut, kw, out_rowids, out_dist,
-                         out_ham, out_n);
+    rc = rank_kept(keep, T, tot, c, rowids, mode, k, qcodes, qcode_bytes, m, lut, kw, out_rowids,
+                   out_dist, out_ham, out_n);
 
 done:
     free(keep);
@@ -1186,8 +1203,6 @@ done:
     free(nvalid_t);
     free(tot);
     free(hits);
-    free(cand);
-    free(eq);
     return rc;
 }
 
@@ -1345,17 +1360,23 @@ int hq_search(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcod
 /* ---------------------------------------------------------------------------------------- */
 /* Batched search: many queries over the same rows in one call.                               */
 /*                                                                                            */
-/* The rows are walked in blocks small enough to stay in L2 (HQ_BATCH_BLOCK_BYTES of codes);  */
-/* every query of the batch scans a block before the next block is loaded, so each code is    */
-/* read from memory once per batch instead of once per query. Each query keeps a bounded      */
-/* max-heap of its best rows so far by (Hamming, rowid, slot) (or by AQD distance in "aqd"    */
-/* mode); its top is the threshold a row must beat, so after a short start almost every row  */
-/* is rejected by one integer comparison. Threads split the queries of each block; a query's  */
-/* heap only ever sees its rows in ascending order, whichever thread runs it, and a heap of   */
-/* the c smallest entries under a strict total order holds the same set however the entries  */
-/* arrive, so results equal hq_search's for every query and any thread count.                 */
+/* The queries are split into groups; a group walks the rows in blocks small enough to stay   */
+/* in L2 (HQ_BATCH_BLOCK_BYTES of codes) and every query of the group scans a block before    */
+/* the next one is loaded, so each code is read from memory once per group instead of once    */
+/* per query. Threads take whole groups (no barrier per block: on a shared machine a thread   */
+/* that is descheduled then stalls only its own group).                                       */
+/*                                                                                            */
+/* Per query, the Hamming stage is the fast route's scan (ham_collect) with a bound that      */
+/* starts at the code width and tightens as rows come in; the kept buffer is compacted or     */
+/* grown between 1024-row steps, so it never overflows and no fallback is needed. "aqd" mode  */
+/* keeps a bounded heap per query (aqd_range). Either way a query's result is the same set    */
+/* under the same strict total order as hq_search's, ranked by the same code, so results are  */
+/* identical to running the queries one by one, for any thread count or grouping.            */
 
 #define HQ_BATCH_BLOCK_BYTES (256 * 1024)
+/* Up to this many candidates a query's Hamming stage keeps a heap (one integer compare per
+ * row, no bookkeeping); beyond it, heap updates cost more than the fast route's kept buffer. */
+#define HQ_BATCH_HEAP_MAX 256
 
 /* Offer rows [lo, hi) to one query's heap h (cap entries, *n used) by Hamming distance. */
 HQ_CLONES
@@ -1431,6 +1452,29 @@ static void ham_heap(const uint8_t *codes, int32_t nb, const hq_query *q, const 
     ham_heap_generic(codes, nb, q, valid, rowids, lo, hi, h, n_io, cap);
 }
 
+
+/* Room for HQ_BOUND_BLOCK more rows in kp: drop the rows beyond the bound (they can no longer
+ * be among the c best), and grow the buffer if that is not enough. */
+static int keep_make_room(hq_keep *kp)
+{
+    if (kp->n + HQ_BOUND_BLOCK <= kp->cap)
+        return HQ_OK;
+    int64_t n = 0;
+    for (int64_t j = 0; j < kp->n; j++)
+        if (kp->buf[j].d <= kp->bound)
+            kp->buf[n++] = kp->buf[j];
+    kp->n = n;
+    if (n + HQ_BOUND_BLOCK <= kp->cap && n <= kp->cap / 2) /* else grow: no compaction each step */
+        return HQ_OK;
+    const int64_t cap = 2 * kp->cap + HQ_BOUND_BLOCK;
+    hq_hit *buf = (hq_hit *)realloc(kp->buf, (size_t)cap * sizeof(hq_hit));
+    if (!buf)
+        return HQ_ERR_NOMEM;
+    kp->buf = buf;
+    kp->cap = cap;
+    return HQ_OK;
+}
+
 int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcode_bytes,
                    int32_t m, const int64_t *rowids, const uint8_t *valid, int64_t n_rows,
                    int64_t n_queries, const uint8_t *query_bits, const float *luts, int32_t kw,
@@ -1477,77 +1521,126 @@ int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t
         k = n_rows;
     if (candidates > n_rows)
         candidates = n_rows;
-    const int64_t c = mode == HQ_MODE_HAMMING ? k : (candidates > k ? candidates : k);
-    const int64_t cap = mode == HQ_MODE_AQD ? k : c;
+    int64_t c = mode == HQ_MODE_HAMMING ? k : (candidates > k ? candidates : k);
+    int64_t nvalid = n_rows;
+    if (valid) {
+        nvalid = 0;
+        for (int64_t i = 0; i < n_rows; i++)
+            nvalid += valid[i] != 0;
+    }
+    if (c > nvalid)
+        c = nvalid;
+    if (c == 0)
+        return HQ_OK; /* no valid row: every out_n is 0 */
+
+    const uint32_t nbits = (uint32_t)nb * 8, nbuckets = nbits + 1;
+    const int hamming_stage = mode != HQ_MODE_AQD;
+    const int use_heap = !hamming_stage || c <= HQ_BATCH_HEAP_MAX;
+    /* "aqd": the k best by AQD; Hamming stage: the c best by (Hamming, rowid) */
+    const int64_t heap_cap = hamming_stage ? c : (k < nvalid ? k : nvalid);
     int rc = HQ_OK;
     hq_query *qs = (hq_query *)malloc((size_t)n_queries * sizeof(hq_query));
-    hq_entry *heaps = (hq_entry *)malloc((size_t)n_queries * (size_t)cap * sizeof(hq_entry));
+    hq_keep *keeps = (hq_keep *)calloc((size_t)n_queries, sizeof(hq_keep));
+    int64_t *hist = use_heap ? NULL : (int64_t *)calloc((size_t)n_queries * nbuckets, sizeof(int64_t));
+    hq_entry *heaps = use_heap ? (hq_entry *)malloc((size_t)n_queries * (size_t)heap_cap * sizeof(hq_entry)) : NULL;
     int64_t *cnt = (int64_t *)calloc((size_t)n_queries, sizeof(int64_t));
     int *err = (int *)calloc((size_t)n_queries, sizeof(int));
-    if (!qs || !heaps || !cnt || !err) {
+    if (!qs || !keeps || (use_heap ? !heaps : !hist) || !cnt || !err) {
         rc = HQ_ERR_NOMEM;
         goto done;
     }
-    for (int64_t j = 0; j < n_queries; j++)
+    for (int64_t j = 0; j < n_queries; j++) {
         query_prepare(&qs[j], query_bits + j * nb, nb);
-
-    int64_t block = HQ_BATCH_BLOCK_BYTES / (mode == HQ_MODE_AQD ? m * qcode_bytes : nb);
-    block = block < 1024 ? 1024 : block & ~(int64_t)7;
-
-#ifdef _OPENMP
-#pragma omp parallel num_threads(T) if (T > 1)
-#endif
-    for (int64_t lo = 0; lo < n_rows; lo += block) {
-        const int64_t hi = n_rows - lo < block ? n_rows : lo + block;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (int64_t j = 0; j < n_queries; j++) {
-            hq_entry *h = heaps + j * cap;
-            if (mode == HQ_MODE_AQD) {
-                if (!err[j] && aqd_range(qcodes, qcode_bytes, m, rowids, valid, lo, hi,
-                                         luts + j * lut_size, kw, h, cap, &cnt[j]) != HQ_OK)
-                    err[j] = 1;
-            } else {
-                ham_heap(codes, nb, &qs[j], valid, rowids, lo, hi, h, &cnt[j], cap);
-            }
+        if (!use_heap) {
+            keeps[j].hist = hist + j * nbuckets;
+            keeps[j].bound = nbits;
         }
     }
 
+    int64_t block = HQ_BATCH_BLOCK_BYTES / (hamming_stage ? nb : m * qcode_bytes);
+    block = block < HQ_BOUND_BLOCK ? HQ_BOUND_BLOCK : block - block % HQ_BOUND_BLOCK;
+    /* Groups: big enough to read each block once for many queries, several per thread so a
+     * slow thread does not hold up the rest. */
+    int64_t group = (n_queries + 4 * (int64_t)T - 1) / (4 * (int64_t)T);
+    group = group < 8 ? 8 : group > 64 ? 64 : group;
+    const int64_t n_groups = (n_queries + group - 1) / group;
+
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(T) schedule(dynamic, 4) if (T > 1)
+#pragma omp parallel for num_threads(T) schedule(dynamic, 1) if (T > 1)
 #endif
-    for (int64_t j = 0; j < n_queries; j++) {
-        hq_entry *h = heaps + j * cap;
-        int64_t *orow = out_rowids + j * stride, *on = &out_n[j];
-        float *odist = out_dist + j * stride;
-        int32_t *oham = out_ham + j * stride;
-        if (err[j])
-            continue;
-        if (mode != HQ_MODE_AQD) {
-            err[j] = rank_candidates(h, cnt[j], mode, k, qcodes, qcode_bytes, m,
-                                     luts ? luts + j * lut_size : NULL, kw, orow, odist, oham,
-                                     on) != HQ_OK;
-            continue;
+    for (int64_t g = 0; g < n_groups; g++) {
+        const int64_t j0 = g * group, j1 = n_queries - j0 < group ? n_queries : j0 + group;
+        for (int64_t lo = 0; lo < n_rows; lo += block) {
+            const int64_t hi = n_rows - lo < block ? n_rows : lo + block;
+            for (int64_t j = j0; j < j1; j++) {
+                if (err[j])
+                    continue;
+                if (!hamming_stage) {
+                    if (aqd_range(qcodes, qcode_bytes, m, rowids, valid, lo, hi,
+                                  luts + j * lut_size, kw, heaps + j * heap_cap, heap_cap,
+                                  &cnt[j]) != HQ_OK)
+                        err[j] = HQ_ERR_QCODE;
+                    continue;
+                }
+                if (use_heap) {
+                    ham_heap(codes, nb, &qs[j], valid, rowids, lo, hi, heaps + j * heap_cap,
+                             &cnt[j], heap_cap);
+                    continue;
+                }
+                hq_keep *kp = &keeps[j];
+                for (int64_t s = lo; s < hi; s += HQ_BOUND_BLOCK) {
+                    if (keep_make_room(kp) != HQ_OK) {
+                        err[j] = HQ_ERR_NOMEM;
+                        break;
+                    }
+                    ham_collect(codes, nb, &qs[j], valid, s,
+                                hi - s < HQ_BOUND_BLOCK ? hi : s + HQ_BOUND_BLOCK, c, kp);
+                }
+            }
         }
-        const int64_t r = k < cnt[j] ? k : cnt[j];
-        select_sorted(h, cnt[j], r);
-        for (int64_t e = 0; e < r; e++) {
-            orow[e] = h[e].rowid;
-            odist[e] = h[e].d;
-            oham[e] = (int32_t)ham_row(codes + h[e].idx * (int64_t)nb, &qs[j], qs[j].nw,
-                                       qs[j].ntail);
+        /* Rank the group's queries while their buffers are still warm. */
+        for (int64_t j = j0; j < j1; j++) {
+            if (err[j])
+                continue;
+            int64_t *orow = out_rowids + j * stride;
+            float *odist = out_dist + j * stride;
+            int32_t *oham = out_ham + j * stride;
+            const float *lut = hamming_stage && mode == HQ_MODE_HAMMING ? NULL : luts + j * lut_size;
+            if (hamming_stage && use_heap) {
+                err[j] = rank_candidates(heaps + j * heap_cap, cnt[j], mode, k, qcodes,
+                                         qcode_bytes, m, lut, kw, orow, odist, oham, &out_n[j]);
+                continue;
+            }
+            if (hamming_stage) {
+                err[j] = rank_kept(&keeps[j], 1, keeps[j].hist, c, rowids, mode, k, qcodes,
+                                   qcode_bytes, m, lut, kw, orow, odist, oham, &out_n[j]);
+                continue;
+            }
+            hq_entry *h = heaps + j * heap_cap;
+            const int64_t r = k < cnt[j] ? k : cnt[j];
+            select_sorted(h, cnt[j], r);
+            for (int64_t e = 0; e < r; e++) {
+                orow[e] = h[e].rowid;
+                odist[e] = h[e].d;
+                oham[e] = (int32_t)ham_row(codes + h[e].idx * (int64_t)nb, &qs[j], qs[j].nw,
+                                           qs[j].ntail);
+            }
+            out_n[j] = r;
         }
-        *on = r;
     }
     for (int64_t j = 0; j < n_queries; j++)
         if (err[j]) {
-            rc = HQ_ERR_QCODE;
+            rc = err[j];
             break;
         }
 
 done:
+    if (keeps)
+        for (int64_t j = 0; j < n_queries; j++)
+            free(keeps[j].buf);
     free(qs);
+    free(keeps);
+    free(hist);
     free(heaps);
     free(cnt);
     free(err);
