@@ -666,8 +666,8 @@ def _search_many(impl, codes, qcodes, rowids, valid, queries_bits, luts, *, k, c
     qcodes, valid, luts, k, candidates, threads = _search_many_args(
         codes, qcodes, rowids, valid, queries_bits, luts, k, candidates, mode, threads)
     n_rows, n_queries = codes.shape[0], queries_bits.shape[0]
-    r_max = min(k, n_rows)
     if n_rows == 0 or n_queries == 0:
+        r_max = min(k, n_rows if valid is None else int(np.count_nonzero(valid)))
         return (np.empty((n_queries, r_max), dtype=np.int64),
                 np.empty((n_queries, r_max), dtype=np.float32),
                 np.empty((n_queries, r_max), dtype=np.int32))
