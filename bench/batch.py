@@ -1,0 +1,329 @@
+#!/usr/bin/env python
+"""Batched search benchmark: queries/second of hqdb's batched search against one-by-one
+searches, the torch backend and FAISS, on the same codes and queries in one run.
+
+    python bench/batch.py                  # N = 1M and 10M rows, batches of 1, 10, 100, 1000
+    python bench/batch.py --quick          # N = 1M only, fewer repeats
+    python bench/batch.py --sizes 1000000 --batches 1 100 --modes hamming
+
+For each N, mode and batch size B (k = 10; 128-bit codes, 4 books of 256 codewords):
+
+* ``single x B``: B calls of ``hqdb.kernels.search``, one query each (what a loop of hq_match
+  statements costs in the kernel, SQL overhead excluded), 1 thread and all threads;
+* ``batched``: one ``hqdb.kernels.search_many`` call for the B queries, 1 thread and all;
+* ``torch cpu``: ``hqdb.torch_backend.search_many`` on the torch CPU device (codes resident,
+  torch's default thread count), and ``torch cuda`` when a GPU is present;
+* ``FAISS``: ``IndexBinaryFlat.search`` of the same B queries in one call (Hamming top-k, so
+  only in the 'hamming' rows), 1 thread and all;
+* the memory-traffic floor of the batch: the bytes the batch must read at least once (the
+  codes; plus the quantization codes in 'aqd' mode), divided by the best read bandwidth numpy
+  reaches on this machine (``measure_bandwidth`` of bench/search.py, all threads), reported as
+  the queries/second that floor allows.
+
+Every batched result (native, torch) is checked equal to the one-by-one results (rowids,
+distances, Hamming distances); the exit status is non-zero otherwise. Times are best-of-r
+wall-clock; the load average is recorded (the machine is shared). Results: a table on stdout,
+a section of ``bench/RESULTS.md`` between ``<!-- batch.py -->`` markers, and bench/batch.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+import search as sb  # noqa: E402  (the single-query bench: data, bandwidth, machine info)
+
+K = 10
+BITS, BOOKS, CODEWORDS = 128, 4, 256
+MARK_BEGIN, MARK_END = "<!-- batch.py begin -->", "<!-- batch.py end -->"
+
+
+def make_data(n_rows: int, n_queries: int, seed: int = 0):
+    """Codes, qcodes, rowids, query bits and LUTs. The first 1M rows are bench/search.py's
+    vectors (make_vectors) as sign codes; larger N repeats them with 5% of the bits flipped
+    per copy (generating 10M float vectors would need 5 GB), so the codes keep their clusters."""
+    base_n = min(n_rows, 1_000_000)
+    x, q = sb.make_vectors(base_n, BITS, n_queries, seed=seed)
+    base = sb.pack(x)
+    del x
+    rng = np.random.default_rng([seed, n_rows])
+    codes = np.empty((n_rows, BITS // 8), dtype=np.uint8)
+    for lo in range(0, n_rows, base_n):
+        hi = min(n_rows, lo + base_n)
+        block = base[: hi - lo]
+        if lo:
+            flips = np.packbits(rng.random((hi - lo, BITS), dtype=np.float32) < 0.05, axis=1,
+                                bitorder="little")
+            block = block ^ flips
+        codes[lo:hi] = block
+    qcodes = rng.integers(0, CODEWORDS, (n_rows, BOOKS), dtype=np.uint8)
+    rowids = np.arange(1, n_rows + 1, dtype=np.int64)
+    codebooks = (rng.standard_normal((BOOKS, CODEWORDS, BITS)) / np.sqrt(BITS)).astype(np.float32)
+    return codes, qcodes, rowids, sb.pack(q), q, codebooks
+
+
+def best_time(fn, repeat: int, budget: float):
+    """Best wall time of fn() over at most `repeat` runs (fewer if a run exceeds `budget` s)."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        dt = time.perf_counter() - t
+        best = min(best, dt)
+        if dt > budget:
+            break
+    return best, out
+
+
+def same(a, b) -> bool:
+    return all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def run(args):
+    hqdb, reason = sb.import_hqdb()
+    if hqdb is None:
+        sys.exit(f"hqdb not importable: {reason}")
+    from hqdb import kernels
+
+    faiss, faiss_reason = sb.import_faiss()
+    try:
+        import torch
+
+        from hqdb import torch_backend
+        torch_reason = None
+    except ImportError as e:
+        torch = torch_backend = None
+        torch_reason = str(e)
+    threads = os.cpu_count() or 1
+    load_start = os.getloadavg()
+    n_max_q = max(args.batches)
+    bw, bw_how = sb.measure_bandwidth(256 << 20, threads)
+    rows, failures = [], []
+    cuda = torch is not None and torch.cuda.is_available()
+    for n in args.sizes:
+        sb.log(f"N = {n:,}: making data")
+        codes, qcodes, rowids, qbits, qvecs, cbs = make_data(n, n_max_q)
+        luts = np.stack([kernels.aqd_lut(v, cbs) for v in qvecs])
+        index = None
+        if faiss is not None:
+            index = faiss.IndexBinaryFlat(BITS)
+            index.add(codes)
+        resident = {}
+        if torch_backend is not None:
+            resident["cpu"] = torch_backend.DeviceCodes(codes, qcodes, rowids, "cpu")
+            if cuda:
+                resident["cuda"] = torch_backend.DeviceCodes(codes, qcodes, rowids, "cuda")
+        for mode, cand in args.modes:
+            for b in args.batches:
+                qb, lt = qbits[:b], luts[:b]
+                repeat = args.repeat if b < 1000 else max(1, args.repeat // 2)
+                r = {"n": n, "mode": mode, "candidates": cand, "batch": b,
+                     "load": os.getloadavg()[0]}
+                kw = dict(k=K, candidates=cand, mode=mode)
+
+                def singles(th):
+                    return [kernels.search(codes, qcodes, rowids, None, qb[j], lt[j], threads=th, **kw)
+                            for j in range(b)]
+
+                for th, name in ((1, "single_1t"), (threads, "single_all")):
+                    r[name], ref = best_time(lambda: singles(th), repeat, args.budget)
+                ref = tuple(np.stack([s[i] for s in ref]) for i in range(3))
+                for th, name in ((1, "batched_1t"), (threads, "batched_all")):
+                    r[name], got = best_time(
+                        lambda: kernels.search_many(codes, qcodes, rowids, None, qb, lt, threads=th, **kw),
+                        repeat, args.budget)
+                    if not same(got, ref):
+                        failures.append(f"{name} N={n} {mode} B={b}")
+                for dev, dc in resident.items():
+                    if dev == "cpu" and n * b > args.torch_cpu_max:
+                        r["torch_" + dev] = None  # too slow to time here; see the notes
+                        continue
+                    r["torch_" + dev], got = best_time(
+                        lambda: torch_backend.search_many(codes, qcodes, rowids, None, qb, lt,
+                                                          resident=dc, **kw),
+                        max(1, repeat // 2), args.budget)
+                    if not same(got, ref):
+                        failures.append(f"torch {dev} N={n} {mode} B={b}")
+                if index is not None and mode == "hamming":
+                    for th, name in ((1, "faiss_1t"), (threads, "faiss_all")):
+                        faiss.omp_set_num_threads(th)
+                        r[name], _ = best_time(lambda: index.search(qb, K), repeat, args.budget)
+                traffic = codes.nbytes + (qcodes.nbytes if mode == "aqd" else 0)
+                r["floor"] = traffic / bw
+                rows.append(r)
+                sb.log("  " + line(r))
+        del codes, qcodes, index, resident
+    return dict(rows=rows, failures=failures, bw=bw, bw_how=bw_how, threads=threads,
+                load_start=load_start, load_end=os.getloadavg(), cuda=cuda,
+                torch_reason=torch_reason, faiss_reason=faiss_reason,
+                torch_threads=torch.get_num_threads() if torch is not None else None,
+                info=kernels.info(), versions={"numpy": np.__version__,
+                                               "torch": getattr(torch, "__version__", None),
+                                               "faiss": getattr(faiss, "__version__", None)})
+
+
+METHODS = [("single_1t", "single x B, 1 thread"), ("single_all", "single x B, all threads"),
+           ("batched_1t", "batched, 1 thread"), ("batched_all", "batched, all threads"),
+           ("torch_cpu", "torch cpu"), ("torch_cuda", "torch cuda"),
+           ("faiss_1t", "FAISS, 1 thread"), ("faiss_all", "FAISS, all threads"),
+           ("floor", "memory floor")]
+
+
+def qps(r, key):
+    t = r.get(key)
+    return None if t is None else r["batch"] / t
+
+
+def fmt(v):
+    return "—" if v is None else (f"{v:,.0f}" if v >= 100 else f"{v:,.1f}")
+
+
+def line(r):
+    return (f"{r['mode']:<9} c={r['candidates']:<5} B={r['batch']:<5} " +
+            " ".join(f"{k}={fmt(qps(r, k))}" for k, _ in METHODS if k in r))
+
+
+def ratio(a, b):
+    return None if a is None or b is None else a / b
+
+
+def write_report(res, args, out_md: Path, out_png: Path, cmd: str, elapsed: float):
+    mi = sb.machine_info()
+    rows = res["rows"]
+    L = [MARK_BEGIN, "## Batched search (`bench/batch.py`)", "",
+         f"Generated on {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} by `{cmd}` "
+         f"({elapsed / 60:.1f} min). Machine: {mi['cpu']}, {mi['cores']} cores, {mi['memory']}; "
+         f"load average at start {tuple(round(x, 2) for x in res['load_start'])}, at the end "
+         f"{tuple(round(x, 2) for x in res['load_end'])} (the machine is shared with other jobs: "
+         "all-thread rows are the noisiest). "
+         f"Versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items() if v)}; "
+         f"hamming_impl: {res['info']['hamming_impl']}; torch CPU threads {res['torch_threads']}.",
+         "",
+         f"128-bit codes, {BOOKS} books x {CODEWORDS} codewords, k = {K}; queries/second (higher is "
+         "better) for a batch of B queries. `single x B` runs the B queries one `kernels.search` "
+         "call each; `batched` is one `kernels.search_many` call; `memory floor` is the batch's "
+         f"unavoidable traffic (codes read once, plus qcodes in 'aqd' mode) at {res['bw'] / 1e9:.1f} "
+         f"GB/s (best numpy read, all threads, `{res['bw_how']}`). "
+         + ("A CUDA GPU was present: `torch cuda` rows ran on it." if res["cuda"] else
+            "**No GPU was present on this machine**: the `torch cuda` column is empty; the torch "
+            "backend ran on the CPU device only (its CUDA path is the same code)."),
+         ""]
+    for n in sorted({r["n"] for r in rows}):
+        L += [f"### N = {n:,}", "",
+              "| mode | B | " + " | ".join(lbl for _, lbl in METHODS) + " |",
+              "|---|---:|" + "---:|" * len(METHODS)]
+        for r in (r for r in rows if r["n"] == n):
+            mode = r["mode"] + (f" c={r['candidates']}" if r["mode"] == "two_stage" else "")
+            L.append(f"| {mode} | {r['batch']} | " + " | ".join(fmt(qps(r, k)) for k, _ in METHODS) + " |")
+        L.append("")
+    L += ["### Targets", ""]
+    for r in rows:
+        if r["n"] == 1_000_000 and r["batch"] == 1000:
+            x1 = ratio(qps(r, "batched_1t"), qps(r, "single_1t"))
+            xa = ratio(qps(r, "batched_all"), qps(r, "single_all"))
+            xall1 = ratio(qps(r, "batched_all"), qps(r, "single_1t"))
+            L.append(f"- 1M rows, {r['mode']} (c={r['candidates']}), B = 1000: batched vs 1000 single "
+                     f"searches: **{fmt(x1)}x** at 1 thread, **{fmt(xa)}x** at all threads "
+                     f"(batched all threads vs single 1 thread {fmt(xall1)}x); target >= 3x: "
+                     f"{'met' if xa is not None and xa >= 3 and x1 >= 3 else 'NOT met'}.")
+            if "faiss_all" in r:
+                fa = ratio(qps(r, "batched_all"), qps(r, "faiss_all"))
+                f1 = ratio(qps(r, "batched_1t"), qps(r, "faiss_1t"))
+                L.append(f"- 1M rows, hamming, B = 1000: batched vs FAISS IndexBinaryFlat batched: "
+                         f"**{fmt(f1)}x** at 1 thread, **{fmt(fa)}x** at all threads; target >= 1x: "
+                         f"{'met' if fa is not None and fa >= 1 and f1 >= 1 else 'NOT met'}.")
+    L += ["", "Correctness: " + ("every batched result (native and torch) equal to the one-by-one "
+                                 "results (rowids, distances, Hamming distances)."
+                                 if not res["failures"] else "MISMATCHES: " + ", ".join(res["failures"])),
+          "",
+          "Notes: the 10M-row table repeats the 1M clustered rows with 5% of bits flipped per copy. "
+          f"torch cpu is timed only where N x B <= {args.torch_cpu_max:,} (it scans with a float32 "
+          "GEMM over +-1 bit vectors: a portable reference path, far slower than the native "
+          "popcount on a CPU; the GEMM is what a GPU is fast at). "
+          + (f"torch unavailable: {res['torch_reason']}. " if res["torch_reason"] else "")
+          + (f"FAISS unavailable: {res['faiss_reason']}. " if res["faiss_reason"] else ""),
+          "", f"![batched search]({out_png.name})", "", MARK_END]
+    text = out_md.read_text() if out_md.exists() else ""
+    block = "\n".join(L)
+    if MARK_BEGIN in text:
+        text = re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    out_md.write_text(text)
+
+
+def plot(res, out_png: Path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    rows = res["rows"]
+    panels = sorted({(r["n"], r["mode"], r["candidates"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, (n, mode, cand) in zip(axes[0], panels):
+        sel = [r for r in rows if (r["n"], r["mode"], r["candidates"]) == (n, mode, cand)]
+        bs = [r["batch"] for r in sel]
+        for key, lbl in METHODS:
+            ys = [qps(r, key) for r in sel]
+            if any(y is not None for y in ys):
+                ax.plot([b for b, y in zip(bs, ys) if y], [y for y in ys if y], marker="o", label=lbl,
+                        linestyle="--" if key == "floor" else "-")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size B")
+        ax.set_ylabel("queries / s")
+        ax.set_title(f"N={n:,} {mode}" + (f" c={cand}" if mode == "two_stage" else ""), fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+
+
+def parse_modes(values):
+    out = []
+    for v in values:
+        mode, _, cand = v.partition(":")
+        out.append((mode, int(cand) if cand else K))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="N = 1M only, fewer repeats")
+    p.add_argument("--sizes", type=int, nargs="+", default=None)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 10, 100, 1000])
+    p.add_argument("--modes", nargs="+", default=["hamming", "two_stage:100", "two_stage:1000"],
+                   help="mode[:candidates]")
+    p.add_argument("--repeat", type=int, default=None)
+    p.add_argument("--budget", type=float, default=3.0, help="stop repeating once a run takes this long (s)")
+    p.add_argument("--torch-cpu-max", type=int, default=100_000_000,
+                   help="time torch on the CPU only where rows x batch <= this")
+    p.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
+    a = p.parse_args(argv)
+    a.sizes = a.sizes or ([1_000_000] if a.quick else [1_000_000, 10_000_000])
+    a.repeat = a.repeat or (2 if a.quick else 3)
+    a.modes = parse_modes(a.modes)
+    t0 = time.perf_counter()
+    res = run(a)
+    cmd = "python bench/batch.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    png = a.out.parent / "batch.png"
+    plot(res, png)
+    write_report(res, a, a.out, png, cmd.strip(), time.perf_counter() - t0)
+    sb.log(f"wrote {a.out} and {png}; {len(res['failures'])} mismatches")
+    return 1 if res["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
