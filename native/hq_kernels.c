@@ -211,6 +211,7 @@ typedef struct {
     int64_t *hist; /* of the kept rows' distances */
     uint32_t bound;
     int overflow;
+    int64_t cap_hint; /* the batched search: rows it expects to keep (allocated on first use) */
 } hq_keep;
 
 HQ_CLONES
@@ -1459,10 +1460,16 @@ static int keep_make_room(hq_keep *kp)
 {
     if (kp->n + HQ_BOUND_BLOCK <= kp->cap)
         return HQ_OK;
+    if (kp->cap == 0) { /* room for twice the candidates (rows tied at the bound come on top) */
+        kp->cap = 2 * kp->cap_hint + 2 * HQ_BOUND_BLOCK;
+        kp->buf = (hq_hit *)malloc((size_t)kp->cap * sizeof(hq_hit));
+        return kp->buf ? HQ_OK : HQ_ERR_NOMEM;
+    }
     int64_t n = 0;
-    for (int64_t j = 0; j < kp->n; j++)
-        if (kp->buf[j].d <= kp->bound)
-            kp->buf[n++] = kp->buf[j];
+    for (int64_t j = 0; j < kp->n; j++) { /* branch-free: kept or not is a coin flip early on */
+        kp->buf[n] = kp->buf[j];
+        n += kp->buf[j].d <= kp->bound;
+    }
     kp->n = n;
     if (n + HQ_BOUND_BLOCK <= kp->cap && n <= kp->cap / 2) /* else grow: no compaction each step */
         return HQ_OK;
@@ -1474,6 +1481,122 @@ static int keep_make_room(hq_keep *kp)
     kp->cap = cap;
     return HQ_OK;
 }
+
+#ifdef HQ_HAVE_AVX512
+/* Rows [lo, lo + rows) word-major: soa[w * rows + i] is word w of row lo + i. One 64-byte load
+ * then holds word w of 8 consecutive rows, so a query's 8 distances are XOR, popcount and an
+ * add per word, with no shuffles across lanes (the row-major avx512_dist8 needs them). Built
+ * once per block and query group, it pays for itself over the group's queries. */
+static void soa_fill(const uint8_t *codes, int32_t nb, int64_t lo, int64_t rows, uint64_t *soa)
+{
+    const int32_t nw = nb / 8;
+    for (int64_t i = 0; i < rows; i++) {
+        const uint8_t *row = codes + (lo + i) * (int64_t)nb;
+        for (int32_t w = 0; w < nw; w++)
+            soa[w * rows + i] = load64(row + 8 * w);
+    }
+}
+
+/* Where soa_scan_avx512 sends the rows within its threshold: the query's heap (kp NULL) or
+ * its kept buffer. */
+typedef struct {
+    hq_entry *h;
+    int64_t n, cap;
+    hq_keep *kp;
+    const uint8_t *valid;
+    const int64_t *rowids;
+    uint32_t thr;
+} hq_soa_sink;
+
+/* The rows of `near` (bit j: row base + j, distance dl[j]). Out of line: it runs rarely, and
+ * keeping it out of the scan loop leaves that loop its registers. */
+__attribute__((noinline)) static void soa_take(hq_soa_sink *sk, const uint64_t *dl, uint32_t near,
+                                               int64_t base)
+{
+    do {
+        const int j = hq_ctz64(near);
+        near &= near - 1;
+        const int64_t idx = base + j;
+        const uint32_t d = (uint32_t)dl[j];
+        if (d > sk->thr || (sk->valid && !sk->valid[idx]))
+            continue;
+        if (sk->kp) {
+            hq_keep *kp = sk->kp;
+            kp->buf[kp->n].idx = idx;
+            kp->buf[kp->n].d = d;
+            kp->n++;
+            kp->hist[d]++;
+        } else {
+            hq_entry en = {(float)d, (int32_t)d, sk->rowids[idx], idx};
+            topk_offer(sk->h, &sk->n, sk->cap, &en);
+            if (sk->n == sk->cap)
+                sk->thr = (uint32_t)sk->h[0].ham;
+        }
+    } while (near);
+}
+
+/* One query over the first rows & ~7 rows of a word-major block starting at row lo. Heap mode
+ * (kp NULL): offers rows to the heap h (cap entries, *n_io used). Keep mode: appends the rows
+ * within kp's bound to kp, tightening the bound every HQ_BOUND_BLOCK rows as ham_collect does.
+ * The caller scans the last rows % 8 rows. */
+HQ_AVX512 static int soa_scan_avx512(const uint64_t *soa, int64_t rows, int64_t lo,
+                                     const hq_query *q, const uint8_t *valid,
+                                     const int64_t *rowids, int64_t c, hq_entry *h,
+                                     int64_t *n_io, int64_t cap, hq_keep *kp)
+{
+    __m512i qw[16];
+    for (int32_t w = 0; w < q->nw; w++)
+        qw[w] = _mm512_set1_epi64((int64_t)q->w[w]);
+    hq_soa_sink sk = {h, kp ? 0 : *n_io, cap, kp, valid, rowids, 0};
+    sk.thr = kp ? kp->bound : sk.n == cap ? (uint32_t)h[0].ham : UINT32_MAX;
+    const int64_t rows8 = rows & ~(int64_t)7;
+#define HQ_SOA_DIST(i)                                                                          \
+    ({                                                                                          \
+        __m512i acc_ = _mm512_popcnt_epi64(                                                     \
+            _mm512_xor_si512(_mm512_loadu_si512((const void *)(soa + (i))), qw[0]));            \
+        for (int w = 1; w < NW; w++)                                                            \
+            acc_ = _mm512_add_epi64(acc_, _mm512_popcnt_epi64(_mm512_xor_si512(                 \
+                _mm512_loadu_si512((const void *)(soa + (int64_t)w * rows + (i))), qw[w])));    \
+        acc_;                                                                                   \
+    })
+    HQ_AVX512_DISPATCH(q->nw, {
+        for (int64_t s = 0; s < rows8; s += HQ_BOUND_BLOCK) {
+            const int64_t e = rows8 - s < HQ_BOUND_BLOCK ? rows8 : s + HQ_BOUND_BLOCK;
+            if (kp && keep_make_room(kp) != HQ_OK)
+                return HQ_ERR_NOMEM;
+            __m512i vthr = _mm512_set1_epi64((int64_t)sk.thr);
+            int64_t i = s;
+            for (; i + 16 <= e; i += 16) { /* 16 rows a step: one branch for two vectors */
+                const __m512i d0 = HQ_SOA_DIST(i), d1 = HQ_SOA_DIST(i + 8);
+                const uint32_t near = (uint32_t)_mm512_cmple_epu64_mask(d0, vthr) |
+                                      (uint32_t)_mm512_cmple_epu64_mask(d1, vthr) << 8;
+                if (near) { /* rare once the threshold is tight */
+                    uint64_t dl[16];
+                    _mm512_storeu_si512((void *)dl, d0);
+                    _mm512_storeu_si512((void *)(dl + 8), d1);
+                    soa_take(&sk, dl, near, lo + i);
+                    vthr = _mm512_set1_epi64((int64_t)sk.thr);
+                }
+            }
+            if (i < e) { /* e - s is a multiple of 8: one more group of 8 at most */
+                const __m512i d0 = HQ_SOA_DIST(i);
+                const uint32_t near = (uint32_t)_mm512_cmple_epu64_mask(d0, vthr);
+                if (near) {
+                    uint64_t dl[8];
+                    _mm512_storeu_si512((void *)dl, d0);
+                    soa_take(&sk, dl, near, lo + i);
+                }
+            }
+            if (kp)
+                kp->bound = sk.thr = tighten_bound(kp->hist, kp->bound, c);
+        }
+    })
+#undef HQ_SOA_DIST
+    if (!kp)
+        *n_io = sk.n;
+    return HQ_OK;
+}
+#endif
 
 int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcode_bytes,
                    int32_t m, const int64_t *rowids, const uint8_t *valid, int64_t n_rows,
@@ -1554,6 +1677,7 @@ int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t
         if (!use_heap) {
             keeps[j].hist = hist + j * nbuckets;
             keeps[j].bound = nbits;
+            keeps[j].cap_hint = c;
         }
     }
 
@@ -1564,14 +1688,48 @@ int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t
     int64_t group = (n_queries + 4 * (int64_t)T - 1) / (4 * (int64_t)T);
     group = group < 8 ? 8 : group > 64 ? 64 : group;
     const int64_t n_groups = (n_queries + group - 1) / group;
+#ifdef HQ_HAVE_AVX512
+    /* Word-major blocks for the AVX-512 scan; a group that can't get its scratch block uses
+     * the row-major scans (same results). */
+    const int use_soa = hamming_stage && use_avx512(nb);
+#endif
 
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(T) schedule(dynamic, 1) if (T > 1)
 #endif
     for (int64_t g = 0; g < n_groups; g++) {
         const int64_t j0 = g * group, j1 = n_queries - j0 < group ? n_queries : j0 + group;
+#ifdef HQ_HAVE_AVX512
+        uint64_t *soa = use_soa ? (uint64_t *)malloc((size_t)block * (size_t)nb) : NULL;
+#endif
         for (int64_t lo = 0; lo < n_rows; lo += block) {
             const int64_t hi = n_rows - lo < block ? n_rows : lo + block;
+#ifdef HQ_HAVE_AVX512
+            if (soa) {
+                const int64_t tail = lo + ((hi - lo) & ~(int64_t)7);
+                soa_fill(codes, nb, lo, hi - lo, soa);
+                for (int64_t j = j0; j < j1; j++) {
+                    hq_keep *kp = use_heap ? NULL : &keeps[j];
+                    if (err[j])
+                        continue;
+                    if (soa_scan_avx512(soa, hi - lo, lo, &qs[j], valid, rowids, c,
+                                        heaps + j * heap_cap, &cnt[j], heap_cap, kp) != HQ_OK) {
+                        err[j] = HQ_ERR_NOMEM;
+                        continue;
+                    }
+                    if (tail == hi)
+                        continue;
+                    if (use_heap)
+                        ham_heap_generic(codes, nb, &qs[j], valid, rowids, tail, hi,
+                                         heaps + j * heap_cap, &cnt[j], heap_cap);
+                    else if (keep_make_room(kp) != HQ_OK)
+                        err[j] = HQ_ERR_NOMEM;
+                    else
+                        ham_collect(codes, nb, &qs[j], valid, tail, hi, c, kp);
+                }
+                continue;
+            }
+#endif
             for (int64_t j = j0; j < j1; j++) {
                 if (err[j])
                     continue;
@@ -1598,6 +1756,9 @@ int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t
                 }
             }
         }
+#ifdef HQ_HAVE_AVX512
+        free(soa);
+#endif
         /* Rank the group's queries while their buffers are still warm. */
         for (int64_t j = j0; j < j1; j++) {
             if (err[j])
