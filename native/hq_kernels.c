@@ -1361,23 +1361,26 @@ int hq_search(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcod
 /* ---------------------------------------------------------------------------------------- */
 /* Batched search: many queries over the same rows in one call.                               */
 /*                                                                                            */
-/* The queries are split into groups; a group walks the rows in blocks small enough to stay   */
-/* in L2 (HQ_BATCH_BLOCK_BYTES of codes) and every query of the group scans a block before    */
-/* the next one is loaded, so each code is read from memory once per group instead of once    */
-/* per query. Threads take whole groups (no barrier per block: on a shared machine a thread   */
-/* that is descheduled then stalls only its own group).                                       */
+/* The queries are split into one group per thread; a group walks the rows in blocks small   */
+/* enough to stay in L2 (HQ_BATCH_BLOCK_BYTES of codes) and every query of the group scans a  */
+/* block before the next one is loaded, so each code is read from memory once per thread     */
+/* instead of once per query. No barrier per block: on a shared machine a thread that is      */
+/* descheduled does not stall the others at every block.                                      */
 /*                                                                                            */
-/* Per query, the Hamming stage is the fast route's scan (ham_collect) with a bound that      */
-/* starts at the code width and tightens as rows come in; the kept buffer is compacted or     */
-/* grown between 1024-row steps, so it never overflows and no fallback is needed. "aqd" mode  */
-/* keeps a bounded heap per query (aqd_range). Either way a query's result is the same set    */
-/* under the same strict total order as hq_search's, ranked by the same code, so results are  */
-/* identical to running the queries one by one, for any thread count or grouping.            */
+/* Per query, the Hamming stage keeps either a bounded heap of its c best rows by (Hamming,    */
+/* rowid, slot) (small c: one compare per row against the heap's top), or the fast route's    */
+/* kept buffer (ham_collect's bound, which starts at the code width and tightens as rows come */
+/* in; the buffer is compacted or grown between 1024-row steps, so it never overflows and no  */
+/* fallback is needed). With AVX-512 the block is first laid out word-major (soa_fill) so the */
+/* distances of 8 rows need no cross-lane shuffles. "aqd" mode keeps a bounded heap per query */
+/* (aqd_range). Either way a query's result is the same set under the same strict total      */
+/* order as hq_search's, ranked by the same code, so results are identical to running the     */
+/* queries one by one, for any thread count or grouping.                                      */
 
 #define HQ_BATCH_BLOCK_BYTES (256 * 1024)
 /* Up to this many candidates a query's Hamming stage keeps a heap (one integer compare per
  * row, no bookkeeping); beyond it, heap updates cost more than the fast route's kept buffer. */
-#define HQ_BATCH_HEAP_MAX 256
+#define HQ_BATCH_HEAP_MAX 32
 
 /* Offer rows [lo, hi) to one query's heap h (cap entries, *n used) by Hamming distance. */
 HQ_CLONES
@@ -1683,10 +1686,9 @@ int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t
 
     int64_t block = HQ_BATCH_BLOCK_BYTES / (hamming_stage ? nb : m * qcode_bytes);
     block = block < HQ_BOUND_BLOCK ? HQ_BOUND_BLOCK : block - block % HQ_BOUND_BLOCK;
-    /* Groups: big enough to read each block once for many queries, several per thread so a
-     * slow thread does not hold up the rest. */
-    int64_t group = (n_queries + 4 * (int64_t)T - 1) / (4 * (int64_t)T);
-    group = group < 8 ? 8 : group > 64 ? 64 : group;
+    /* One group per thread: each block is read from memory once per thread (the threads scan
+     * about the same block at the same time, so the second read mostly hits the shared L3). */
+    const int64_t group = (n_queries + T - 1) / T;
     const int64_t n_groups = (n_queries + group - 1) / group;
 #ifdef HQ_HAVE_AVX512
     /* Word-major blocks for the AVX-512 scan; a group that can't get its scratch block uses
