@@ -18,6 +18,10 @@ byte ``i // 8``, set iff the value is > 0, as sqlite-vec's ``vec_quantize_binary
 
 Ranking: every mode orders rows by ``(distance, rowid)`` ascending, so ties always resolve
 the same way (smaller rowid first), whatever the number of threads or the backend.
+
+Batches: :func:`search_many` runs many queries in one kernel call with, for each query, exactly
+the result :func:`search` gives it. :mod:`hqdb.torch_backend` runs the same batched search with
+torch tensor operations on any torch device (CPU or CUDA), again with identical results.
 """
 
 from __future__ import annotations

@@ -19,6 +19,11 @@ constraint, and the whole search is one kernel call in :meth:`HqCursor.Filter`.
 
 Query plans are encoded in ``idxStr`` like sqlite-vec does: a header letter then one token per
 argument, so BestIndex and Filter agree by construction (see :func:`_encode_plan`).
+
+Many queries at once: :meth:`HqTable.search_many` (Python) and the SQL aggregate
+``hq_search_many(table, query_id, query, k [, candidates [, mode]])`` (:class:`SearchManyAggregate`)
+run a whole batch as one kernel call (:func:`hqdb.kernels.search_many`, or the torch backend when
+the connection has a ``device``); each query gets exactly its ``hq_match`` result.
 """
 
 from __future__ import annotations

@@ -1381,6 +1381,9 @@ int hq_search(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcod
 /* Up to this many candidates a query's Hamming stage keeps a heap (one integer compare per
  * row, no bookkeeping); beyond it, heap updates cost more than the fast route's kept buffer. */
 #define HQ_BATCH_HEAP_MAX 32
+/* Fewer queries than this per thread: one by one (hq_search) is as fast, its fast route needs
+ * no per-query state for the whole scan, and laying blocks out word-major would not pay. */
+#define HQ_BATCH_MIN_GROUP 4
 
 /* Offer rows [lo, hi) to one query's heap h (cap entries, *n used) by Hamming distance. */
 HQ_CLONES
@@ -1630,8 +1633,9 @@ int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t
 #ifdef _OPENMP
     T = threads < 1 ? 1 : threads > HQ_MAX_CHUNKS ? HQ_MAX_CHUNKS : threads;
 #endif
-    /* Fewer queries than threads: each query alone, with all the threads over its rows. */
-    if (n_queries < T) {
+    /* Fewer queries than threads, or too few to share a block's layout: each query alone,
+     * with all the threads over its rows. */
+    if (n_queries < T || n_queries < HQ_BATCH_MIN_GROUP) {
         for (int64_t j = 0; j < n_queries; j++) {
             const int rc = hq_search(codes, nb, qcodes, qcode_bytes, m, rowids, valid, n_rows,
                                      query_bits + j * nb, luts ? luts + j * lut_size : NULL, kw,
@@ -1693,7 +1697,7 @@ int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t
 #ifdef HQ_HAVE_AVX512
     /* Word-major blocks for the AVX-512 scan; a group that can't get its scratch block uses
      * the row-major scans (same results). */
-    const int use_soa = hamming_stage && use_avx512(nb);
+    const int use_soa = hamming_stage && group >= HQ_BATCH_MIN_GROUP && use_avx512(nb);
 #endif
 
 #ifdef _OPENMP
