@@ -1604,6 +1604,33 @@ HQ_AVX512 static int soa_scan_avx512(const uint64_t *soa, int64_t rows, int64_t 
 }
 #endif
 
+/* A query's first bound for the kept-buffer route, from a sample of valid rows shared by the
+ * batch: the distance within which the sample predicts about 2c rows, plus slack (as
+ * guess_bound). Starting there, the scan keeps few rows from the first block on; if the guess
+ * proves too small the query is searched again alone (the caller checks). */
+static uint32_t sample_bound(const uint8_t *sample, int64_t n_sampled, int64_t S, int64_t n_rows,
+                             int32_t nb, const hq_query *q, int64_t c, int32_t *sdist)
+{
+    const uint32_t nbits = (uint32_t)nb * 8;
+    if (hq_path == 1)
+        return nbits; /* test knob: no guess */
+    if (hq_path == 2)
+        return 0; /* test knob: a guess too small, so most queries take the fallback */
+    uint32_t sh[HQ_MAX_CODE_BYTES * 8 + 1];
+    memset(sh, 0, sizeof(sh));
+    ham_all(sample, nb, q, 0, n_sampled, sdist);
+    for (int64_t s = 0; s < n_sampled; s++)
+        sh[sdist[s]]++;
+    const int64_t target = (2 * c * S + n_rows - 1) / n_rows + 4;
+    int64_t cum = 0;
+    for (uint32_t b = 0; b <= nbits; b++) {
+        cum += sh[b];
+        if (cum >= target)
+            return b;
+    }
+    return nbits;
+}
+
 int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcode_bytes,
                    int32_t m, const int64_t *rowids, const uint8_t *valid, int64_t n_rows,
                    int64_t n_queries, const uint8_t *query_bits, const float *luts, int32_t kw,
@@ -1675,9 +1702,26 @@ int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t
     hq_entry *heaps = use_heap ? (hq_entry *)malloc((size_t)n_queries * (size_t)heap_cap * sizeof(hq_entry)) : NULL;
     int64_t *cnt = (int64_t *)calloc((size_t)n_queries, sizeof(int64_t));
     int *err = (int *)calloc((size_t)n_queries, sizeof(int));
+    uint8_t *sample = NULL;
     if (!qs || !keeps || (use_heap ? !heaps : !hist) || !cnt || !err) {
         rc = HQ_ERR_NOMEM;
         goto done;
+    }
+    /* The rows sampled for the kept-buffer route's first bounds (sample_bound): every
+     * (n_rows / S)-th row, valid ones only, copied together once for the whole batch. */
+    const int64_t S = use_heap ? 0 : n_rows < HQ_SAMPLE_ROWS ? n_rows : HQ_SAMPLE_ROWS;
+    int64_t n_sampled = 0;
+    if (S) {
+        sample = (uint8_t *)malloc((size_t)S * (size_t)nb);
+        if (!sample) {
+            rc = HQ_ERR_NOMEM;
+            goto done;
+        }
+        for (int64_t s = 0; s < S; s++) {
+            const int64_t i = s * n_rows / S;
+            if (!valid || valid[i])
+                memcpy(sample + n_sampled++ * nb, codes + i * (int64_t)nb, (size_t)nb);
+        }
     }
     for (int64_t j = 0; j < n_queries; j++) {
         query_prepare(&qs[j], query_bits + j * nb, nb);
@@ -1705,6 +1749,14 @@ int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t
 #endif
     for (int64_t g = 0; g < n_groups; g++) {
         const int64_t j0 = g * group, j1 = n_queries - j0 < group ? n_queries : j0 + group;
+        if (S) {
+            int32_t *sdist = (int32_t *)malloc((size_t)S * sizeof(int32_t));
+            for (int64_t j = j0; j < j1; j++) {
+                if (sdist)
+                    keeps[j].bound = sample_bound(sample, n_sampled, S, n_rows, nb, &qs[j], c, sdist);
+            }
+            free(sdist); /* without it the bounds stay at the code width: slower, same results */
+        }
 #ifdef HQ_HAVE_AVX512
         uint64_t *soa = use_soa ? (uint64_t *)malloc((size_t)block * (size_t)nb) : NULL;
 #endif
@@ -1779,8 +1831,16 @@ int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t
                 continue;
             }
             if (hamming_stage) {
-                err[j] = rank_kept(&keeps[j], 1, keeps[j].hist, c, rowids, mode, k, qcodes,
-                                   qcode_bytes, m, lut, kw, orow, odist, oham, &out_n[j]);
+                int64_t within = 0; /* rows kept within the final bound: all of them there */
+                for (uint32_t d = 0; d <= keeps[j].bound; d++)
+                    within += keeps[j].hist[d];
+                if (within < c) /* the sampled guess was too small: this query alone */
+                    err[j] = hq_search(codes, nb, qcodes, qcode_bytes, m, rowids, valid, n_rows,
+                                       query_bits + j * nb, lut, kw, mode, k, candidates, 1, orow,
+                                       odist, oham, &out_n[j]);
+                else
+                    err[j] = rank_kept(&keeps[j], 1, keeps[j].hist, c, rowids, mode, k, qcodes,
+                                       qcode_bytes, m, lut, kw, orow, odist, oham, &out_n[j]);
                 continue;
             }
             hq_entry *h = heaps + j * heap_cap;
@@ -1805,6 +1865,7 @@ done:
     if (keeps)
         for (int64_t j = 0; j < n_queries; j++)
             free(keeps[j].buf);
+    free(sample);
     free(qs);
     free(keeps);
     free(hist);

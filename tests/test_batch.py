@@ -69,11 +69,13 @@ def assert_batch_equals(got, singles, n_queries):
     candidates=st.one_of(st.integers(1, 40), st.integers(1, 1200)),
     threads=st.sampled_from([1, 2, 3]),
     avx512=st.sampled_from([1, 0]),
+    # first bounds: sampled (0), none (1), too small so queries fall back to one by one (2)
+    path=st.sampled_from([0, 1, 2]),
 )
-def test_search_many_equals_search_per_query(batch, mode, k, candidates, threads, avx512):
+def test_search_many_equals_search_per_query(batch, mode, k, candidates, threads, avx512, path):
     codes, qcodes, rowids, valid, queries, luts = batch
     args = dict(k=k, candidates=candidates, mode=mode)
-    with knobs(avx512=avx512):
+    with knobs(avx512=avx512, path=path):
         got = K.search_many(codes, qcodes, rowids, valid, queries, luts, threads=threads, **args)
     singles = [ref_search(codes, qcodes, rowids, valid, queries[j], luts[j], **args)
                for j in range(len(queries))]
@@ -98,9 +100,11 @@ def test_large_batch_equals_search_for_any_thread_count(big, mode, candidates):
     singles = one_by_one(K.search, codes, qcodes, rowids, valid, queries, luts, k=10,
                          candidates=candidates, mode=mode)
     for threads in (1, 2, 7, 64):
-        got = K.search_many(codes, qcodes, rowids, valid, queries, luts, k=10,
-                            candidates=candidates, mode=mode, threads=threads)
-        assert_batch_equals(got, singles, len(queries))
+        for path in (0, 2):
+            with knobs(path=path):
+                got = K.search_many(codes, qcodes, rowids, valid, queries, luts, k=10,
+                                    candidates=candidates, mode=mode, threads=threads)
+            assert_batch_equals(got, singles, len(queries))
 
 
 @needs_native
