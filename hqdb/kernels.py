@@ -252,8 +252,9 @@ def _tune(knob: str, value: int = -1) -> int:
 
     ``"avx512"`` (1/0) turns the AVX-512 VPOPCNTDQ Hamming path on/off; ``"min_chunk_rows"``
     is the fewest rows per thread chunk; ``"path"`` picks the Hamming-stage route (0 choose,
-    1 full scan, 2 fast route with a guess too small to work, 3 always the fast route). Results never depend on these, only the code path
-    does. Not thread-safe: for tests only. ``value < 0`` just reads the knob.
+    1 full scan, 2 fast route with a guess too small to work, 3 always the fast route; in
+    :func:`search_many`, 1 starts without a sampled bound and 2 with one too small, so queries
+    fall back to one by one). Results never depend on these, only the code path does. Not thread-safe: for tests only. ``value < 0`` just reads the knob.
     """
     if BACKEND != "native":
         return -1

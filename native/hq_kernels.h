@@ -36,7 +36,9 @@ const char *hq_hamming_impl(void);
  *   HQ_KNOB_AVX512          1 = use the AVX-512 VPOPCNTDQ Hamming path where possible, 0 = not
  *   HQ_KNOB_MIN_CHUNK_ROWS  fewest rows per thread chunk (default 32768)
  *   HQ_KNOB_PATH            Hamming stage route: 0 = choose, 1 = full, 2 = fast with a guess
- *                           that is too small (exercises the fallback), 3 = always fast */
+ *                           that is too small (exercises the fallback), 3 = always fast.
+ *                           hq_search_many's kept-buffer route: 1 = no sampled first bound,
+ *                           2 = a first bound too small (queries fall back to hq_search) */
 #define HQ_KNOB_AVX512 0
 #define HQ_KNOB_MIN_CHUNK_ROWS 1
 #define HQ_KNOB_PATH 2
