@@ -314,3 +314,17 @@ def search(codes, qcodes, rowids, valid, has_valid, query_bits, lut, mode, k, ca
                            out_dist, out_ham)
     return _search_hamming_stage(codes, qcodes, rowids, valid, has_valid, qw, lut, mode, k,
                                  candidates, out_rowids, out_dist, out_ham)
+
+
+@njit(cache=True)
+def search_many(codes, qcodes, rowids, valid, has_valid, queries, luts, mode, k, candidates,
+                out_rowids, out_dist, out_ham, out_n):
+    """Each query of the batch by :func:`search` (no blocking: this is the fallback), results
+    in row j of the outputs; returns the first error code, or OK."""
+    for j in range(queries.shape[0]):
+        rc, n = search(codes, qcodes, rowids, valid, has_valid, queries[j], luts[j], mode, k,
+                       candidates, out_rowids[j], out_dist[j], out_ham[j])
+        if rc != OK:
+            return rc
+        out_n[j] = n
+    return OK

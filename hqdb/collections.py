@@ -531,11 +531,15 @@ def _search_batch(coll: Collection, source: str, values: list, target: str, k, c
     """Every search of a collection goes through here: ``values`` are checked queries of
     modality ``source`` (text, or float32 bytes); one :class:`Hits` per query.
 
-    For now each query is one ``hq_match`` statement; this is the one place to switch to the
-    engine's batched search (one kernel call for the whole batch)."""
-    sql, extra = coll._search_sql(target, k, candidates, mode, where)
+    One query, or a ``where`` condition, runs as ``hq_match`` statements (SQLite hands the
+    condition to the table, which applies it during the search). Several queries without a
+    condition run as one batched kernel call (:meth:`HqTable.search_many`), whose results are
+    exactly the statements' (same rows, order, distances and ties)."""
     if isinstance(where_args, (Mapping, str)):
         raise CollectionError(f"{coll.name}.search: where_args must be a list of values for the '?' in where")
+    if len(values) > 1 and not where:
+        return _search_kernel_batch(coll, source, values, target, k, candidates, mode)
+    sql, extra = coll._search_sql(target, k, candidates, mode, where)
     args = list(where_args)
     out = []
     try:
@@ -546,6 +550,38 @@ def _search_batch(coll: Collection, source: str, values: list, target: str, k, c
     except apsw.BindingsError as e:
         raise CollectionError(f"{coll.name}.search: where_args do not match the '?' in where: {e}") from None
     return out
+
+
+def _search_kernel_batch(coll: Collection, source: str, values: list, target: str, k, candidates,
+                         mode) -> list[Hits]:
+    from .vtab import MAX_CANDIDATES, MAX_K, MODES, _int_arg, encode_query
+
+    try:
+        table = coll.db.hq.table(coll.name)
+        names = [c.name for c in table.sets]
+        if target not in names:
+            raise CollectionError(f"{coll.name}.search: no modality {target!r} (it has: {', '.join(names)})")
+        k = _int_arg("k", k, 1, MAX_K)
+        candidates = max(1000, 10 * k) if candidates is None else _int_arg("candidates", candidates, 1, MAX_CANDIDATES)
+        mode = "two_stage" if mode is None else mode
+        if mode not in MODES:
+            raise CollectionError(f"{coll.name}.search: unknown mode {mode!r} (use one of: {', '.join(MODES)})")
+        queries = [encode_query(source, v) for v in values]
+        rowids, dist, ham = table.search_many(names.index(target), queries, k, candidates, mode)
+    except apsw.SQLError as e:
+        raise CollectionError(f"{coll.name}.search: {e}") from None
+    # The rows' columns, fetched once for the whole batch.
+    cols = list(coll.columns)
+    wanted = sorted(set(rowids.ravel().tolist()))
+    meta = {}
+    if wanted:
+        select = ", ".join(["rowid", *map(quote_ident, cols)])
+        rows_table = quote_ident(coll.name + "_rows")
+        for r in coll.db.execute(f"SELECT {select} FROM {rows_table} WHERE rowid IN (SELECT value FROM json_each(?))",
+                                 (json.dumps(wanted),)):
+            meta[r[0]] = dict(zip(cols, r[1:]))
+    return [Hits(Hit(int(r), float(d), int(h), dict(meta[int(r)])) for r, d, h in zip(rr, dd, hh))
+            for rr, dd, hh in zip(rowids, dist, ham)]
 
 
 # ------------------------------------------------------------------------------------------

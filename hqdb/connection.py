@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -13,7 +14,7 @@ import sqlite_vec
 
 from . import check, kernels
 from .schema import migrate
-from .vtab import HqError, HqModule, HqShadowModule, _hq_match_scalar, encode_query
+from .vtab import HqError, HqModule, HqShadowModule, SearchManyAggregate, _hq_match_scalar, encode_query
 
 __all__ = ["Connection", "connect", "register"]
 
@@ -59,10 +60,33 @@ def _check_threads(n) -> int:
     return n
 
 
-def register(conn: apsw.Connection, *, threads: int = 1) -> HqModule:
+def _check_device(device) -> str | None:
+    """The torch device batched searches run on, or None for the native kernels.
+
+    A CUDA device without CUDA (or without torch) is not an error: one notice, then the native
+    CPU kernels, so the same code runs on machines with and without a GPU."""
+    if device is None:
+        return None
+    if not isinstance(device, str) or not device:
+        raise HqError(f"device must be a torch device name such as 'cuda' or 'cpu', got {device!r}")
+    from . import torch_backend
+
+    if device.startswith("cuda") and not torch_backend.cuda_available():
+        warnings.warn(f"hqdb: device={device!r} but CUDA is not available here; batched searches "
+                      "run on the native CPU kernels", RuntimeWarning, stacklevel=3)
+        return None
+    try:
+        torch_backend._device(device)  # ImportError (no torch) or ValueError (bad name) now
+    except ValueError as e:
+        raise HqError(str(e)) from None
+    return device
+
+
+def register(conn: apsw.Connection, *, threads: int = 1, device: str | None = None) -> HqModule:
     """Register the ``hq`` module and hqdb's SQL functions on an existing apsw connection, and
     bring its catalog to this hqdb's schema version."""
     threads = _check_threads(threads)
+    device = _check_device(device)
     module = HqShadowModule(conn)
     try:
         conn.create_module("hq", module, use_bestindex_object=True, iVersion=4)
@@ -74,6 +98,7 @@ def register(conn: apsw.Connection, *, threads: int = 1) -> HqModule:
         module = HqModule(conn)
         conn.create_module("hq", module, use_bestindex_object=True, iVersion=2)
     module.threads = threads
+    module.device = device
     try:
         conn.hq = module
     except AttributeError:  # a plain apsw.Connection: hqdb.bulk then needs hqdb.connect()
@@ -113,12 +138,14 @@ def register(conn: apsw.Connection, *, threads: int = 1) -> HqModule:
     conn.create_scalar_function("hq_query", encode_query, 2, deterministic=True)
     conn.create_scalar_function("hq_info", lambda: json.dumps(kernels.info()), 0)
     check.register_functions(conn)
+    for n_args in (4, 5, 6):
+        conn.create_aggregate_function("hq_search_many", SearchManyAggregate.factory(module), n_args)
     migrate(conn)
     return module
 
 
 def connect(path: str = ":memory:", *, threads: int = 1, readonly: bool = False,
-            timeout: float = 5.0, wal: bool = True) -> Connection:
+            timeout: float = 5.0, wal: bool = True, device: str | None = None) -> Connection:
     """Open ``path`` (a file, or ``":memory:"``) ready for hq tables.
 
     The returned apsw connection has sqlite-vec loaded, the ``hq`` virtual-table module and
@@ -138,6 +165,12 @@ def connect(path: str = ":memory:", *, threads: int = 1, readonly: bool = False,
         Put a file database in write-ahead-log mode (the default: readers and one writer work
         concurrently, and readers never block the writer). The mode is stored in the file, so
         ``wal=False`` only avoids switching a database that is not in WAL mode yet.
+    device : str, optional
+        A torch device (``"cuda"``, ``"cuda:1"``, ``"cpu"``) for batched searches
+        (``hq_search_many``, :meth:`HqTable.search_many`): the code arrays are kept there and
+        searched with :mod:`hqdb.torch_backend`. None (the default) uses the native kernels.
+        ``"cuda"`` where CUDA is not available prints a one-line notice and uses the native
+        kernels. Needs torch (the ``train`` extra) otherwise.
     """
     flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
     conn = Connection(os.fspath(path), flags=flags | apsw.SQLITE_OPEN_URI)
@@ -150,7 +183,7 @@ def connect(path: str = ":memory:", *, threads: int = 1, readonly: bool = False,
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
             if mode.lower() != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
-        register(conn, threads=threads)
+        register(conn, threads=threads, device=device)
     except BaseException:
         conn.close()
         raise

@@ -18,6 +18,10 @@ byte ``i // 8``, set iff the value is > 0, as sqlite-vec's ``vec_quantize_binary
 
 Ranking: every mode orders rows by ``(distance, rowid)`` ascending, so ties always resolve
 the same way (smaller rowid first), whatever the number of threads or the backend.
+
+Batches: :func:`search_many` runs many queries in one kernel call with, for each query, exactly
+the result :func:`search` gives it. :mod:`hqdb.torch_backend` runs the same batched search with
+torch tensor operations on any torch device (CPU or CUDA), again with identical results.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ __all__ = [
     "hamming_distances",
     "aqd_lut",
     "search",
+    "search_many",
 ]
 
 MODES = ("hamming", "aqd", "two_stage")
@@ -95,6 +100,22 @@ class _NativeBackend:
         )
         return rc, int(n_out[0])
 
+    def search_many(self, codes, qcodes, rowids, valid, queries, luts, mode, k, candidates,
+                    threads, out_rowids, out_dist, out_ham, out_n):
+        b = self._buf
+        if qcodes is not None:
+            qc, qbytes, m = b(f"uint{8 * qcodes.itemsize}_t[]", qcodes), qcodes.itemsize, qcodes.shape[1]
+        else:
+            qc, qbytes, m = self.ffi.NULL, 0, 0
+        kw = luts.shape[2] if luts is not None else 0
+        return self.lib.hq_search_many(
+            b("uint8_t[]", codes), codes.shape[1], qc, qbytes, m, b("int64_t[]", rowids),
+            b("uint8_t[]", valid), codes.shape[0], queries.shape[0], b("uint8_t[]", queries),
+            b("float[]", luts), kw, _MODE_CODE[mode], k, candidates, threads,
+            b("int64_t[]", out_rowids), b("float[]", out_dist), b("int32_t[]", out_ham),
+            b("int64_t[]", out_n),
+        )
+
     def info(self):
         f = self.lib.hq_cpu_features()
         return {
@@ -136,6 +157,20 @@ class _NumbaBackend:
             candidates, out_rowids, out_dist, out_ham,
         )
         return int(rc), int(n)
+
+    def search_many(self, codes, qcodes, rowids, valid, queries, luts, mode, k, candidates,
+                    threads, out_rowids, out_dist, out_ham, out_n):
+        has_valid = valid is not None
+        if valid is None:
+            valid = np.empty(0, dtype=np.uint8)
+        if qcodes is None:
+            qcodes = np.empty((codes.shape[0], 1), dtype=np.uint8)
+        if luts is None:
+            luts = np.empty((queries.shape[0], 1, 1), dtype=np.float32)
+        return int(self.nk.search_many(
+            codes, qcodes, rowids, valid, has_valid, queries, luts, _MODE_CODE[mode], k,
+            candidates, out_rowids, out_dist, out_ham, out_n,
+        ))
 
     def info(self):
         try:
@@ -205,6 +240,7 @@ def _backend_api(name: str):
         hamming_distances=functools.partial(_hamming_distances, impl),
         aqd_lut=functools.partial(_aqd_lut, impl),
         search=functools.partial(_search, impl),
+        search_many=functools.partial(_search_many, impl),
     )
 
 
@@ -216,8 +252,9 @@ def _tune(knob: str, value: int = -1) -> int:
 
     ``"avx512"`` (1/0) turns the AVX-512 VPOPCNTDQ Hamming path on/off; ``"min_chunk_rows"``
     is the fewest rows per thread chunk; ``"path"`` picks the Hamming-stage route (0 choose,
-    1 full scan, 2 fast route with a guess too small to work, 3 always the fast route). Results never depend on these, only the code path
-    does. Not thread-safe: for tests only. ``value < 0`` just reads the knob.
+    1 full scan, 2 fast route with a guess too small to work, 3 always the fast route; in
+    :func:`search_many`, 1 starts without a sampled bound and 2 with one too small, so queries
+    fall back to one by one). Results never depend on these, only the code path does. Not thread-safe: for tests only. ``value < 0`` just reads the knob.
     """
     if BACKEND != "native":
         return -1
@@ -489,16 +526,16 @@ def search(codes, qcodes, rowids, valid, query_bits, lut, *, k, candidates,
                    candidates=candidates, mode=mode, threads=threads)
 
 
-def _search(impl, codes, qcodes, rowids, valid, query_bits, lut, *, k, candidates,
-            mode="two_stage", threads=1):
+def _search_scalars(mode, k, candidates, threads):
     if not isinstance(mode, str) or mode not in _MODE_CODE:
         raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(map(repr, MODES))}")
-    k = _int("k", k, 1)
-    candidates = _int("candidates", candidates, 1)
-    threads = _threads(threads)
-    _codes(codes)
-    n_rows, nb = codes.shape
-    _query_bits("query_bits", query_bits, nb)
+    return _int("k", k, 1), _int("candidates", candidates, 1), _threads(threads)
+
+
+def _rows_args(codes, qcodes, rowids, valid, mode):
+    """Check the per-row arrays against validated codes; return (valid as uint8 or None,
+    qcodes or None in 'hamming' mode)."""
+    n_rows = codes.shape[0]
     _array("rowids", rowids, (np.int64,), 1)
     if rowids.shape[0] != n_rows:
         raise ValueError(f"rowids has {rowids.shape[0]} entries but codes has {n_rows} rows")
@@ -508,23 +545,42 @@ def _search(impl, codes, qcodes, rowids, valid, query_bits, lut, *, k, candidate
             raise ValueError(f"valid has {valid.shape[0]} entries but codes has {n_rows} rows")
         valid = valid.view(np.uint8)
     if mode == "hamming":
-        qcodes = lut = None  # not used: not checked either
+        return valid, None  # qcodes not used: not checked either
+    if qcodes is None:
+        raise ValueError(f"mode {mode!r} needs qcodes and lut (only 'hamming' works without)")
+    _array("qcodes", qcodes, (np.uint8, np.uint16), 2)
+    if qcodes.shape[0] != n_rows:
+        raise ValueError(f"qcodes has {qcodes.shape[0]} rows but codes has {n_rows}")
+    m = qcodes.shape[1]
+    if m < 1:
+        raise ValueError("qcodes must have at least one column (codebook)")
+    if m > _INT32_MAX:
+        raise ValueError(f"too many codebooks: {m}")
+    return valid, qcodes
+
+
+def _lut_shape(name, shape, m):
+    """A LUT's trailing (books, codewords) shape against qcodes' m books."""
+    if shape[-2] != m:
+        raise ValueError(f"{name} has {shape[-2]} rows but qcodes has {m} codebooks")
+    if not 1 <= shape[-1] <= MAX_CODEWORDS:
+        raise ValueError(f"{name} must have 1..{MAX_CODEWORDS} columns (codewords), got {shape[-1]}")
+
+
+def _search(impl, codes, qcodes, rowids, valid, query_bits, lut, *, k, candidates,
+            mode="two_stage", threads=1):
+    k, candidates, threads = _search_scalars(mode, k, candidates, threads)
+    _codes(codes)
+    n_rows, nb = codes.shape
+    _query_bits("query_bits", query_bits, nb)
+    valid, qcodes = _rows_args(codes, qcodes, rowids, valid, mode)
+    if mode == "hamming":
+        lut = None  # not used: not checked either
     else:
-        if qcodes is None or lut is None:
+        if lut is None:
             raise ValueError(f"mode {mode!r} needs qcodes and lut (only 'hamming' works without)")
-        _array("qcodes", qcodes, (np.uint8, np.uint16), 2)
-        if qcodes.shape[0] != n_rows:
-            raise ValueError(f"qcodes has {qcodes.shape[0]} rows but codes has {n_rows}")
-        m = qcodes.shape[1]
-        if m < 1:
-            raise ValueError("qcodes must have at least one column (codebook)")
         _array("lut", lut, (np.float32,), 2)
-        if lut.shape[0] != m:
-            raise ValueError(f"lut has {lut.shape[0]} rows but qcodes has {m} codebooks")
-        if not 1 <= lut.shape[1] <= MAX_CODEWORDS:
-            raise ValueError(f"lut must have 1..{MAX_CODEWORDS} columns (codewords), got {lut.shape[1]}")
-        if m > _INT32_MAX:
-            raise ValueError(f"too many codebooks: {m}")
+        _lut_shape("lut", lut.shape, qcodes.shape[1])
         if not np.isfinite(lut).all():
             raise ValueError("lut contains NaN or infinity")
     r_max = min(k, n_rows)
@@ -540,4 +596,97 @@ def _search(impl, codes, qcodes, rowids, valid, query_bits, lut, *, k, candidate
     _check(rc, f"search (mode {mode!r})")
     if r < r_max:
         return out_rowids[:r].copy(), out_dist[:r].copy(), out_ham[:r].copy()
+    return out_rowids, out_dist, out_ham
+
+
+def search_many(codes, qcodes, rowids, valid, queries_bits, luts, *, k, candidates,
+                mode: str = "two_stage", threads: int = 1):
+    """Top-k rows for each of a batch of queries, in one kernel call.
+
+    Query ``j``'s results are exactly those of :func:`search` with ``queries_bits[j]`` and
+    ``luts[j]`` (same rowids, order, distances and ties). The native kernel walks the rows in
+    L2-sized blocks and runs every query over a block before loading the next, so the codes
+    are read from memory once per batch; threads split the queries of each block.
+
+    Parameters
+    ----------
+    codes, qcodes, rowids, valid
+        As for :func:`search`.
+    queries_bits : np.ndarray of uint8, shape (Q, nb), C-contiguous
+        One packed bit code per query.
+    luts : np.ndarray of float32, shape (Q, m, kw), C-contiguous, or None
+        One AQD lookup table per query (:func:`aqd_lut`), finite. Needed unless
+        ``mode="hamming"``.
+    k, candidates, mode, threads
+        As for :func:`search`, the same for every query.
+
+    Returns
+    -------
+    rowids : np.ndarray of int64, shape (Q, r)
+    distance : np.ndarray of float32, shape (Q, r)
+    hamming : np.ndarray of int32, shape (Q, r)
+        Row ``j`` is query ``j``'s result, best first; ``r = min(k, number of valid rows)``
+        (the same for every query).
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`search`; nothing runs if any query or LUT of the batch is bad.
+    """
+    return _search_many(_IMPL, codes, qcodes, rowids, valid, queries_bits, luts, k=k,
+                        candidates=candidates, mode=mode, threads=threads)
+
+
+def _search_many_args(codes, qcodes, rowids, valid, queries_bits, luts, k, candidates, mode,
+                      threads):
+    """Validate a batched search's arguments (for every backend, the torch one too); return
+    (qcodes or None, valid as uint8 or None, luts or None, k, candidates, threads)."""
+    k, candidates, threads = _search_scalars(mode, k, candidates, threads)
+    _codes(codes)
+    nb = codes.shape[1]
+    _array("queries_bits", queries_bits, (np.uint8,), 2)
+    n_queries = queries_bits.shape[0]
+    if queries_bits.shape[1] != nb:
+        raise ValueError(
+            f"queries_bits has {queries_bits.shape[1]} bytes ({queries_bits.shape[1] * 8} bits) "
+            f"per query but the codes have {nb} bytes ({nb * 8} bits) per row"
+        )
+    valid, qcodes = _rows_args(codes, qcodes, rowids, valid, mode)
+    if mode == "hamming":
+        luts = None  # not used: not checked either
+    else:
+        if luts is None:
+            raise ValueError(f"mode {mode!r} needs qcodes and luts (only 'hamming' works without)")
+        _array("luts", luts, (np.float32,), 3)
+        if luts.shape[0] != n_queries:
+            raise ValueError(f"luts has {luts.shape[0]} tables but there are {n_queries} queries")
+        _lut_shape("luts", luts.shape, qcodes.shape[1])
+        if not np.isfinite(luts).all():
+            raise ValueError("luts contain NaN or infinity")
+    return qcodes, valid, luts, k, candidates, threads
+
+
+def _search_many(impl, codes, qcodes, rowids, valid, queries_bits, luts, *, k, candidates,
+                 mode="two_stage", threads=1):
+    qcodes, valid, luts, k, candidates, threads = _search_many_args(
+        codes, qcodes, rowids, valid, queries_bits, luts, k, candidates, mode, threads)
+    n_rows, n_queries = codes.shape[0], queries_bits.shape[0]
+    if n_rows == 0 or n_queries == 0:
+        r_max = min(k, n_rows if valid is None else int(np.count_nonzero(valid)))
+        return (np.empty((n_queries, r_max), dtype=np.int64),
+                np.empty((n_queries, r_max), dtype=np.float32),
+                np.empty((n_queries, r_max), dtype=np.int32))
+    k, candidates = min(k, n_rows), min(candidates, n_rows)
+    out_rowids = np.empty((n_queries, k), dtype=np.int64)
+    out_dist = np.empty((n_queries, k), dtype=np.float32)
+    out_ham = np.empty((n_queries, k), dtype=np.int32)
+    out_n = np.zeros(n_queries, dtype=np.int64)
+    rc = impl.search_many(codes, qcodes, rowids, valid, queries_bits, luts, mode, k, candidates,
+                          threads, out_rowids, out_dist, out_ham, out_n)
+    _check(rc, f"search_many (mode {mode!r})")
+    r = int(out_n[0])
+    if not (out_n == r).all():  # every query ranks the same valid rows: a kernel bug otherwise
+        raise RuntimeError(f"search_many: result counts differ between queries ({out_n.min()}..{out_n.max()})")
+    if r < k:
+        return out_rowids[:, :r].copy(), out_dist[:, :r].copy(), out_ham[:, :r].copy()
     return out_rowids, out_dist, out_ham

@@ -19,6 +19,11 @@ constraint, and the whole search is one kernel call in :meth:`HqCursor.Filter`.
 
 Query plans are encoded in ``idxStr`` like sqlite-vec does: a header letter then one token per
 argument, so BestIndex and Filter agree by construction (see :func:`_encode_plan`).
+
+Many queries at once: :meth:`HqTable.search_many` (Python) and the SQL aggregate
+``hq_search_many(table, query_id, query, k [, candidates [, mode]])`` (:class:`SearchManyAggregate`)
+run a whole batch as one kernel call (:func:`hqdb.kernels.search_many`, or the torch backend when
+the connection has a ``device``); each query gets exactly its ``hq_match`` result.
 """
 
 from __future__ import annotations
@@ -124,6 +129,7 @@ class HqModule:
         self.conn = conn
         self.tables: dict[tuple[str, str], HqTable] = {}
         self.threads = 1
+        self.device: str | None = None  # torch device for batched searches; None: native kernels
 
     def _resolve_model(self, name: str):
         try:
@@ -854,6 +860,191 @@ class HqTable:
             st.codes[:n], st.qcodes[:n] if o.books else None, st.rowids[:n], valid, bits, lut,
             k=k, candidates=candidates, mode=mode, threads=self.module.threads,
         )
+
+    # -------------------------------------------------------------- batched search
+    def search_many(self, set_idx: int, queries, k: int, candidates: int, mode: str = "two_stage",
+                    conds: list[tuple[str, int, object]] | None = None):
+        """Search many queries at once: one kernel call for the whole batch.
+
+        Parameters
+        ----------
+        set_idx : int
+            Which code set to search (0 on a raw table; the modality's index on a model-bound one).
+        queries : sequence of query values, or np.ndarray of float32 (Q, dim)
+            Each value as ``hq_match`` takes it (a float32 vector BLOB, a bit-code BLOB in
+            'hamming' mode, or ``hq_query(modality, value)`` on a model-bound table); or the
+            common-space vectors as one array.
+        k, candidates, mode
+            As in an ``hq_match`` search, the same for every query.
+        conds : list, optional
+            Metadata conditions (as :meth:`filter_mask` takes them), the same for every query.
+
+        Returns
+        -------
+        rowids, distance, hamming : np.ndarray, shape (Q, r)
+            Row j is query j's result (exactly what the one-query search returns), best first.
+        """
+        mode = self._batch_mode(mode)
+        if self._has_pending():
+            self.flush_pending()
+        bits, vecs = self._parse_queries(queries, mode, set_idx)
+        version = self.fresh()
+        luts = self._luts(vecs, version) if mode != "hamming" else None
+        st = self.stores[set_idx]
+        n = st.size
+        valid = self.filter_mask(set_idx, conds) if conds else st.valid[:n]
+        codes, qcodes, rowids = st.codes[:n], st.qcodes[:n] if self.opts.books else None, st.rowids[:n]
+        if self.module.device is None:
+            return kernels.search_many(codes, qcodes, rowids, valid, bits, luts, k=k,
+                                       candidates=candidates, mode=mode, threads=self.module.threads)
+        from . import torch_backend
+
+        return torch_backend.search_many(
+            codes, qcodes, rowids, valid, bits, luts, k=k, candidates=candidates, mode=mode,
+            resident=self._device_codes(set_idx, version, codes, qcodes, rowids))
+
+    def _batch_mode(self, mode: str) -> str:
+        if mode not in MODES:
+            raise HqError(f"unknown mode {mode!r} for {self.name} (use one of: {', '.join(MODES)})")
+        if self.opts.books == 0 and mode != "hamming":
+            if mode == "aqd":
+                raise HqError(f"{self.name} has books=0: mode 'aqd' needs quantization codes")
+            mode = "hamming"
+        return mode
+
+    def _parse_queries(self, queries, mode: str, set_idx: int):
+        """(bits (Q, code_bytes) uint8, vectors (Q, dim) float32 or None) of a batch of queries."""
+        o = self.opts
+        if isinstance(queries, np.ndarray):
+            if queries.dtype != np.float32 or queries.ndim != 2 or queries.shape[1] != o.dim:
+                raise HqError(f"search_many on {self.name}: an array of queries must be float32 of "
+                              f"shape (Q, {o.dim}), got {queries.dtype} {queries.shape}")
+            vecs = np.ascontiguousarray(queries)
+            if not np.isfinite(vecs).all():
+                raise HqError(f"search_many on {self.name}: queries contain NaN or infinity")
+            return kernels.pack_bits(vecs), vecs
+        if isinstance(queries, (str, bytes, bytearray, memoryview)):
+            raise HqError(f"search_many on {self.name} takes a sequence of queries, not one query")
+        parsed = [self.parse_query(q, mode, set_idx) for q in queries]
+        bits = np.empty((len(parsed), o.code_bytes), dtype=np.uint8)
+        for j, (b, _) in enumerate(parsed):
+            bits[j] = b
+        if mode == "hamming":
+            return bits, None
+        # parse_query refused bit-code queries outside 'hamming' mode: every query has a vector
+        vecs = np.empty((len(parsed), o.dim), dtype=np.float32)
+        for j, (_, v) in enumerate(parsed):
+            vecs[j] = v
+        return bits, vecs
+
+    def _luts(self, vecs: np.ndarray, version: int) -> np.ndarray:
+        """One AQD lookup table per query vector, (Q, books, codewords)."""
+        cb = self.codebooks(version)
+        if cb is None:
+            raise HqError(
+                f"hq table {self.name} has no codebooks: set them with "
+                f"SELECT hq_set_codebooks('{self.name}', :blob), or search with mode = 'hamming'"
+            )
+        luts = np.empty((len(vecs), cb.shape[0], cb.shape[1]), dtype=np.float32)
+        for j, vec in enumerate(vecs):
+            luts[j] = kernels.aqd_lut(vec, cb)
+        return luts
+
+    def _device_codes(self, set_idx: int, version: int, codes, qcodes, rowids):
+        """The code set's arrays on the module's torch device, copied once per table version."""
+        from . import torch_backend
+
+        cache = self.__dict__.setdefault("_device_cache", {})
+        key = (self.module.device, version, codes.shape[0])
+        hit = cache.get(set_idx)
+        if hit is None or hit[0] != key:
+            cache[set_idx] = hit = (key, torch_backend.DeviceCodes(codes, qcodes, rowids, self.module.device))
+        return hit[1]
+
+
+def resolve_target(module: HqModule, target) -> tuple[HqTable, int]:
+    """An hq table and code set from ``'table'`` or ``'table.column'`` (column: a modality's
+    input or code column, needed when a model-bound table has several)."""
+    if not isinstance(target, str) or not target:
+        raise HqError("hq_search_many: the first argument names the hq table, e.g. 'docs' or 'docs.image'")
+    name, col = target, None
+    if "." in target:
+        try:
+            return _only_set(module.table(target), target)
+        except HqError:
+            name, col = target.rsplit(".", 1)
+    table = module.table(name)
+    if col is None:
+        return _only_set(table, target)
+    for i, cs in enumerate(table.sets):
+        if col in (cs.input_col, cs.code_col, cs.name):
+            return table, i
+    cols = ", ".join(f"{name}.{cs.input_col or cs.code_col}" for cs in table.sets)
+    raise HqError(f"hq_search_many: {name} has no code set {col!r} (use one of: {cols})")
+
+
+def _only_set(table: HqTable, target: str) -> tuple[HqTable, int]:
+    if len(table.sets) != 1:
+        cols = ", ".join(f"'{table.name}.{cs.input_col or cs.code_col}'" for cs in table.sets)
+        raise HqError(f"hq_search_many: {table.name} has several modalities: name one ({cols})")
+    return table, 0
+
+
+class SearchManyAggregate:
+    """The SQL aggregate ``hq_search_many(target, query_id, query, k [, candidates [, mode]])``.
+
+    Collects every (query_id, query) of its group, then runs them as one batched search
+    (:meth:`HqTable.search_many`) and returns JSON: one object per result,
+    ``{"query": query_id, "rank": 1.., "rowid": .., "distance": .., "hamming": ..}``, queries
+    in the order they arrived, each query's results best first. ``target``, ``k``,
+    ``candidates`` and ``mode`` must be the same on every row of the group.
+    """
+
+    def __init__(self, module: HqModule):
+        self.module = module
+        self.ids: list = []
+        self.queries: list = []
+        self.params = None
+
+    @classmethod
+    def factory(cls, module: HqModule):
+        def make():
+            agg = cls(module)
+            return agg, cls.step, cls.final
+
+        return make
+
+    def step(self, target, query_id, query, k, candidates=None, mode=None):
+        params = (target, k, candidates, mode)
+        if self.params is None:
+            self.params = params
+        elif params != self.params:
+            raise HqError("hq_search_many: target, k, candidates and mode must be the same for every query")
+        if query is None:
+            raise HqError(f"hq_search_many: query {query_id!r} is NULL")
+        if not isinstance(query_id, (int, float, str)) and query_id is not None:
+            raise HqError("hq_search_many: query_id must be an INTEGER, REAL, TEXT or NULL (it goes into JSON)")
+        self.ids.append(query_id)
+        self.queries.append(query)
+
+    def final(self):
+        if self.params is None:
+            return "[]"
+        target, k, candidates, mode = self.params
+        table, set_idx = resolve_target(self.module, target)
+        k = _int_arg("k", k, 1, MAX_K)
+        candidates = (max(1000, 10 * k) if candidates is None
+                      else _int_arg("candidates", candidates, 1, MAX_CANDIDATES))
+        if mode is None:
+            mode = "two_stage"
+        elif not isinstance(mode, str) or mode not in MODES:
+            raise HqError(f"unknown mode {mode!r} (use one of: {', '.join(MODES)})")
+        rowids, dist, ham = table.search_many(set_idx, self.queries, k, candidates, mode)
+        out = []
+        for qid, rr, dd, hh in zip(self.ids, rowids.tolist(), dist.tolist(), ham.tolist()):
+            out += [{"query": qid, "rank": i + 1, "rowid": r, "distance": d, "hamming": h}
+                    for i, (r, d, h) in enumerate(zip(rr, dd, hh))]
+        return json.dumps(out)
 
 
 def _int_arg(name: str, value, lo: int, hi: int) -> int:

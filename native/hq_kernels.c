@@ -211,6 +211,7 @@ typedef struct {
     int64_t *hist; /* of the kept rows' distances */
     uint32_t bound;
     int overflow;
+    int64_t cap_hint; /* the batched search: rows it expects to keep (allocated on first use) */
 } hq_keep;
 
 HQ_CLONES
@@ -219,7 +220,7 @@ static int64_t ham_collect_generic(const uint8_t *codes, int32_t nb, const hq_qu
                                    hq_keep *kp)
 {
     uint32_t bound = kp->bound;
-    int64_t n = 0, nvalid = 0;
+    int64_t n = kp->n, nvalid = 0; /* appends to the rows kept so far */
     hq_hit *buf = kp->buf;
     HQ_DISPATCH_NB(nb, q, {
         for (int64_t i0 = lo; i0 < hi; i0 += HQ_BOUND_BLOCK) {
@@ -381,7 +382,7 @@ HQ_AVX512 static int64_t ham_collect_avx512(const uint8_t *codes, int32_t nb, co
     __m512i qv[2];
     avx512_query(q, qv);
     uint32_t bound = kp->bound;
-    int64_t n = 0, nvalid = 0;
+    int64_t n = kp->n, nvalid = 0; /* appends to the rows kept so far */
     hq_hit *buf = kp->buf;
     int64_t i = lo;
     HQ_AVX512_DISPATCH(q->nw, {
@@ -1067,6 +1068,53 @@ static uint32_t guess_bound(const uint8_t *codes, int32_t nb, const hq_query *q,
 
 #define HQ_FALLBACK 1 /* internal: the fast route can't decide, take the full one */
 
+/* The end of the fast route, shared with the batched search: from the rows kept by T scans
+ * (tot[d] = their count at distance d, exact for every d up to some bound with at least c rows
+ * within it), the c best by (Hamming, rowid), ranked by rank_candidates. */
+static int rank_kept(const hq_keep *keep, int32_t T, const int64_t *tot, int64_t c,
+                     const int64_t *rowids, int32_t mode, int64_t k, const void *qcodes,
+                     int32_t qcode_bytes, int32_t m, const float *lut, int32_t kw,
+                     int64_t *out_rowids, float *out_dist, int32_t *out_ham, int64_t *out_n)
+{
+    int rc;
+    uint32_t dstar = 0;
+    int64_t below = 0;
+    while (below + tot[dstar] < c) {
+        below += tot[dstar];
+        dstar++;
+    }
+    const int64_t need = c - below, neq = tot[dstar];
+
+    hq_entry *cand = (hq_entry *)malloc((size_t)c * sizeof(hq_entry));
+    hq_entry *eq = (hq_entry *)malloc((size_t)neq * sizeof(hq_entry));
+    if (!cand || !eq) {
+        rc = HQ_ERR_NOMEM;
+        goto done;
+    }
+    int64_t nb_ = 0, ne = 0;
+    for (int32_t t = 0; t < T; t++) {
+        for (int64_t j = 0; j < keep[t].n; j++) {
+            const hq_hit h = keep[t].buf[j];
+            hq_entry e = {0.0f, (int32_t)h.d, 0, h.idx};
+            if (h.d < dstar)
+                cand[nb_++] = e;
+            else if (h.d == dstar)
+                eq[ne++] = e;
+        }
+    }
+    fill_rowids(cand, below, rowids);
+    fill_rowids(eq, neq, rowids);
+    select_smallest(eq, neq, need); /* ties at d*: the `need` smallest rowids */
+    memcpy(cand + below, eq, (size_t)need * sizeof(hq_entry));
+    rc = rank_candidates(cand, c, mode, k, qcodes, qcode_bytes, m, lut, kw, out_rowids, out_dist,
+                         out_ham, out_n);
+
+done:
+    free(cand);
+    free(eq);
+    return rc;
+}
+
 static int search_hamming_fast(const uint8_t *codes, int32_t nb, const void *qcodes,
                                int32_t qcode_bytes, int32_t m, const int64_t *rowids,
                                const uint8_t *valid, int64_t n_rows, const hq_query *q,
@@ -1090,7 +1138,6 @@ static int search_hamming_fast(const uint8_t *codes, int32_t nb, const void *qco
     int64_t *nvalid_t = (int64_t *)calloc((size_t)T, sizeof(int64_t));
     int64_t *tot = (int64_t *)calloc(nbuckets, sizeof(int64_t));
     hq_hit *hits = NULL;
-    hq_entry *cand = NULL, *eq = NULL;
     if (!keep || !hist || !nvalid_t || !tot) {
         rc = HQ_ERR_NOMEM;
         goto done;
@@ -1148,37 +1195,8 @@ static int search_hamming_fast(const uint8_t *codes, int32_t nb, const void *qco
         rc = HQ_FALLBACK;
         goto done;
     }
-    uint32_t dstar = 0;
-    int64_t below = 0;
-    while (below + tot[dstar] < c) {
-        below += tot[dstar];
-        dstar++;
-    }
-    const int64_t need = c - below, neq = tot[dstar];
-
-    cand = (hq_entry *)malloc((size_t)c * sizeof(hq_entry));
-    eq = (hq_entry *)malloc((size_t)neq * sizeof(hq_entry));
-    if (!cand || !eq) {
-        rc = HQ_ERR_NOMEM;
-        goto done;
-    }
-    int64_t nb_ = 0, ne = 0;
-    for (int32_t t = 0; t < T; t++) {
-        for (int64_t j = 0; j < keep[t].n; j++) {
-            const hq_hit h = keep[t].buf[j];
-            hq_entry e = {0.0f, (int32_t)h.d, 0, h.idx};
-            if (h.d < dstar)
-                cand[nb_++] = e;
-            else if (h.d == dstar)
-                eq[ne++] = e;
-        }
-    }
-    fill_rowids(cand, below, rowids);
-    fill_rowids(eq, neq, rowids);
-    select_smallest(eq, neq, need); /* ties at d*: the `need` smallest rowids */
-    memcpy(cand + below, eq, (size_t)need * sizeof(hq_entry));
-    rc = rank_candidates(cand, c, mode, k, qcodes, qcode_bytes, m, lut, kw, out_rowids, out_dist,
-                         out_ham, out_n);
+    rc = rank_kept(keep, T, tot, c, rowids, mode, k, qcodes, qcode_bytes, m, lut, kw, out_rowids,
+                   out_dist, out_ham, out_n);
 
 done:
     free(keep);
@@ -1186,8 +1204,6 @@ done:
     free(nvalid_t);
     free(tot);
     free(hits);
-    free(cand);
-    free(eq);
     return rc;
 }
 
@@ -1207,7 +1223,8 @@ static int search_hamming(const uint8_t *codes, int32_t nb, const void *qcodes,
                                kw, mode, k, candidates, T, out_rowids, out_dist, out_ham, out_n);
 }
 
-/* "aqd" mode over rows [lo, hi): score every valid row, keep the cap best in the heap h. */
+/* "aqd" mode over rows [lo, hi): score every valid row, keep the cap best in the heap h
+ * (which holds *n_out entries on entry). */
 #define HQ_AQD_ROWS(QB, M)                                                                   \
     for (int64_t i = lo; i < hi; i++) {                                                      \
         if (valid && !valid[i])                                                              \
@@ -1229,7 +1246,7 @@ static int aqd_range(const void *qcodes, int32_t qcode_bytes, int32_t m, const i
                      hq_entry *h, int64_t cap, int64_t *n_out)
 {
     int rc = HQ_OK;
-    int64_t n = 0;
+    int64_t n = *n_out; /* h may already hold n entries (the batched search adds chunk by chunk) */
     /* constant code width and book count for the usual shapes: the book loop unrolls */
     switch (qcode_bytes * 16 + m) {
     case 16 + 1: HQ_AQD_ROWS(1, 1) break;
@@ -1339,4 +1356,521 @@ int hq_search(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcod
                           T, out_rowids, out_dist, out_ham, out_n);
     return search_hamming(codes, nb, qcodes, qcode_bytes, m, rowids, valid, n_rows, &q, lut,
                                 kw, mode, k, candidates, T, out_rowids, out_dist, out_ham, out_n);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Batched search: many queries over the same rows in one call.                               */
+/*                                                                                            */
+/* The queries are split into one group per thread; a group walks the rows in blocks small   */
+/* enough to stay in L2 (HQ_BATCH_BLOCK_BYTES of codes) and every query of the group scans a  */
+/* block before the next one is loaded, so each code is read from memory once per thread     */
+/* instead of once per query. No barrier per block: on a shared machine a thread that is      */
+/* descheduled does not stall the others at every block.                                      */
+/*                                                                                            */
+/* Per query, the Hamming stage keeps either a bounded heap of its c best rows by (Hamming,    */
+/* rowid, slot) (small c: one compare per row against the heap's top), or the fast route's    */
+/* kept buffer (ham_collect's bound, which starts at the code width and tightens as rows come */
+/* in; the buffer is compacted or grown between 1024-row steps, so it never overflows and no  */
+/* fallback is needed). With AVX-512 the block is first laid out word-major (soa_fill) so the */
+/* distances of 8 rows need no cross-lane shuffles. "aqd" mode keeps a bounded heap per query */
+/* (aqd_range). Either way a query's result is the same set under the same strict total      */
+/* order as hq_search's, ranked by the same code, so results are identical to running the     */
+/* queries one by one, for any thread count or grouping.                                      */
+
+#define HQ_BATCH_BLOCK_BYTES (256 * 1024)
+/* Up to this many candidates a query's Hamming stage keeps a heap (one integer compare per
+ * row, no bookkeeping); beyond it, heap updates cost more than the fast route's kept buffer. */
+#define HQ_BATCH_HEAP_MAX 32
+/* Fewer queries than this per thread: one by one (hq_search) is as fast, its fast route needs
+ * no per-query state for the whole scan, and laying blocks out word-major would not pay. */
+#define HQ_BATCH_MIN_GROUP 4
+
+/* Offer rows [lo, hi) to one query's heap h (cap entries, *n used) by Hamming distance. */
+HQ_CLONES
+static void ham_heap_generic(const uint8_t *codes, int32_t nb, const hq_query *q,
+                             const uint8_t *valid, const int64_t *rowids, int64_t lo, int64_t hi,
+                             hq_entry *h, int64_t *n_io, int64_t cap)
+{
+    int64_t n = *n_io;
+    uint32_t thr = n == cap ? (uint32_t)h[0].ham : UINT32_MAX;
+    HQ_DISPATCH_NB(nb, q, {
+        for (int64_t i = lo; i < hi; i++) {
+            const uint32_t d = ham_row(codes + i * (int64_t)nb, q, NW, NTAIL);
+            if (d > thr || (valid && !valid[i]))
+                continue;
+            hq_entry e = {(float)d, (int32_t)d, rowids[i], i};
+            topk_offer(h, &n, cap, &e);
+            if (n == cap)
+                thr = (uint32_t)h[0].ham;
+        }
+    })
+    *n_io = n;
+}
+
+#ifdef HQ_HAVE_AVX512
+HQ_AVX512 static void ham_heap_avx512(const uint8_t *codes, int32_t nb, const hq_query *q,
+                                      const uint8_t *valid, const int64_t *rowids, int64_t lo,
+                                      int64_t hi, hq_entry *h, int64_t *n_io, int64_t cap)
+{
+    __m512i qv[2];
+    avx512_query(q, qv);
+    int64_t n = *n_io;
+    uint32_t thr = n == cap ? (uint32_t)h[0].ham : UINT32_MAX;
+    int64_t i = lo;
+    HQ_AVX512_DISPATCH(q->nw, {
+        __m512i vthr = _mm512_set1_epi64((int64_t)thr);
+        for (; i + 8 <= hi; i += 8) {
+            const __m512i d = avx512_dist8(codes + i * (int64_t)nb, qv, NW);
+            unsigned near = (unsigned)_mm512_cmple_epu64_mask(d, vthr);
+            if (!near) /* almost always, once the heap is full */
+                continue;
+            uint64_t dl[8];
+            _mm512_storeu_si512((void *)dl, d);
+            do {
+                const int j = hq_ctz64(near);
+                near &= near - 1;
+                const uint32_t dj = (uint32_t)dl[j];
+                if (dj > thr || (valid && !valid[i + j]))
+                    continue;
+                hq_entry e = {(float)dj, (int32_t)dj, rowids[i + j], i + j};
+                topk_offer(h, &n, cap, &e);
+                if (n == cap)
+                    thr = (uint32_t)h[0].ham;
+            } while (near);
+            vthr = _mm512_set1_epi64((int64_t)thr);
+        }
+    })
+    *n_io = n;
+    if (i < hi) /* the last hi - i < 8 rows */
+        ham_heap_generic(codes, nb, q, valid, rowids, i, hi, h, n_io, cap);
+}
+#endif
+
+static void ham_heap(const uint8_t *codes, int32_t nb, const hq_query *q, const uint8_t *valid,
+                     const int64_t *rowids, int64_t lo, int64_t hi, hq_entry *h, int64_t *n_io,
+                     int64_t cap)
+{
+#ifdef HQ_HAVE_AVX512
+    if (use_avx512(nb)) {
+        ham_heap_avx512(codes, nb, q, valid, rowids, lo, hi, h, n_io, cap);
+        return;
+    }
+#endif
+    ham_heap_generic(codes, nb, q, valid, rowids, lo, hi, h, n_io, cap);
+}
+
+
+/* Room for HQ_BOUND_BLOCK more rows in kp: drop the rows beyond the bound (they can no longer
+ * be among the c best), and grow the buffer if that is not enough. */
+static int keep_make_room(hq_keep *kp)
+{
+    if (kp->n + HQ_BOUND_BLOCK <= kp->cap)
+        return HQ_OK;
+    if (kp->cap == 0) { /* room for twice the candidates (rows tied at the bound come on top) */
+        kp->cap = 2 * kp->cap_hint + 2 * HQ_BOUND_BLOCK;
+        kp->buf = (hq_hit *)malloc((size_t)kp->cap * sizeof(hq_hit));
+        return kp->buf ? HQ_OK : HQ_ERR_NOMEM;
+    }
+    int64_t n = 0;
+    for (int64_t j = 0; j < kp->n; j++) { /* branch-free: kept or not is a coin flip early on */
+        kp->buf[n] = kp->buf[j];
+        n += kp->buf[j].d <= kp->bound;
+    }
+    kp->n = n;
+    if (n + HQ_BOUND_BLOCK <= kp->cap && n <= kp->cap / 2) /* else grow: no compaction each step */
+        return HQ_OK;
+    const int64_t cap = 2 * kp->cap + HQ_BOUND_BLOCK;
+    hq_hit *buf = (hq_hit *)realloc(kp->buf, (size_t)cap * sizeof(hq_hit));
+    if (!buf)
+        return HQ_ERR_NOMEM;
+    kp->buf = buf;
+    kp->cap = cap;
+    return HQ_OK;
+}
+
+#ifdef HQ_HAVE_AVX512
+/* Rows [lo, lo + rows) word-major: soa[w * rows + i] is word w of row lo + i. One 64-byte load
+ * then holds word w of 8 consecutive rows, so a query's 8 distances are XOR, popcount and an
+ * add per word, with no shuffles across lanes (the row-major avx512_dist8 needs them). Built
+ * once per block and query group, it pays for itself over the group's queries. */
+static void soa_fill(const uint8_t *codes, int32_t nb, int64_t lo, int64_t rows, uint64_t *soa)
+{
+    const int32_t nw = nb / 8;
+    for (int64_t i = 0; i < rows; i++) {
+        const uint8_t *row = codes + (lo + i) * (int64_t)nb;
+        for (int32_t w = 0; w < nw; w++)
+            soa[w * rows + i] = load64(row + 8 * w);
+    }
+}
+
+/* Where soa_scan_avx512 sends the rows within its threshold: the query's heap (kp NULL) or
+ * its kept buffer. */
+typedef struct {
+    hq_entry *h;
+    int64_t n, cap;
+    hq_keep *kp;
+    const uint8_t *valid;
+    const int64_t *rowids;
+    uint32_t thr;
+} hq_soa_sink;
+
+/* The rows of `near` (bit j: row base + j, distance dl[j]). Out of line: it runs rarely, and
+ * keeping it out of the scan loop leaves that loop its registers. */
+__attribute__((noinline)) static void soa_take(hq_soa_sink *sk, const uint64_t *dl, uint32_t near,
+                                               int64_t base)
+{
+    do {
+        const int j = hq_ctz64(near);
+        near &= near - 1;
+        const int64_t idx = base + j;
+        const uint32_t d = (uint32_t)dl[j];
+        if (d > sk->thr || (sk->valid && !sk->valid[idx]))
+            continue;
+        if (sk->kp) {
+            hq_keep *kp = sk->kp;
+            kp->buf[kp->n].idx = idx;
+            kp->buf[kp->n].d = d;
+            kp->n++;
+            kp->hist[d]++;
+        } else {
+            hq_entry en = {(float)d, (int32_t)d, sk->rowids[idx], idx};
+            topk_offer(sk->h, &sk->n, sk->cap, &en);
+            if (sk->n == sk->cap)
+                sk->thr = (uint32_t)sk->h[0].ham;
+        }
+    } while (near);
+}
+
+/* One query over the first rows & ~7 rows of a word-major block starting at row lo. Heap mode
+ * (kp NULL): offers rows to the heap h (cap entries, *n_io used). Keep mode: appends the rows
+ * within kp's bound to kp, tightening the bound every HQ_BOUND_BLOCK rows as ham_collect does.
+ * The caller scans the last rows % 8 rows. */
+HQ_AVX512 static int soa_scan_avx512(const uint64_t *soa, int64_t rows, int64_t lo,
+                                     const hq_query *q, const uint8_t *valid,
+                                     const int64_t *rowids, int64_t c, hq_entry *h,
+                                     int64_t *n_io, int64_t cap, hq_keep *kp)
+{
+    __m512i qw[16];
+    for (int32_t w = 0; w < q->nw; w++)
+        qw[w] = _mm512_set1_epi64((int64_t)q->w[w]);
+    hq_soa_sink sk = {h, kp ? 0 : *n_io, cap, kp, valid, rowids, 0};
+    sk.thr = kp ? kp->bound : sk.n == cap ? (uint32_t)h[0].ham : UINT32_MAX;
+    const int64_t rows8 = rows & ~(int64_t)7;
+#define HQ_SOA_DIST(i)                                                                          \
+    ({                                                                                          \
+        __m512i acc_ = _mm512_popcnt_epi64(                                                     \
+            _mm512_xor_si512(_mm512_loadu_si512((const void *)(soa + (i))), qw[0]));            \
+        for (int w = 1; w < NW; w++)                                                            \
+            acc_ = _mm512_add_epi64(acc_, _mm512_popcnt_epi64(_mm512_xor_si512(                 \
+                _mm512_loadu_si512((const void *)(soa + (int64_t)w * rows + (i))), qw[w])));    \
+        acc_;                                                                                   \
+    })
+    HQ_AVX512_DISPATCH(q->nw, {
+        for (int64_t s = 0; s < rows8; s += HQ_BOUND_BLOCK) {
+            const int64_t e = rows8 - s < HQ_BOUND_BLOCK ? rows8 : s + HQ_BOUND_BLOCK;
+            if (kp && keep_make_room(kp) != HQ_OK)
+                return HQ_ERR_NOMEM;
+            __m512i vthr = _mm512_set1_epi64((int64_t)sk.thr);
+            int64_t i = s;
+            for (; i + 16 <= e; i += 16) { /* 16 rows a step: one branch for two vectors */
+                const __m512i d0 = HQ_SOA_DIST(i), d1 = HQ_SOA_DIST(i + 8);
+                const uint32_t near = (uint32_t)_mm512_cmple_epu64_mask(d0, vthr) |
+                                      (uint32_t)_mm512_cmple_epu64_mask(d1, vthr) << 8;
+                if (near) { /* rare once the threshold is tight */
+                    uint64_t dl[16];
+                    _mm512_storeu_si512((void *)dl, d0);
+                    _mm512_storeu_si512((void *)(dl + 8), d1);
+                    soa_take(&sk, dl, near, lo + i);
+                    vthr = _mm512_set1_epi64((int64_t)sk.thr);
+                }
+            }
+            if (i < e) { /* e - s is a multiple of 8: one more group of 8 at most */
+                const __m512i d0 = HQ_SOA_DIST(i);
+                const uint32_t near = (uint32_t)_mm512_cmple_epu64_mask(d0, vthr);
+                if (near) {
+                    uint64_t dl[8];
+                    _mm512_storeu_si512((void *)dl, d0);
+                    soa_take(&sk, dl, near, lo + i);
+                }
+            }
+            if (kp)
+                kp->bound = sk.thr = tighten_bound(kp->hist, kp->bound, c);
+        }
+    })
+#undef HQ_SOA_DIST
+    if (!kp)
+        *n_io = sk.n;
+    return HQ_OK;
+}
+#endif
+
+/* A query's first bound for the kept-buffer route, from a sample of valid rows shared by the
+ * batch: the distance within which the sample predicts about 2c rows, plus slack (as
+ * guess_bound). Starting there, the scan keeps few rows from the first block on; if the guess
+ * proves too small the query is searched again alone (the caller checks). */
+static uint32_t sample_bound(const uint8_t *sample, int64_t n_sampled, int64_t S, int64_t n_rows,
+                             int32_t nb, const hq_query *q, int64_t c, int32_t *sdist)
+{
+    const uint32_t nbits = (uint32_t)nb * 8;
+    if (hq_path == 1)
+        return nbits; /* test knob: no guess */
+    if (hq_path == 2)
+        return 0; /* test knob: a guess too small, so most queries take the fallback */
+    uint32_t sh[HQ_MAX_CODE_BYTES * 8 + 1];
+    memset(sh, 0, sizeof(sh));
+    ham_all(sample, nb, q, 0, n_sampled, sdist);
+    for (int64_t s = 0; s < n_sampled; s++)
+        sh[sdist[s]]++;
+    const int64_t target = (2 * c * S + n_rows - 1) / n_rows + 4;
+    int64_t cum = 0;
+    for (uint32_t b = 0; b <= nbits; b++) {
+        cum += sh[b];
+        if (cum >= target)
+            return b;
+    }
+    return nbits;
+}
+
+int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcode_bytes,
+                   int32_t m, const int64_t *rowids, const uint8_t *valid, int64_t n_rows,
+                   int64_t n_queries, const uint8_t *query_bits, const float *luts, int32_t kw,
+                   int32_t mode, int64_t k, int64_t candidates, int32_t threads,
+                   int64_t *out_rowids, float *out_dist, int32_t *out_ham, int64_t *out_n)
+{
+    if (!out_n || n_queries < 0)
+        return HQ_ERR_ARG;
+    for (int64_t j = 0; j < n_queries; j++)
+        out_n[j] = 0;
+    if (nb < 1 || nb > HQ_MAX_CODE_BYTES || n_rows < 0 || k < 1 || candidates < 1 ||
+        (n_queries > 0 && !query_bits))
+        return HQ_ERR_ARG;
+    if (mode != HQ_MODE_HAMMING && mode != HQ_MODE_AQD && mode != HQ_MODE_TWO_STAGE)
+        return HQ_ERR_ARG;
+    if (n_rows == 0 || n_queries == 0)
+        return HQ_OK;
+    if (!codes || !rowids || !out_rowids || !out_dist || !out_ham)
+        return HQ_ERR_ARG;
+    if (mode != HQ_MODE_HAMMING &&
+        (!qcodes || !luts || m < 1 || kw < 1 || (qcode_bytes != 1 && qcode_bytes != 2)))
+        return HQ_ERR_ARG;
+    const int64_t lut_size = mode == HQ_MODE_HAMMING ? 0 : (int64_t)m * kw;
+    const int64_t stride = k; /* of the outputs, whatever k is clamped to below */
+
+    int32_t T = 1;
+#ifdef _OPENMP
+    T = threads < 1 ? 1 : threads > HQ_MAX_CHUNKS ? HQ_MAX_CHUNKS : threads;
+#endif
+    /* Fewer queries than threads, or too few to share a block's layout: each query alone,
+     * with all the threads over its rows. */
+    if (n_queries < T || n_queries < HQ_BATCH_MIN_GROUP) {
+        for (int64_t j = 0; j < n_queries; j++) {
+            const int rc = hq_search(codes, nb, qcodes, qcode_bytes, m, rowids, valid, n_rows,
+                                     query_bits + j * nb, luts ? luts + j * lut_size : NULL, kw,
+                                     mode, k, candidates, threads, out_rowids + j * stride,
+                                     out_dist + j * stride, out_ham + j * stride, &out_n[j]);
+            if (rc != HQ_OK)
+                return rc;
+        }
+        return HQ_OK;
+    }
+
+    if (k > n_rows)
+        k = n_rows;
+    if (candidates > n_rows)
+        candidates = n_rows;
+    int64_t c = mode == HQ_MODE_HAMMING ? k : (candidates > k ? candidates : k);
+    int64_t nvalid = n_rows;
+    if (valid) {
+        nvalid = 0;
+        for (int64_t i = 0; i < n_rows; i++)
+            nvalid += valid[i] != 0;
+    }
+    if (c > nvalid)
+        c = nvalid;
+    if (c == 0)
+        return HQ_OK; /* no valid row: every out_n is 0 */
+
+    const uint32_t nbits = (uint32_t)nb * 8, nbuckets = nbits + 1;
+    const int hamming_stage = mode != HQ_MODE_AQD;
+    const int use_heap = !hamming_stage || c <= HQ_BATCH_HEAP_MAX;
+    /* "aqd": the k best by AQD; Hamming stage: the c best by (Hamming, rowid) */
+    const int64_t heap_cap = hamming_stage ? c : (k < nvalid ? k : nvalid);
+    int rc = HQ_OK;
+    hq_query *qs = (hq_query *)malloc((size_t)n_queries * sizeof(hq_query));
+    hq_keep *keeps = (hq_keep *)calloc((size_t)n_queries, sizeof(hq_keep));
+    int64_t *hist = use_heap ? NULL : (int64_t *)calloc((size_t)n_queries * nbuckets, sizeof(int64_t));
+    hq_entry *heaps = use_heap ? (hq_entry *)malloc((size_t)n_queries * (size_t)heap_cap * sizeof(hq_entry)) : NULL;
+    int64_t *cnt = (int64_t *)calloc((size_t)n_queries, sizeof(int64_t));
+    int *err = (int *)calloc((size_t)n_queries, sizeof(int));
+    uint8_t *sample = NULL;
+    if (!qs || !keeps || (use_heap ? !heaps : !hist) || !cnt || !err) {
+        rc = HQ_ERR_NOMEM;
+        goto done;
+    }
+    /* The rows sampled for the kept-buffer route's first bounds (sample_bound): every
+     * (n_rows / S)-th row, valid ones only, copied together once for the whole batch. */
+    const int64_t S = use_heap ? 0 : n_rows < HQ_SAMPLE_ROWS ? n_rows : HQ_SAMPLE_ROWS;
+    int64_t n_sampled = 0;
+    if (S) {
+        sample = (uint8_t *)malloc((size_t)S * (size_t)nb);
+        if (!sample) {
+            rc = HQ_ERR_NOMEM;
+            goto done;
+        }
+        for (int64_t s = 0; s < S; s++) {
+            const int64_t i = s * n_rows / S;
+            if (!valid || valid[i])
+                memcpy(sample + n_sampled++ * nb, codes + i * (int64_t)nb, (size_t)nb);
+        }
+    }
+    for (int64_t j = 0; j < n_queries; j++) {
+        query_prepare(&qs[j], query_bits + j * nb, nb);
+        if (!use_heap) {
+            keeps[j].hist = hist + j * nbuckets;
+            keeps[j].bound = nbits;
+            keeps[j].cap_hint = c;
+        }
+    }
+
+    int64_t block = HQ_BATCH_BLOCK_BYTES / (hamming_stage ? nb : m * qcode_bytes);
+    block = block < HQ_BOUND_BLOCK ? HQ_BOUND_BLOCK : block - block % HQ_BOUND_BLOCK;
+    /* One group per thread: each block is read from memory once per thread (the threads scan
+     * about the same block at the same time, so the second read mostly hits the shared L3). */
+    const int64_t group = (n_queries + T - 1) / T;
+    const int64_t n_groups = (n_queries + group - 1) / group;
+#ifdef HQ_HAVE_AVX512
+    /* Word-major blocks for the AVX-512 scan; a group that can't get its scratch block uses
+     * the row-major scans (same results). */
+    const int use_soa = hamming_stage && group >= HQ_BATCH_MIN_GROUP && use_avx512(nb);
+#endif
+
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(T) schedule(dynamic, 1) if (T > 1)
+#endif
+    for (int64_t g = 0; g < n_groups; g++) {
+        const int64_t j0 = g * group, j1 = n_queries - j0 < group ? n_queries : j0 + group;
+        if (S) {
+            int32_t *sdist = (int32_t *)malloc((size_t)S * sizeof(int32_t));
+            for (int64_t j = j0; j < j1; j++) {
+                if (sdist)
+                    keeps[j].bound = sample_bound(sample, n_sampled, S, n_rows, nb, &qs[j], c, sdist);
+            }
+            free(sdist); /* without it the bounds stay at the code width: slower, same results */
+        }
+#ifdef HQ_HAVE_AVX512
+        uint64_t *soa = use_soa ? (uint64_t *)malloc((size_t)block * (size_t)nb) : NULL;
+#endif
+        for (int64_t lo = 0; lo < n_rows; lo += block) {
+            const int64_t hi = n_rows - lo < block ? n_rows : lo + block;
+#ifdef HQ_HAVE_AVX512
+            if (soa) {
+                const int64_t tail = lo + ((hi - lo) & ~(int64_t)7);
+                soa_fill(codes, nb, lo, hi - lo, soa);
+                for (int64_t j = j0; j < j1; j++) {
+                    hq_keep *kp = use_heap ? NULL : &keeps[j];
+                    if (err[j])
+                        continue;
+                    if (soa_scan_avx512(soa, hi - lo, lo, &qs[j], valid, rowids, c,
+                                        heaps + j * heap_cap, &cnt[j], heap_cap, kp) != HQ_OK) {
+                        err[j] = HQ_ERR_NOMEM;
+                        continue;
+                    }
+                    if (tail == hi)
+                        continue;
+                    if (use_heap)
+                        ham_heap_generic(codes, nb, &qs[j], valid, rowids, tail, hi,
+                                         heaps + j * heap_cap, &cnt[j], heap_cap);
+                    else if (keep_make_room(kp) != HQ_OK)
+                        err[j] = HQ_ERR_NOMEM;
+                    else
+                        ham_collect(codes, nb, &qs[j], valid, tail, hi, c, kp);
+                }
+                continue;
+            }
+#endif
+            for (int64_t j = j0; j < j1; j++) {
+                if (err[j])
+                    continue;
+                if (!hamming_stage) {
+                    if (aqd_range(qcodes, qcode_bytes, m, rowids, valid, lo, hi,
+                                  luts + j * lut_size, kw, heaps + j * heap_cap, heap_cap,
+                                  &cnt[j]) != HQ_OK)
+                        err[j] = HQ_ERR_QCODE;
+                    continue;
+                }
+                if (use_heap) {
+                    ham_heap(codes, nb, &qs[j], valid, rowids, lo, hi, heaps + j * heap_cap,
+                             &cnt[j], heap_cap);
+                    continue;
+                }
+                hq_keep *kp = &keeps[j];
+                for (int64_t s = lo; s < hi; s += HQ_BOUND_BLOCK) {
+                    if (keep_make_room(kp) != HQ_OK) {
+                        err[j] = HQ_ERR_NOMEM;
+                        break;
+                    }
+                    ham_collect(codes, nb, &qs[j], valid, s,
+                                hi - s < HQ_BOUND_BLOCK ? hi : s + HQ_BOUND_BLOCK, c, kp);
+                }
+            }
+        }
+#ifdef HQ_HAVE_AVX512
+        free(soa);
+#endif
+        /* Rank the group's queries while their buffers are still warm. */
+        for (int64_t j = j0; j < j1; j++) {
+            if (err[j])
+                continue;
+            int64_t *orow = out_rowids + j * stride;
+            float *odist = out_dist + j * stride;
+            int32_t *oham = out_ham + j * stride;
+            const float *lut = hamming_stage && mode == HQ_MODE_HAMMING ? NULL : luts + j * lut_size;
+            if (hamming_stage && use_heap) {
+                err[j] = rank_candidates(heaps + j * heap_cap, cnt[j], mode, k, qcodes,
+                                         qcode_bytes, m, lut, kw, orow, odist, oham, &out_n[j]);
+                continue;
+            }
+            if (hamming_stage) {
+                int64_t within = 0; /* rows kept within the final bound: all of them there */
+                for (uint32_t d = 0; d <= keeps[j].bound; d++)
+                    within += keeps[j].hist[d];
+                if (within < c) /* the sampled guess was too small: this query alone */
+                    err[j] = hq_search(codes, nb, qcodes, qcode_bytes, m, rowids, valid, n_rows,
+                                       query_bits + j * nb, lut, kw, mode, k, candidates, 1, orow,
+                                       odist, oham, &out_n[j]);
+                else
+                    err[j] = rank_kept(&keeps[j], 1, keeps[j].hist, c, rowids, mode, k, qcodes,
+                                       qcode_bytes, m, lut, kw, orow, odist, oham, &out_n[j]);
+                continue;
+            }
+            hq_entry *h = heaps + j * heap_cap;
+            const int64_t r = k < cnt[j] ? k : cnt[j];
+            select_sorted(h, cnt[j], r);
+            for (int64_t e = 0; e < r; e++) {
+                orow[e] = h[e].rowid;
+                odist[e] = h[e].d;
+                oham[e] = (int32_t)ham_row(codes + h[e].idx * (int64_t)nb, &qs[j], qs[j].nw,
+                                           qs[j].ntail);
+            }
+            out_n[j] = r;
+        }
+    }
+    for (int64_t j = 0; j < n_queries; j++)
+        if (err[j]) {
+            rc = err[j];
+            break;
+        }
+
+done:
+    if (keeps)
+        for (int64_t j = 0; j < n_queries; j++)
+            free(keeps[j].buf);
+    free(sample);
+    free(qs);
+    free(keeps);
+    free(hist);
+    free(heaps);
+    free(cnt);
+    free(err);
+    return rc;
 }

@@ -36,7 +36,9 @@ const char *hq_hamming_impl(void);
  *   HQ_KNOB_AVX512          1 = use the AVX-512 VPOPCNTDQ Hamming path where possible, 0 = not
  *   HQ_KNOB_MIN_CHUNK_ROWS  fewest rows per thread chunk (default 32768)
  *   HQ_KNOB_PATH            Hamming stage route: 0 = choose, 1 = full, 2 = fast with a guess
- *                           that is too small (exercises the fallback), 3 = always fast */
+ *                           that is too small (exercises the fallback), 3 = always fast.
+ *                           hq_search_many's kept-buffer route: 1 = no sampled first bound,
+ *                           2 = a first bound too small (queries fall back to hq_search) */
 #define HQ_KNOB_AVX512 0
 #define HQ_KNOB_MIN_CHUNK_ROWS 1
 #define HQ_KNOB_PATH 2
@@ -53,5 +55,14 @@ int hq_search(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcod
               const uint8_t *query_bits, const float *lut, int32_t kw, int32_t mode, int64_t k,
               int64_t candidates, int32_t threads, int64_t *out_rowids, float *out_dist,
               int32_t *out_ham, int64_t *out_n);
+
+/* Many queries over the same rows in one call, each with the result hq_search would give it.
+ * query_bits is n_queries x nb bytes; luts n_queries x m x kw floats (NULL in Hamming mode);
+ * query j's results go to out_*[j * k ...], out_n[j] of them. */
+int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcode_bytes,
+                   int32_t m, const int64_t *rowids, const uint8_t *valid, int64_t n_rows,
+                   int64_t n_queries, const uint8_t *query_bits, const float *luts, int32_t kw,
+                   int32_t mode, int64_t k, int64_t candidates, int32_t threads,
+                   int64_t *out_rowids, float *out_dist, int32_t *out_ham, int64_t *out_n);
 
 #endif

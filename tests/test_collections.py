@@ -276,6 +276,28 @@ def test_search_many_equals_single_searches(photos, pairs):
     assert all(len(h) == 3 for h in photos.search_many(text=texts, k=3))
 
 
+@pytest.mark.parametrize("mode", [None, "hamming", "aqd"])
+def test_search_many_is_one_kernel_call(photos, pairs, monkeypatch, mode):
+    from hqdb import kernels
+
+    images = pairs["image"][150:190]
+    single = [photos.search(image=q, k=7, candidates=30, mode=mode) for q in images]
+    assert len(single) == 40 and all(len(h) == 7 for h in single)
+    calls = {"search": 0, "search_many": 0}
+    for name in calls:
+        real = getattr(kernels, name)
+
+        def counted(*a, _real=real, _name=name, **kw):
+            calls[_name] += 1
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(kernels, name, counted)
+    many = photos.search_many(image=images, k=7, candidates=30, mode=mode)
+    assert calls == {"search": 0, "search_many": 1}
+    assert many == single
+    assert [h.to_dicts() for h in many] == [h.to_dicts() for h in single]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({}, "give exactly one of image=... or text=..."),
     ({"image": np.zeros(3)}, r"photos\.image: expected 128 float features"),
