@@ -22,6 +22,7 @@ class CDQ(Method):
     output = "tanh"
     terms = ("cos", "q")
     lambdas = {"cos": 1.0, "q": 0.1}
+    train_defaults = {"epochs": 30, "aq_rounds": 1}  # bits/8 books: keep the ICM budget bounded
 
     @classmethod
     def books(cls, bits, books):

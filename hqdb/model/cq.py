@@ -42,6 +42,7 @@ class CQ(Method):
     metric = "l2"
     terms = ("map", "q", "align")
     lambdas = {"map": 1.0, "q": 0.1, "align": 1.0}
+    train_defaults = {"epochs": 30, "aq_rounds": 1}  # bits/8 books: keep the ICM budget bounded
 
     def __init__(self, bits, n_classes, lambdas):
         super().__init__(bits, n_classes, lambdas)

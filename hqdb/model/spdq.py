@@ -45,6 +45,7 @@ class SPDQ(Method):
     output = "tanh"
     terms = ("mmd", "private", "label", "qlabel", "q")
     lambdas = {"mmd": 1.0, "private": 0.1, "label": 1.0, "qlabel": 0.5, "q": 0.1}
+    train_defaults = {"epochs": 30, "aq_rounds": 1, "lr": 1e-3}
 
     def __init__(self, bits, n_classes, lambdas):
         super().__init__(bits, n_classes, lambdas)

@@ -39,7 +39,7 @@ METHODS = METHOD_NAMES
 # in 0.01-0.1 made no measurable difference.
 DEFAULT_LAMBDAS = {"sim": 1.0, "h": 0.3, "b": 0.01, "q": 0.01}  # = hq.HQ.lambdas
 # Generic optimiser defaults (HQ's, tuned as above); a method may override them (train_defaults).
-DEFAULT_TRAIN = {"epochs": 50, "batch_size": 32, "lr": 3e-3}
+DEFAULT_TRAIN = {"epochs": 50, "batch_size": 32, "lr": 3e-3, "aq_rounds": 2}
 DEFAULT_HIDDEN = {"image": [512], "text": [512]}
 
 
@@ -102,7 +102,7 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int | None = None,
           text_key: str = "text", image_key: str = "image", val_fraction: float = 0.2, seed: int = 0,
           epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
           weight_decay: float = 1e-4, lambdas: dict | None = None, hidden=None, dropout: float = 0.0,
-          cosine: bool = True, patience: int = 15, aq_rounds: int = 2, aq_iters: int = 3,
+          cosine: bool = True, patience: int = 15, aq_rounds: int | None = None, aq_iters: int = 3,
           candidates: int = 100, text_featurizer: str = "tfidf", vocab_size: int = 1000, threads: int = 1,
           progress: bool = True) -> TrainedModel:
     """Train ``method`` on ``data`` (dict or .npz path): ``image`` (N, d_i) floats, ``text_key``
@@ -124,7 +124,8 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int | None = None,
     ``val_fraction`` of the items (seeded) are held out: validation MAP@50 of the method's search
     (``candidates`` from Hamming for two-stage) picks the best epoch and stops after
     ``patience`` epochs without a better one; 0 trains ``epochs`` epochs on everything.
-    Codebooks: ``aq_rounds`` alternations per epoch, ``aq_iters`` ICM rounds per encode.
+    Codebooks: ``aq_rounds`` alternations per epoch (None: the method's default; 2 for hq),
+    ``aq_iters`` ICM rounds per encode.
     ``threads``: torch threads (fixed so results do not depend on the machine's core count)."""
     import torch
 
@@ -162,6 +163,7 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int | None = None,
     epochs = opt_cfg["epochs"] if epochs is None else epochs
     batch_size = opt_cfg["batch_size"] if batch_size is None else batch_size
     lr = opt_cfg["lr"] if lr is None else lr
+    aq_rounds = opt_cfg["aq_rounds"] if aq_rounds is None else aq_rounds
     if hidden is None:
         hidden = DEFAULT_HIDDEN
     if not isinstance(hidden, dict):
@@ -286,20 +288,34 @@ def _train_c_plus_d(data, *, books, lambdas, **kw) -> TrainedModel:
     t0 = time.perf_counter()
     dcmh = train(data, method="dcmh", **kw)
     cdq = train(data, method="cdq", books=4 if books is None else books, **kw)
+    model = combine_c_plus_d(dcmh, cdq)
+    model.config["metrics"]["train_seconds"] = round(time.perf_counter() - t0, 3)
+    return model
+
+
+def combine_c_plus_d(dcmh: TrainedModel, cdq: TrainedModel) -> TrainedModel:
+    """One c+d model from a DCMH and a CDQ model of the same bits and inputs: bit codes from
+    the DCMH towers (``hash.*``), search vectors and codebooks from CDQ."""
     config_h, tensors_h = dcmh.state()
     config, tensors = cdq.state()
+    if config_h.get("method") != "dcmh" or config.get("method") != "cdq":
+        raise ValueError("combine_c_plus_d needs a dcmh model and a cdq model")
+    if config_h["bits"] != config["bits"] or any(
+            config_h["towers"][m]["input_dim"] != config["towers"][m]["input_dim"] for m in config["modalities"]):
+        raise ValueError("the dcmh and cdq models must have the same bits and input dimensions")
     config = {k: v for k, v in config.items() if k not in ("metrics", "history")}
     config.update(method="c+d", search="two_stage", hash_towers=config_h["towers"],
                   lambdas={"dcmh": config_h["lambdas"], "cdq": config["lambdas"]})
     tensors = dict(tensors)
     for name, arr in tensors_h.items():
-        tensors[f"hash.{name}"] = arr
+        if not name.startswith("codebooks"):
+            tensors[f"hash.{name}"] = arr
     model = TrainedModel.from_state(config, tensors)
-    mh, mc = config_h["metrics"], cdq.config["metrics"]
-    config["metrics"] = {"n_train": mc["n_train"], "n_val": mc["n_val"],
-                         "epochs_run": {"dcmh": mh["epochs_run"], "cdq": mc["epochs_run"]},
-                         "best_epoch": {"dcmh": mh["best_epoch"], "cdq": mc["best_epoch"]},
-                         "train_seconds": round(time.perf_counter() - t0, 3)}
+    mh, mc = config_h.get("metrics", {}), cdq.config.get("metrics", {})
+    config["metrics"] = {"n_train": mc.get("n_train"), "n_val": mc.get("n_val"),
+                         "epochs_run": {"dcmh": mh.get("epochs_run"), "cdq": mc.get("epochs_run")},
+                         "best_epoch": {"dcmh": mh.get("best_epoch"), "cdq": mc.get("best_epoch")},
+                         "train_seconds": round(mh.get("train_seconds", 0) + mc.get("train_seconds", 0), 3)}
     config["history"] = {"dcmh": config_h.get("history"), "cdq": cdq.config.get("history")}
     return model
 
