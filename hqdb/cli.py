@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from .model import METHODS
+
 
 def _train(args) -> int:
     import hqdb
@@ -15,7 +17,7 @@ def _train(args) -> int:
                        val_fraction=args.val_fraction, seed=args.seed, progress=not args.quiet)
     db = hqdb.connect(args.db)
     hqdb.save_model(db, args.name, model, replace=args.replace)
-    print(f"saved model {args.name!r} ({args.method}, {args.bits} bits, {args.books}x{args.codewords}) in {args.db}")
+    print(f"saved model {args.name!r} ({args.method}, {args.bits} bits, {model.books}x{args.codewords}) in {args.db}")
     metrics = model.config.get("metrics")
     if metrics:
         print(json.dumps(metrics, indent=2))
@@ -75,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("data", help=".npz with image, text (or --text-key), labels")
     tr.add_argument("--db", required=True)
     tr.add_argument("--name", required=True, help="name to store the model under")
-    tr.add_argument("--method", default="hq")
+    tr.add_argument("--method", default="hq", choices=METHODS, help="training method (docs/methods.md)")
     tr.add_argument("--bits", type=int, default=64)
-    tr.add_argument("--books", type=int, default=4)
+    tr.add_argument("--books", type=int, default=None, help="codebooks (default: the method's)")
     tr.add_argument("--codewords", type=int, default=256)
     tr.add_argument("--text-key", default="text")
     tr.add_argument("--val-fraction", type=float, default=0.2)

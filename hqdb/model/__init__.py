@@ -9,4 +9,7 @@ from __future__ import annotations
 from .featurize import TfidfFeaturizer
 from .model import TrainedModel
 
-__all__ = ["TrainedModel", "TfidfFeaturizer"]
+# The training methods (hqdb.train(method=...), hqdb train --method); docs/methods.md.
+METHODS = ("hq", "cq", "spdq", "chn", "dcmh", "cdq", "c+d", "lossless")
+
+__all__ = ["METHODS", "TrainedModel", "TfidfFeaturizer"]

@@ -107,7 +107,7 @@ def _registry() -> dict[str, type[Method]]:
     return {c.name: c for c in (HQ, CQ, SPDQ, CHN, DCMH, CDQ, Lossless)}
 
 
-METHOD_NAMES = ("hq", "cq", "spdq", "chn", "dcmh", "cdq", "c+d", "lossless")
+from . import METHODS as METHOD_NAMES  # noqa: E402  (the names live where no torch is needed)
 
 
 def method_class(name: str) -> type[Method]:
