@@ -1,5 +1,6 @@
-"""HQ trained on the Wikipedia benchmark (``../shared/data/wiki/wiki_train.npz``) reaches the
-retrieval quality we measured, with the default hyper-parameters.
+"""HQ and every other training method, trained on the Wikipedia benchmark
+(``../shared/data/wiki/wiki_train.npz``), reach the retrieval quality we measured with their
+default hyper-parameters, and clear the unsupervised CCA reference.
 
 Protocol: a seeded permutation (seed 0) of the file's 2,173 rows puts 20% (435) aside as queries
 and 80% (1,738) as the database; the model is trained on the database part only (its own
@@ -92,7 +93,8 @@ def test_wiki_model_is_well_above_random(wiki):
 # so a broken method fails.
 CCA_HARMONIC = 0.280
 CCA_MARGIN = 0.02
-METHOD_MEASURED = {"cq": 0.0, "spdq": 0.0, "chn": 0.0, "dcmh": 0.0, "cdq": 0.0, "c+d": 0.0, "lossless": 0.0}
+METHOD_MEASURED = {"cq": 0.344, "spdq": 0.368, "chn": 0.366, "dcmh": 0.366, "cdq": 0.336, "c+d": 0.383,
+                   "lossless": 0.369}
 OWN_KIND = {"two_stage": "two_stage", "hamming": "hamming", "aqd": "aqd", "float": "lossless"}
 
 

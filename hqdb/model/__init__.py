@@ -1,4 +1,5 @@
-"""hqdb's model layer: learned encoders for the hq table (the HQ paper's towers + codebooks).
+"""hqdb's model layer: learned encoders for the hq table (towers + optional codebooks; HQ and
+the other methods of docs/methods.md).
 
 Inference (:class:`TrainedModel`, the tf-idf featurizer, additive quantization) is numpy/numba
 only; training (:func:`hqdb.model.train.train`, also ``hqdb.train``) imports torch.
