@@ -94,7 +94,7 @@ def test_wiki_model_is_well_above_random(wiki):
 # so a broken method fails.
 CCA_HARMONIC = 0.280
 CCA_MARGIN = 0.02
-METHOD_MEASURED = {"cq": 0.344, "spdq": 0.368, "chn": 0.366, "dcmh": 0.366, "cdq": 0.336, "c+d": 0.392,
+METHOD_MEASURED = {"cq": 0.364, "spdq": 0.368, "chn": 0.366, "dcmh": 0.366, "cdq": 0.336, "c+d": 0.392,
                    "lossless": 0.369}
 OWN_KIND = {"two_stage": "two_stage", "hamming": "hamming", "aqd": "aqd", "float": "lossless"}
 
