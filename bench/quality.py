@@ -1,7 +1,10 @@
 #!/usr/bin/env python
-"""Cross-modal retrieval quality of HQ on Wikipedia, through hqdb's SQL path, against references.
+"""Cross-modal retrieval quality of HQ and the other methods on Wikipedia, through hqdb's SQL path,
+against references.
 
-    python bench/quality.py                      # bits 16 32 64 128 → bench/QUALITY.md, bench/quality_alpha.png
+    python bench/quality.py                      # bits 16 32 64 128, all methods → bench/QUALITY.md,
+                                                 #   bench/quality_alpha.png, bench/quality_bytes.png
+    python bench/quality.py --methods hq cq      # a subset of the methods (hq always runs)
     python bench/quality.py --quick              # 64 bits, one timing pass → bench/.cache/quick/
     python bench/quality.py --bits 32 64 --seed 0 --out /tmp/q
 
@@ -21,6 +24,14 @@ a model-bound table; ``candidates`` = αN = 100 as in the paper). References: ``
 
 Figure 4 (64 bits): MAP@50 and per-query time through SQL (k = 50) against α = candidates / N,
 α = 0 being ``mode = 'hamming'`` and α = 1 ``mode = 'aqd'``.
+
+Method comparison (the HQ paper's Table 2, plus CQ, SPDQ, CHN): every method of
+``hqdb.model.train.METHODS`` at every code length, trained on the database part with its
+defaults (``hqdb.train(database, method=m, bits=b, text_key="text_tfidf", seed)``; c+d merges the
+dcmh row's model with a CDQ of 4 books, ``combine_c_plus_d``), stored and scored through SQL by
+``hqdb.evaluate.evaluate`` with the method's own search (two-stage, Hamming, AQD; lossless: float
+cosine in numpy). Bytes per item = what that search reads per item; ms/query = median SQL time of
+one k = 50 query of that search.
 """
 
 from __future__ import annotations
@@ -62,6 +73,10 @@ ALPHA_BITS = 64
 K = 50
 CCA_DIM = 10                           # = number of classes; the classic Wiki CCA dimension
 DIRS = (("i2t", "image", "text"), ("t2i", "text", "image"))  # (name, query modality, item modality)
+METHOD_ORDER = ("hq", "cq", "spdq", "chn", "dcmh", "cdq", "c+d", "lossless")
+OWN_KIND = {"two_stage": "two_stage", "hamming": "hamming", "aqd": "aqd", "float": "lossless"}
+METHOD_LABEL = {"hq": "HQ", "cq": "CQ", "spdq": "SPDQ", "chn": "CHN", "dcmh": "DCMH", "cdq": "CDQ",
+                "c+d": "C+D", "lossless": "Lossless"}
 
 
 def git_head() -> str:
@@ -184,6 +199,129 @@ def alpha_sweep(conn, name, q, db, passes: int):
         rows.append(row)
     conn.execute("DROP TABLE t")
     return rows
+
+
+def run_method(conn, q, db, method, bits, seed, trained):
+    """Train (or merge, for c+d) one method at one code length, store it, score it through SQL;
+    a summary row of its own search. ``trained`` keeps models for c+d to reuse."""
+    from hqdb.evaluate import evaluate
+    from hqdb.model.train import combine_c_plus_d
+
+    t0 = time.perf_counter()
+    if method == "c+d":
+        dcmh = trained.get(("dcmh", bits)) or hqdb.train(db, method="dcmh", bits=bits, text_key=TEXT_KEY,
+                                                         seed=seed, progress=False)
+        cdq4 = hqdb.train(db, method="cdq", bits=bits, books=BOOKS, text_key=TEXT_KEY, seed=seed, progress=False)
+        model = combine_c_plus_d(dcmh, cdq4)
+        train_s = time.perf_counter() - t0 + dcmh.config["metrics"]["train_seconds"]
+    else:
+        model = hqdb.train(db, method=method, bits=bits, text_key=TEXT_KEY, seed=seed, progress=False)
+        train_s = time.perf_counter() - t0
+    trained[(method, bits)] = model
+    name = f"{method.replace('+', '_')}{bits}"
+    hqdb.save_model(conn, name, model, replace=True)
+    t0 = time.perf_counter()
+    res = evaluate(conn, name, q, db, candidates=CANDIDATES)
+    return summarize(res, train_s, time.perf_counter() - t0, model)
+
+
+def summarize(res, train_s, eval_s, model) -> dict:
+    kind = OWN_KIND[res["search"]]
+    out = {"kind": kind, "search": res["search"], "metric": res["metric"], "books": res["books"],
+           "bytes": res["bytes_per_item"], "stored_bytes": res["stored_bytes_per_item"],
+           "train_seconds": train_s, "eval_seconds": eval_s,
+           "ms": float(np.mean([res["ms_per_query"][d] for d in ("i2t", "t2i")])),
+           "epsilon_std": model.config.get("metrics", {}).get("epsilon_std")}
+    for d in ("i2t", "t2i"):
+        out[d] = {k: res[d][kind][k] for k in ("map@50", "map@all")}
+    out["harmonic"] = {k: metrics.harmonic_mean(out["i2t"][k], out["t2i"][k]) for k in ("map@50", "map@all")}
+    return out
+
+
+def plot_bytes(methods, refs, bits_list, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    markers = dict(zip(METHOD_ORDER, "o s D ^ v P X *".split()))
+    for m in METHOD_ORDER:
+        rows = methods.get(m, {})
+        bs = [b for b in bits_list if b in rows]
+        if not bs:
+            continue
+        x = [rows[b]["bytes"] for b in bs]
+        y = [rows[b]["harmonic"]["map@50"] for b in bs]
+        ax.plot(x, y, marker=markers[m], label=f"{METHOD_LABEL[m]} ({rows[bs[0]]['search']})")
+        for b, xi, yi in zip(bs, x, y):
+            ax.annotate(str(b), (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    for key, label, ls in (("cca", f"CCA {CCA_DIM}-d float (40 B)", ":"), ("label", "label-space float", "--")):
+        h = metrics.harmonic_mean(refs[key]["i2t"]["map@50"], refs[key]["t2i"]["map@50"])
+        ax.axhline(h, color="gray", ls=ls, lw=1, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("bytes per item read by the method's search (log scale; labels = bits)")
+    ax.set_ylabel("harmonic mean of I→T and T→I MAP@50")
+    ax.set_title("Wikipedia, 435 queries vs 1,738 items, through SQL", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def methods_section(ctx) -> list[str]:
+    methods, bits_list, refs = ctx["methods"], ctx["bits"], ctx["refs"]
+    L = ["## Method comparison (cf. the HQ paper's Table 2)\n"]
+    L.append("Every method trained with its defaults on the database part (`hqdb.train(database, method=m, "
+             f"bits=b, text_key='{TEXT_KEY}', seed={ctx['seed']})`), stored, and scored through SQL with its "
+             "own search: HQ and C+D two-stage (αN = 100), CHN and DCMH Hamming, CQ / SPDQ / CDQ AQD over "
+             "all items (CQ: squared Euclidean; the others inner product), Lossless float cosine (numpy — "
+             "hq tables store codes, not floats). Quantization-only methods use bits/8 codebooks of 256 "
+             f"codewords (bits of code); HQ and C+D use {BOOKS} × 256 on top of the bit code. C+D = the "
+             "DCMH row's model (bit codes) merged with a CDQ of 4 books (vectors + codebooks). Formulations "
+             "and deviations: docs/methods.md.\n")
+    L.append("### Harmonic mean of I→T and T→I MAP@50 (bytes per item)\n")
+    L.append("| method | search | " + " | ".join(f"{b} bits" for b in bits_list) + " |")
+    L.append("|---|---|" + "---:|" * len(bits_list))
+    for m in METHOD_ORDER:
+        rows = methods.get(m)
+        if not rows:
+            continue
+        search = next(iter(rows.values()))["search"]
+        L.append(f"| {METHOD_LABEL[m]} | {search} | " + " | ".join(
+            f"**{f3(rows[b]['harmonic']['map@50'])}** ({rows[b]['bytes']} B)" if b in rows else "–"
+            for b in bits_list) + " |")
+    for key, label in (("cca", f"CCA {CCA_DIM}-d (float, 40 B)"), ("label", "label-space (float)"),
+                       ("random", "random")):
+        h = metrics.harmonic_mean(refs[key]["i2t"]["map@50"], refs[key]["t2i"]["map@50"])
+        L.append(f"| {label} | float | " + " | ".join(f3(h) for _ in bits_list) + " |")
+    L.append("")
+    for b in bits_list:
+        L.append(f"### {b} bits\n")
+        L.append("| method | search | bytes/item (stored) | I→T MAP@50 | T→I MAP@50 | harmonic MAP@50 | "
+                 "I→T MAP@all | T→I MAP@all | harmonic MAP@all | train s | ms/query (SQL, k=50) |")
+        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for m in METHOD_ORDER:
+            r = methods.get(m, {}).get(b)
+            if r is None:
+                continue
+            ms = "numpy" if r["search"] == "float" else f"{r['ms']:.2f}"
+            L.append(f"| {METHOD_LABEL[m]} | {r['search']}{' (l2)' if r['metric'] == 'l2' else ''} | "
+                     f"{r['bytes']} ({r['stored_bytes']}) | {f3(r['i2t']['map@50'])} | {f3(r['t2i']['map@50'])} | "
+                     f"**{f3(r['harmonic']['map@50'])}** | {f3(r['i2t']['map@all'])} | {f3(r['t2i']['map@all'])} | "
+                     f"{f3(r['harmonic']['map@all'])} | {r['train_seconds']:.0f} | {ms} |")
+        L.append("")
+    eps = {b: methods.get("cq", {}).get(b, {}).get("epsilon_std") for b in bits_list}
+    if any(v is not None for v in eps.values()):
+        L.append("CQ's cross-book product spread (std of Σ_{l≠l'}⟨C^l b^l, C^{l'} b^{l'}⟩ over the training "
+                 "codes; the table uses its mean ε): " + ", ".join(f"{b} bits {v:.2f}" for b, v in eps.items()
+                                                                   if v is not None) + ".\n")
+    L.append("Bytes per item: what the method's search reads per item and modality (two-stage: bit code + "
+             "quantization codes; Hamming: bit code; AQD: quantization codes; float: float32 vector). In "
+             "brackets what an hq table stores (it always keeps the bit code, also for AQD-only methods).\n")
+    L.append(f"![MAP against bytes per item]({ctx['bytes_png']})\n")
+    return L
 
 
 def plot_alpha(rows, lossless, path: Path):
@@ -403,6 +541,9 @@ def write_report(path: Path, ctx: dict):
             L.append("\n" + ctx["alpha_check"])
         L.append(f"\n![α sweep]({ctx['png_name']})\n")
 
+    if ctx.get("methods"):
+        L.extend(methods_section(ctx))
+
     L.append("## Targets\n")
     tg = targets(hq, refs, sign, ctx["dims"])
     if not tg:
@@ -436,6 +577,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="64 bits only, one timing pass, output to bench/.cache/quick/")
     ap.add_argument("--out", type=Path, default=None, help="output directory (default bench/, or bench/.cache/quick/)")
     ap.add_argument("--passes", type=int, default=None, help="timing passes of the α sweep (default 3; quick 1)")
+    ap.add_argument("--methods", nargs="+", default=None, choices=METHOD_ORDER,
+                    help="methods to compare (default all; hq always runs)")
     args = ap.parse_args(argv)
     bits_list = args.bits or ([ALPHA_BITS] if args.quick else [16, 32, 64, 128])
     out = args.out or (HERE / ".cache" / "quick" if args.quick else HERE)
@@ -451,7 +594,7 @@ def main(argv=None):
            "command": "python bench/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "seed": args.seed, "bits": bits_list, "n_queries": len(q["labels"]), "n_database": n_db,
            "dims": {k: db[k].shape[1] for k in ("image", TEXT_KEY)}, "passes": passes,
-           "png_name": "quality_alpha.png", "load_start": load()}
+           "png_name": "quality_alpha.png", "bytes_png": "quality_bytes.png", "load_start": load()}
     ctx["command"] = ctx["command"].strip()
     try:
         kinfo = hqdb.kernels.info()
@@ -461,7 +604,8 @@ def main(argv=None):
 
     refs, sign, rinfo = run_references(q, db, bits_list, args.seed)
     print(f"references done in {rinfo['seconds']:.1f} s", flush=True)
-    ctx.update(refs=refs, sign=sign, ref_info=rinfo, hq={}, alpha=None)
+    ctx.update(refs=refs, sign=sign, ref_info=rinfo, hq={}, alpha=None, methods={})
+    wanted = [m for m in METHOD_ORDER if m != "hq" and (args.methods is None or m in args.methods)]
 
     err = hq_importable()
     if err:
@@ -473,6 +617,8 @@ def main(argv=None):
             for b in bits_list:
                 name, res = run_hq(conn, q, db, b, args.seed)
                 ctx["hq"][b] = res
+                ctx["methods"].setdefault("hq", {})[b] = summarize(
+                    res, res["train_seconds"], res["eval_seconds"], hqdb.load_model(conn, name))
                 h = res["harmonic"]
                 print(f"{b:4d} bits: train {res['train_seconds']:.1f} s, eval {res['eval_seconds']:.1f} s; harmonic "
                       f"MAP@50 two-stage {h['two_stage']['map@50']:.3f} hamming {h['hamming']['map@50']:.3f} "
@@ -492,7 +638,17 @@ def main(argv=None):
                         print(f"  α={r['alpha']:<5g} c={r['candidates']:<5d} MAP@50 i2t {r['i2t']['map@50']:.3f} "
                               f"t2i {r['t2i']['map@50']:.3f}  ms i2t {r['i2t']['ms_median']:.3f} "
                               f"t2i {r['t2i']['ms_median']:.3f}", flush=True)
+            trained: dict = {}
+            for m in wanted:
+                for b in bits_list:
+                    r = run_method(conn, q, db, m, b, args.seed, trained)
+                    ctx["methods"].setdefault(m, {})[b] = r
+                    print(f"{m:>8} {b:4d} bits: train {r['train_seconds']:.1f} s; {r['search']} harmonic MAP@50 "
+                          f"{r['harmonic']['map@50']:.3f} (I→T {r['i2t']['map@50']:.3f}, T→I {r['t2i']['map@50']:.3f}), "
+                          f"{r['bytes']} B/item, {r['ms']:.2f} ms/query", flush=True)
             conn.close()
+        if ctx["methods"]:
+            plot_bytes(ctx["methods"], refs, bits_list, out / ctx["bytes_png"])
         if ctx["alpha"]:
             lossless = {d: ctx["hq"][ALPHA_BITS][d]["lossless"]["map@50"] for d in ("i2t", "t2i")}
             plot_alpha(ctx["alpha"], lossless, out / ctx["png_name"])

@@ -120,10 +120,10 @@ def insert_items(
         i = names.index(m)
         try:
             x = model.featurize(m, list(values) if not isinstance(values, np.ndarray) else values)
-            f = model.embed(m, x)
+            bitf, f = model.encode(m, x)  # bit features differ from f only for c+d models
         except (ValueError, TypeError) as e:
             raise HqError(f"{table}.{m}: {e}") from None
-        encoded[i] = (kernels.pack_bits(f), model.quantize(f))
+        encoded[i] = (kernels.pack_bits(bitf), model.quantize(f) if model.books else None)
     return _write_rows(conn, t, n, rowids, metadata, encoded)
 
 

@@ -195,6 +195,8 @@ def _check_model(conn, schema, name, opts, rowids, problems) -> None:
     else:
         if (model.bits, model.books, model.codewords) != (opts.dim, opts.books, opts.codewords):
             problems.add(f"model {opts.model!r} no longer matches the table's shape")
+        elif model.metric != opts.metric:
+            problems.add(f"model {opts.model!r} has metric {model.metric!r} but the table {opts.metric!r}")
     pending = conn.execute(
         f"SELECT rowid, codeset FROM {quote_ident(schema)}.{quote_ident(name + '_pending')}"
     ).fetchall()

@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from .model import METHODS
+
 EXIT_USER_ERROR = 1
 EXIT_INCONSISTENT = 3  # `hqdb check` found problems (2 is argparse's bad command line)
 
@@ -550,9 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("data", help=".npz with image, text (or --text-key), labels")
     tr.add_argument("--db", required=True, help="database file to store the model in (created if missing)")
     tr.add_argument("--name", required=True, help="name to store the model under")
-    tr.add_argument("--method", default="hq")
+    tr.add_argument("--method", default="hq", choices=METHODS, help="training method (default hq; docs/methods.md)")
     tr.add_argument("--bits", type=int, default=64, help="code length (default 64)")
-    tr.add_argument("--books", type=int, default=4, help="additive-quantization codebooks (default 4)")
+    tr.add_argument("--books", type=int, default=None, help="additive-quantization codebooks (default: the method's; 4 for hq)")
     tr.add_argument("--codewords", type=int, default=256, help="codewords per codebook (default 256)")
     tr.add_argument("--epochs", type=int, default=50, help="maximum epochs (default 50, early stopping)")
     tr.add_argument("--text-key", default="text", help="array of the .npz holding the text (default text)")

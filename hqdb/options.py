@@ -1,7 +1,8 @@
 """Parsing and validation of ``CREATE VIRTUAL TABLE t USING hq(...)`` arguments.
 
 Arguments are either options ``name=value`` (``dim=128``, ``books=4``, ``codewords=256``,
-``chunk_size=1024``) or metadata column declarations ``name TYPE [PRIMARY KEY]`` with TYPE one
+``chunk_size=1024``, ``metric='ip'`` or ``'l2'`` — how AQD compares a query with a quantized
+item: inner product, the HQ paper's, or squared Euclidean distance, CQ's) or metadata column declarations ``name TYPE [PRIMARY KEY]`` with TYPE one
 of TEXT, INTEGER, REAL, BLOB. Anything else is refused with a message naming the argument.
 """
 
@@ -27,6 +28,7 @@ MAX_BOOKS = 64
 MAX_CODEWORDS = 65536
 MAX_CHUNK_SIZE = 1 << 16
 DEFAULT_CHUNK_SIZE = 1024
+METRICS = ("ip", "l2")
 
 
 class OptionError(ValueError):
@@ -63,6 +65,7 @@ class TableOptions:
     columns: tuple[Column, ...] = field(default_factory=tuple)
     model: str | None = None
     modalities: tuple[str, ...] = ()
+    metric: str = "ip"
 
     @property
     def code_sets(self) -> tuple[CodeSet, ...]:
@@ -94,6 +97,7 @@ class TableOptions:
             "columns": [[c.name, c.type, c.key] for c in self.columns],
             "model": self.model,
             "modalities": list(self.modalities),
+            "metric": self.metric,
         })
 
     @classmethod
@@ -101,7 +105,8 @@ class TableOptions:
         doc = json.loads(options)
         cols = tuple(Column(n, t, bool(k)) for n, t, k in doc.get("columns", []))
         return cls(dim=dim, books=books, codewords=codewords, chunk_size=chunk_size, columns=cols,
-                   model=doc.get("model"), modalities=tuple(doc.get("modalities", ())))
+                   model=doc.get("model"), modalities=tuple(doc.get("modalities", ())),
+                   metric=doc.get("metric", "ip"))
 
 
 def _int_option(name: str, raw: str, lo: int, hi: int) -> int:
@@ -117,10 +122,11 @@ def _int_option(name: str, raw: str, lo: int, hi: int) -> int:
 def parse_args(args: tuple, resolve_model=None) -> TableOptions:
     """Turn the module arguments of CREATE VIRTUAL TABLE into validated :class:`TableOptions`.
 
-    ``resolve_model(name)`` returns ``(dim, books, codewords, modalities)`` of a stored model
-    (for ``model='name'``), or raises :class:`OptionError`.
+    ``resolve_model(name)`` returns ``(dim, books, codewords, modalities, metric)`` of a stored
+    model (for ``model='name'``), or raises :class:`OptionError`.
     """
     opts: dict[str, int] = {}
+    metric = "ip"
     model: str | None = None
     columns: list[Column] = []
     seen: set[str] = set()
@@ -147,9 +153,16 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
                     raise OptionError(f"hq option model={raw}: expected a quoted name, e.g. model='wiki64'")
                 model = raw[1:-1]
                 opts[name] = 1
+            elif name == "metric":
+                raw = m.group(2).strip()
+                metric = raw[1:-1] if len(raw) >= 2 and raw[0] in "'\"" and raw[-1] == raw[0] else raw
+                if metric not in METRICS:
+                    raise OptionError(f"hq option metric={raw}: must be 'ip' (inner product) or 'l2' "
+                                      "(squared Euclidean distance)")
+                opts[name] = 1
             else:
                 raise OptionError(
-                    f"unknown hq option {name!r} (known: dim, books, codewords, chunk_size, model)"
+                    f"unknown hq option {name!r} (known: dim, books, codewords, chunk_size, metric, model)"
                 )
             continue
         m = _COLUMN.match(text)
@@ -178,19 +191,19 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
         columns.append(Column(name, ctype, key))
     chunk_size = opts.get("chunk_size", DEFAULT_CHUNK_SIZE)
     if model is not None:
-        clash = sorted({"dim", "books", "codewords"} & set(opts))
+        clash = sorted({"dim", "books", "codewords", "metric"} & set(opts))
         if clash:
             raise OptionError(f"hq options {', '.join(clash)} come from the model: drop them when model= is given")
         if resolve_model is None:
             raise OptionError("model-bound tables need hqdb.connect()")
-        dim, books, codewords, modalities = resolve_model(model)
+        dim, books, codewords, modalities, metric = resolve_model(model)
         taken = {c.name.lower() for c in columns}
         for mod in modalities:
             for col in (mod, f"{mod}_code", f"{mod}_qcode"):
                 if col.lower() in taken:
                     raise OptionError(f"column {col!r} is used by the model's {mod!r} modality")
         return TableOptions(dim=dim, books=books, codewords=codewords, chunk_size=chunk_size,
-                            columns=tuple(columns), model=model, modalities=tuple(modalities))
+                            columns=tuple(columns), model=model, modalities=tuple(modalities), metric=metric)
     if "dim" not in opts:
         raise OptionError("hq table needs dim=N (code length in bits, a multiple of 8) or model='name'")
     return TableOptions(
@@ -199,4 +212,5 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
         codewords=opts.get("codewords", 256),
         chunk_size=chunk_size,
         columns=tuple(columns),
+        metric=metric,
     )

@@ -6,7 +6,8 @@ Columns of ``CREATE VIRTUAL TABLE t USING hq(dim=.., books=.., codewords=.., <me
  0    code        packed bit code, ``dim/8`` bytes, sqlite-vec ``bit[dim]`` layout
  1    qcode       quantization indices, ``books`` bytes (uint16 little-endian if codewords > 256)
  2..  metadata    the user's columns (TEXT / INTEGER / REAL / BLOB)
- then distance    hidden: AQD distance (negative inner product) or Hamming distance
+ then distance    hidden: AQD distance (negative inner product, or squared Euclidean distance
+                  for metric 'l2') or Hamming distance
       hamming     hidden: Hamming distance to the query's bit code
       k           hidden: number of results (``AND k = 10``; ``LIMIT`` works too)
       candidates  hidden: size of the Hamming candidate set re-ranked by AQD
@@ -136,7 +137,7 @@ class HqModule:
             model = load_model(self.conn, name)
         except ModelError as e:
             raise OptionError(str(e)) from None
-        return model.bits, model.books, model.codewords, tuple(model.modalities)
+        return model.bits, model.books, model.codewords, tuple(model.modalities), model.metric
 
     def Create(self, conn, modulename, dbname, tablename, *args):
         try:
@@ -350,8 +351,10 @@ class HqTable:
                 raise HqError(f"hq table {self.name}: {e}") from None
         return self._model
 
-    def encode_inputs(self, set_idx: int, values: list) -> np.ndarray:
-        """Features (float32 blobs) or raw text of one modality → common-space vectors (N, dim)."""
+    def encode_inputs(self, set_idx: int, values: list) -> tuple[np.ndarray, np.ndarray]:
+        """Features (float32 blobs) or raw text of one modality → (bit features, common-space
+        vectors), both (N, dim): the bit code is the signs of the first (the same array unless
+        the model has separate hash towers, c+d)."""
         model = self.model()
         modality = self.sets[set_idx].name
         texts = [v for v in values if isinstance(v, str)]
@@ -363,7 +366,7 @@ class HqTable:
             else:
                 x = np.stack([np.frombuffer(v, dtype="<f4") for v in values]).astype(np.float32)
                 x = model.featurize(modality, x)
-            return model.embed(modality, x)
+            return model.encode(modality, x)
         except (ValueError, TypeError) as e:
             raise HqError(f"{self.name}.{modality}: {e}") from None
 
@@ -640,10 +643,10 @@ class HqTable:
             if not mine:
                 continue
             rowids = np.array([r for r, _ in mine], dtype=np.int64)
-            f = self.encode_inputs(i, [v for _, v in mine])
+            bitf, f = self.encode_inputs(i, [v for _, v in mine])
             st = self.stores[i]
             chunks, slots = st.allocate(len(mine))
-            st.put_many(chunks, slots, rowids, kernels.pack_bits(f), model.quantize(f))
+            st.put_many(chunks, slots, rowids, kernels.pack_bits(bitf), model.quantize(f) if model.books else None)
             self.conn.executemany(
                 f"UPDATE {self.rows_table} SET {quote_ident(cset.chunk_col)} = ?, "
                 f"{quote_ident(cset.slot_col)} = ? WHERE rowid = ?",
@@ -769,8 +772,8 @@ class HqTable:
             if modality not in names:
                 raise HqError(f"model {o.model!r} has no modality {modality!r} (it has: {', '.join(names)})")
             qi = names.index(modality)
-            vec = self.encode_inputs(qi, [self.check_input(qi, value)])[0]
-            return kernels.pack_bits(vec), vec
+            bitf, vec = self.encode_inputs(qi, [self.check_input(qi, value)])
+            return kernels.pack_bits(bitf[0]), vec[0]
         if not isinstance(blob, (bytes, bytearray, memoryview)):
             raise HqError(
                 f"hq_match query for {self.name} must be a BLOB (float32 x {o.dim}, or {o.code_bytes} "
@@ -844,22 +847,46 @@ class HqTable:
             self.flush_pending()
         bits, vec = self.parse_query(query, mode, set_idx)
         version = self.fresh()
-        lut = None
-        if mode != "hamming":
-            cb = self.codebooks(version)
-            if cb is None:
-                raise HqError(
-                    f"hq table {self.name} has no codebooks: set them with "
-                    f"SELECT hq_set_codebooks('{self.name}', :blob), or search with mode = 'hamming'"
-                )
-            lut = kernels.aqd_lut(vec, cb)
+        lut, offset = self._lut(vec, version) if mode != "hamming" else (None, 0.0)
         st = self.stores[set_idx]
         n = st.size
         valid = self.filter_mask(set_idx, conds) if conds else st.valid[:n]
-        return kernels.search(
+        rowids, dist, ham = kernels.search(
             st.codes[:n], st.qcodes[:n] if o.books else None, st.rowids[:n], valid, bits, lut,
             k=k, candidates=candidates, mode=mode, threads=self.module.threads,
         )
+        if offset:
+            dist = dist.astype(np.float64) + offset
+        return rowids, dist, ham
+
+    def _lut(self, vec: np.ndarray, version: int) -> tuple[np.ndarray, float]:
+        """(AQD lookup table, distance offset) of a float query for this table's codebooks.
+
+        The kernel reports distance = −Σ_l LUT[l][b_l]. Metric 'ip': LUT[l][j] = ⟨q, C^l_j⟩, so
+        the distance is −⟨q, Σ_l C^l b_l⟩, offset 0. Metric 'l2': LUT[l][j] = 2⟨q, C^l_j⟩ − ‖C^l_j‖²,
+        so the distance is Σ_l ‖C^l b_l‖² − 2⟨q, Σ_l C^l b_l⟩, and offset ‖q‖² + ε makes it
+        ‖q − Σ_l C^l b_l‖² exactly when the cross-book products Σ_{l≠l'} ⟨C^l b_l, C^{l'} b_{l'}⟩
+        equal the constant ε (CQ's constraint; ε from the model, 0 for raw tables). The offset
+        does not change the order."""
+        cb = self._codebooks_for_search(version)
+        lut = kernels.aqd_lut(vec, cb)
+        if self.opts.metric != "l2":
+            return lut, 0.0
+        if getattr(self, "_cb_norms_of", None) is not cb:
+            self._cb_norms = (cb.astype(np.float64) ** 2).sum(2)
+            self._cb_norms_of = cb
+        lut = (2.0 * lut.astype(np.float64) - self._cb_norms).astype(np.float32)
+        eps = float(self.model().epsilon) if self.opts.model else 0.0
+        return lut, float((vec.astype(np.float64) ** 2).sum()) + eps
+
+    def _codebooks_for_search(self, version: int) -> np.ndarray:
+        cb = self.codebooks(version)
+        if cb is None:
+            raise HqError(
+                f"hq table {self.name} has no codebooks: set them with "
+                f"SELECT hq_set_codebooks('{self.name}', :blob), or search with mode = 'hamming'"
+            )
+        return cb
 
     # -------------------------------------------------------------- batched search
     def search_many(self, set_idx: int, queries, k: int, candidates: int, mode: str = "two_stage",
@@ -889,19 +916,24 @@ class HqTable:
             self.flush_pending()
         bits, vecs = self._parse_queries(queries, mode, set_idx)
         version = self.fresh()
-        luts = self._luts(vecs, version) if mode != "hamming" else None
+        luts, offsets = self._luts(vecs, version) if mode != "hamming" else (None, None)
         st = self.stores[set_idx]
         n = st.size
         valid = self.filter_mask(set_idx, conds) if conds else st.valid[:n]
         codes, qcodes, rowids = st.codes[:n], st.qcodes[:n] if self.opts.books else None, st.rowids[:n]
         if self.module.device is None:
-            return kernels.search_many(codes, qcodes, rowids, valid, bits, luts, k=k,
-                                       candidates=candidates, mode=mode, threads=self.module.threads)
-        from . import torch_backend
+            out = kernels.search_many(codes, qcodes, rowids, valid, bits, luts, k=k,
+                                      candidates=candidates, mode=mode, threads=self.module.threads)
+        else:
+            from . import torch_backend
 
-        return torch_backend.search_many(
-            codes, qcodes, rowids, valid, bits, luts, k=k, candidates=candidates, mode=mode,
-            resident=self._device_codes(set_idx, version, codes, qcodes, rowids))
+            out = torch_backend.search_many(
+                codes, qcodes, rowids, valid, bits, luts, k=k, candidates=candidates, mode=mode,
+                resident=self._device_codes(set_idx, version, codes, qcodes, rowids))
+        if offsets is not None and offsets.any():  # metric 'l2': as search() adds it, per query
+            rowids_out, dist, ham = out
+            return rowids_out, dist.astype(np.float64) + offsets[:, None], ham
+        return out
 
     def _batch_mode(self, mode: str) -> str:
         if mode not in MODES:
@@ -937,18 +969,15 @@ class HqTable:
             vecs[j] = v
         return bits, vecs
 
-    def _luts(self, vecs: np.ndarray, version: int) -> np.ndarray:
-        """One AQD lookup table per query vector, (Q, books, codewords)."""
-        cb = self.codebooks(version)
-        if cb is None:
-            raise HqError(
-                f"hq table {self.name} has no codebooks: set them with "
-                f"SELECT hq_set_codebooks('{self.name}', :blob), or search with mode = 'hamming'"
-            )
+    def _luts(self, vecs: np.ndarray, version: int) -> tuple[np.ndarray, np.ndarray]:
+        """One AQD lookup table per query vector, (Q, books, codewords), and each query's
+        distance offset (Q,) float64, as :meth:`_lut` makes them."""
+        cb = self._codebooks_for_search(version)
         luts = np.empty((len(vecs), cb.shape[0], cb.shape[1]), dtype=np.float32)
+        offsets = np.zeros(len(vecs), dtype=np.float64)
         for j, vec in enumerate(vecs):
-            luts[j] = kernels.aqd_lut(vec, cb)
-        return luts
+            luts[j], offsets[j] = self._lut(vec, version)
+        return luts, offsets
 
     def _device_codes(self, set_idx: int, version: int, codes, qcodes, rowids):
         """The code set's arrays on the module's torch device, copied once per table version."""

@@ -150,6 +150,10 @@ def test_model_bound_tables_are_checked(db):
     # Row 2 gets its text codes back from the slot that carries its rowid.
     assert stats["lost"] == {"image": 0, "text": 0} and stats["kept"] == {"image": 113, "text": 75}
     assert check(db)["ok"]
+    db.execute("UPDATE hqdb_tables SET options = json_set(options, '$.metric', 'l2') WHERE name = 'docs'")
+    assert any("metric 'ip' but the table 'l2'" in p for p in check(db)["tables"]["docs"])
+    db.execute("UPDATE hqdb_tables SET options = json_set(options, '$.metric', 'ip') WHERE name = 'docs'")
+    assert check(db)["ok"]
     db.execute("UPDATE hqdb_model_tensors SET data = substr(data, 1, 10) WHERE rowid = "
                "(SELECT min(rowid) FROM hqdb_model_tensors)")
     assert any("model 'm'" in p for p in check(db)["tables"]["docs"])

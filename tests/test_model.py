@@ -431,7 +431,7 @@ def test_train_rejects_bad_arguments():
     pytest.importorskip("torch")
     data = paired(50)
     with pytest.raises(ValueError, match="unknown method"):
-        _train(data, method="cdq")
+        _train(data, method="sift")
     with pytest.raises(ValueError, match="multiple of 8"):
         _train(data, bits=12)
     with pytest.raises(ValueError, match="unknown lambdas"):

@@ -1,4 +1,5 @@
-"""hqdb's model layer: learned encoders for the hq table (the HQ paper's towers + codebooks).
+"""hqdb's model layer: learned encoders for the hq table (towers + optional codebooks; HQ and
+the other methods of docs/methods.md).
 
 Inference (:class:`TrainedModel`, the tf-idf featurizer, additive quantization) is numpy/numba
 only; training (:func:`hqdb.model.train.train`, also ``hqdb.train``) imports torch.
@@ -9,4 +10,7 @@ from __future__ import annotations
 from .featurize import TfidfFeaturizer
 from .model import TrainedModel
 
-__all__ = ["TrainedModel", "TfidfFeaturizer"]
+# The training methods (hqdb.train(method=...), hqdb train --method); docs/methods.md.
+METHODS = ("hq", "cq", "spdq", "chn", "dcmh", "cdq", "c+d", "lossless")
+
+__all__ = ["METHODS", "TrainedModel", "TfidfFeaturizer"]

@@ -4,9 +4,19 @@ State = a JSON-able config + named float32 tensors (the database stores them as 
 little-endian blobs; nothing is pickled). Tensors:
 
 - ``codebooks``: (books, codewords, bits), shared by all modalities (AQD works across them);
+  absent when ``books`` is 0 (Hamming-only methods: chn, dcmh, lossless);
 - per modality ``m``: ``m.input_mean``, ``m.input_scale`` (d,) — the input standardisation;
   ``m.layer{i}.weight`` (out, in) and ``m.layer{i}.bias`` (out,) of the tower's linear layers,
-  ReLU between them, none after the last (its width is ``bits``).
+  ReLU between them. The last layer has ``bits + private`` outputs (tower config ``private``,
+  default 0: SPDQ's modality-private units, used only in training); its ``output`` is
+  ``linear`` (default), ``tanh`` or ``normalize`` (unit length, after keeping the first ``bits``);
+  the search vector is its first ``bits`` values;
+- optional ``hash.m.*``: a second tower per modality (config ``hash_towers``) whose signs give
+  the bit code instead of the search vector's (the c+d baseline: DCMH bits, CDQ features).
+
+Config keys beyond the towers: ``metric`` ('ip' or 'l2': how AQD compares a query with a
+reconstruction), ``epsilon`` (CQ's constant inter-dictionary product, added to l2 distances),
+``search`` (the search mode the method is meant for: two_stage, hamming, aqd or float).
 """
 
 from __future__ import annotations
@@ -19,6 +29,9 @@ from .featurize import featurizer_from_state
 
 FORMAT = "hqdb-model/1"
 ACTIVATIONS = ("relu",)
+OUTPUTS = ("linear", "tanh", "normalize")
+METRICS = ("ip", "l2")
+SEARCHES = ("two_stage", "hamming", "aqd", "float")
 MAX_BITS = 1024  # the search kernels' limit
 
 
@@ -65,8 +78,12 @@ class TrainedModel:
         self.bits = config["bits"]
         self.books = config["books"]
         self.codewords = config["codewords"]
-        self.codebooks = tensors["codebooks"]
+        self.codebooks = tensors.get("codebooks")  # None when books == 0
+        self.metric = config.get("metric", "ip")
+        self.epsilon = float(config.get("epsilon", 0.0))
+        self.search = config.get("search", "two_stage")
         self._layers = {m: self._fold(m) for m in self.modalities}
+        self._hash_layers = {m: self._fold(m, "hash.") for m in config.get("hash_towers") or {}}
         self._featurizers = {
             m: (featurizer_from_state(s) if s is not None else None)
             for m, s in config["featurizers"].items()
@@ -76,17 +93,17 @@ class TrainedModel:
     @staticmethod
     def expected_shapes(config: dict) -> dict[str, tuple]:
         """Every tensor a config calls for, with its shape."""
-        shapes = {"codebooks": (config["books"], config["codewords"], config["bits"])}
-        for m in config["modalities"]:
-            tower = config["towers"][m]
-            d = tower["input_dim"]
-            shapes[f"{m}.input_mean"] = (d,)
-            shapes[f"{m}.input_scale"] = (d,)
-            prev = d
-            for i, width in enumerate(tower["layers"]):
-                shapes[f"{m}.layer{i}.weight"] = (width, prev)
-                shapes[f"{m}.layer{i}.bias"] = (width,)
-                prev = width
+        shapes = {"codebooks": (config["books"], config["codewords"], config["bits"])} if config["books"] else {}
+        for prefix, towers in (("", config["towers"]), ("hash.", config.get("hash_towers") or {})):
+            for m, tower in towers.items():
+                d = tower["input_dim"]
+                shapes[f"{prefix}{m}.input_mean"] = (d,)
+                shapes[f"{prefix}{m}.input_scale"] = (d,)
+                prev = d
+                for i, width in enumerate(tower["layers"]):
+                    shapes[f"{prefix}{m}.layer{i}.weight"] = (width, prev)
+                    shapes[f"{prefix}{m}.layer{i}.bias"] = (width,)
+                    prev = width
         return shapes
 
     @classmethod
@@ -102,8 +119,15 @@ class TrainedModel:
         bits = _int(config, "bits", 8, MAX_BITS)
         if bits % 8:
             raise ValueError(f"config: 'bits' must be a multiple of 8, got {bits}")
-        _int(config, "books", 1)
+        _int(config, "books", 0)
         _int(config, "codewords", 1, 65536)
+        if config.get("metric", "ip") not in METRICS:
+            raise ValueError(f"config: 'metric' must be one of {METRICS}, got {config.get('metric')!r}")
+        if config.get("search", "two_stage") not in SEARCHES:
+            raise ValueError(f"config: 'search' must be one of {SEARCHES}, got {config.get('search')!r}")
+        eps = config.get("epsilon", 0.0)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not np.isfinite(eps):
+            raise ValueError(f"config: 'epsilon' must be a finite number, got {eps!r}")
         mods = config.get("modalities")
         if (not isinstance(mods, list) or not mods or not all(isinstance(m, str) and m for m in mods)
                 or len(set(mods)) != len(mods)):
@@ -113,9 +137,12 @@ class TrainedModel:
             raise ValueError(f"config: 'towers' must describe exactly the modalities {mods}")
         if not isinstance(feats, dict) or set(feats) != set(mods):
             raise ValueError(f"config: 'featurizers' must have an entry (state or null) for each of {mods}")
-        for m in mods:
-            t = towers[m]
-            where = f"config tower {m!r}"
+        hash_towers = config.get("hash_towers")
+        if hash_towers is not None and (not isinstance(hash_towers, dict) or set(hash_towers) != set(mods)):
+            raise ValueError(f"config: 'hash_towers' must describe exactly the modalities {mods}")
+        checks = [(m, towers[m], f"config tower {m!r}") for m in mods]
+        checks += [(m, t, f"config hash tower {m!r}") for m, t in (hash_towers or {}).items()]
+        for m, t, where in checks:
             if not isinstance(t, dict):
                 raise ValueError(f"{where} must be a dict")
             d = _int(t, "input_dim", 1, where=where)
@@ -123,10 +150,16 @@ class TrainedModel:
             if (not isinstance(layers, list) or not layers
                     or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in layers)):
                 raise ValueError(f"{where}: 'layers' must be a non-empty list of positive widths")
-            if layers[-1] != bits:
-                raise ValueError(f"{where}: the last layer has {layers[-1]} outputs but the model has {bits} bits")
+            private = t.get("private", 0)
+            if isinstance(private, bool) or not isinstance(private, int) or private < 0:
+                raise ValueError(f"{where}: 'private' must be a non-negative integer, got {private!r}")
+            if layers[-1] != bits + private:
+                raise ValueError(f"{where}: the last layer has {layers[-1]} outputs but the model has {bits} bits"
+                                 + (f" + {private} private units" if private else ""))
             if t.get("activation") not in ACTIVATIONS:
                 raise ValueError(f"{where}: unknown activation {t.get('activation')!r} (known: {ACTIVATIONS})")
+            if t.get("output", "linear") not in OUTPUTS:
+                raise ValueError(f"{where}: unknown output {t.get('output')!r} (known: {OUTPUTS})")
             if feats[m] is not None:
                 fz = featurizer_from_state(feats[m])
                 if fz.dim != d:
@@ -150,17 +183,18 @@ class TrainedModel:
             clean[name] = np.ascontiguousarray(arr, dtype=np.float32)
         return cls(config, clean)
 
-    def _fold(self, m: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _fold(self, m: str, prefix: str = "") -> list[tuple[np.ndarray, np.ndarray]]:
         """(Wᵀ, b) per layer, float32, with the input standardisation (x − mean)·scale folded
         into the first layer, so sparse inputs stay sparse."""
         t = self._tensors
+        towers = self.config["hash_towers"] if prefix else self.config["towers"]
         layers = []
-        for i in range(len(self.config["towers"][m]["layers"])):
-            w = t[f"{m}.layer{i}.weight"].astype(np.float64)
-            b = t[f"{m}.layer{i}.bias"].astype(np.float64)
+        for i in range(len(towers[m]["layers"])):
+            w = t[f"{prefix}{m}.layer{i}.weight"].astype(np.float64)
+            b = t[f"{prefix}{m}.layer{i}.bias"].astype(np.float64)
             if i == 0:
-                scale = t[f"{m}.input_scale"].astype(np.float64)
-                b = b - w @ (t[f"{m}.input_mean"].astype(np.float64) * scale)
+                scale = t[f"{prefix}{m}.input_scale"].astype(np.float64)
+                b = b - w @ (t[f"{prefix}{m}.input_mean"].astype(np.float64) * scale)
                 w = w * scale
             layers.append((np.ascontiguousarray(w.T, dtype=np.float32), b.astype(np.float32)))
         return layers
@@ -211,19 +245,41 @@ class TrainedModel:
     def embed(self, modality: str, X) -> np.ndarray:
         """The tower's forward pass (no torch): f ∈ R^bits per row, float32; bit i of the code is
         set iff f_i > 0 (``kernels.pack_bits``). A row's result is the same whatever batch it is in."""
+        return self.encode(modality, X)[1]
+
+    def encode(self, modality: str, X) -> tuple[np.ndarray, np.ndarray]:
+        """(bit features, search vectors), both float32 (N, bits): the code is the signs of the
+        first (``kernels.pack_bits``), AQD / float search uses the second. They are the same
+        array unless the model has hash towers (c+d)."""
         x = self.featurize(modality, X)  # checks shape and NaN; strings work too
-        layers = self._layers[modality]
+        f = self._forward(x, self._layers[modality], self.config["towers"][modality])
+        if modality in self._hash_layers:
+            return self._forward(x, self._hash_layers[modality], self.config["hash_towers"][modality]), f
+        return f, f
+
+    def _forward(self, x, layers, tower) -> np.ndarray:
         for i, (wt, b) in enumerate(layers):
             x = _dense(x, wt, b, i < len(layers) - 1)
-        return x
+        x = x[:, :self.bits]  # private units (SPDQ) only matter in training
+        out = tower.get("output", "linear")
+        if out == "tanh":
+            x = np.tanh(x)
+        elif out == "normalize":
+            norm = np.sqrt((x.astype(np.float64) ** 2).sum(1, keepdims=True))
+            x = x / np.maximum(norm, 1e-12)
+        return np.ascontiguousarray(x, dtype=np.float32)
 
     def quantize(self, F) -> np.ndarray:
-        """Quantization codes (N, books) of features F with the model's codebooks (see aq.encode)."""
+        """Quantization codes (N, books) of features F with the model's codebooks (see aq.encode);
+        (N, 0) when the model has no quantizer."""
         F = np.asarray(F)
         if F.ndim != 2 or F.shape[1] != self.bits:
             raise ValueError(f"features to quantize must have shape (N, {self.bits}), got {F.shape}")
+        if not self.books:
+            return np.zeros((F.shape[0], 0), dtype=np.uint8)
         return aq.encode(F, self.codebooks, iters=self.config.get("aq_iters", 3))
 
     def __repr__(self) -> str:
         return (f"TrainedModel({self.config.get('method')!r}, {self.bits} bits, "
-                f"{self.books}x{self.codewords} codebooks, modalities={self.modalities})")
+                + (f"{self.books}x{self.codewords} codebooks" if self.books else "no quantizer")
+                + f", modalities={self.modalities})")

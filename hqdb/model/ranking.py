@@ -3,10 +3,15 @@ tests (the product's own evaluation runs through SQL: :mod:`hqdb.evaluate`). Eve
 breaks ties by database index, like the engine breaks them by rowid. Scores: :mod:`hqdb.metrics`.
 
 - ``hamming``: Hamming distance between the bit codes (bit set iff f > 0, ``kernels.pack_bits``);
-- ``aqd``: AQD(q, y) = ⟨f_q, Σ_l C^l b_y^l⟩, highest first;
+- ``aqd``: AQD(q, y) = ⟨f_q, Σ_l C^l b_y^l⟩, highest first (metric 'ip'); or, for metric 'l2'
+  (CQ), the squared distance ‖f_q − Σ_l C^l b_y^l‖², lowest first;
 - ``two_stage``: the ``candidates`` nearest in Hamming, re-ranked by AQD, then the rest in
   Hamming order (so MAP@all is defined);
-- ``lossless``: inner product of the float features (the paper's Lossless row).
+- ``lossless``: inner product of the float features (the paper's Lossless row; squared
+  Euclidean distance for metric 'l2'; a 'normalize' model's features are unit vectors, so its
+  inner product is the cosine).
+
+Bit codes are the signs of the search vectors unless separate bit features are given (c+d).
 """
 
 from __future__ import annotations
@@ -22,24 +27,36 @@ def _signs(F: np.ndarray) -> np.ndarray:
     return kernels.unpack_bits(kernels.pack_bits(F), n)  # ±1 exactly as the stored bits
 
 
+def _score(fq, items, metric) -> np.ndarray:
+    """Higher = nearer: inner product, or −‖q − y‖² + ‖q‖² (same order as −‖q − y‖²) for 'l2'."""
+    s = fq.astype(np.float64) @ items.T
+    if metric == "l2":
+        s = 2 * s - (items * items).sum(1)[None, :]
+    return s
+
+
 def rankings(fq, f_db, qcodes_db, codebooks, *, candidates: int = 100,
-             kinds=("hamming", "aqd", "two_stage", "lossless")) -> dict[str, np.ndarray]:
+             kinds=("hamming", "aqd", "two_stage", "lossless"), metric: str = "ip",
+             bits_q=None, bits_db=None) -> dict[str, np.ndarray]:
     """{kind: (Q, N) int64 database indices, best first} for queries ``fq`` (Q, n) against a
-    database with features ``f_db`` (N, n) and quantization codes ``qcodes_db`` (N, m)."""
+    database with features ``f_db`` (N, n) and quantization codes ``qcodes_db`` (N, m);
+    ``bits_q`` / ``bits_db``: the features whose signs are the bit codes, when not fq / f_db."""
     fq = np.asarray(fq, dtype=np.float32)
     f_db = np.asarray(f_db, dtype=np.float32)
-    n = fq.shape[1]
+    bq = fq if bits_q is None else np.asarray(bits_q, dtype=np.float32)
+    bdb = f_db if bits_db is None else np.asarray(bits_db, dtype=np.float32)
+    n = bq.shape[1]
     out = {}
     ham = None
     if {"hamming", "two_stage"} & set(kinds):
         # ±1 products of at most 1024 terms are exact in float32, so the distances are exact.
-        dist = (n - _signs(fq) @ _signs(f_db).T) / 2
+        dist = (n - _signs(bq) @ _signs(bdb).T) / 2
         ham = np.argsort(dist, axis=1, kind="stable")
         out["hamming"] = ham
     score = None
     if {"aqd", "two_stage"} & set(kinds):
         recon = aq.reconstruct(qcodes_db, codebooks).astype(np.float64)
-        score = fq.astype(np.float64) @ recon.T
+        score = _score(fq, recon, metric)
         if "aqd" in kinds:
             out["aqd"] = np.argsort(-score, axis=1, kind="stable")
     if "two_stage" in kinds:
@@ -49,7 +66,7 @@ def rankings(fq, f_db, qcodes_db, codebooks, *, candidates: int = 100,
         order = np.lexsort((cand, -cs), axis=1)  # AQD first, then index
         out["two_stage"] = np.concatenate([np.take_along_axis(cand, order, axis=1), ham[:, c:]], axis=1)
     if "lossless" in kinds:
-        out["lossless"] = np.argsort(-(fq.astype(np.float64) @ f_db.astype(np.float64).T), axis=1, kind="stable")
+        out["lossless"] = np.argsort(-_score(fq, f_db.astype(np.float64), metric), axis=1, kind="stable")
     return {k: out[k].astype(np.int64) for k in kinds}
 
 
@@ -63,18 +80,22 @@ def scores(labels_q, labels_db, ranks: dict[str, np.ndarray], cutoffs=(50, None)
     return out
 
 
-def cross_modal(model_or_fns, queries: dict, database: dict, labels_q, labels_db, *,
+def cross_modal(model, queries: dict, database: dict, labels_q, labels_db, *,
                 candidates: int = 100, kinds=("hamming", "aqd", "two_stage", "lossless"),
                 cutoffs=(50, None), directions=(("image", "text"), ("text", "image"))) -> dict:
-    """MAP of I→T and T→I for a :class:`TrainedModel` (or anything with embed/quantize/codebooks)
-    given already-featurized inputs per modality: {"i2t": {kind: {...}}, "t2i": ...}."""
-    m = model_or_fns
-    feats_q = {k: m.embed(k, v) for k, v in queries.items()}
-    feats_db = {k: m.embed(k, v) for k, v in database.items()}
-    codes_db = {k: m.quantize(v) for k, v in feats_db.items()}
+    """MAP of I→T and T→I for a :class:`TrainedModel` given already-featurized inputs per
+    modality: {"i2t": {kind: {...}}, "t2i": ...}. A model without a quantizer gets only the
+    kinds that need none (hamming, lossless)."""
+    m = model
+    if not m.books:
+        kinds = tuple(k for k in kinds if k in ("hamming", "lossless"))
+    enc_q = {k: m.encode(k, v) for k, v in queries.items()}
+    enc_db = {k: m.encode(k, v) for k, v in database.items()}
+    codes_db = {k: m.quantize(v[1]) for k, v in enc_db.items()}
     out = {}
     for src, dst in directions:
         name = f"{src[0]}2{dst[0]}"
-        r = rankings(feats_q[src], feats_db[dst], codes_db[dst], m.codebooks, candidates=candidates, kinds=kinds)
+        r = rankings(enc_q[src][1], enc_db[dst][1], codes_db[dst], m.codebooks, candidates=candidates,
+                     kinds=kinds, metric=m.metric, bits_q=enc_q[src][0], bits_db=enc_db[dst][0])
         out[name] = scores(labels_q, labels_db, r, cutoffs)
     return out

@@ -1,12 +1,15 @@
-"""Train an HQ model (paper §4) on paired image/text data with labels. Needs torch.
+"""Train a cross-modal encoder — HQ (paper §4) or another method of :mod:`hqdb.model.methods`
+— on paired image/text data with labels. Needs torch.
 
-Per epoch: Adam steps on mini-batches of paired items with C and b fixed (Eq. 7 over the batch's
-cross-modal pairs); then, with the towers fixed, the features of every training item of both
-modalities are re-quantized by alternating update_codebooks / encode ``aq_rounds`` times (§4.3;
-one set of codebooks for both modalities); then validation — MAP@50 of the two-stage ranking
-(Hamming top-``candidates`` re-ranked by AQD), held-out validation items as queries against the
-training items as the database, harmonic mean of I→T and T→I as in the paper's tables — decides
-early stopping. The best epoch's towers and codebooks are kept.
+One loop for every method. Per epoch: Adam steps on mini-batches of paired items with the
+quantizer fixed (the method's loss over the batch's cross-modal pairs; HQ: Eq. 7); then, with
+the towers fixed, the search vectors of every training item of both modalities are
+re-quantized by alternating update_codebooks / encode ``aq_rounds`` times (§4.3; one set of
+codebooks for both modalities; skipped for methods without a quantizer) and the method's
+per-item state is updated (DCMH's B); then validation — MAP@50 of the method's own search
+(HQ: two-stage, Hamming top-``candidates`` re-ranked by AQD), held-out validation items as
+queries against the training items as the database, harmonic mean of I→T and T→I as in the
+paper's tables — decides early stopping. The best epoch's towers and codebooks are kept.
 
 Deterministic on CPU for a given seed and thread count: seeded torch RNG (forked, so the
 caller's RNG state is untouched), deterministic algorithms, fixed torch threads (restored after).
@@ -24,16 +27,19 @@ from .. import metrics
 from .. import quantize as raw_quantize
 from . import aq, ranking
 from .featurize import FEATURIZERS, make_featurizer
+from .methods import METHOD_NAMES, method_class
 from .model import FORMAT, TrainedModel
 
-METHODS = ("hq",)
+METHODS = METHOD_NAMES
 # Chosen on the validation split train() carves from the database part of Wiki (80% of
 # wiki_train.npz, seed 0; queries never looked at), three seeds each. The paper's λ weight *sums*
 # (Eq. 3-6 over all pairs); in hq.py's means, its λ_sim 50, λ_h 0.01, λ_b 0.01, λ_q 1e-4 become
 # about 1, 0.013, 0.013, 1.3e-4 at 64 bits — which trained worse here (validation harmonic MAP@50
 # 0.36 vs 0.39). λ_h 0.1-0.3 did best; λ_h >= 1 binarises too early and costs T→I; λ_b and λ_q
 # in 0.01-0.1 made no measurable difference.
-DEFAULT_LAMBDAS = {"sim": 1.0, "h": 0.3, "b": 0.01, "q": 0.01}
+DEFAULT_LAMBDAS = {"sim": 1.0, "h": 0.3, "b": 0.01, "q": 0.01}  # = hq.HQ.lambdas
+# Generic optimiser defaults (HQ's, tuned as above); a method may override them (train_defaults).
+DEFAULT_TRAIN = {"epochs": 50, "batch_size": 32, "lr": 3e-3, "aq_rounds": 2}
 DEFAULT_HIDDEN = {"image": [512], "text": [512]}
 
 
@@ -70,7 +76,7 @@ class _Progress:
             try:
                 from tqdm.auto import tqdm
 
-                self.bar = tqdm(total=total, desc="hq train", unit="epoch", file=sys.stderr)
+                self.bar = tqdm(total=total, desc="train", unit="epoch", file=sys.stderr)
             except ImportError:
                 pass
 
@@ -83,7 +89,7 @@ class _Progress:
             self.bar.update(1)
         else:
             cells = " ".join(f"{k} {v}" for k, v in text.items())
-            print(f"\rhq train epoch {epoch}/{self.total} {cells}", end="", file=sys.stderr, flush=True)
+            print(f"\rtrain epoch {epoch}/{self.total} {cells}", end="", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -92,48 +98,72 @@ class _Progress:
             print(file=sys.stderr)
 
 
-def train(data, *, method: str = "hq", bits: int = 64, books: int = 4, codewords: int = 256,
+def train(data, *, method: str = "hq", bits: int = 64, books: int | None = None, codewords: int = 256,
           text_key: str = "text", image_key: str = "image", val_fraction: float = 0.2, seed: int = 0,
-          epochs: int = 50, batch_size: int = 32, lr: float = 3e-3, weight_decay: float = 1e-4,
-          lambdas: dict | None = None, hidden=None, dropout: float = 0.0, cosine: bool = True,
-          patience: int = 15, aq_rounds: int = 2, aq_iters: int = 3, candidates: int = 100,
-          text_featurizer: str = "tfidf", vocab_size: int = 1000, threads: int = 1,
+          epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+          weight_decay: float = 1e-4, lambdas: dict | None = None, hidden=None, dropout: float = 0.0,
+          cosine: bool = True, patience: int = 15, aq_rounds: int | None = None, aq_iters: int = 3,
+          candidates: int = 100, text_featurizer: str = "tfidf", vocab_size: int = 1000, threads: int = 1,
           progress: bool = True) -> TrainedModel:
-    """Train HQ on ``data`` (dict or .npz path): ``image`` (N, d_i) floats, ``text_key`` (N, d_t)
-    floats or N raw strings, ``labels`` multi-hot (N, C) or class ids (N,). Returns a numpy-only
-    :class:`TrainedModel`.
+    """Train ``method`` on ``data`` (dict or .npz path): ``image`` (N, d_i) floats, ``text_key``
+    (N, d_t) floats or N raw strings, ``labels`` multi-hot (N, C) or class ids (N,). Returns a
+    numpy-only :class:`TrainedModel`.
 
+    ``method``: one of METHODS — hq (default), cq, spdq, chn, dcmh, cdq, c+d, lossless (see
+    docs/methods.md). ``bits`` is the code length: the bit code of hashing methods, the search
+    vector's dimension for all. ``books`` (× ``codewords``): codebooks of the quantizer; default
+    4 for hq and c+d, bits/8 for the quantization-only methods (cq, spdq, cdq: ``bits`` bits of
+    codes at 256 codewords), none for chn, dcmh and lossless (giving one is an error).
     Raw strings go through a text featurizer fitted on the training part and kept in the model:
     ``text_featurizer`` "tfidf" (``vocab_size`` words) or "minilm" (sentence embeddings).
-    ``lambdas`` overrides entries of DEFAULT_LAMBDAS (keys sim, h, b, q — Eq. 7); ``hidden`` is
-    the hidden-layer widths, a list for both towers or {"image": [...], "text": [...]};
-    ``dropout`` applies after each hidden layer while training. Adam (``lr``, ``weight_decay``)
-    over ``epochs`` epochs of ``batch_size`` pairs, cosine-decayed unless ``cosine`` is False.
-    ``val_fraction`` of the items (seeded) are held out: validation two-stage MAP@50
-    (``candidates`` from Hamming) picks the best epoch and stops after ``patience`` epochs
-    without a better one; 0 trains ``epochs`` epochs on everything. Codebooks: ``aq_rounds``
-    alternations per epoch, ``aq_iters`` ICM rounds per encode. ``threads``: torch threads
-    (fixed so results do not depend on the machine's core count)."""
+    ``lambdas`` overrides entries of the method's loss weights (HQ: keys sim, h, b, q — Eq. 7);
+    ``hidden`` is the hidden-layer widths, a list for both towers or {"image": [...], "text":
+    [...]}; ``dropout`` applies after each hidden layer while training. Adam (``lr``,
+    ``weight_decay``) over ``epochs`` epochs of ``batch_size`` pairs (None: the method's
+    defaults, DEFAULT_TRAIN otherwise), cosine-decayed unless ``cosine`` is False.
+    ``val_fraction`` of the items (seeded) are held out: validation MAP@50 of the method's search
+    (``candidates`` from Hamming for two-stage) picks the best epoch and stops after
+    ``patience`` epochs without a better one; 0 trains ``epochs`` epochs on everything.
+    Codebooks: ``aq_rounds`` alternations per epoch (None: the method's default; 2 for hq),
+    ``aq_iters`` ICM rounds per encode.
+    ``threads``: torch threads (fixed so results do not depend on the machine's core count)."""
     import torch
-
-    from . import hq
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r} (available: {', '.join(METHODS)})")
+    if method == "c+d":
+        return _train_c_plus_d(data, bits=bits, books=books, codewords=codewords, text_key=text_key,
+                               image_key=image_key, val_fraction=val_fraction, seed=seed, epochs=epochs,
+                               batch_size=batch_size, lr=lr, weight_decay=weight_decay, lambdas=lambdas,
+                               hidden=hidden, dropout=dropout, cosine=cosine, patience=patience,
+                               aq_rounds=aq_rounds, aq_iters=aq_iters, candidates=candidates,
+                               text_featurizer=text_featurizer, vocab_size=vocab_size, threads=threads,
+                               progress=progress)
+    cls = method_class(method)
     if not isinstance(bits, int) or bits < 8 or bits % 8 or bits > 1024:
         raise ValueError(f"bits must be a multiple of 8 in 8..1024, got {bits!r}")
-    if not isinstance(books, int) or books < 1 or not isinstance(codewords, int) or not 1 <= codewords <= 65536:
+    if books is not None and cls.books(bits, None) == 0 and books != 0:
+        raise ValueError(f"method {method!r} has no quantizer (Hamming or float search): leave books unset")
+    if books is not None and (isinstance(books, bool) or not isinstance(books, int) or books < 1) and cls.books(bits, None):
+        raise ValueError(f"books must be an integer >= 1, got {books!r}")
+    books = cls.books(bits, books)
+    if not isinstance(codewords, int) or not 1 <= codewords <= 65536:
         raise ValueError("books must be >= 1 and codewords in 1..65536")
     if not 0 <= val_fraction < 1:
         raise ValueError("val_fraction must be in [0, 1)")
     if text_featurizer not in FEATURIZERS:
         raise ValueError(f"unknown text featurizer {text_featurizer!r} (known: {', '.join(FEATURIZERS)})")
-    lam = dict(DEFAULT_LAMBDAS)
+    lam = dict(cls.lambdas)
     if lambdas:
         unknown = set(lambdas) - set(lam)
         if unknown:
-            raise ValueError(f"unknown lambdas {sorted(unknown)} (known: sim, h, b, q)")
+            raise ValueError(f"unknown lambdas {sorted(unknown)} for {method} (known: {', '.join(lam)})")
         lam.update({k: float(v) for k, v in lambdas.items()})
+    opt_cfg = {**DEFAULT_TRAIN, **cls.train_defaults}
+    epochs = opt_cfg["epochs"] if epochs is None else epochs
+    batch_size = opt_cfg["batch_size"] if batch_size is None else batch_size
+    lr = opt_cfg["lr"] if lr is None else lr
+    aq_rounds = opt_cfg["aq_rounds"] if aq_rounds is None else aq_rounds
     if hidden is None:
         hidden = DEFAULT_HIDDEN
     if not isinstance(hidden, dict):
@@ -146,7 +176,7 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int = 4, codewords
                         ("aq_iters", aq_iters), ("candidates", candidates), ("threads", threads)):
         if not isinstance(value, int) or value < (0 if name in ("aq_rounds", "aq_iters") else 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not lr > 0:
+    if not isinstance(lr, (int, float)) or not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
 
     d = _load(data)
@@ -191,28 +221,28 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int = 4, codewords
         torch.use_deterministic_algorithms(True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            result = _fit(torch, hq, X, labels, tr_idx, val_idx, rng, bits=bits, books=books,
+            meth = cls(bits, labels.shape[1], lam)
+            result = _fit(torch, meth, X, labels, tr_idx, val_idx, rng, bits=bits, books=books,
                           codewords=codewords, epochs=epochs, batch_size=batch_size, lr=lr,
-                          weight_decay=weight_decay, lam=lam, hidden=hidden, dropout=dropout,
+                          weight_decay=weight_decay, hidden=hidden, dropout=dropout,
                           cosine=cosine, patience=patience, aq_rounds=aq_rounds, aq_iters=aq_iters,
                           candidates=candidates, progress=progress, seed=seed)
     finally:
         torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)
-    towers, codebooks, history = result
+    towers, codebooks, history, extra = result
 
-    tensors = {"codebooks": codebooks}
+    tensors = {"codebooks": codebooks} if books else {}
     tower_cfg = {}
     for m, tower in towers.items():
-        tensors[f"{m}.input_mean"] = tower.mean.numpy().copy()
-        tensors[f"{m}.input_scale"] = tower.scale.numpy().copy()
-        for i, layer in enumerate(tower.layers):
-            tensors[f"{m}.layer{i}.weight"] = layer.weight.detach().numpy().copy()
-            tensors[f"{m}.layer{i}.bias"] = layer.bias.detach().numpy().copy()
-        tower_cfg[m] = {"input_dim": int(X[m].shape[1]), "layers": [int(w) for w in hidden[m]] + [bits],
-                        "activation": "relu", "input_norm": "standardize"}
+        tensors.update(_tower_tensors(m, tower))
+        tower_cfg[m] = {"input_dim": int(X[m].shape[1]), "layers": [int(w) for w in hidden[m]] + [bits + meth.private()],
+                        "activation": "relu", "input_norm": "standardize", "output": meth.output}
+        if meth.private():
+            tower_cfg[m]["private"] = meth.private()
     config = {
         "format": FORMAT, "method": method, "bits": bits, "books": books, "codewords": codewords,
+        "metric": meth.metric, "search": meth.search, **{k: v for k, v in extra.items() if k == "epsilon"},
         "modalities": ["image", "text"],
         "data_keys": {"image": image_key, "text": text_key},
         "towers": tower_cfg,
@@ -226,7 +256,8 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int = 4, codewords
     model = TrainedModel.from_state(config, tensors)
     train_metrics = {"n_train": int(len(tr_idx)), "n_val": int(len(val_idx)),
                      "epochs_run": history["epochs_run"], "best_epoch": history["best_epoch"],
-                     "train_seconds": round(time.perf_counter() - t_start, 3)}
+                     "train_seconds": round(time.perf_counter() - t_start, 3),
+                     **{k: round(v, 6) for k, v in extra.items() if k != "epsilon"}}
     if n_val:
         # Validation scores of the model as it will run (numpy inference, fresh quantization).
         q = {m: X[m][val_idx] for m in X}
@@ -238,67 +269,143 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int = 4, codewords
     return model
 
 
-def _fit(torch, hq, X, labels, tr_idx, val_idx, rng, *, bits, books, codewords, epochs, batch_size, lr,
-         weight_decay, lam, hidden, dropout, cosine, patience, aq_rounds, aq_iters, candidates, progress, seed):
+def _tower_tensors(m: str, tower, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {f"{prefix}{m}.input_mean": tower.mean.numpy().copy(),
+           f"{prefix}{m}.input_scale": tower.scale.numpy().copy()}
+    for i, layer in enumerate(tower.layers):
+        out[f"{prefix}{m}.layer{i}.weight"] = layer.weight.detach().numpy().copy()
+        out[f"{prefix}{m}.layer{i}.bias"] = layer.bias.detach().numpy().copy()
+    return out
+
+
+def _train_c_plus_d(data, *, books, lambdas, **kw) -> TrainedModel:
+    """The HQ paper's C+D baseline (its Figure 2): a DCMH and a CDQ trained separately on the
+    same data and seed, merged into one model whose bit codes come from the DCMH towers (stored
+    as ``hash.*`` towers) and whose search vectors and codebooks come from CDQ; two-stage search
+    (DCMH Hamming prefilter, CDQ AQD re-rank). ``books`` defaults to 4 like HQ."""
+    if lambdas:
+        raise ValueError("c+d trains dcmh and cdq with their own defaults; lambdas are not supported")
+    t0 = time.perf_counter()
+    dcmh = train(data, method="dcmh", **kw)
+    cdq = train(data, method="cdq", books=4 if books is None else books, **kw)
+    model = combine_c_plus_d(dcmh, cdq)
+    model.config["metrics"]["train_seconds"] = round(time.perf_counter() - t0, 3)
+    return model
+
+
+def combine_c_plus_d(dcmh: TrainedModel, cdq: TrainedModel) -> TrainedModel:
+    """One c+d model from a DCMH and a CDQ model of the same bits and inputs: bit codes from
+    the DCMH towers (``hash.*``), search vectors and codebooks from CDQ."""
+    config_h, tensors_h = dcmh.state()
+    config, tensors = cdq.state()
+    if config_h.get("method") != "dcmh" or config.get("method") != "cdq":
+        raise ValueError("combine_c_plus_d needs a dcmh model and a cdq model")
+    if config_h["bits"] != config["bits"] or any(
+            config_h["towers"][m]["input_dim"] != config["towers"][m]["input_dim"] for m in config["modalities"]):
+        raise ValueError("the dcmh and cdq models must have the same bits and input dimensions")
+    config = {k: v for k, v in config.items() if k not in ("metrics", "history")}
+    config.update(method="c+d", search="two_stage", hash_towers=config_h["towers"],
+                  lambdas={"dcmh": config_h["lambdas"], "cdq": config["lambdas"]})
+    tensors = dict(tensors)
+    for name, arr in tensors_h.items():
+        if not name.startswith("codebooks"):
+            tensors[f"hash.{name}"] = arr
+    model = TrainedModel.from_state(config, tensors)
+    mh, mc = config_h.get("metrics", {}), cdq.config.get("metrics", {})
+    config["metrics"] = {"n_train": mc.get("n_train"), "n_val": mc.get("n_val"),
+                         "epochs_run": {"dcmh": mh.get("epochs_run"), "cdq": mc.get("epochs_run")},
+                         "best_epoch": {"dcmh": mh.get("best_epoch"), "cdq": mc.get("best_epoch")},
+                         "train_seconds": round(mh.get("train_seconds", 0) + mc.get("train_seconds", 0), 3)}
+    config["history"] = {"dcmh": config_h.get("history"), "cdq": cdq.config.get("history")}
+    return model
+
+
+VALIDATION_KIND = {"two_stage": "two_stage", "hamming": "hamming", "aqd": "aqd", "float": "lossless"}
+
+
+def _fit(torch, meth, X, labels, tr_idx, val_idx, rng, *, bits, books, codewords, epochs, batch_size, lr,
+         weight_decay, hidden, dropout, cosine, patience, aq_rounds, aq_iters, candidates, progress, seed):
+    from .hq import Tower, similarity
+
     mods = ("image", "text")
     towers = {}
     for m in mods:
         mean, scale = _standardizer(X[m][tr_idx])
-        towers[m] = hq.Tower(X[m].shape[1], list(hidden[m]), bits, mean, scale, dropout)
-    params = [p for t in towers.values() for p in t.parameters()]
+        towers[m] = Tower(X[m].shape[1], list(hidden[m]), bits + meth.private(), mean, scale, dropout)
+    extras = meth.modules()
+    params = [p for t in (*towers.values(), *extras) for p in t.parameters()]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     # Cosine decay over the epoch budget: big steps early, small ones to settle at the end.
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1)) if cosine else None
     Xt = {m: torch.from_numpy(X[m]) for m in mods}
     Lt = torch.from_numpy(labels.astype(np.float32))
     n_tr = len(tr_idx)
+    kind = VALIDATION_KIND[meth.search]
 
-    def features(idx) -> dict[str, np.ndarray]:
+    def search_vectors(idx) -> dict[str, np.ndarray]:
+        """What the stored model will search with (TrainedModel.embed): the first ``bits``
+        activated outputs, normalised for 'normalize' towers."""
         with torch.no_grad():
-            return {m: towers[m](Xt[m][idx]).numpy() for m in mods}
+            out = {}
+            for m in mods:
+                v = meth.activate(towers[m](Xt[m][idx]))[:, :bits]
+                if meth.output == "normalize":
+                    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                out[m] = v.numpy()
+            return out
 
     def requantize(C, codes):
-        f = features(tr_idx)
-        F = np.concatenate([f["image"], f["text"]])  # both modalities share the codebooks
+        f = search_vectors(tr_idx)
+        if not books:
+            return None, None, f
+        recon = None if codes is None else aq.reconstruct(codes, C)
+        t_img, t_txt = meth.quant_targets(f["image"], f["text"], None if recon is None else recon[:n_tr],
+                                          None if recon is None else recon[n_tr:])
+        F = np.concatenate([t_img, t_txt])  # both modalities share the codebooks
         if C is None:
             C = raw_quantize.fit_codebooks(F, books, codewords, iters=4, seed=seed)
             codes = aq.encode(F, C, iters=aq_iters)
         for _ in range(aq_rounds):  # §4.3: alternate C (closed form) and b (exhaustive per book)
-            C = aq.update_codebooks(F, codes, books, codewords, prev=C)
+            C = meth.refine_codebooks(F, codes, aq.update_codebooks(F, codes, books, codewords, prev=C))
             codes = aq.encode(F, C, init=codes, iters=aq_iters)
         return C, codes, f
 
     def validate(C, codes, f_tr) -> tuple[float, float]:
-        """Two-stage MAP@50 of (I→T, T→I): validation queries against the training items."""
-        f_val = features(val_idx)
+        """MAP@50 of (I→T, T→I) with the method's search: validation queries against the training items."""
+        f_val = search_vectors(val_idx)
         maps = []
         for src, dst, rows in (("image", "text", slice(n_tr, None)), ("text", "image", slice(0, n_tr))):
-            r = ranking.rankings(f_val[src], f_tr[dst], codes[rows], C, candidates=candidates, kinds=("two_stage",))
-            rel = metrics.relevance(labels[val_idx], labels[tr_idx], r["two_stage"])
+            r = ranking.rankings(f_val[src], f_tr[dst], None if codes is None else codes[rows], C,
+                                 candidates=candidates, kinds=(kind,), metric=meth.metric)
+            rel = metrics.relevance(labels[val_idx], labels[tr_idx], r[kind])
             maps.append(metrics.mean_average_precision(rel, 50))
         return maps[0], maps[1]
 
     C, codes, f_tr = requantize(None, None)
+    meth.end_epoch(f_tr["image"], f_tr["text"])
     best = (-1.0, 0, None)
     history = {"epochs_run": 0, "best_epoch": 0, "curve": []}
     bar = _Progress(epochs, progress)
     stale = 0
+    modules = [*towers.values(), *extras]
     try:
         for epoch in range(1, epochs + 1):
-            recon = torch.from_numpy(aq.reconstruct(codes, C))
-            q_img, q_txt = recon[:n_tr], recon[n_tr:]  # row r of each = training item tr_idx[r]
+            if books:
+                recon = torch.from_numpy(aq.reconstruct(codes, C))
+                q_img, q_txt = recon[:n_tr], recon[n_tr:]  # row r of each = training item tr_idx[r]
             perm = rng.permutation(n_tr)
-            for t in towers.values():
+            for t in modules:
                 t.train()
-            sums = dict.fromkeys(hq.TERMS, 0.0)
+            sums = dict.fromkeys(meth.terms, 0.0)
             for s in range(0, n_tr, batch_size):
                 pos = torch.from_numpy(perm[s:s + batch_size])
                 items = torch.from_numpy(tr_idx)[pos]
-                f = towers["image"](Xt["image"][items])
-                g = towers["text"](Xt["text"][items])
-                sim = hq.similarity(Lt[items], Lt[items])
-                terms = hq.loss_terms(f, g, sim, q_img[pos], q_txt[pos])
-                loss = hq.total_loss(terms, lam)
+                f = meth.activate(towers["image"](Xt["image"][items]))
+                g = meth.activate(towers["text"](Xt["text"][items]))
+                sim = similarity(Lt[items], Lt[items])
+                terms = meth.loss_terms(f, g, sim, Lt[items], q_img[pos] if books else None,
+                                        q_txt[pos] if books else None, pos)
+                loss = meth.total(terms)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -306,18 +413,20 @@ def _fit(torch, hq, X, labels, tr_idx, val_idx, rng, *, bits, books, codewords, 
                     sums[k] += float(terms[k].detach()) * len(pos) / n_tr
             if sched is not None:
                 sched.step()
-            for t in towers.values():
+            for t in modules:
                 t.eval()
             C, codes, f_tr = requantize(C, codes)
+            meth.end_epoch(f_tr["image"], f_tr["text"])
             history["epochs_run"] = epoch
-            info = {k: sums[k] for k in hq.TERMS}
+            info = {k: sums[k] for k in meth.terms}
             if len(val_idx):
                 i2t, t2i = validate(C, codes, f_tr)
                 score = metrics.harmonic_mean(i2t, t2i)  # the paper's balanced summary of both tasks
                 info.update(val_i2t=i2t, val_t2i=t2i, val_hmean=score)
                 if score > best[0]:
                     snap = {m: {k: v.clone() for k, v in t.state_dict().items()} for m, t in towers.items()}
-                    best = (score, epoch, (snap, C.copy()))
+                    best = (score, epoch, (snap, None if C is None else C.copy(),
+                                           None if codes is None else codes.copy()))
                     stale = 0
                 else:
                     stale += 1
@@ -328,10 +437,11 @@ def _fit(torch, hq, X, labels, tr_idx, val_idx, rng, *, bits, books, codewords, 
     finally:
         bar.close()
     if best[2] is not None:
-        snap, C = best[2]
+        snap, C, codes = best[2]
         for m, t in towers.items():
             t.load_state_dict(snap[m])
         history["best_epoch"] = best[1]
     else:
         history["best_epoch"] = history["epochs_run"]
-    return towers, C.astype(np.float32), history
+    extra = meth.finish(C, codes, n_tr) if books else {}
+    return towers, None if C is None else C.astype(np.float32), history, extra
