@@ -11,7 +11,7 @@ from . import kernels, metrics
 from .bulk import delete_rows, insert_codes, insert_items, set_codebooks
 from .collections import Collection, CollectionError, Hit, Hits, NotFoundError
 from .connection import connect, register
-from .errors import HqdbError, SchemaError
+from .errors import HqdbError, SchemaError, TrainingError
 from .modelstore import ModelError
 from .modelstore import list_models as _list_models
 from .schema import latest_version as schema_version
@@ -22,7 +22,7 @@ __all__ = [
     "connect", "register", "insert_codes", "insert_items", "delete_rows", "set_codebooks", "info",
     "train", "save_model", "load_model", "list_models",
     "Collection", "CollectionError", "Hit", "Hits", "NotFoundError",
-    "HqdbError", "SchemaError", "ModelError", "schema_version", "__version__",
+    "HqdbError", "SchemaError", "TrainingError", "ModelError", "schema_version", "__version__",
 ]
 
 

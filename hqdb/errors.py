@@ -7,3 +7,7 @@ class HqdbError(Exception):
 
 class SchemaError(HqdbError):
     """The database's hqdb schema version cannot be used by this hqdb."""
+
+
+class TrainingError(HqdbError, ValueError):
+    """Training could not produce a usable model (e.g. the loss stopped being finite)."""

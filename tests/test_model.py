@@ -446,3 +446,12 @@ def test_train_rejects_bad_arguments():
         _train(data, hidden={"image": [8]})
     with pytest.raises(ValueError, match="epochs"):
         _train(data, epochs=0)
+
+
+def test_training_that_diverges_says_so():
+    """An absurd learning rate drives the loss to infinity: a clear error, not a model of NaNs."""
+    pytest.importorskip("torch")
+    import hqdb
+
+    with pytest.raises(hqdb.TrainingError, match=r"diverged in epoch 1: .*lr=1e\+08"):
+        _train(paired(120), lr=1e8, epochs=2)

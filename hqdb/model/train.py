@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from .. import metrics
+from ..errors import TrainingError
 from .. import quantize as raw_quantize
 from . import aq, ranking
 from .featurize import FEATURIZERS, make_featurizer
@@ -406,6 +407,11 @@ def _fit(torch, meth, X, labels, tr_idx, val_idx, rng, *, bits, books, codewords
                 terms = meth.loss_terms(f, g, sim, Lt[items], q_img[pos] if books else None,
                                         q_txt[pos] if books else None, pos)
                 loss = meth.total(terms)
+                if not bool(torch.isfinite(loss)):
+                    bad = [k for k in meth.terms if not bool(torch.isfinite(terms[k]))]
+                    raise TrainingError(
+                        f"training diverged in epoch {epoch}: loss term(s) {', '.join(bad) or 'total'} "
+                        f"became NaN or infinite (lr={lr:g}); lower lr or rescale the input features")
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
