@@ -509,7 +509,8 @@ class Collection:
         modality searched (default: the other one, so text finds images). ``candidates`` is
         the Hamming shortlist re-ranked by AQD (default: the table's, ``max(1000, 10·k)``);
         ``where`` an SQL condition on the columns with ``?`` for ``where_args``, applied during
-        the search; ``mode`` 'two_stage' (default), 'hamming' or 'aqd'."""
+        the search; ``mode`` 'two_stage', 'hamming' or 'aqd' (default: the model's own search,
+        :meth:`hqdb.vtab.HqTable.default_mode`)."""
         source, value, target = self._query(image, text, target)
         return _search_batch(self, source, [self._query_value(source, value, "")], target, k, candidates,
                              where, where_args, mode)[0]
@@ -563,7 +564,7 @@ def _search_kernel_batch(coll: Collection, source: str, values: list, target: st
             raise CollectionError(f"{coll.name}.search: no modality {target!r} (it has: {', '.join(names)})")
         k = _int_arg("k", k, 1, MAX_K)
         candidates = max(1000, 10 * k) if candidates is None else _int_arg("candidates", candidates, 1, MAX_CANDIDATES)
-        mode = "two_stage" if mode is None else mode
+        mode = table.default_mode() if mode is None else mode
         if mode not in MODES:
             raise CollectionError(f"{coll.name}.search: unknown mode {mode!r} (use one of: {', '.join(MODES)})")
         queries = [encode_query(source, v) for v in values]

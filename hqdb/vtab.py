@@ -879,6 +879,15 @@ class HqTable:
         eps = float(self.model().epsilon) if self.opts.model else 0.0
         return lut, float((vec.astype(np.float64) ** 2).sum()) + eps
 
+    def default_mode(self) -> str:
+        """The search mode when a query names none: a model-bound table searches the way its
+        model was trained to be searched (``aqd`` for cq / spdq / cdq, ``hamming`` for chn /
+        dcmh / lossless, ``two_stage`` for hq and c+d); a raw table two-stage."""
+        if not self.opts.model:
+            return "two_stage"
+        search = self.model().search
+        return search if search in MODES else "hamming"  # 'float' (lossless): its bit codes
+
     def _codebooks_for_search(self, version: int) -> np.ndarray:
         cb = self.codebooks(version)
         if cb is None:
@@ -1065,7 +1074,7 @@ class SearchManyAggregate:
         candidates = (max(1000, 10 * k) if candidates is None
                       else _int_arg("candidates", candidates, 1, MAX_CANDIDATES))
         if mode is None:
-            mode = "two_stage"
+            mode = table.default_mode()
         elif not isinstance(mode, str) or mode not in MODES:
             raise HqError(f"unknown mode {mode!r} (use one of: {', '.join(MODES)})")
         rowids, dist, ham = table.search_many(set_idx, self.queries, k, candidates, mode)
@@ -1145,7 +1154,7 @@ class HqCursor:
                 self.k = limit
             if match is None:
                 raise HqError("hq_match query is NULL")
-            mode = self.mode or "two_stage"
+            mode = self.mode or t.default_mode()
             cand = self.candidates if self.candidates is not None else max(1000, 10 * self.k)
             rowids, dist, ham = t.search(set_idx, match, self.k, cand, mode, conds)
             self.rows = list(zip(rowids.tolist(), dist.tolist(), ham.tolist()))

@@ -4,6 +4,8 @@ whose model decides the metric, and model-bound tables of models without a quant
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -172,6 +174,33 @@ def test_model_without_quantizer_is_searched_by_hamming(db):
     with pytest.raises(apsw.SQLError, match="books=0"):
         db.execute(base + " AND mode = 'aqd'", (q,)).fetchall()
     assert db.execute("SELECT image_qcode FROM t WHERE rowid = 1").fetchone()[0] is None
+
+
+@pytest.mark.parametrize("search, books", [("aqd", 2), ("hamming", 0), ("float", 0), ("two_stage", 2)])
+def test_a_model_bound_table_searches_the_models_way_by_default(db, search, books):
+    """No mode given: SQL, the batched aggregate and a collection all use the model's search
+    (cq/spdq/cdq 'aqd', chn/dcmh 'hamming', lossless 'float' → its bit codes, hq 'two_stage')."""
+    config, tensors = hand_state(books=books)
+    config["search"] = search
+    hqdb.save_model(db, "m", TrainedModel.from_state(config, tensors))
+    db.execute("CREATE VIRTUAL TABLE t USING hq(model='m')")
+    rng = np.random.default_rng(8)
+    hqdb.insert_items(db, "t", image=rng.standard_normal((200, 6)).astype(np.float32))
+    q = rng.standard_normal(5).astype(np.float32)
+    base = ("SELECT rowid, distance FROM t WHERE hq_match(t.image, hq_query('text', ?)) "
+            "AND k = 5 AND candidates = 5")
+    expect = {"float": "hamming"}.get(search, search)
+    assert db.hq.table("t").default_mode() == expect
+    default = db.execute(base, (q.tobytes(),)).fetchall()
+    assert default == db.execute(base + f" AND mode = '{expect}'", (q.tobytes(),)).fetchall()
+    if books:  # the modes rank differently here, so the default is not a coincidence
+        others = {"aqd", "two_stage"} - {expect}
+        assert all(default != db.execute(base + f" AND mode = '{o}'", (q.tobytes(),)).fetchall() for o in others)
+    (out,) = db.execute("SELECT hq_search_many('t.image', 1, hq_query('text', ?), 5, 5)", (q.tobytes(),)).fetchone()
+    assert [(r["rowid"], r["distance"]) for r in json.loads(out)] == default
+    coll = db.collection("t")
+    for hits in (coll.search(text=q, k=5, candidates=5), coll.search_many(text=[q, q], k=5, candidates=5)[1]):
+        assert [(h.rowid, h.distance) for h in hits] == default
 
 
 # ----------------------------------------------------------------------------- batched search
