@@ -32,7 +32,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -42,10 +41,10 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 import search as sb  # noqa: E402  (the single-query bench: data, bandwidth, machine info)
+from sections import replace_section  # noqa: E402
 
 K = 10
 BITS, BOOKS, CODEWORDS = 128, 4, 256
-MARK_BEGIN, MARK_END = "<!-- batch.py begin -->", "<!-- batch.py end -->"
 
 
 def make_data(n_rows: int, n_queries: int, seed: int = 0):
@@ -221,7 +220,7 @@ def ratio(a, b):
 def write_report(res, args, out_md: Path, out_png: Path, cmd: str, elapsed: float):
     mi = sb.machine_info()
     rows = res["rows"]
-    L = [MARK_BEGIN, "## Batched search (`bench/batch.py`)", "",
+    L = ["## Batched search (`bench/batch.py`)", "",
          f"Generated on {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} by `{cmd}` "
          f"({elapsed / 60:.1f} min). Machine: {mi['cpu']}, {mi['cores']} cores, {mi['memory']}; "
          f"load average at start {tuple(round(x, 2) for x in res['load_start'])}, at the end "
@@ -295,14 +294,8 @@ def write_report(res, args, out_md: Path, out_png: Path, cmd: str, elapsed: floa
           "popcount on a CPU; the GEMM is what a GPU is fast at). "
           + (f"torch unavailable: {res['torch_reason']}. " if res["torch_reason"] else "")
           + (f"FAISS unavailable: {res['faiss_reason']}. " if res["faiss_reason"] else ""),
-          "", f"![batched search]({out_png.name})", "", MARK_END]
-    text = out_md.read_text() if out_md.exists() else ""
-    block = "\n".join(L)
-    if MARK_BEGIN in text:
-        text = re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    out_md.write_text(text)
+          "", f"![batched search]({out_png.name})", ""]
+    replace_section(out_md, "batch.py", L)
 
 
 def plot(res, out_png: Path):
