@@ -24,8 +24,8 @@ import time
 import numpy as np
 
 from .. import metrics
-from ..errors import TrainingError
 from .. import quantize as raw_quantize
+from ..errors import TrainingError
 from . import aq, ranking
 from .featurize import FEATURIZERS, make_featurizer
 from .methods import METHOD_NAMES, method_class
