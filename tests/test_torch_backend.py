@@ -151,3 +151,19 @@ def test_clear_error_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "needs PyTorch" in out.stdout and "hqdb[train]" in out.stdout
+
+
+def test_cpu_device_batches_report_l2_distances_like_hq_match(db_path):
+    """metric 'l2': the torch route adds each query's offset ‖q‖² exactly as the native one."""
+    conn = hqdb.connect(db_path, device="cpu")
+    try:
+        random_table(conn, "docs", n=600, extra=", metric='l2'")
+        vecs = np.random.default_rng(7).integers(-8, 9, (6, 64)).astype(np.float32)
+        for mode in ("aqd", "two_stage"):
+            got = conn.hq.table("docs").search_many(0, vecs, 9, 50, mode)
+            for j, v in enumerate(vecs):
+                want = conn.execute("SELECT rowid, distance FROM docs WHERE hq_match(docs.code, ?) "
+                                    "AND k = 9 AND candidates = 50 AND mode = ?", (v.tobytes(), mode)).fetchall()
+                assert list(zip(got[0][j].tolist(), got[1][j].tolist())) == want
+    finally:
+        conn.close()
