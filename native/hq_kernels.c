@@ -1043,27 +1043,28 @@ done:
  * which the sample predicts about 2c valid rows, plus a little slack. */
 #define HQ_SAMPLE_ROWS 4096
 
+/* How many of S sampled rows (out of n_rows) a guess should cover: about 2c rows of the whole
+ * table, plus a little slack. */
+static int64_t sample_target(int64_t c, int64_t S, int64_t n_rows)
+{
+    return (2 * c * S + n_rows - 1) / n_rows + 4;
+}
+
 static uint32_t guess_bound(const uint8_t *codes, int32_t nb, const hq_query *q,
                             const uint8_t *valid, int64_t n_rows, int64_t c, int64_t *expect)
 {
     const uint32_t nbits = (uint32_t)nb * 8;
     const int64_t S = n_rows < HQ_SAMPLE_ROWS ? n_rows : HQ_SAMPLE_ROWS;
-    uint32_t sh[HQ_MAX_CODE_BYTES * 8 + 1];
+    int64_t sh[HQ_MAX_CODE_BYTES * 8 + 1];
     memset(sh, 0, sizeof(sh));
     for (int64_t s = 0; s < S; s++) {
         const int64_t i = s * n_rows / S;
         if (!valid || valid[i])
             sh[ham_row(codes + i * (int64_t)nb, q, q->nw, q->ntail)]++;
     }
-    const int64_t target = (2 * c * S + n_rows - 1) / n_rows + 4;
+    const int64_t target = sample_target(c, S, n_rows);
     *expect = target * (n_rows / S + 1); /* rows the guess should keep, for sizing buffers */
-    int64_t cum = 0;
-    for (uint32_t b = 0; b <= nbits; b++) {
-        cum += sh[b];
-        if (cum >= target)
-            return b;
-    }
-    return nbits;
+    return tighten_bound(sh, nbits, target);
 }
 
 #define HQ_FALLBACK 1 /* internal: the fast route can't decide, take the full one */
@@ -1616,19 +1617,12 @@ static uint32_t sample_bound(const uint8_t *sample, int64_t n_sampled, int64_t S
         return nbits; /* test knob: no guess */
     if (hq_path == 2)
         return 0; /* test knob: a guess too small, so most queries take the fallback */
-    uint32_t sh[HQ_MAX_CODE_BYTES * 8 + 1];
+    int64_t sh[HQ_MAX_CODE_BYTES * 8 + 1];
     memset(sh, 0, sizeof(sh));
     ham_all(sample, nb, q, 0, n_sampled, sdist);
     for (int64_t s = 0; s < n_sampled; s++)
         sh[sdist[s]]++;
-    const int64_t target = (2 * c * S + n_rows - 1) / n_rows + 4;
-    int64_t cum = 0;
-    for (uint32_t b = 0; b <= nbits; b++) {
-        cum += sh[b];
-        if (cum >= target)
-            return b;
-    }
-    return nbits;
+    return tighten_bound(sh, nbits, sample_target(c, S, n_rows));
 }
 
 int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcode_bytes,
