@@ -559,12 +559,25 @@ def _rows_args(codes, qcodes, rowids, valid, mode):
     return valid, qcodes
 
 
-def _lut_shape(name, shape, m):
-    """A LUT's trailing (books, codewords) shape against qcodes' m books."""
-    if shape[-2] != m:
-        raise ValueError(f"{name} has {shape[-2]} rows but qcodes has {m} codebooks")
-    if not 1 <= shape[-1] <= MAX_CODEWORDS:
-        raise ValueError(f"{name} must have 1..{MAX_CODEWORDS} columns (codewords), got {shape[-1]}")
+def _lut_arg(name, lut, qcodes, mode, n_queries=None):
+    """Check one AQD lookup table (books, codewords), or with ``n_queries`` one per query
+    (n_queries, books, codewords), against validated qcodes; None in 'hamming' mode (not used,
+    not checked either)."""
+    if mode == "hamming":
+        return None
+    if lut is None:
+        raise ValueError(f"mode {mode!r} needs qcodes and {name} (only 'hamming' works without)")
+    _array(name, lut, (np.float32,), 2 if n_queries is None else 3)
+    if n_queries is not None and lut.shape[0] != n_queries:
+        raise ValueError(f"{name} has {lut.shape[0]} tables but there are {n_queries} queries")
+    m = qcodes.shape[1]
+    if lut.shape[-2] != m:
+        raise ValueError(f"{name} has {lut.shape[-2]} rows but qcodes has {m} codebooks")
+    if not 1 <= lut.shape[-1] <= MAX_CODEWORDS:
+        raise ValueError(f"{name} must have 1..{MAX_CODEWORDS} columns (codewords), got {lut.shape[-1]}")
+    if not np.isfinite(lut).all():
+        raise ValueError(f"{name} {'contains' if n_queries is None else 'contain'} NaN or infinity")
+    return lut
 
 
 def _search(impl, codes, qcodes, rowids, valid, query_bits, lut, *, k, candidates,
@@ -574,15 +587,7 @@ def _search(impl, codes, qcodes, rowids, valid, query_bits, lut, *, k, candidate
     n_rows, nb = codes.shape
     _query_bits("query_bits", query_bits, nb)
     valid, qcodes = _rows_args(codes, qcodes, rowids, valid, mode)
-    if mode == "hamming":
-        lut = None  # not used: not checked either
-    else:
-        if lut is None:
-            raise ValueError(f"mode {mode!r} needs qcodes and lut (only 'hamming' works without)")
-        _array("lut", lut, (np.float32,), 2)
-        _lut_shape("lut", lut.shape, qcodes.shape[1])
-        if not np.isfinite(lut).all():
-            raise ValueError("lut contains NaN or infinity")
+    lut = _lut_arg("lut", lut, qcodes, mode)
     r_max = min(k, n_rows)
     out_rowids = np.empty(r_max, dtype=np.int64)
     out_dist = np.empty(r_max, dtype=np.float32)
@@ -652,17 +657,7 @@ def _search_many_args(codes, qcodes, rowids, valid, queries_bits, luts, k, candi
             f"per query but the codes have {nb} bytes ({nb * 8} bits) per row"
         )
     valid, qcodes = _rows_args(codes, qcodes, rowids, valid, mode)
-    if mode == "hamming":
-        luts = None  # not used: not checked either
-    else:
-        if luts is None:
-            raise ValueError(f"mode {mode!r} needs qcodes and luts (only 'hamming' works without)")
-        _array("luts", luts, (np.float32,), 3)
-        if luts.shape[0] != n_queries:
-            raise ValueError(f"luts has {luts.shape[0]} tables but there are {n_queries} queries")
-        _lut_shape("luts", luts.shape, qcodes.shape[1])
-        if not np.isfinite(luts).all():
-            raise ValueError("luts contain NaN or infinity")
+    luts = _lut_arg("luts", luts, qcodes, mode, n_queries)
     return qcodes, valid, luts, k, candidates, threads
 
 
