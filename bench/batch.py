@@ -221,7 +221,7 @@ def write_report(res, args, out_md: Path, out_png: Path, cmd: str, elapsed: floa
     mi = sb.machine_info()
     rows = res["rows"]
     L = ["## Batched search (`bench/batch.py`)", "",
-         f"Generated on {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} by `{cmd}` "
+         f"Generated on {res.get('date') or _now()} by `{cmd}` "
          f"({elapsed / 60:.1f} min). Machine: {mi['cpu']}, {mi['cores']} cores, {mi['memory']}; "
          f"load average at start {tuple(round(x, 2) for x in res['load_start'])}, at the end "
          f"{tuple(round(x, 2) for x in res['load_end'])} (the machine is shared with other jobs: "
@@ -286,6 +286,10 @@ def write_report(res, args, out_md: Path, out_png: Path, cmd: str, elapsed: floa
           + (f"FAISS unavailable: {res['faiss_reason']}. " if res["faiss_reason"] else ""),
           "", f"![batched search]({out_png.name})", ""]
     replace_section(out_md, "batch.py", L)
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
 
 def target_line(r: dict, what: str, peer: str, goal: float) -> str:
@@ -367,7 +371,7 @@ def main(argv=None):
         res = run(a)
         cmd = ("python bench/batch.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
         elapsed = time.perf_counter() - t0
-        res.update(cmd=cmd, elapsed=elapsed)
+        res.update(cmd=cmd, elapsed=elapsed, date=_now())
         sb.CACHE.mkdir(exist_ok=True)
         raw.write_text(json.dumps(res, default=str, indent=1))  # raw figures
     plot(res, png)
