@@ -11,7 +11,7 @@ For each N, mode and batch size B (k = 10; 128-bit codes, 4 books of 256 codewor
 * ``single x B``: B calls of ``hqdb.kernels.search``, one query each (what a loop of hq_match
   statements costs in the kernel, SQL overhead excluded), 1 thread and all threads;
 * ``batched``: one ``hqdb.kernels.search_many`` call for the B queries, 1 thread and all;
-* ``torch cpu``: ``hqdb.torch_backend.search_many`` on the torch CPU device (codes resident,
+* ``torch cpu``: ``hqdb.kernels.torch_backend.search_many`` on the torch CPU device (codes resident,
   torch's default thread count), and ``torch cuda`` when a GPU is present;
 * ``FAISS``: ``IndexBinaryFlat.search`` of the same B queries in one call (Hamming top-k, so
   only in the 'hamming' rows), 1 thread and all;
@@ -109,7 +109,7 @@ def run(args):
     try:
         import torch
 
-        from hqdb import torch_backend
+        from hqdb.kernels import torch_backend
         torch_reason = None
     except ImportError as e:
         torch = torch_backend = None

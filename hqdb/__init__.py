@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from . import kernels, metrics
 from .bulk import delete_rows, insert_codes, insert_items, set_codebooks
-from .collections import Collection, CollectionError, Hit, Hits, NotFoundError
-from .connection import connect, register
-from .errors import HqdbError, SchemaError, TrainingError
-from .modelstore import ModelError
-from .modelstore import list_models as _list_models
-from .schema import latest_version as schema_version
+from .collections import Collection, Hit, Hits
+from .engine import check
+from .engine.schema import latest_version as schema_version
+from .errors import (CollectionError, ConstraintError, CorruptTableError, HqdbError, HqError, ModelError,
+                     NotFoundError, OptionError, RebuildError, SchemaError, StaleTableError, TrainingError)
+from .model.store import list_models as _list_models
+from .sql.connection import Connection, connect, register
 
 __version__ = "0.1.0"
 
@@ -22,7 +23,9 @@ __all__ = [
     "connect", "register", "insert_codes", "insert_items", "delete_rows", "set_codebooks", "info",
     "train", "save_model", "load_model", "list_models",
     "Collection", "CollectionError", "Hit", "Hits", "NotFoundError",
-    "HqdbError", "SchemaError", "TrainingError", "ModelError", "schema_version", "__version__",
+    "Connection", "check",
+    "HqdbError", "HqError", "OptionError", "ConstraintError", "CorruptTableError", "StaleTableError",
+    "SchemaError", "TrainingError", "ModelError", "RebuildError", "schema_version", "__version__",
 ]
 
 
@@ -36,7 +39,7 @@ def train(data, **kwargs):
 
 def save_model(conn, name: str, model, *, replace: bool = False) -> None:
     """Store a trained model in the database under ``name`` (JSON config + raw tensors)."""
-    from .modelstore import save
+    from .model.store import save
 
     config, tensors = model.state()
     save(conn, name, config, tensors, replace=replace)
@@ -44,7 +47,7 @@ def save_model(conn, name: str, model, *, replace: bool = False) -> None:
 
 def load_model(conn, name: str):
     """A model stored in the database, ready to encode (numpy only, no torch)."""
-    from .vtab import load_model as _load
+    from .model.store import load_model as _load
 
     return _load(conn, name)
 

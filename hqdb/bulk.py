@@ -15,7 +15,8 @@ import numpy as np
 import apsw
 
 from . import kernels
-from .vtab import HqError, HqModule, HqTable
+from .errors import HqError
+from .sql.vtab import HqModule, HqTable
 
 
 def _module(conn: apsw.Connection) -> HqModule:

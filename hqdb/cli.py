@@ -107,7 +107,7 @@ def _open(path: str, *, readonly: bool = False):
 def table_info(db) -> list[dict]:
     """One entry per hq table: kind, model, modalities, rows, code bytes per item and
     modality, and the pages the table's storage takes in the file (``dbstat``)."""
-    from .storage import quote_ident
+    from .engine.catalog import quote_ident
 
     out = []
     for name, dim, books, codewords, options in db.execute(
@@ -381,7 +381,7 @@ def pr_curves(db, table: str, queries: dict, database: dict, points: int = 50) -
     from . import metrics
     from .collections import Collection
     from .evaluate import DIRECTIONS, modality_inputs
-    from .vtab import MAX_K
+    from .sql.vtab import MAX_K
 
     coll = Collection(db, table)
     q_in = modality_inputs(coll.model, queries)
@@ -485,7 +485,7 @@ def _bench(args) -> int:
 
 
 def _check(args) -> int:
-    from .check import check
+    from .engine.check import check
 
     db = _open(args.db, readonly=True)
     report = check(db, args.table)
@@ -502,7 +502,7 @@ def _check(args) -> int:
 
 
 def _rebuild(args) -> int:
-    from .check import rebuild_table
+    from .engine.check import rebuild_table
 
     db = _open(args.db)
     stats = rebuild_table(db, args.table, drop_missing=args.drop_missing)

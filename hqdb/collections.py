@@ -26,9 +26,9 @@ import numpy as np
 import apsw
 
 from .bulk import insert_items
-from .errors import HqdbError
-from .options import METADATA_TYPES, OptionError, parse_args
-from .storage import quote_ident
+from .errors import CollectionError, HqError, NotFoundError, OptionError
+from .engine.catalog import quote_ident
+from .engine.options import METADATA_TYPES, parse_args
 
 __all__ = ["Collection", "CollectionError", "Hit", "Hits", "NotFoundError"]
 
@@ -37,17 +37,6 @@ _SQL_TYPES = {str: "TEXT", int: "INTEGER", bool: "INTEGER", float: "REAL", bytes
 _PY_TYPES = {"TEXT": str, "INTEGER": int, "REAL": float, "BLOB": bytes}
 BATCH = 1024  # items encoded and written per insert_items call
 PROGRESS_MIN = 5000  # show a progress bar (progress=None) from this many items on
-
-
-class CollectionError(HqdbError, ValueError):
-    """Bad input to a collection: the message names the collection, the column and what it expects."""
-
-
-class NotFoundError(CollectionError, KeyError):
-    """No such collection, or no row with that rowid."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
 
 
 # ------------------------------------------------------------------------------------------
@@ -207,7 +196,6 @@ class Collection:
         self._q = quote_ident(name)
 
     def _table(self):
-        from .vtab import HqError
 
         try:
             return self.db.hq.table(self.name)
@@ -510,7 +498,7 @@ class Collection:
         the Hamming shortlist re-ranked by AQD (default: the table's, ``max(1000, 10·k)``);
         ``where`` an SQL condition on the columns with ``?`` for ``where_args``, applied during
         the search; ``mode`` 'two_stage', 'hamming' or 'aqd' (default: the model's own search,
-        :meth:`hqdb.vtab.HqTable.default_mode`)."""
+        :meth:`hqdb.sql.vtab.HqTable.default_mode`)."""
         source, value, target = self._query(image, text, target)
         return _search_batch(self, source, [self._query_value(source, value, "")], target, k, candidates,
                              where, where_args, mode)[0]
@@ -555,7 +543,7 @@ def _search_batch(coll: Collection, source: str, values: list, target: str, k, c
 
 def _search_kernel_batch(coll: Collection, source: str, values: list, target: str, k, candidates,
                          mode) -> list[Hits]:
-    from .vtab import MAX_CANDIDATES, MAX_K, MODES, _int_arg, encode_query
+    from .sql.vtab import MAX_CANDIDATES, MAX_K, MODES, _int_arg, encode_query
 
     try:
         table = coll.db.hq.table(coll.name)
@@ -601,7 +589,6 @@ def _model_names(conn) -> dict[str, str | None]:
 
 def create_collection(conn, name: str, model: str, columns=None, *, key: str | None = None,
                       exist_ok: bool = False) -> Collection:
-    from .vtab import HqError
 
     if not isinstance(name, str) or not name:
         raise CollectionError(f"collection name must be a non-empty string, got {name!r}")
@@ -615,7 +602,7 @@ def create_collection(conn, name: str, model: str, columns=None, *, key: str | N
             return Collection(conn, match)
         raise CollectionError(f"a collection or hq table named {match!r} already exists"
                               + (f" (model {existing[match]!r})" if existing[match] else ""))
-    from .vtab import load_model
+    from .model.store import load_model
 
     modalities = load_model(conn, model).modalities  # ModelError names the missing model
     decl = _declared_columns(name, columns, modalities)

@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from . import metrics
-from .storage import quote_ident
+from .engine.catalog import quote_ident
 
 DIRECTIONS = {"i2t": ("image", "text"), "t2i": ("text", "image")}
 
@@ -58,7 +58,7 @@ def evaluate(conn, model_name: str, queries, database, *, candidates: int = 1000
              table: str | None = None, keep: bool = False) -> dict:
     """MAP@all, MAP@50 and P@k for image→text and text→image, per ranking, through SQL."""
     from .bulk import insert_items
-    from .vtab import load_model
+    from .model.store import load_model
 
     model = load_model(conn, model_name)
     q, db = load_npz(queries), load_npz(database)

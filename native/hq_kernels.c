@@ -1,6 +1,6 @@
 /* hqdb search kernels (see hq_kernels.h).
  *
- * Results must be bit-identical to hqdb/_numba_kernels.py and independent of the thread
+ * Results must be bit-identical to hqdb/kernels/_numba.py and independent of the thread
  * count, so:
  *   - every ranking uses one strict total order: (distance, rowid, slot index);
  *   - float sums run in a fixed sequential order (built with -ffp-contract=off, never

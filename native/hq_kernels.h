@@ -1,6 +1,6 @@
 /* hqdb search kernels: Hamming prefilter + Asymmetric Quantizer Distance (AQD) re-rank.
  *
- * Only hqdb/kernels.py calls these, after validating every buffer and scalar; the C side
+ * Only hqdb/kernels/__init__.py calls these, after validating every buffer and scalar; the C side
  * still rejects arguments that would make it read or write out of bounds (HQ_ERR_ARG) and
  * checks every quantization code against the LUT width (HQ_ERR_QCODE).
  *

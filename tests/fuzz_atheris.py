@@ -25,7 +25,7 @@ with atheris.instrument_imports(include=["hqdb"]):
 
     import apsw
     import hqdb
-    from hqdb.check import check
+    from hqdb.engine.check import check
 
 CLEAR = (apsw.Error, hqdb.HqdbError, ValueError, KeyError, TypeError)
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import hqdb
 from conftest import random_table
 from hqdb import kernels as K
-from hqdb.vtab import HqError
+from hqdb.errors import HqError
 from test_kernels import PROPS, assert_same, knobs, make_table, ref_search
 
 NATIVE = K.BACKEND == "native"
@@ -309,7 +309,7 @@ def test_sql_aggregate_errors(db):
 
 
 def test_cuda_device_without_cuda_falls_back_with_one_notice(db_path):
-    from hqdb import torch_backend
+    from hqdb.kernels import torch_backend
 
     if torch_backend.cuda_available():
         pytest.skip("CUDA is available here: no fallback to test")

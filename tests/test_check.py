@@ -11,7 +11,7 @@ import pytest
 
 import apsw
 import hqdb
-from hqdb.check import RebuildError, check, rebuild_table
+from hqdb.engine.check import RebuildError, check, rebuild_table
 
 from conftest import random_table
 

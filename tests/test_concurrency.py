@@ -17,7 +17,7 @@ import pytest
 
 import apsw
 import hqdb
-from hqdb.check import check
+from hqdb.engine.check import check
 
 from conftest import random_table
 

@@ -17,7 +17,7 @@ import pytest
 
 import hqdb
 from hqdb import datasets, kernels
-from hqdb.check import check
+from hqdb.engine.check import check
 
 import crash_writer as cw
 

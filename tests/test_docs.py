@@ -138,7 +138,7 @@ def run_file(path: Path, tmp_path) -> list[str]:
         sys.path.remove(str(path.parent))
         del sys.modules[module.__name__]
         for v in namespace.values():  # close connections the example opened
-            if isinstance(v, hqdb.connection.Connection):
+            if isinstance(v, hqdb.Connection):
                 v.close()
     return ran
 
@@ -180,7 +180,7 @@ def test_cli_reference_is_complete():
 
 
 def test_sql_reference_is_complete():
-    from hqdb.options import RESERVED
+    from hqdb.engine.options import RESERVED
 
     text = _reference("sql.md")
     db = hqdb.connect(":memory:")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import apsw
 import hqdb
-from hqdb.check import check
+from hqdb.engine.check import check
 
 from conftest import random_table
 

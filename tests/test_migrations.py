@@ -6,7 +6,7 @@ import pytest
 
 import apsw
 import hqdb
-from hqdb.schema import Migration, available_migrations, current_version, migrate
+from hqdb.engine.schema import Migration, available_migrations, current_version, migrate
 
 
 def test_fresh_database_is_at_latest_version(db):

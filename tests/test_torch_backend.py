@@ -1,4 +1,4 @@
-"""The torch backend (hqdb.torch_backend) on the torch CPU device: results identical to the
+"""The torch backend (hqdb.kernels.torch_backend) on the torch CPU device: results identical to the
 native kernels (rowids, order, distances, ties by rowid); device-resident copies; the table's
 device= routing; a clear error without torch."""
 
@@ -20,7 +20,7 @@ from test_batch import batches, make_batch
 from test_kernels import PROPS, make_table
 
 torch = pytest.importorskip("torch")
-from hqdb import torch_backend as TB  # noqa: E402  (after the torch check)
+from hqdb.kernels import torch_backend as TB  # noqa: E402  (after the torch check)
 
 # The CI machine and this one have no GPU: the CUDA device is tested where one exists.
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -141,7 +141,7 @@ def test_clear_error_without_torch():
         import sys
         sys.modules["torch"] = None  # makes `import torch` raise ImportError
         import numpy as np
-        from hqdb import torch_backend
+        from hqdb.kernels import torch_backend
         assert torch_backend.cuda_available() is False
         try:
             torch_backend.DeviceCodes(np.zeros((1, 1), np.uint8), None, np.zeros(1, np.int64))

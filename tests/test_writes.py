@@ -9,7 +9,7 @@ import apsw
 import hqdb
 from conftest import random_table
 
-import hqdb.check
+import hqdb
 
 SQL_ALL = "SELECT rowid, distance FROM t WHERE hq_match(t.code, ?) AND k = 1000 AND candidates = 100000"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import apsw
 
-from .errors import SchemaError
+from ..errors import SchemaError
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 VERSION_TABLE = "hqdb_migrations"

@@ -9,7 +9,7 @@ Two backends give bit-identical results:
     C compiled through cffi (``hqdb._native``), OpenMP threads, hardware popcount where the
     CPU has it.
 ``numba``
-    :mod:`hqdb._numba_kernels`, used when the native module can't be imported (one
+    :mod:`hqdb.kernels._numba`, used when the native module can't be imported (one
     :class:`RuntimeWarning` says why) or when ``HQDB_DISABLE_NATIVE=1`` is set. It ignores
     ``threads``; the results are the same.
 
@@ -20,7 +20,7 @@ Ranking: every mode orders rows by ``(distance, rowid)`` ascending, so ties alwa
 the same way (smaller rowid first), whatever the number of threads or the backend.
 
 Batches: :func:`search_many` runs many queries in one kernel call with, for each query, exactly
-the result :func:`search` gives it. :mod:`hqdb.torch_backend` runs the same batched search with
+the result :func:`search` gives it. :mod:`hqdb.kernels.torch_backend` runs the same batched search with
 torch tensor operations on any torch device (CPU or CUDA), again with identical results.
 """
 
@@ -130,7 +130,7 @@ class _NumbaBackend:
     name = "numba"
 
     def __init__(self):
-        from . import _numba_kernels as nk  # imported only when needed: numba loads slowly
+        from . import _numba as nk  # imported only when needed: numba loads slowly
 
         self.nk = nk
 
@@ -194,9 +194,9 @@ def _native_disabled() -> bool:
 def _load_native() -> _NativeBackend:
     if _native_disabled():
         raise ImportError("disabled by HQDB_DISABLE_NATIVE")
-    if importlib.util.find_spec(f"{__package__}._native") is None:
+    if importlib.util.find_spec("hqdb._native") is None:
         raise ImportError("the extension hqdb._native is not built (the install could not compile it)")
-    from . import _native
+    from .. import _native
 
     return _NativeBackend(_native)
 

@@ -27,15 +27,10 @@ import numpy as np
 
 import apsw
 
+from ..errors import CorruptTableError
+from .catalog import quote_ident
 from .options import CodeSet, TableOptions
 
-
-class CorruptTableError(apsw.CorruptError if hasattr(apsw, "CorruptError") else Exception):
-    pass
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 class CodeStore:

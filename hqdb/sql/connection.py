@@ -12,9 +12,11 @@ import numpy as np
 import apsw
 import sqlite_vec
 
-from . import check, kernels
-from .schema import migrate
-from .vtab import HqError, HqModule, HqShadowModule, SearchManyAggregate, _hq_match_scalar, encode_query
+from .. import kernels
+from ..engine import check
+from ..engine.schema import migrate
+from ..errors import HqError
+from .vtab import HqModule, HqShadowModule, SearchManyAggregate, _hq_match_scalar, encode_query
 
 __all__ = ["Connection", "connect", "register"]
 
@@ -31,25 +33,25 @@ class Connection(apsw.Connection):
         ``columns`` a dict of name -> type (str, int, float, bytes) or a typed class (dataclass,
         NamedTuple, ...; fields named like a modality are inputs). ``key`` makes a column unique
         (upsert matches on it). Returns the :class:`hqdb.Collection`."""
-        from .collections import create_collection
+        from ..collections import create_collection
 
         return create_collection(self, name, model, columns, key=key, exist_ok=exist_ok)
 
     def collection(self, name: str):
         """The :class:`hqdb.Collection` of an existing model-bound hq table."""
-        from .collections import get_collection
+        from ..collections import get_collection
 
         return get_collection(self, name)
 
     def collections(self) -> list[str]:
         """Names of the collections (model-bound hq tables) in the main database."""
-        from .collections import list_collections
+        from ..collections import list_collections
 
         return list_collections(self)
 
     def drop_collection(self, name: str, *, missing_ok: bool = False) -> None:
         """Drop a collection with its rows and codes (its model stays stored)."""
-        from .collections import drop_collection
+        from ..collections import drop_collection
 
         drop_collection(self, name, missing_ok=missing_ok)
 
@@ -69,7 +71,7 @@ def _check_device(device) -> str | None:
         return None
     if not isinstance(device, str) or not device:
         raise HqError(f"device must be a torch device name such as 'cuda' or 'cpu', got {device!r}")
-    from . import torch_backend
+    from ..kernels import torch_backend
 
     if device.startswith("cuda") and not torch_backend.cuda_available():
         warnings.warn(f"hqdb: device={device!r} but CUDA is not available here; batched searches "
@@ -168,7 +170,7 @@ def connect(path: str = ":memory:", *, threads: int = 1, readonly: bool = False,
     device : str, optional
         A torch device (``"cuda"``, ``"cuda:1"``, ``"cpu"``) for batched searches
         (``hq_search_many``, :meth:`HqTable.search_many`): the code arrays are kept there and
-        searched with :mod:`hqdb.torch_backend`. None (the default) uses the native kernels.
+        searched with :mod:`hqdb.kernels.torch_backend`. None (the default) uses the native kernels.
         ``"cuda"`` where CUDA is not available prints a one-line notice and uses the native
         kernels. Needs torch (the ``train`` extra) otherwise.
     """

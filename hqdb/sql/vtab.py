@@ -36,10 +36,12 @@ import numpy as np
 
 import apsw
 
-from . import kernels
-from .modelstore import ModelError
-from .options import OptionError, TableOptions, parse_args
-from .storage import CodeStore, CorruptTableError, quote_ident
+from .. import kernels
+from ..engine.catalog import quote_ident
+from ..engine.options import TableOptions, parse_args
+from ..engine.storage import CodeStore
+from ..errors import CorruptTableError, HqError, ModelError, OptionError
+from ..model.store import load_model
 
 PENDING_BATCH = 4096  # queued inputs encoded together (and at every commit)
 MAX_K = 65536
@@ -69,22 +71,6 @@ HQ_MATCH_OP = apsw.SQLITE_INDEX_CONSTRAINT_FUNCTION  # what FindFunction hands b
 PLAN_SEARCH = "S"   # hq_match: two-stage / hamming / aqd search
 PLAN_ROWID = "R"    # rowid = ?
 PLAN_SCAN = "F"     # full scan in rowid order (metadata filters pushed into SQL)
-
-
-class HqError(apsw.SQLError):
-    """A user error inside an hq table operation (shown by SQLite as the statement's error)."""
-
-
-def load_model(conn, name):
-    """A stored model as a ready :class:`hqdb.model.TrainedModel` (numpy inference only)."""
-    from .model import TrainedModel  # the model layer; torch is only needed to train
-    from .modelstore import load
-
-    config, tensors = load(conn, name)
-    try:
-        return TrainedModel.from_state(config, tensors)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ModelError(f"model {name!r} is corrupt or incomplete: {e}") from None
 
 
 # hq_query(modality, value) hands the table a tagged BLOB: the table's own model encodes it.
@@ -749,7 +735,7 @@ class HqTable:
 
     def Integrity(self, schema, name, is_quick):
         # PRAGMA integrity_check: the full on-disk consistency check of hqdb.check.
-        from .check import check_table
+        from ..engine.check import check_table
 
         problems = check_table(self.conn, name, schema)
         return "\n".join(problems) if problems else None
@@ -934,7 +920,7 @@ class HqTable:
             out = kernels.search_many(codes, qcodes, rowids, valid, bits, luts, k=k,
                                       candidates=candidates, mode=mode, threads=self.module.threads)
         else:
-            from . import torch_backend
+            from ..kernels import torch_backend
 
             out = torch_backend.search_many(
                 codes, qcodes, rowids, valid, bits, luts, k=k, candidates=candidates, mode=mode,
@@ -990,7 +976,7 @@ class HqTable:
 
     def _device_codes(self, set_idx: int, version: int, codes, qcodes, rowids):
         """The code set's arrays on the module's torch device, copied once per table version."""
-        from . import torch_backend
+        from ..kernels import torch_backend
 
         cache = self.__dict__.setdefault("_device_cache", {})
         key = (self.module.device, version, codes.shape[0])

@@ -12,6 +12,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from ..errors import OptionError
+
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _OPTION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$", re.S)
 # A column name may be written bare or in double quotes (for names that are SQL keywords).
@@ -29,10 +31,6 @@ MAX_CODEWORDS = 65536
 MAX_CHUNK_SIZE = 1 << 16
 DEFAULT_CHUNK_SIZE = 1024
 METRICS = ("ip", "l2")
-
-
-class OptionError(ValueError):
-    """A CREATE VIRTUAL TABLE argument is unknown, malformed or out of range."""
 
 
 @dataclass(frozen=True)

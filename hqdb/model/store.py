@@ -12,14 +12,10 @@ import numpy as np
 
 import apsw
 
-from .errors import HqdbError
+from ..errors import ModelError
 
 _DTYPES = {"float32": "<f4", "int64": "<i8", "uint8": "u1", "uint16": "<u2"}
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
-
-
-class ModelError(HqdbError, ValueError):
-    """A stored model is missing, corrupt, or does not fit what it is used for."""
 
 
 def _check_name(name: str) -> str:
@@ -140,3 +136,14 @@ def delete(conn: apsw.Connection, name: str) -> None:
             raise ModelError(f"model {name!r} is used by hq table(s) {[r[0] for r in in_use]}")
         conn.execute("DELETE FROM hqdb_model_tensors WHERE model = ?", (name,))
         conn.execute("DELETE FROM hqdb_models WHERE name = ?", (name,))
+
+
+def load_model(conn: apsw.Connection, name: str):
+    """A stored model as a ready :class:`hqdb.model.TrainedModel` (numpy inference only)."""
+    from .model import TrainedModel
+
+    config, tensors = load(conn, name)
+    try:
+        return TrainedModel.from_state(config, tensors)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"model {name!r} is corrupt or incomplete: {e}") from None

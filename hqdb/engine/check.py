@@ -30,17 +30,13 @@ import numpy as np
 
 import apsw
 
-from .errors import HqdbError
+from ..errors import CorruptTableError, ModelError, RebuildError
 from .options import CodeSet, TableOptions
-from .storage import quote_ident
+from .catalog import quote_ident
 
 __all__ = ["check", "check_table", "rebuild_table", "RebuildError"]
 
 MAX_PROBLEMS = 50  # per table; the rest are counted
-
-
-class RebuildError(HqdbError, ValueError):
-    """A table cannot be rebuilt as asked (e.g. rows whose codes are lost)."""
 
 
 @dataclass
@@ -185,8 +181,7 @@ def _check_codebooks(conn, schema, name, opts, problems) -> None:
 
 
 def _check_model(conn, schema, name, opts, rowids, problems) -> None:
-    from .modelstore import ModelError
-    from .vtab import load_model
+    from ..model.store import load_model
 
     try:
         model = load_model(conn, opts.model)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
+from .. import kernels
 
 __all__ = ["DeviceCodes", "cuda_available", "search_many"]
 
