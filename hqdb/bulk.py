@@ -17,6 +17,7 @@ import apsw
 from . import kernels
 from .errors import HqError
 from .sql.vtab import HqModule, HqTable
+from .txn import write_transaction
 
 
 def _module(conn: apsw.Connection) -> HqModule:
@@ -133,7 +134,7 @@ def _atomic(conn: apsw.Connection, t: HqTable):
     """A savepoint around a bulk write. The caches are edited along with the database, and
     SQLite does not tell the table when the savepoint rolls back: on failure forget them."""
     try:
-        with conn:
+        with write_transaction(conn):
             yield
     except BaseException:
         for st in t.stores:

@@ -33,6 +33,7 @@ import apsw
 from ..errors import CorruptTableError, ModelError, RebuildError
 from .options import CodeSet, TableOptions
 from .catalog import quote_ident
+from ..txn import write_transaction
 
 __all__ = ["check", "check_table", "rebuild_table", "RebuildError"]
 
@@ -226,7 +227,7 @@ def rebuild_table(conn: apsw.Connection, name: str, schema: str = "main", *, dro
     cs = opts.chunk_size
     stats = {"table": name, "rows": 0, "kept": {}, "lost": {}, "orphans_dropped": {},
              "chunks_before": {}, "chunks_after": {}, "rows_dropped": 0}
-    with conn:
+    with write_transaction(conn):
         rows = _read_rows(conn, schema, name, opts)
         rowids = np.asarray([r[0] for r in rows], dtype=np.int64)
         plans = []

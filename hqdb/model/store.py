@@ -13,6 +13,7 @@ import numpy as np
 import apsw
 
 from ..errors import ModelError
+from ..txn import write_transaction
 
 _DTYPES = {"float32": "<f4", "int64": "<i8", "uint8": "u1", "uint16": "<u2"}
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
@@ -37,7 +38,7 @@ def save(conn: apsw.Connection, name: str, config: dict, tensors: dict[str, np.n
             raise ModelError(f"tensor {tname!r}: dtype {arr.dtype} cannot be stored")
         data = np.ascontiguousarray(arr, dtype=_DTYPES[dtype]).tobytes()
         rows.append((name, tname, dtype, json.dumps(list(arr.shape)), data))
-    with conn:
+    with write_transaction(conn):
         exists = conn.execute("SELECT 1 FROM hqdb_models WHERE name = ?", (name,)).fetchone()
         if exists and not replace:
             raise ModelError(f"a model named {name!r} already exists (pass replace=True to overwrite)")
@@ -128,7 +129,7 @@ def list_models(conn: apsw.Connection) -> list[dict]:
 
 
 def delete(conn: apsw.Connection, name: str) -> None:
-    with conn:
+    with write_transaction(conn):
         in_use = conn.execute(
             "SELECT name FROM hqdb_tables WHERE json_extract(options, '$.model') = ?", (name,)
         ).fetchall()
