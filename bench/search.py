@@ -4,6 +4,8 @@
     python bench/search.py                       # full run: N = 100k, 1M; 64/128 bits; 4/8 books
     python bench/search.py --quick               # N = 100k, 128 bits, 4 books, fewer queries
     python bench/search.py --sizes 1000000 --bits 128 --books 4 --queries 500
+    python bench/search.py --writes              # write throughput only: 1M rows, +100k (~2 min today)
+    python bench/search.py --writes --rows 20000 --add 5000 --autocommit 500   # a small check
 
 One run measures, on the same seeded synthetic vectors and the same queries:
 
@@ -17,6 +19,16 @@ One run measures, on the same seeded synthetic vectors and the same queries:
 * FAISS ``IndexBinaryFlat`` and a numpy brute-force Hamming scan on the same packed codes;
 * the memory-bandwidth floor of the Hamming stage, cold open + first query in a fresh process,
   bulk-insert rate and bytes per row on disk.
+
+``--writes`` runs only the write-throughput comparison instead (issue 12): a file hq table
+``hq(dim=128, books=4, codewords=256, title TEXT)`` and a sqlite-vec ``vec0(e bit[128], +title
+TEXT)`` table in its own file, both built to ``--rows`` rows from the same seeded codes (hq with
+``hqdb.insert_codes``, sqlite-vec with executemany, whose build-from-empty rate is reported), then
+on both: executemany INSERT of ``--add`` rows between BEGIN and COMMIT, one set-based
+``DELETE ... WHERE rowid > ?`` of them, ``--autocommit`` single-row autocommit INSERTs and DELETEs,
+and the first search after each (it pays any pending flush). rows/s, hq / sqlite-vec and the
+>= 0.5x goal go to stdout and to the "Write throughput" section of ``bench/RESULTS.md`` (default
+sizes; else ``bench/.cache/writes/RESULTS.md``, or ``--out``). count(*) is checked after each step.
 
 Results: a table on stdout, ``bench/RESULTS.md`` and ``bench/search.png`` (``--quick`` writes to
 ``bench/.cache/quick/`` instead unless ``--out`` is given). The exit status is non-zero if hqdb's
@@ -32,6 +44,7 @@ import glob
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -896,6 +909,351 @@ def profile_sql(db, sql, qblobs, n):
 
 
 # ------------------------------------------------------------------------------------------
+# Write throughput (--writes): SQL INSERT / DELETE on a large table, hq against sqlite-vec bit[128]
+# ------------------------------------------------------------------------------------------
+TARGET_WRITE_X = 0.5           # issue 12: hq's SQL write rates >= 0.5x sqlite-vec bit[128]'s, same run
+WRITES_SECTION = "search.py --writes"
+WRITES_BITS, WRITES_BOOKS = 128, 4
+HQ_DDL = f"CREATE VIRTUAL TABLE t USING hq(dim={WRITES_BITS}, books={WRITES_BOOKS}, codewords=256, title TEXT)"
+VEC_DDL = f"CREATE VIRTUAL TABLE v USING vec0(e bit[{WRITES_BITS}], +title TEXT)"
+HQ_INSERT = "INSERT INTO t(rowid, code, qcode, title) VALUES (?, ?, ?, ?)"
+VEC_INSERT = "INSERT INTO v(rowid, e, title) VALUES (?, vec_bit(?), ?)"
+HQ_SEARCH = "SELECT rowid, hamming FROM t WHERE hq_match(t.code, ?) AND k = 10 AND mode = 'hamming'"
+VEC_SEARCH = "SELECT rowid, distance FROM v WHERE e MATCH vec_bit(?) AND k = 10"
+
+
+def cpu_flags_summary() -> str:
+    """The SIMD flags from lscpu that matter to a Hamming scan (present ones only)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return "?"
+    flags = set()
+    for line in out.splitlines():
+        if line.startswith("Flags:"):
+            flags = set(line.split(":", 1)[1].split())
+    want = ["sse4_2", "popcnt", "avx", "avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512vl",
+            "avx512_vpopcntdq", "avx512_bitalg", "avx512_vnni"]
+    return " ".join(f for f in want if f in flags) or "none of the SIMD flags looked for"
+
+
+def write_data(total: int, seed: int = 0):
+    """Codes (sign bits of the bench's seeded vectors, same generator as the search bench),
+    qcodes and codebooks (seeded uniform random: the write path's cost does not depend on
+    their values) and titles, for ``total`` rows; row i gets rowid i + 1."""
+    x, _ = make_vectors(total, WRITES_BITS, 1, seed=seed)
+    codes = np.ascontiguousarray(pack(x))
+    del x
+    rng = np.random.default_rng([seed, 12])
+    qcodes = rng.integers(0, 256, (total, WRITES_BOOKS), dtype=np.uint8)
+    cbs = rng.standard_normal((WRITES_BOOKS, 256, WRITES_BITS), dtype=np.float32) * 0.1
+    titles = [f"document {i + 1:07d}" for i in range(total)]
+    return codes, qcodes, cbs, titles
+
+
+def vec_connect(path: str):
+    """An apsw connection with sqlite-vec 0.1.9 loaded, in WAL mode like hqdb.connect's files."""
+    import apsw
+    import sqlite_vec
+
+    c = apsw.Connection(path)
+    c.set_busy_timeout(5000)
+    c.enable_load_extension(True)
+    c.load_extension(sqlite_vec.loadable_path())
+    c.enable_load_extension(False)
+    c.execute("PRAGMA journal_mode=WAL")
+    return c
+
+
+def timed(fn):
+    """(seconds, other processes' CPU in cores) of one call of fn, GC off, after waiting for a
+    quiet machine."""
+    wait_quiet()
+    gc.collect()
+    gc.disable()
+    before = cpu_snapshot()
+    t = time.perf_counter()
+    try:
+        fn()
+    finally:
+        dt = time.perf_counter() - t
+        gc.enable()
+    return dt, other_cpu(before, cpu_snapshot())
+
+
+def in_transaction(conn, fn):
+    """fn() between an explicit BEGIN and COMMIT (ROLLBACK on error)."""
+    def run():
+        conn.execute("BEGIN")
+        try:
+            fn()
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    return run
+
+
+class WriteBench:
+    """One run of the write-throughput comparison (see ``run``)."""
+
+    def __init__(self, args):
+        self.args = args
+        self.ops: list[dict] = []        # {"op", "rows", "hq": (s, other), "vec": (s, other), "goal"}
+        self.searches: list[dict] = []   # {"when", "hq": ms, "vec": ms}
+        self.builds: dict = {}
+        self.checks: list[str] = []
+        self.failures: list[str] = []
+        self.pragmas: dict = {}
+        self.hqdb, self.hqdb_reason = import_hqdb()
+        self.native_at_start = native_module() if self.hqdb is not None else None
+        self.git_at_start = git_head()
+        self.vec_version = None
+
+    def fail(self, msg):
+        log(f"  !! {msg}")
+        self.failures.append(msg)
+
+    def check_counts(self, db, c, expect: int, when: str):
+        (h,) = db.execute("SELECT count(*) FROM t").fetchone()
+        (v,) = c.execute("SELECT count(*) FROM v").fetchone()
+        ok = h == expect and v == expect
+        self.checks.append(f"count(*) {when}: hq {h:,}, sqlite-vec {v:,} (expected {expect:,})"
+                           + ("" if ok else " — MISMATCH"))
+        if not ok:
+            self.fail(f"count(*) {when}: hq {h}, sqlite-vec {v}, expected {expect}")
+
+    def search_pair(self, db, c, code: bytes, rowid: int, present: bool, when: str, second: bool = False):
+        """Time the first k=10 Hamming search on each table (it pays whatever the writes left
+        pending) and check that ``rowid`` (whose own code is the query) is found, or not."""
+        res = {}
+        for name, conn, sql in (("hq", db, HQ_SEARCH), ("vec", c, VEC_SEARCH)):
+            t = time.perf_counter()
+            rows = conn.execute(sql, (code,)).fetchall()
+            res[name] = (time.perf_counter() - t) * 1e3
+            if second:
+                t = time.perf_counter()
+                conn.execute(sql, (code,)).fetchall()
+                res[name + "2"] = (time.perf_counter() - t) * 1e3
+            found = any(r[0] == rowid for r in rows)
+            if found != present:
+                self.fail(f"{name}: search {when}: rowid {rowid} {'missing' if present else 'still returned'}")
+        self.searches.append({"when": when, **res})
+        log(f"    first search {when}: hq {res['hq']:.1f} ms, sqlite-vec {res['vec']:.1f} ms"
+            + (f" (second: hq {res['hq2']:.2f} ms, sqlite-vec {res['vec2']:.2f} ms)" if second else ""))
+
+    def op(self, name, rows, hq_fn, vec_fn, goal: bool):
+        hq = timed(hq_fn)
+        vec = timed(vec_fn)
+        self.ops.append({"op": name, "rows": rows, "hq": hq, "vec": vec, "goal": goal})
+        log(f"    {name}: hq {rows / hq[0]:,.0f} rows/s ({hq[0]:.2f} s), sqlite-vec {rows / vec[0]:,.0f} rows/s "
+            f"({vec[0]:.2f} s): {vec[0] / hq[0]:.2f}x")
+
+    def run(self):
+        a = self.args
+        hqdb = self.hqdb
+        n, add, ac = a.rows, a.add, a.autocommit
+        total = n + max(add, ac)
+        log(f"hqdb: {json.dumps(hqdb.info())}")
+        log(f"\n== write throughput: {n:,}-row tables, +{add:,} rows in one transaction, {ac:,} autocommit rows")
+        t0 = time.perf_counter()
+        codes, qcodes, cbs, titles = write_data(total)
+        log(f"   data for {total:,} rows (seed 0) in {time.perf_counter() - t0:.1f} s")
+        tmp = Path(tempfile.mkdtemp(prefix="hqdb-writes-", dir=a.tmpdir))
+        self.tmp = str(tmp)
+        try:
+            self._run(tmp, n, add, ac, codes, qcodes, cbs, titles)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _run(self, tmp, n, add, ac, codes, qcodes, cbs, titles):
+        hqdb = self.hqdb
+        hq_path, vec_path = str(tmp / "hq.db"), str(tmp / "vec.db")
+
+        # --- build both tables to n rows (bulk paths), then reopen them as an application would
+        db = hqdb.connect(hq_path)
+        db.execute(HQ_DDL)
+        hqdb.set_codebooks(db, "t", cbs)
+        dt, oc = timed(lambda: hqdb.insert_codes(db, "t", codes[:n], qcodes[:n],
+                                                 metadata={"title": titles[:n]}))
+        self.builds["hq"] = (n / dt, oc)
+        log(f"    hqdb.insert_codes from empty: {n / dt:,.0f} rows/s ({dt:.2f} s)")
+        db.close()
+        c = vec_connect(vec_path)
+        (self.vec_version,) = c.execute("SELECT vec_version()").fetchone()
+        c.execute(VEC_DDL)
+        vec_rows = [(i + 1, codes[i].tobytes(), titles[i]) for i in range(n)]
+
+        def vec_fill():
+            with c:
+                c.executemany(VEC_INSERT, vec_rows)
+        dt, oc = timed(vec_fill)
+        del vec_rows
+        self.builds["vec"] = (n / dt, oc)
+        log(f"    sqlite-vec {self.vec_version} executemany from empty (one transaction): {n / dt:,.0f} rows/s ({dt:.2f} s)")
+        c.close()
+        self.sizes = {"hq": os.path.getsize(hq_path), "vec": os.path.getsize(vec_path)}
+
+        db = hqdb.connect(hq_path)
+        c = vec_connect(vec_path)
+        for name, conn in (("hq", db), ("vec", c)):
+            self.pragmas[name] = (conn.execute("PRAGMA journal_mode").fetchone()[0],
+                                  conn.execute("PRAGMA synchronous").fetchone()[0])
+        self.check_counts(db, c, n, "after the build")
+        # a first search loads hq's in-memory code arrays: the writes below then run against a
+        # table that is being served, as in an application
+        self.search_pair(db, c, codes[0].tobytes(), 1, True, "after opening (loads the caches)")
+
+        # --- SQL executemany INSERT of `add` rows in one explicit transaction
+        hq_rows = [(n + i + 1, codes[n + i].tobytes(), qcodes[n + i].tobytes(), titles[n + i]) for i in range(add)]
+        vec_rows = [(n + i + 1, codes[n + i].tobytes(), titles[n + i]) for i in range(add)]
+        self.op("SQL executemany INSERT, one transaction (BEGIN … COMMIT)", add,
+                in_transaction(db, lambda: db.executemany(HQ_INSERT, hq_rows)),
+                in_transaction(c, lambda: c.executemany(VEC_INSERT, vec_rows)), goal=True)
+        del hq_rows, vec_rows
+        self.check_counts(db, c, n + add, f"after INSERT of {add:,}")
+        j = n + add // 2
+        self.search_pair(db, c, codes[j].tobytes(), j + 1, True, "after the INSERT", second=True)
+
+        # --- one set-based DELETE of those rows in one explicit transaction
+        self.op("SQL DELETE FROM … WHERE rowid > ?, one transaction", add,
+                in_transaction(db, lambda: db.execute("DELETE FROM t WHERE rowid > ?", (n,))),
+                in_transaction(c, lambda: c.execute("DELETE FROM v WHERE rowid > ?", (n,))), goal=True)
+        self.check_counts(db, c, n, "after the DELETE")
+        self.search_pair(db, c, codes[j].tobytes(), j + 1, False, "after the DELETE", second=True)
+
+        # --- autocommit single-row INSERTs, then autocommit single-row DELETEs
+        hq_rows = [(n + i + 1, codes[n + i].tobytes(), qcodes[n + i].tobytes(), titles[n + i]) for i in range(ac)]
+        vec_rows = [(n + i + 1, codes[n + i].tobytes(), titles[n + i]) for i in range(ac)]
+
+        def each(conn, sql, rows):
+            def run():
+                for r in rows:
+                    conn.execute(sql, r)
+            return run
+
+        self.op("autocommit INSERT, one row per statement", ac,
+                each(db, HQ_INSERT, hq_rows), each(c, VEC_INSERT, vec_rows), goal=False)
+        self.check_counts(db, c, n + ac, f"after {ac:,} autocommit INSERTs")
+        j = n + ac // 2
+        self.search_pair(db, c, codes[j].tobytes(), j + 1, True, "after the autocommit INSERTs", second=True)
+        ids = [(n + i + 1,) for i in range(ac)]
+        self.op("autocommit DELETE … WHERE rowid = ?, one row per statement", ac,
+                each(db, "DELETE FROM t WHERE rowid = ?", ids), each(c, "DELETE FROM v WHERE rowid = ?", ids),
+                goal=False)
+        self.check_counts(db, c, n, f"after {ac:,} autocommit DELETEs")
+        self.search_pair(db, c, codes[j].tobytes(), j + 1, False, "after the autocommit DELETEs")
+        db.close()
+        c.close()
+
+    # ---------------------------------------------------------------- report
+    def table(self) -> list[str]:
+        L = ["| operation | rows | hq rows/s | sqlite-vec bit[128] rows/s | hq / sqlite-vec | goal ≥ 0.5× | other CPU (hq / vec) |",
+             "|---|---|---|---|---|---|---|"]
+        oc = lambda v: "—" if v != v else f"{v:.1f}"  # noqa: E731
+        if self.builds:
+            h, v = self.builds["hq"], self.builds["vec"]
+            L.append(f"| build from empty (hq: `hqdb.insert_codes`; sqlite-vec: executemany, one transaction) | "
+                     f"{self.args.rows:,} | {h[0]:,.0f} | {v[0]:,.0f} | {h[0] / v[0]:.2f}× | — | {oc(h[1])} / {oc(v[1])} |")
+        for o in self.ops:
+            h, v = o["rows"] / o["hq"][0], o["rows"] / o["vec"][0]
+            x = h / v
+            goal = verdict(x >= TARGET_WRITE_X) if o["goal"] else "—"
+            L.append(f"| {o['op']} | {o['rows']:,} | {h:,.0f} | {v:,.0f} | {x:.2f}× | {goal} | "
+                     f"{oc(o['hq'][1])} / {oc(o['vec'][1])} |")
+        return L
+
+    def search_table(self) -> list[str]:
+        L = ["| k=10 Hamming search | hq first ms | hq second ms | sqlite-vec first ms | sqlite-vec second ms |",
+             "|---|---|---|---|---|"]
+        for s in self.searches:
+            L.append(f"| {s['when']} | {fmt(s['hq'])} | {fmt(s.get('hq2'))} | {fmt(s['vec'])} | {fmt(s.get('vec2'))} |")
+        return L
+
+    def section(self, elapsed: float, cmd: str) -> list[str]:
+        a = self.args
+        mi = machine_info()
+        import apsw
+
+        L = ["## Write throughput", "",
+             f"Generated by `{cmd}` on {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} "
+             f"({elapsed / 60:.1f} min).", "",
+             f"- Machine: {mi['cpu']}, {mi['cores']} cores, {mi['memory']} RAM, {mi['platform']}, Python {mi['python']}; "
+             f"lscpu flags: {cpu_flags_summary()}. Load average at the end: "
+             f"{tuple(round(x, 2) for x in os.getloadavg())} (a shared machine: 'other CPU' = cores other "
+             "processes used during each timed operation).",
+             f"- Versions: apsw {apsw.apswversion()}, SQLite {apsw.sqlite_lib_version()}, sqlite-vec {self.vec_version}, "
+             f"numpy {np.__version__}; git HEAD at start {self.git_at_start}"
+             + ("" if git_head() == self.git_at_start else f" (at the end {git_head()})"),
+             f"- `hqdb.info()`: `{json.dumps(self.hqdb.info())}`; hqdb imported from "
+             f"{Path(self.hqdb.__file__).parent}; native module: {self.native_at_start}",
+             f"- Tables, each in its own file in one temporary directory ({self.tmp.rsplit('/', 2)[0]}): "
+             f"`{HQ_DDL}` (opened with `hqdb.connect`) and `{VEC_DDL}` (apsw + sqlite-vec); journal mode / "
+             f"synchronous: hq {self.pragmas['hq'][0]} / {self.pragmas['hq'][1]}, sqlite-vec "
+             f"{self.pragmas['vec'][0]} / {self.pragmas['vec'][1]} (both WAL, SQLite's default synchronous). "
+             f"Sizes after the build: hq {self.sizes['hq'] / a.rows:.1f} bytes/row, sqlite-vec "
+             f"{self.sizes['vec'] / a.rows:.1f} bytes/row.",
+             f"- Data: the same rows for both: sign bits of the search bench's seeded 128-d vectors (seed 0), "
+             "a title `document 0000001`…, explicit rowids; hq also gets a 4-byte qcode (seeded uniform random "
+             "codes and codebooks: the write path does not depend on their values).",
+             f"- Sequence, on the same two connections: build both tables to {a.rows:,} rows (hq with "
+             "`hqdb.insert_codes` + `hqdb.set_codebooks`, sqlite-vec with executemany in one transaction), "
+             "close and reopen them, run one search on each (hq loads its code arrays), then: "
+             f"executemany `{HQ_INSERT}` (sqlite-vec: `{VEC_INSERT}`) of {a.add:,} rows between BEGIN and COMMIT; "
+             f"`DELETE FROM t WHERE rowid > {a.rows}` between BEGIN and COMMIT; {a.autocommit:,} autocommit "
+             "INSERTs (one statement and one commit each), then as many autocommit `DELETE … WHERE rowid = ?`. "
+             "Times include the COMMIT; the parameter tuples are built before the clock starts. "
+             "hq runs each operation first, sqlite-vec right after.",
+             "", *self.table(), "",
+             f"Goal (issue 12): SQL executemany INSERT and a set-based SQL DELETE on a {a.rows:,}-row table at "
+             f"≥ {TARGET_WRITE_X}× sqlite-vec bit[128]'s rate in the same run. The autocommit rows have no "
+             "numeric goal (they should not each pay a full cache update: compare the rates and the search "
+             "after them).", "",
+             "Search right after each write (the first query pays whatever the writes left pending; the "
+             "query is the code of one written row, which must be found after an INSERT and absent after a "
+             "DELETE):", "", *self.search_table(), ""]
+        if self.failures:
+            L += ["**CORRECTNESS FAILURES:**", ""] + [f"- {f}" for f in self.failures] + [""]
+        L += ["Checks: " + "; ".join(self.checks) + ".", ""]
+        return L
+
+
+def run_writes(a, argv) -> int:
+    cmd = "python bench/search.py" + "".join(f" {x}" for x in (argv if argv is not None else sys.argv[1:]))
+    full = a.rows == 1_000_000 and a.add == 100_000 and a.autocommit == 2000
+    out_md = a.out or (BENCH / "RESULTS.md" if full else CACHE / "writes" / "RESULTS.md")
+    t0 = time.perf_counter()
+    w = WriteBench(a)
+    if w.hqdb is None:
+        log(f"hqdb could not be imported: {w.hqdb_reason}")
+        return 2
+    CACHE.mkdir(parents=True, exist_ok=True)
+    w.run()
+    elapsed = time.perf_counter() - t0
+    lines = w.section(elapsed, cmd)
+    log("\n" + "=" * 100)
+    log(f"{machine_info()['cpu']}; flags: {cpu_flags_summary()}")
+    log(f"hqdb.info(): {json.dumps(w.hqdb.info())} (from {Path(w.hqdb.__file__).parent})")
+    for line in w.table() + [""] + w.search_table():
+        log(line)
+    if not a.no_report:
+        out_md.parent.mkdir(parents=True, exist_ok=True)
+        sys.path.insert(0, str(BENCH))
+        from sections import replace_section
+
+        replace_section(out_md, WRITES_SECTION, lines)
+        log(f"\nwrote the '{WRITES_SECTION}' section of {out_md}; total {elapsed / 60:.1f} min")
+    if native_module() != w.native_at_start:
+        log("WARNING: hqdb's native module changed on disk during the run")
+    if w.failures:
+        log(f"{len(w.failures)} correctness failure(s):")
+        for f in w.failures:
+            log(f"  - {f}")
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
 # Report
 # ------------------------------------------------------------------------------------------
 def git_head() -> str:
@@ -1209,8 +1567,17 @@ def write_report(b: Bench, out_md: Path, out_png: Path, elapsed: float, cmd: str
                  "symbol names as 0.1.9's), same vectors and queries, default oversample.")
     L += [f"- {x}" for x in notes] + [""]
     out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text("\n".join(L))
+    out_md.write_text("\n".join(L) + kept_sections(out_md))
     plot(b, out_png)
+
+
+def kept_sections(path: Path) -> str:
+    """The generated sections (``<!-- name begin -->`` … ``<!-- name end -->``, see sections.py)
+    already in ``path``: other scripts' and ``--writes``' figures survive a rewrite of the report."""
+    if not path.exists():
+        return ""
+    found = re.finditer(r"<!-- (.+?) begin -->.*?<!-- \1 end -->", path.read_text(), flags=re.S)
+    return "".join("\n" + m.group(0) + "\n" for m in found)
 
 
 def plot(b: Bench, out_png: Path):
@@ -1287,7 +1654,20 @@ def main(argv=None):
     p.add_argument("--keep-dbs", action="store_true", help="keep every hqdb database in bench/.cache")
     p.add_argument("--no-wait-quiet", action="store_true",
                    help="do not wait for other processes to go quiet before each timed row")
+    w = p.add_argument_group("write throughput (--writes: only this part runs)")
+    w.add_argument("--writes", action="store_true",
+                   help="SQL INSERT / DELETE rates on a large hq table against sqlite-vec bit[128], same run "
+                        "(writes the 'Write throughput' section of bench/RESULTS.md at the default sizes, "
+                        "else of bench/.cache/writes/RESULTS.md, unless --out)")
+    w.add_argument("--rows", type=int, default=1_000_000, help="rows in both tables before the writes")
+    w.add_argument("--add", type=int, default=100_000, help="rows of the executemany INSERT and set-based DELETE")
+    w.add_argument("--autocommit", type=int, default=2000, help="rows inserted (then deleted) one autocommit statement each")
+    w.add_argument("--tmpdir", default=None, help="where the temporary database directory goes (default: $TMPDIR or /tmp)")
+    w.add_argument("--no-report", action="store_true", help="print only; write no Markdown")
     a = p.parse_args(argv)
+    if a.writes:
+        QUIET["enabled"] = not a.no_wait_quiet
+        return run_writes(a, argv)
     if a.quick:
         a.sizes, a.bits, a.books, a.queries, a.row_by_row = [100_000], [128], [4], min(a.queries, 100), 5000
     if any(b % 64 for b in a.bits):
