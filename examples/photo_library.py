@@ -48,7 +48,7 @@ class PhotoLibrary:
         """Store photos (the caption is encoded as the photo's text); re-adding a path updates it."""
         items = [Photo(p.path, p.caption, p.album, p.year, image=p.image, text=p.caption) for p in photos]
         known = {row["path"] for row in self.photos}
-        with self.db:  # one transaction: all photos or none
+        with self.db.transaction():  # one transaction: all photos or none
             self.photos.insert_all([p for p in items if p.path not in known])
             self.photos.upsert_all([p for p in items if p.path in known])
         rowid = {row["path"]: row["rowid"] for row in self.photos}

@@ -258,7 +258,14 @@ def _index(args) -> int:
             raise UserError(f"{args.data} has no field(s) {missing} (fields: {sorted(types)})")
         types = {c: types[c] for c in wanted}
     t0 = time.perf_counter()
-    with db:  # a new collection exists only if its items went in
+    # One write transaction, started with BEGIN IMMEDIATE (so a concurrent `hqdb index` waits for
+    # the lock instead of failing): a new collection exists only if its items went in.
+    with db.transaction():
+        if created and args.collection in db.collections():  # another run created it meanwhile
+            coll = db.collection(args.collection)
+            if coll.model_name != args.model:
+                raise UserError(f"collection {coll.name!r} uses model {coll.model_name!r}, not {args.model!r}")
+            created = False
         if created:
             coll = db.create_collection(args.collection, model=args.model, columns=types)
         keep = set(coll.columns) | set(coll.modalities)

@@ -27,6 +27,7 @@ import apsw
 
 from .bulk import insert_items
 from .errors import CollectionError, HqError, NotFoundError, OptionError
+from .txn import write_transaction
 from .engine.catalog import quote_ident
 from .engine.options import METADATA_TYPES, parse_args
 
@@ -325,7 +326,9 @@ class Collection:
         show = n >= PROGRESS_MIN if progress is None else bool(progress)
         bar = _progress_bar(n, f"insert {self.name}", show)
         try:
-            with self.db:  # one transaction: every batch or none
+            # One transaction, every batch or none; BEGIN IMMEDIATE, since it reads (max rowid)
+            # before writing: a deferred one would fail at once if another writer commits first.
+            with write_transaction(self.db):
                 existing = [r for r in given if r in self]
                 if existing:
                     raise CollectionError(f"{self.name}: rowid {existing[0]} already exists (use upsert or update)")
@@ -386,7 +389,7 @@ class Collection:
 
     def upsert_all(self, items: Iterable, *, key: str | None = None) -> list[int]:
         out = []
-        with self.db:
+        with write_transaction(self.db):
             for i, it in enumerate(items):
                 item = _as_dict(self.name, it, i)
                 rowid = self._find(item, key)
@@ -425,7 +428,7 @@ class Collection:
                 x = self._check_input(name, value, f" (row {rowid})")
                 sets.append(f"{quote_ident(name)} = ?")
                 params.append(x if isinstance(x, str) else x.astype("<f4").tobytes())
-        with self.db:
+        with write_transaction(self.db):
             if rowid not in self:
                 raise NotFoundError(f"{self.name} has no row with rowid {rowid!r}")
             try:
@@ -437,7 +440,7 @@ class Collection:
         """Delete one rowid or a list of them; return how many rows existed and were deleted."""
         ids = [rowids] if isinstance(rowids, (int, np.integer)) else list(rowids)
         n = 0
-        with self.db:
+        with write_transaction(self.db):
             for r in ids:
                 if r in self:
                     self.db.execute(f"DELETE FROM {self._q} WHERE rowid = ?", (int(r),))
@@ -446,7 +449,7 @@ class Collection:
 
     def delete_where(self, where: str, where_args: Sequence = ()) -> int:
         """Delete the rows matching an SQL condition on the columns; return how many."""
-        with self.db:
+        with write_transaction(self.db):
             ids = [r[0] for r in self.db.execute(f"SELECT rowid FROM {self._q} WHERE {where}", tuple(where_args))]
             return self.delete(ids)
 

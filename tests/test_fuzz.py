@@ -184,7 +184,7 @@ def test_inserted_features(model_db, image, text):
     db = model_db
     before = db.execute("SELECT count(*) FROM docs").fetchone()[0]
     try:
-        with db:
+        with db.transaction():
             db.execute("INSERT INTO docs(image, text) VALUES (?, ?)", (image, text))
     except CLEAR as e:
         assert str(e)

@@ -60,7 +60,7 @@ def test_sql_inserts_are_encoded_in_batches_and_searchable(docs, model):
     db = docs
     pairs = datasets.synthetic_pairs(50, seed=4)
     texts = [str(t) for t in pairs["text"]]
-    with db:
+    with db.transaction():
         db.executemany("INSERT INTO docs(image, text, title) VALUES (?, ?, ?)",
                        [(pairs["image"][i].tobytes(), texts[i], f"t{i}") for i in range(50)])
         # Inside the transaction, queued rows are encoded before anyone reads them.

@@ -3,9 +3,11 @@ hqdb's catalog migrations in place."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import warnings
+import weakref
 
 import numpy as np
 
@@ -16,15 +18,61 @@ from .. import kernels
 from ..engine import check
 from ..engine.schema import migrate
 from ..errors import HqError
+from ..txn import write_transaction
 from .vtab import HqModule, HqShadowModule, SearchManyAggregate, _hq_match_scalar, encode_query
 
 __all__ = ["Connection", "connect", "register"]
 
 
+# Connections opened by connect() and not closed yet. The hq module registered on a connection
+# holds the connection, so it is never freed by reference counting (and objects are not
+# finalized at interpreter exit): _close_all, run at exit, closes what is left, so SQLite
+# checkpoints the write-ahead log into the database file and removes it.
+_OPEN: "weakref.WeakSet[Connection]" = weakref.WeakSet()
+
+
+def _close_all() -> None:
+    """Close every hqdb connection still open (at interpreter exit)."""
+    for conn in list(_OPEN):
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - exit must go on (the WAL is then replayed at the next open)
+            try:
+                conn.close(True)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+atexit.register(_close_all)
+
+
 class Connection(apsw.Connection):
-    """An apsw connection opened by :func:`connect`; ``hq`` is its hq module instance."""
+    """An apsw connection opened by :func:`connect`; ``hq`` is its hq module instance.
+
+    ``with hqdb.connect(path) as db:`` closes the connection when the block ends (unlike a
+    plain apsw connection, where ``with conn:`` is a transaction); group writes with
+    ``with db.transaction():``."""
 
     hq: HqModule
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+    def close(self, force: bool = False) -> None:
+        """Close the connection (an open transaction is rolled back); closing again does nothing.
+        The last connection to a file database checkpoints the write-ahead log into it."""
+        _OPEN.discard(self)
+        super().close(force)
+
+    def transaction(self):
+        """``with db.transaction():`` runs its block as one transaction: committed at the end,
+        rolled back if the block raises. It starts with ``BEGIN IMMEDIATE`` (waiting up to the
+        busy timeout for another writer instead of failing later); inside an open transaction it
+        is a savepoint, so only the inner block is undone. See :mod:`hqdb.txn`."""
+        return write_transaction(self)
 
     # Collections: model-bound hq tables with a Python face (hqdb/collections.py).
     def create_collection(self, name: str, model: str, columns=None, *, key: str | None = None,
@@ -176,6 +224,7 @@ def connect(path: str = ":memory:", *, threads: int = 1, readonly: bool = False,
     """
     flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
     conn = Connection(os.fspath(path), flags=flags | apsw.SQLITE_OPEN_URI)
+    _OPEN.add(conn)
     conn.set_busy_timeout(int(timeout * 1000))
     try:
         conn.enable_load_extension(True)
