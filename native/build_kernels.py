@@ -1,7 +1,8 @@
 """cffi (API mode) build of hqdb's native search kernels as the extension ``hqdb._native``.
 
 Used by setup.py through ``cffi_modules=["native/build_kernels.py:ffibuilder"]``: build it with
-``pip install -e .`` (or ``pip install .``).
+``pip install -e .`` (or ``pip install .``). The sources, one stage each, are listed in SOURCES
+(and described in hq_kernels.h); they are compiled together into the one extension.
 
 Flags: ``-O3 -ffp-contract=off`` keeps float arithmetic exactly as written (no FMA fusion, never
 ``-ffast-math``) so results match the numba fallback bit for bit. OpenMP is used when a probe
@@ -19,10 +20,20 @@ import tempfile
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = [
+    "hq_cpu.c",
+    "hq_scan.c",
+    "hq_scan_avx512.c",
+    "hq_select.c",
+    "hq_rerank.c",
+    "hq_search.c",
+    "hq_batch.c",
+]
+HEADERS = ["hq_kernels.h", "hq_common.h"]
 
 
 def _cdef_from_header() -> str:
-    """The header's function declarations (its preprocessor lines dropped: cffi's cdef takes
+    """The public header's declarations (its preprocessor lines dropped: cffi's cdef takes
     plain declarations), so the header and the cffi interface never drift apart."""
     with open(os.path.join(HERE, "hq_kernels.h"), encoding="utf-8") as fh:
         lines = fh.read().splitlines()
@@ -93,9 +104,9 @@ ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "hqdb._native",
     '#include "hq_kernels.h"',
-    sources=[_rel(os.path.join(HERE, "hq_kernels.c"))],
+    sources=[_rel(os.path.join(HERE, name)) for name in SOURCES],
     include_dirs=[_rel(HERE)],
-    depends=[_rel(os.path.join(HERE, "hq_kernels.h"))],
+    depends=[_rel(os.path.join(HERE, name)) for name in HEADERS],
     extra_compile_args=_compile_args,
     extra_link_args=_link_args,
 )

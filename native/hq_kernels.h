@@ -1,10 +1,20 @@
 /* hqdb search kernels: Hamming prefilter + Asymmetric Quantizer Distance (AQD) re-rank.
  *
+ * The public interface, plain C: native/build_kernels.py hands this file's declarations to cffi
+ * as they are (its preprocessor lines dropped), so hqdb._native exposes exactly these.
+ *
  * Only hqdb/kernels/__init__.py calls these, after validating every buffer and scalar; the C side
  * still rejects arguments that would make it read or write out of bounds (HQ_ERR_ARG) and
  * checks every quantization code against the LUT width (HQ_ERR_QCODE).
  *
- * native/build_kernels.py hands this file's declarations to cffi as they are.
+ * The sources, one stage each (internal declarations in hq_common.h):
+ *   hq_cpu.c          CPU features (detected once, at load), test knobs, thread chunks, info
+ *   hq_scan.c         Hamming scans, portable (multi-versioned per popcount ISA), hq_hamming
+ *   hq_scan_avx512.c  the same scans with AVX-512 VPOPCNTDQ (8 rows a step)
+ *   hq_select.c       bounded heaps, top-c selection, histogram threshold, the kept rows' ranking
+ *   hq_rerank.c       AQD lookup table (hq_aqd_lut), AQD scores, the final ranking of candidates
+ *   hq_search.c       the shared argument check and one query's search (hq_search)
+ *   hq_batch.c        many queries over the same rows in one pass (hq_search_many)
  */
 #ifndef HQ_KERNELS_H
 #define HQ_KERNELS_H
@@ -26,23 +36,43 @@
 
 #define HQ_MAX_CODE_BYTES 128
 
-int hq_cpu_features(void);
-int hq_openmp_available(void);
-int hq_max_threads(void);
-/* Which Hamming implementation hq_hamming/hq_search use on this CPU (for info()). */
-const char *hq_hamming_impl(void);
-/* Test knobs (not thread-safe; results never depend on them, only the code path taken).
- * Sets `knob` to `value` unless value < 0; returns the previous value, -1 if unknown/unusable.
- *   HQ_KNOB_AVX512          1 = use the AVX-512 VPOPCNTDQ Hamming path where possible, 0 = not
- *   HQ_KNOB_MIN_CHUNK_ROWS  fewest rows per thread chunk (default 32768)
- *   HQ_KNOB_PATH            Hamming stage route: 0 = choose, 1 = full, 2 = fast with a guess
- *                           that is too small (exercises the fallback), 3 = always fast.
- *                           hq_search_many's kept-buffer route: 1 = no sampled first bound,
- *                           2 = a first bound too small (queries fall back to hq_search) */
-#define HQ_KNOB_AVX512 0
-#define HQ_KNOB_MIN_CHUNK_ROWS 1
-#define HQ_KNOB_PATH 2
-int64_t hq_tune(int32_t knob, int64_t value);
+/* A search: the rows, the queries, the parameters and where the results go. The caller fills
+ * every field (unused pointers NULL, unused sizes 0).
+ *
+ * hq_search takes exactly one query (n_queries == 1); hq_search_many any number. Query j's
+ * results, best first, go to out_rowids/out_dist/out_ham[j * k ...], out_n[j] of them
+ * (out_n[j] <= min(k, valid rows)). */
+typedef struct {
+    /* the rows: n_rows of them */
+    const uint8_t *codes;   /* n_rows x code_bytes packed bit codes */
+    const void *qcodes;     /* n_rows x books quantization codes, uint8_t or uint16_t
+                               (qcode_bytes 1 or 2); NULL in Hamming mode */
+    const int64_t *rowids;  /* n_rows */
+    const uint8_t *valid;   /* n_rows, 0 = skip the row; NULL = every row is valid */
+    int64_t n_rows;
+    int32_t code_bytes;     /* 1..HQ_MAX_CODE_BYTES */
+    int32_t qcode_bytes;    /* 1 or 2 (0 in Hamming mode) */
+    int32_t books;          /* m >= 1 (0 in Hamming mode) */
+    int32_t codewords;      /* kw >= 1, the LUT width: every quantization code must be < kw */
+    /* the queries */
+    int64_t n_queries;
+    const uint8_t *query_bits; /* n_queries x code_bytes */
+    const float *luts;         /* n_queries x books x codewords, finite; NULL in Hamming mode */
+    /* the parameters, the same for every query */
+    int32_t mode;           /* HQ_MODE_* */
+    int32_t threads;        /* results do not depend on it */
+    int64_t k;              /* >= 1: results per query, also the stride of the outputs */
+    int64_t candidates;     /* >= 1: rows the Hamming stage keeps in two-stage mode (>= k kept) */
+    /* the results */
+    int64_t *out_rowids;    /* n_queries x k */
+    float *out_dist;        /* n_queries x k: -AQD score, or the Hamming distance */
+    int32_t *out_ham;       /* n_queries x k */
+    int64_t *out_n;         /* n_queries */
+} hq_search_args;
+
+int hq_search(const hq_search_args *args);
+/* Many queries over the same rows in one call, each with the result hq_search would give it. */
+int hq_search_many(const hq_search_args *args);
 
 int hq_hamming(const uint8_t *codes, int64_t n_rows, int32_t nb, const uint8_t *query,
                int32_t *out, int32_t threads);
@@ -50,19 +80,32 @@ int hq_hamming(const uint8_t *codes, int64_t n_rows, int32_t nb, const uint8_t *
 int hq_aqd_lut(const float *query, const float *codebooks, int32_t m, int32_t kw, int32_t dim,
                float *out, int32_t threads);
 
-int hq_search(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcode_bytes,
-              int32_t m, const int64_t *rowids, const uint8_t *valid, int64_t n_rows,
-              const uint8_t *query_bits, const float *lut, int32_t kw, int32_t mode, int64_t k,
-              int64_t candidates, int32_t threads, int64_t *out_rowids, float *out_dist,
-              int32_t *out_ham, int64_t *out_n);
+/* Test knobs: which code path runs, never what it returns. The one place they are documented
+ * (hqdb.kernels._tune drives them by these field names). Process-wide, not thread-safe: for
+ * tests only. */
+typedef struct {
+    /* 1 = use the AVX-512 VPOPCNTDQ Hamming scans where the code size allows (the default),
+     * 0 = the portable ones. Reads -1 where the CPU or the build has no AVX-512 path. */
+    int32_t avx512;
+    /* The Hamming stage's route. hq_search: 0 = choose (the default), 1 = always the full scan,
+     * 2 = the fast route with a guessed bound too small (exercises its fallback to the full
+     * scan), 3 = always try the fast route. hq_search_many's kept-buffer route: 1 = no sampled
+     * first bound, 2 = a first bound too small (the queries fall back to hq_search). */
+    int32_t path;
+    /* The fewest rows per thread chunk (default 32768); small values make small tables split. */
+    int64_t min_chunk_rows;
+} hq_knobs;
 
-/* Many queries over the same rows in one call, each with the result hq_search would give it.
- * query_bits is n_queries x nb bytes; luts n_queries x m x kw floats (NULL in Hamming mode);
- * query j's results go to out_*[j * k ...], out_n[j] of them. */
-int hq_search_many(const uint8_t *codes, int32_t nb, const void *qcodes, int32_t qcode_bytes,
-                   int32_t m, const int64_t *rowids, const uint8_t *valid, int64_t n_rows,
-                   int64_t n_queries, const uint8_t *query_bits, const float *luts, int32_t kw,
-                   int32_t mode, int64_t k, int64_t candidates, int32_t threads,
-                   int64_t *out_rowids, float *out_dist, int32_t *out_ham, int64_t *out_n);
+/* The knobs in use. */
+void hq_knobs_get(hq_knobs *out);
+/* Set the knobs from *in; a field < 0 leaves its knob as it is. HQ_ERR_ARG, and nothing changes,
+ * if a value is out of range (avx512 > 1, path > 3, min_chunk_rows == 0). */
+int hq_knobs_set(const hq_knobs *in);
+
+int hq_cpu_features(void); /* HQ_CPU_* bits, detected once when the module loads */
+int hq_openmp_available(void);
+int hq_max_threads(void);
+/* Which Hamming implementation hq_hamming/hq_search use on this CPU (for info()). */
+const char *hq_hamming_impl(void);
 
 #endif

@@ -612,3 +612,84 @@ def test_adversarial_row_orders(order):
             got = K.search(codes, qcodes, rowids, valid, q, lut, k=20, candidates=300, mode=mode,
                            threads=threads)
             assert_same(got, want)
+
+
+# ------------------------------------------------------------------------------------------
+# The C interface itself: one argument struct, one argument check, the knobs
+# ------------------------------------------------------------------------------------------
+def _raw_args(size=1, **fields):
+    """An hq_search_args for `size` queries over a small valid table, `fields` overriding its
+    fields (the arrays it points into are returned with it, to keep them alive)."""
+    impl = K._IMPL
+    ffi = impl.ffi
+    rng = np.random.default_rng(3)
+    codes, qcodes, rowids, _, _, _ = make_table(rng, 300, 16, 2, 8)
+    queries = rng.integers(0, 256, (size, 16), dtype=np.uint8)
+    luts = rng.standard_normal((size, 2, 8)).astype(np.float32)
+    outs = (np.empty((size, 5), np.int64), np.empty((size, 5), np.float32),
+            np.empty((size, 5), np.int32), np.full(size, -1, np.int64))
+    arrays = dict(codes=("uint8_t[]", codes), qcodes=("uint8_t[]", qcodes), rowids=("int64_t[]", rowids),
+                  query_bits=("uint8_t[]", queries), luts=("float[]", luts),
+                  out_rowids=("int64_t[]", outs[0]), out_dist=("float[]", outs[1]),
+                  out_ham=("int32_t[]", outs[2]), out_n=("int64_t[]", outs[3]))
+    keep = {name: ffi.from_buffer(ct, arr) for name, (ct, arr) in arrays.items()}
+    values = dict(keep, valid=ffi.NULL, n_rows=300, code_bytes=16, qcode_bytes=1, books=2,
+                  codewords=8, n_queries=size, mode=2, threads=1, k=5, candidates=20)
+    values.update(fields)
+    a = ffi.new("hq_search_args *", values)
+    return a, (keep, arrays, outs)
+
+
+@needs_native
+@pytest.mark.parametrize("entry", ["hq_search", "hq_search_many"])
+@pytest.mark.parametrize(
+    "fields",
+    [dict(code_bytes=0), dict(code_bytes=129), dict(n_rows=-1), dict(k=0), dict(candidates=0),
+     dict(mode=3), dict(mode=-1), dict(n_queries=-1), dict(qcode_bytes=3), dict(books=0),
+     dict(codewords=0), "codes", "rowids", "qcodes", "luts", "query_bits", "out_rowids",
+     "out_dist", "out_ham", "out_n"],
+    ids=str,
+)
+def test_native_entry_points_share_one_argument_check(entry, fields):
+    # Python validates first; this checks the C side's own guard, the same for both entry points.
+    size = 1 if entry == "hq_search" else 6
+    if isinstance(fields, str):
+        fields = {fields: K._IMPL.ffi.NULL}
+    a, held = _raw_args(size, **fields)
+    assert getattr(K._IMPL.lib, entry)(a) == K._ERR_ARG
+    good, held = _raw_args(size)
+    assert getattr(K._IMPL.lib, entry)(good) == K._OK
+    assert (held[2][3] == 5).all()
+
+
+@needs_native
+def test_native_empty_searches_and_hamming_mode_without_qcodes():
+    ffi = K._IMPL.ffi
+    lib = K._IMPL.lib
+    for entry in (lib.hq_search, lib.hq_search_many):
+        a, held = _raw_args(1, n_rows=0, codes=ffi.NULL, rowids=ffi.NULL)
+        assert entry(a) == K._OK and held[2][3][0] == 0  # out_n zeroed
+        a, held = _raw_args(1, mode=0, qcodes=ffi.NULL, luts=ffi.NULL, qcode_bytes=0, books=0)
+        assert entry(a) == K._OK and held[2][3][0] == 5
+    a, held = _raw_args(2)
+    assert lib.hq_search(a) == K._ERR_ARG  # one query only
+    assert lib.hq_search(ffi.NULL) == lib.hq_search_many(ffi.NULL) == K._ERR_ARG
+
+
+@needs_native
+def test_knobs_are_the_fields_of_hq_knobs():
+    fields = [name for name, _ in K._IMPL.ffi.typeof("hq_knobs").fields]
+    assert sorted(fields) == sorted(K._KNOBS)
+    for knob in K._KNOBS:
+        prev = K._tune(knob)
+        assert K._tune(knob, prev if prev >= 0 else -1) == prev  # reading, writing back
+        assert K._tune(knob) == prev
+    with knobs(path=3, min_chunk_rows=7):
+        assert K._tune("path") == 3 and K._tune("min_chunk_rows") == 7
+    for knob, bad in (("path", 4), ("avx512", 2), ("min_chunk_rows", 0)):
+        prev = K._tune(knob)
+        with pytest.raises(ValueError, match="out of range"):
+            K._tune(knob, bad)
+        assert K._tune(knob) == prev  # nothing changed
+    with pytest.raises(ValueError, match="unknown knob"):
+        K._tune("threads", 1)

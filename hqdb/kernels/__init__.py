@@ -83,38 +83,61 @@ class _NativeBackend:
             b("float[]", query), b("float[]", codebooks), m, kw, dim, b("float[]", out), threads
         )
 
+    def _search_args(self, codes, qcodes, rowids, valid, n_queries, queries, luts, mode, k,
+                     candidates, threads, out_rowids, out_dist, out_ham, out_n):
+        """An hq_search_args (native/hq_kernels.h) over validated arrays (out_n: a cdata), and
+        the buffers it points into: keep both alive for the call (the struct alone does not)."""
+        keep = []
+
+        def ptr(ctype, arr):
+            p = self._buf(ctype, arr)
+            keep.append(p)
+            return p
+
+        a = self.ffi.new("hq_search_args *")
+        a.n_rows, a.code_bytes = codes.shape
+        a.codes, a.rowids = ptr("uint8_t[]", codes), ptr("int64_t[]", rowids)
+        a.valid = ptr("uint8_t[]", valid)
+        if qcodes is not None:
+            a.qcodes = ptr(f"uint{8 * qcodes.itemsize}_t[]", qcodes)
+            a.qcode_bytes, a.books = qcodes.itemsize, qcodes.shape[1]
+        if luts is not None:
+            a.luts, a.codewords = ptr("float[]", luts), luts.shape[-1]
+        a.n_queries, a.query_bits = n_queries, ptr("uint8_t[]", queries)
+        a.mode, a.k, a.candidates, a.threads = _MODE_CODE[mode], k, candidates, threads
+        a.out_rowids, a.out_dist = ptr("int64_t[]", out_rowids), ptr("float[]", out_dist)
+        a.out_ham, a.out_n = ptr("int32_t[]", out_ham), out_n
+        return a, keep
+
     def search(self, codes, qcodes, rowids, valid, query_bits, lut, mode, k, candidates, threads,
                out_rowids, out_dist, out_ham):
-        b = self._buf
-        n_out = self.ffi.new("int64_t *")
-        if qcodes is not None:
-            qc, qbytes, m = b(f"uint{8 * qcodes.itemsize}_t[]", qcodes), qcodes.itemsize, qcodes.shape[1]
-        else:
-            qc, qbytes, m = self.ffi.NULL, 0, 0
-        kw = lut.shape[1] if lut is not None else 0
-        rc = self.lib.hq_search(
-            b("uint8_t[]", codes), codes.shape[1], qc, qbytes, m, b("int64_t[]", rowids),
-            b("uint8_t[]", valid), codes.shape[0], b("uint8_t[]", query_bits), b("float[]", lut),
-            kw, _MODE_CODE[mode], k, candidates, threads, b("int64_t[]", out_rowids),
-            b("float[]", out_dist), b("int32_t[]", out_ham), n_out,
+        out_n = self.ffi.new("int64_t[1]")
+        a, _buffers = self._search_args(  # _buffers: alive until the call returns
+            codes, qcodes, rowids, valid, 1, query_bits, lut, mode, k, candidates, threads,
+            out_rowids, out_dist, out_ham, out_n,
         )
-        return rc, int(n_out[0])
+        return self.lib.hq_search(a), int(out_n[0])
 
     def search_many(self, codes, qcodes, rowids, valid, queries, luts, mode, k, candidates,
                     threads, out_rowids, out_dist, out_ham, out_n):
-        b = self._buf
-        if qcodes is not None:
-            qc, qbytes, m = b(f"uint{8 * qcodes.itemsize}_t[]", qcodes), qcodes.itemsize, qcodes.shape[1]
-        else:
-            qc, qbytes, m = self.ffi.NULL, 0, 0
-        kw = luts.shape[2] if luts is not None else 0
-        return self.lib.hq_search_many(
-            b("uint8_t[]", codes), codes.shape[1], qc, qbytes, m, b("int64_t[]", rowids),
-            b("uint8_t[]", valid), codes.shape[0], queries.shape[0], b("uint8_t[]", queries),
-            b("float[]", luts), kw, _MODE_CODE[mode], k, candidates, threads,
-            b("int64_t[]", out_rowids), b("float[]", out_dist), b("int32_t[]", out_ham),
-            b("int64_t[]", out_n),
+        n_out = self._buf("int64_t[]", out_n)
+        a, _buffers = self._search_args(  # _buffers: alive until the call returns
+            codes, qcodes, rowids, valid, queries.shape[0], queries, luts, mode, k, candidates,
+            threads, out_rowids, out_dist, out_ham, n_out,
         )
+        return self.lib.hq_search_many(a)
+
+    def tune(self, knob, value):
+        """The hq_knobs field `knob`'s value before; set it to value unless value < 0."""
+        knobs = self.ffi.new("hq_knobs *")
+        self.lib.hq_knobs_get(knobs)
+        prev = int(getattr(knobs, knob))
+        if value >= 0:
+            new = self.ffi.new("hq_knobs *", {f: -1 for f, _ in self.ffi.typeof("hq_knobs").fields})
+            setattr(new, knob, value)
+            if self.lib.hq_knobs_set(new) != _OK:
+                raise ValueError(f"knob {knob!r}: value {value} out of range (see hq_knobs)")
+        return prev
 
     def info(self):
         f = self.lib.hq_cpu_features()
@@ -244,21 +267,22 @@ def _backend_api(name: str):
     )
 
 
-_KNOBS = {"avx512": 0, "min_chunk_rows": 1, "path": 2}
+_KNOBS = ("avx512", "path", "min_chunk_rows")  # the fields of hq_knobs
 
 
 def _tune(knob: str, value: int = -1) -> int:
     """Test hook: set a native code-path knob, return its previous value (-1: not available).
 
-    ``"avx512"`` (1/0) turns the AVX-512 VPOPCNTDQ Hamming path on/off; ``"min_chunk_rows"``
-    is the fewest rows per thread chunk; ``"path"`` picks the Hamming-stage route (0 choose,
-    1 full scan, 2 fast route with a guess too small to work, 3 always the fast route; in
-    :func:`search_many`, 1 starts without a sampled bound and 2 with one too small, so queries
-    fall back to one by one). Results never depend on these, only the code path does. Not thread-safe: for tests only. ``value < 0`` just reads the knob.
+    The knobs (``"avx512"``, ``"path"``, ``"min_chunk_rows"``) are the fields of ``hq_knobs``,
+    documented in native/hq_kernels.h. Results never depend on them, only the code path does.
+    Not thread-safe: for tests only. ``value < 0`` just reads the knob.
     """
+    if knob not in _KNOBS:
+        raise ValueError(f"unknown knob {knob!r}: use one of {', '.join(map(repr, _KNOBS))}")
+    value = _int("value", value, -1)
     if BACKEND != "native":
         return -1
-    return int(_IMPL.lib.hq_tune(_KNOBS[knob], _int("value", value, -1)))
+    return _IMPL.tune(knob, value)
 
 
 def info() -> dict:
