@@ -14,6 +14,7 @@ collection too, and a collection is an ordinary table to SQL.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -27,7 +28,7 @@ import apsw
 
 from .bulk import insert_items
 from .errors import CollectionError, HqError, NotFoundError, OptionError
-from .txn import write_transaction
+from .txn import read_transaction, write_transaction
 from .engine.catalog import quote_ident
 from .engine.options import METADATA_TYPES, parse_args
 
@@ -535,8 +536,9 @@ def _search_batch(coll: Collection, source: str, values: list, target: str, k, c
     args = list(where_args)
     out = []
     try:
-        for v in values:
-            out.append(coll._hits(coll.db.execute(sql, (source, v, *extra, *args))))
+        with read_transaction(coll.db) if len(values) > 1 else contextlib.nullcontext():  # one snapshot per batch
+            for v in values:
+                out.append(coll._hits(coll.db.execute(sql, (source, v, *extra, *args))))
     except apsw.SQLError as e:
         raise CollectionError(f"{coll.name}.search: {e}") from None
     except apsw.BindingsError as e:
@@ -559,21 +561,29 @@ def _search_kernel_batch(coll: Collection, source: str, values: list, target: st
         if mode not in MODES:
             raise CollectionError(f"{coll.name}.search: unknown mode {mode!r} (use one of: {', '.join(MODES)})")
         queries = [encode_query(source, v) for v in values]
-        rowids, dist, ham = table.search_many(names.index(target), queries, k, candidates, mode)
+        # The kernel search and the read of the hits' columns see one snapshot: a row another
+        # connection deletes meanwhile is still there for both.
+        with read_transaction(coll.db):
+            rowids, dist, ham = table.search_many(names.index(target), queries, k, candidates, mode)
+            meta = _hit_columns(coll, sorted(set(rowids.ravel().tolist())))
     except apsw.SQLError as e:
         raise CollectionError(f"{coll.name}.search: {e}") from None
-    # The rows' columns, fetched once for the whole batch.
-    cols = list(coll.columns)
-    wanted = sorted(set(rowids.ravel().tolist()))
-    meta = {}
-    if wanted:
-        select = ", ".join(["rowid", *map(quote_ident, cols)])
-        rows_table = quote_ident(coll.name + "_rows")
-        for r in coll.db.execute(f"SELECT {select} FROM {rows_table} WHERE rowid IN (SELECT value FROM json_each(?))",
-                                 (json.dumps(wanted),)):
-            meta[r[0]] = dict(zip(cols, r[1:]))
-    return [Hits(Hit(int(r), float(d), int(h), dict(meta[int(r)])) for r, d, h in zip(rr, dd, hh))
+    # A hit whose row has no columns (cannot happen within one snapshot) is left out rather than
+    # surfacing as a KeyError.
+    return [Hits(Hit(int(r), float(d), int(h), dict(meta[int(r)])) for r, d, h in zip(rr, dd, hh) if int(r) in meta)
             for rr, dd, hh in zip(rowids, dist, ham)]
+
+
+def _hit_columns(coll: Collection, rowids: list[int]) -> dict[int, dict]:
+    """{rowid: {column: value}} of the rows ``rowids`` that exist, read in one statement."""
+    if not rowids:
+        return {}
+    cols = list(coll.columns)
+    select = ", ".join(["rowid", *map(quote_ident, cols)])
+    rows_table = quote_ident(coll.name + "_rows")
+    return {r[0]: dict(zip(cols, r[1:]))
+            for r in coll.db.execute(f"SELECT {select} FROM {rows_table} WHERE rowid IN (SELECT value FROM json_each(?))",
+                                     (json.dumps(rowids),))}
 
 
 # ------------------------------------------------------------------------------------------

@@ -269,3 +269,66 @@ def test_two_index_runs_at_once_both_succeed(tmp_path, small_model):
         assert check(db)["ok"]
         db.close()
 
+
+# ---------------------------------------------------------------- search_many reads one snapshot
+@pytest.fixture
+def searchable(tmp_path, small_model):
+    from hqdb import datasets
+
+    path = tmp_path / "search.db"
+    db = hqdb.connect(path)
+    hqdb.save_model(db, "m", small_model)
+    coll = db.create_collection("c", model="m", columns={"title": str})
+    pairs = datasets.synthetic_pairs(120, seed=4)
+    coll.insert_all([{"title": f"t{i}", "image": pairs["image"][i]} for i in range(120)])
+    yield path, db, coll, pairs["image"][:6]
+    db.close()
+
+
+def test_search_many_sees_one_snapshot_while_rows_are_deleted(searchable):
+    # Before: the batched kernel search and the read of the hits' columns were two snapshots, so
+    # rows deleted in between made search_many raise a bare KeyError.
+    path, db, coll, queries = searchable
+    want = coll.search_many(image=queries, target="image", k=10)
+    assert all(len(h) == 10 for h in want)
+    hit_ids = sorted({h.rowid for hits in want for h in hits})
+    other = hqdb.connect(path)
+    deleted = []
+
+    def delete_before_the_columns_are_read(cursor, sql, bindings):
+        # Runs just before each statement of db; the one reading the hits' columns (after the
+        # kernel search) is preceded by another connection's committed delete of every hit.
+        if not deleted and "json_each" in sql and "c_rows" in sql:
+            deleted.extend(hit_ids)
+            hqdb.delete_rows(other, "c", hit_ids)
+        return True
+
+    db.exec_trace = delete_before_the_columns_are_read
+    try:
+        got = coll.search_many(image=queries, target="image", k=10)
+    finally:
+        db.exec_trace = None
+    assert deleted and other.execute("SELECT count(*) FROM c").fetchone() == (120 - len(deleted),)
+    # The whole call saw the snapshot it started in: the same hits, with their columns.
+    assert [h.to_dicts() for h in got] == [h.to_dicts() for h in want]
+    after = coll.search_many(image=queries, target="image", k=10)
+    assert all(len(h) == 10 for h in after)
+    assert all(h.rowid not in deleted and h.title == coll.get(h.rowid)["title"] for hits in after for h in hits)
+    other.close()
+
+
+def test_search_many_never_surfaces_a_vanished_row_as_key_error(searchable, monkeypatch):
+    # Should the columns of a hit ever be missing, the hit is left out: no bare KeyError.
+    from hqdb import collections as collections_module
+
+    path, db, coll, queries = searchable
+    want = coll.search_many(image=queries, target="image", k=10)
+    gone = want[0][0].rowid
+    real = collections_module._hit_columns
+
+    def without_one(c, rowids):
+        return {r: v for r, v in real(c, rowids).items() if r != gone}
+
+    monkeypatch.setattr(collections_module, "_hit_columns", without_one)
+    got = coll.search_many(image=queries, target="image", k=10)
+    assert [h.to_dicts() for h in got] == [[d for d in h.to_dicts() if d["rowid"] != gone] for h in want]
