@@ -1227,7 +1227,7 @@ class WriteBench:
              f"{self.pragmas['vec'][0]} / {self.pragmas['vec'][1]} (both WAL, SQLite's default synchronous). "
              f"Sizes after the build: hq {self.sizes['hq'] / a.rows:.1f} bytes/row, sqlite-vec "
              f"{self.sizes['vec'] / a.rows:.1f} bytes/row.",
-             f"- Data: the same rows for both: sign bits of the search bench's seeded 128-d vectors (seed 0), "
+             "- Data: the same rows for both: sign bits of the search bench's seeded 128-d vectors (seed 0), "
              "a title `document 0000001`…, explicit rowids; hq also gets a 4-byte qcode (seeded uniform random "
              "codes and codebooks: the write path does not depend on their values).",
              f"- Sequence, on the same two connections: build both tables to {a.rows:,} rows (hq with "
