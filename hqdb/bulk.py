@@ -7,7 +7,6 @@ call per row).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -16,7 +15,8 @@ import apsw
 
 from . import kernels
 from .errors import HqError
-from .sql.vtab import HqModule, HqTable
+from .engine.table import Table
+from .sql.vtab import HqModule
 from .txn import write_transaction
 
 
@@ -27,7 +27,7 @@ def _module(conn: apsw.Connection) -> HqModule:
     return module
 
 
-def _table(conn: apsw.Connection, name: str) -> HqTable:
+def _table(conn: apsw.Connection, name: str) -> Table:
     return _module(conn).table(name)
 
 
@@ -38,7 +38,8 @@ def set_codebooks(conn: apsw.Connection, table: str, codebooks: np.ndarray) -> N
     o = t.opts
     if cb.shape != (o.books, o.codewords, o.dim):
         raise HqError(f"codebooks for {table} must have shape {(o.books, o.codewords, o.dim)}, got {cb.shape}")
-    conn.execute("SELECT hq_set_codebooks(?, ?)", (table, cb.tobytes()))
+    with write_transaction(conn):
+        t.set_codebooks(cb.tobytes())
 
 
 def insert_codes(
@@ -120,26 +121,9 @@ def insert_items(
     encoded = {}
     for m, values in given.items():
         i = names.index(m)
-        try:
-            x = model.featurize(m, list(values) if not isinstance(values, np.ndarray) else values)
-            bitf, f = model.encode(m, x)  # bit features differ from f only for c+d models
-        except (ValueError, TypeError) as e:
-            raise HqError(f"{table}.{m}: {e}") from None
+        bitf, f = t.encode_inputs(i, values if isinstance(values, np.ndarray) else list(values))
         encoded[i] = (kernels.pack_bits(bitf), model.quantize(f) if model.books else None)
     return _write_rows(conn, t, n, rowids, metadata, encoded)
-
-
-@contextmanager
-def _atomic(conn: apsw.Connection, t: HqTable):
-    """A savepoint around a bulk write. The caches are edited along with the database, and
-    SQLite does not tell the table when the savepoint rolls back: on failure forget them."""
-    try:
-        with write_transaction(conn):
-            yield
-    except BaseException:
-        for st in t.stores:
-            st.invalidate()
-        raise
 
 
 def delete_rows(conn: apsw.Connection, table: str, rowids: Sequence[int] | np.ndarray) -> int:
@@ -149,8 +133,6 @@ def delete_rows(conn: apsw.Connection, table: str, rowids: Sequence[int] | np.nd
     instead of one virtual-table call per row. Rowids that are not in the table are ignored.
     All or nothing.
     """
-    import json
-
     t = _table(conn, table)
     ids = np.asarray(rowids)
     if ids.ndim != 1 or (len(ids) and ids.dtype.kind not in "iu"):
@@ -158,29 +140,11 @@ def delete_rows(conn: apsw.Connection, table: str, rowids: Sequence[int] | np.nd
     ids = np.unique(ids.astype(np.int64))
     if not len(ids):
         return 0
-    locs_sql = ", ".join(f'"{c.chunk_col}", "{c.slot_col}"' for c in t.sets)
-    with _atomic(conn, t):
-        t.fresh()
-        found = []
-        for lo in range(0, len(ids), 100_000):  # JSON arrays of bounded size
-            batch = json.dumps(ids[lo:lo + 100_000].tolist())
-            found += conn.execute(
-                f"SELECT rowid, {locs_sql} FROM {t.rows_table} WHERE rowid IN (SELECT value FROM json_each(?))",
-                (batch,)).fetchall()
-            conn.execute(f"DELETE FROM {t.rows_table} WHERE rowid IN (SELECT value FROM json_each(?))", (batch,))
-            if t.opts.model:
-                conn.execute(f"DELETE FROM {t.pending_table} WHERE rowid IN (SELECT value FROM json_each(?))", (batch,))
-        for i, st in enumerate(t.stores):
-            located = [(r[1 + 2 * i], r[2 + 2 * i]) for r in found if r[1 + 2 * i] is not None]
-            if located:
-                chunks, slots = (np.array(x, dtype=np.int64) for x in zip(*located))
-                st.clear_many(chunks, slots)
-        if found:
-            t.bump()
-    return len(found)
+    with write_transaction(conn):
+        return t.delete_many(ids)
 
 
-def _write_rows(conn, t: HqTable, n: int, rowids, metadata, codes_by_set: dict) -> np.ndarray:
+def _write_rows(conn, t: Table, n: int, rowids, metadata, codes_by_set: dict) -> np.ndarray:
     """Validate rowids and metadata, then insert n rows whose codes are given per code set
     (``{set index: (bit codes, qcodes)}``; sets left out stay empty) in one savepoint."""
     meta = dict(metadata or {})
@@ -199,17 +163,5 @@ def _write_rows(conn, t: HqTable, n: int, rowids, metadata, codes_by_set: dict) 
             raise HqError("rowids must be unique")
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    with _atomic(conn, t):
-        t.fresh()
-        if rowids is None:
-            (top,) = conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {t.rows_table}").fetchone()
-            rowids = np.arange(top + 1, top + 1 + n, dtype=np.int64)
-        locs: list[np.ndarray | list] = []
-        for i, st in enumerate(t.stores):
-            locs += st.allocate(n) if i in codes_by_set else ([None] * n, [None] * n)
-        cols = [meta.get(name, [None] * n) for name in t.meta_names]
-        conn.executemany(t._insert_row, zip(rowids.tolist(), *(np.asarray(x).tolist() for x in locs), *cols))
-        for i, (codes, qcodes) in codes_by_set.items():
-            t.stores[i].put_many(locs[2 * i], locs[2 * i + 1], rowids, codes, qcodes)
-        t.bump()
-    return rowids
+    with write_transaction(conn):
+        return t.write_many(n, rowids, meta, codes_by_set)

@@ -388,7 +388,7 @@ def pr_curves(db, table: str, queries: dict, database: dict, points: int = 50) -
     from . import metrics
     from .collections import Collection
     from .evaluate import DIRECTIONS, modality_inputs
-    from .sql.vtab import MAX_K
+    from .engine.query import MAX_K
 
     coll = Collection(db, table)
     q_in = modality_inputs(coll.model, queries)

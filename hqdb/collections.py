@@ -502,7 +502,7 @@ class Collection:
         the Hamming shortlist re-ranked by AQD (default: the table's, ``max(1000, 10·k)``);
         ``where`` an SQL condition on the columns with ``?`` for ``where_args``, applied during
         the search; ``mode`` 'two_stage', 'hamming' or 'aqd' (default: the model's own search,
-        :meth:`hqdb.sql.vtab.HqTable.default_mode`)."""
+        :meth:`hqdb.engine.table.Table.default_mode`)."""
         source, value, target = self._query(image, text, target)
         return _search_batch(self, source, [self._query_value(source, value, "")], target, k, candidates,
                              where, where_args, mode)[0]
@@ -526,7 +526,7 @@ def _search_batch(coll: Collection, source: str, values: list, target: str, k, c
 
     One query, or a ``where`` condition, runs as ``hq_match`` statements (SQLite hands the
     condition to the table, which applies it during the search). Several queries without a
-    condition run as one batched kernel call (:meth:`HqTable.search_many`), whose results are
+    condition run as one batched kernel call (:meth:`hqdb.engine.table.Table.search_many`), whose results are
     exactly the statements' (same rows, order, distances and ties)."""
     if isinstance(where_args, (Mapping, str)):
         raise CollectionError(f"{coll.name}.search: where_args must be a list of values for the '?' in where")
@@ -548,23 +548,21 @@ def _search_batch(coll: Collection, source: str, values: list, target: str, k, c
 
 def _search_kernel_batch(coll: Collection, source: str, values: list, target: str, k, candidates,
                          mode) -> list[Hits]:
-    from .sql.vtab import MAX_CANDIDATES, MAX_K, MODES, _int_arg, encode_query
+    from .engine.query import encode_query, resolve
 
     try:
         table = coll.db.hq.table(coll.name)
         names = [c.name for c in table.sets]
         if target not in names:
             raise CollectionError(f"{coll.name}.search: no modality {target!r} (it has: {', '.join(names)})")
-        k = _int_arg("k", k, 1, MAX_K)
-        candidates = max(1000, 10 * k) if candidates is None else _int_arg("candidates", candidates, 1, MAX_CANDIDATES)
-        mode = table.default_mode() if mode is None else mode
-        if mode not in MODES:
-            raise CollectionError(f"{coll.name}.search: unknown mode {mode!r} (use one of: {', '.join(MODES)})")
+        params = resolve(k, candidates, mode, default_mode=table.default_mode() if mode is None else "two_stage",
+                         books=table.opts.books, table=coll.name)
         queries = [encode_query(source, v) for v in values]
         # The kernel search and the read of the hits' columns see one snapshot: a row another
         # connection deletes meanwhile is still there for both.
         with read_transaction(coll.db):
-            rowids, dist, ham = table.search_many(names.index(target), queries, k, candidates, mode)
+            rowids, dist, ham = table.search_many(names.index(target), queries, params,
+                                                  threads=coll.db.hq.threads, device=coll.db.hq.device)
             meta = _hit_columns(coll, sorted(set(rowids.ravel().tolist())))
     except apsw.SQLError as e:
         raise CollectionError(f"{coll.name}.search: {e}") from None

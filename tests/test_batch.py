@@ -1,5 +1,5 @@
 """Batched search (issue 7): kernels.search_many equals the one-query search for every query
-(native and numba, every route and thread count); HqTable.search_many and the SQL aggregate
+(native and numba, every route and thread count); Table.search_many and the SQL aggregate
 hq_search_many equal hq_match searches; bad batches are refused whole; device= falls back to
 the native kernels with one notice when CUDA is missing."""
 
@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import hqdb
 from conftest import random_table
 from hqdb import kernels as K
+from hqdb.engine.query import resolve
 from hqdb.errors import HqError
 from test_kernels import PROPS, assert_same, knobs, make_table, ref_search
 
@@ -222,13 +223,14 @@ def test_table_search_many_equals_hq_match(db, mode):
     rng = np.random.default_rng(1)
     vecs = rng.standard_normal((12, 64)).astype(np.float32)
     table = db.hq.table("docs")
-    for conds, where in [(None, ""), ([(">", table.COL_META0, 2)], "AND year > 2")]:
-        rowids, dist, ham = table.search_many(0, [v.tobytes() for v in vecs], 7, 50, mode, conds)
+    params = resolve(7, 50, mode)
+    for conds, where in [(None, ""), ([(">", "year", 2)], "AND year > 2")]:
+        rowids, dist, ham = table.search_many(0, [v.tobytes() for v in vecs], params, conds)
         for j, v in enumerate(vecs):
             want = sql_search(db, "docs", v.tobytes(), 7, mode, where, candidates=50)
             assert list(zip(rowids[j].tolist(), dist[j].tolist(), ham[j].tolist())) == want
         # an array of vectors gives the same
-        again = table.search_many(0, vecs, 7, 50, mode, conds)
+        again = table.search_many(0, vecs, params, conds)
         for a, b in zip(again, (rowids, dist, ham)):
             np.testing.assert_array_equal(a, b)
 
@@ -236,11 +238,11 @@ def test_table_search_many_equals_hq_match(db, mode):
 def test_table_search_many_bit_code_queries_in_hamming_mode(db):
     codes, *_ = random_table(db, "docs", n=400)
     table = db.hq.table("docs")
-    rowids, dist, ham = table.search_many(0, [codes[3].tobytes(), codes[9].tobytes()], 5, 5, "hamming")
+    rowids, dist, ham = table.search_many(0, [codes[3].tobytes(), codes[9].tobytes()], resolve(5, 5, "hamming"))
     for j, c in enumerate((codes[3], codes[9])):
         assert rowids[j].tolist() == [r for r, _, _ in sql_search(db, "docs", c.tobytes(), 5, "hamming")]
     with pytest.raises(HqError, match="mode = 'hamming'"):
-        table.search_many(0, [codes[3].tobytes()], 5, 5, "two_stage")
+        table.search_many(0, [codes[3].tobytes()], resolve(5, 5, "two_stage"))
 
 
 def test_sql_aggregate_equals_hq_match(db):
@@ -322,7 +324,7 @@ def test_cuda_device_without_cuda_falls_back_with_one_notice(db_path):
         assert conn.hq.device is None  # the native kernels
         random_table(conn, "docs", n=300)
         vec = np.ones(64, np.float32).tobytes()
-        rowids, _, _ = conn.hq.table("docs").search_many(0, [vec], 4, 20, "two_stage")
+        rowids, _, _ = conn.hq.table("docs").search_many(0, [vec], resolve(4, 20, "two_stage"))
         want = sql_search(conn, "docs", vec, 4, "two_stage", candidates=20)
         assert rowids[0].tolist() == [r for r, _, _ in want]
     finally:

@@ -153,7 +153,7 @@ def test_bad_item_inserts_nothing(photos, bad, message):
     with pytest.raises(hqdb.CollectionError, match=message):
         photos.insert_all([good, good, bad])
     assert db.execute("SELECT rowid, title FROM photos ORDER BY rowid").fetchall() == before
-    assert db.execute("SELECT count(*) FROM photos_pending").fetchone() == (0,)
+    assert db.hq.table("photos").pending == 0
 
 
 def test_insert_is_all_or_nothing_across_batches(photos):

@@ -11,6 +11,7 @@ import pytest
 
 import apsw
 import hqdb
+from hqdb.engine.query import resolve
 from hqdb.model.model import FORMAT, TrainedModel
 from conftest import random_table
 
@@ -213,7 +214,7 @@ def test_search_many_reports_the_same_l2_distances_as_hq_match(db, mode):
     rng = np.random.default_rng(11)
     vecs = rng.integers(-8, 9, (5, 64)).astype(np.float32)
     table = db.hq.table("t")
-    rowids, dist, _ = table.search_many(0, vecs, 20, 60, mode)
+    rowids, dist, _ = table.search_many(0, vecs, resolve(20, 60, mode))
     for j, q in enumerate(vecs):
         want = db.execute(SQL + " AND candidates = 60", (q.tobytes(), 20, mode)).fetchall()
         assert list(zip(rowids[j].tolist(), dist[j].tolist())) == want

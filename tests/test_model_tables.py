@@ -64,9 +64,9 @@ def test_sql_inserts_are_encoded_in_batches_and_searchable(docs, model):
         db.executemany("INSERT INTO docs(image, text, title) VALUES (?, ?, ?)",
                        [(pairs["image"][i].tobytes(), texts[i], f"t{i}") for i in range(50)])
         # Inside the transaction, queued rows are encoded before anyone reads them.
-        assert db.execute("SELECT count(*) FROM docs_pending").fetchone() == (100,)  # 2 modalities
+        assert db.hq.table("docs").pending == 50  # buffered, encoded in one batch per modality
         assert db.execute("SELECT count(*) FROM docs WHERE text_code IS NOT NULL").fetchone() == (50,)
-    assert db.execute("SELECT count(*) FROM docs_pending").fetchone() == (0,)
+    assert db.hq.table("docs").pending == 0
     f_txt, bits_txt, q_txt = encode(model, "text", texts)
     stored = db.execute("SELECT text_code, text_qcode FROM docs ORDER BY rowid").fetchall()
     assert [r[0] for r in stored] == [b.tobytes() for b in bits_txt]

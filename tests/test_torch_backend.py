@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import hqdb
+from hqdb.engine.query import resolve
 from conftest import random_table
 from hqdb import kernels as K
 from test_batch import batches, make_batch
@@ -112,26 +113,21 @@ def test_cpu_device_connection_routes_batches_to_torch(db_path, monkeypatch):
         calls = []
         real = TB.search_many
         monkeypatch.setattr(TB, "search_many", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-        got = table.search_many(0, vecs, 8, 100, "two_stage")
+        got = table.search_many(0, vecs, resolve(8, 100, "two_stage"), device=conn.hq.device)
         assert calls == [1]
         for j, v in enumerate(vecs):
             want = conn.execute("SELECT rowid, distance FROM docs WHERE hq_match(docs.code, ?) "
                                 "AND k = 8 AND candidates = 100", (v.tobytes(),)).fetchall()
             assert list(zip(got[0][j].tolist(), got[1][j].tolist())) == want
         # the device copy is made once per table version, and renewed after a write
-        first = table._device_codes(0, table.fresh(), *_arrays(table))
-        assert table._device_codes(0, table.fresh(), *_arrays(table)) is first
+        first = table._device_cache[0][1]
+        table.search_many(0, vecs[:2], resolve(8, 100, "two_stage"), device="cpu")
+        assert table._device_cache[0][1] is first
         conn.execute("DELETE FROM docs WHERE rowid = 5")
-        table.search_many(0, vecs[:2], 8, 100, "two_stage")
-        assert table._device_codes(0, table.fresh(), *_arrays(table)) is not first
+        table.search_many(0, vecs[:2], resolve(8, 100, "two_stage"), device="cpu")
+        assert table._device_cache[0][1] is not first
     finally:
         conn.close()
-
-
-def _arrays(table):
-    st = table.stores[0]
-    n = st.size
-    return st.codes[:n], st.qcodes[:n], st.rowids[:n]
 
 
 def test_clear_error_without_torch():
@@ -160,7 +156,7 @@ def test_cpu_device_batches_report_l2_distances_like_hq_match(db_path):
         random_table(conn, "docs", n=600, extra=", metric='l2'")
         vecs = np.random.default_rng(7).integers(-8, 9, (6, 64)).astype(np.float32)
         for mode in ("aqd", "two_stage"):
-            got = conn.hq.table("docs").search_many(0, vecs, 9, 50, mode)
+            got = conn.hq.table("docs").search_many(0, vecs, resolve(9, 50, mode), device=conn.hq.device)
             for j, v in enumerate(vecs):
                 want = conn.execute("SELECT rowid, distance FROM docs WHERE hq_match(docs.code, ?) "
                                     "AND k = 9 AND candidates = 50 AND mode = ?", (v.tobytes(), mode)).fetchall()

@@ -1,11 +1,170 @@
-"""The hqdb catalog (``hqdb_tables``) and the names of every table's shadow tables.
+"""The hqdb catalog and the names of every hq table's shadow tables.
 
-Every identifier hqdb formats into SQL goes through :func:`quote_ident`.
+The catalog is one table per database schema, ``hqdb_tables``: a row per hq table with its
+shape (``dim``, ``books``, ``codewords``, ``chunk_size``), its other options as JSON, its
+codebooks (raw tables) and its ``generation``, a random 63-bit value rewritten by every change
+to the table's rows or codebooks (see :mod:`hqdb.engine.storage` for how caches use it).
+
+Every query on ``hqdb_tables`` lives in this module, and table names are compared the way SQLite
+compares them (case-insensitively, ``COLLATE NOCASE``). Every identifier hqdb formats into SQL
+goes through :func:`quote_ident`; the shadow tables of table ``t`` are named only here:
+
+``t_rows``               one row per item: rowid, where its codes live, the user's metadata
+``t_chunks``             raw tables: codes ``chunk_size`` rows to a BLOB
+``t_<modality>_chunks``  model-bound tables: one chunks table per modality
+``t_pending``            tables created before schema version 3 (no longer written; dropped
+                         with the table)
 """
 
 from __future__ import annotations
 
+import json
+import secrets
+from dataclasses import dataclass
+
+import apsw
+
+from ..errors import CorruptTableError
+from .options import CodeSet, TableOptions
+
+TABLE = "hqdb_tables"
+
 
 def quote_ident(name: str) -> str:
     """``name`` as an SQL identifier in double quotes (embedded quotes doubled)."""
-    return '"' + name.replace('"', '""') + '"'
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def qualified(schema: str, name: str) -> str:
+    """``"schema"."name"``."""
+    return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+
+def _catalog(schema: str) -> str:
+    return qualified(schema, TABLE)
+
+
+# ------------------------------------------------------------------------------ shadow names
+def rows_name(table: str) -> str:
+    return table + "_rows"
+
+
+def chunks_name(table: str, cset: CodeSet) -> str:
+    return table + cset.chunks_suffix
+
+
+LEGACY_PENDING = "_pending"
+
+
+def shadow_suffixes(opts: TableOptions) -> list[str]:
+    """Suffixes of every shadow table a table with these options may own."""
+    return ["_rows"] + [c.chunks_suffix for c in opts.code_sets] + ([LEGACY_PENDING] if opts.model else [])
+
+
+def is_shadow_suffix(suffix: str) -> bool:
+    """xShadowName: whether ``<table>_<suffix>`` may be one of our shadow tables."""
+    return suffix in ("rows", "pending") or suffix.endswith("chunks")
+
+
+# ------------------------------------------------------------------------------ entries
+@dataclass(frozen=True)
+class Entry:
+    """A catalog row: the table's name as stored, its options and its current generation."""
+
+    name: str
+    opts: TableOptions
+    generation: int
+
+
+def new_generation() -> int:
+    return secrets.randbits(63)
+
+
+def _entry(row, schema: str) -> Entry:
+    name, dim, books, codewords, chunk_size, options, generation = row
+    try:
+        opts = TableOptions.from_catalog(dim, books, codewords, chunk_size, options)
+    except (TypeError, ValueError, KeyError, RecursionError) as e:
+        raise CorruptTableError(f"hq table {name!r}: its catalog entry in {schema}.{TABLE} is invalid: {e}") from None
+    return Entry(name, opts, int(generation) if isinstance(generation, int) else 0)
+
+
+_ENTRY_COLS = "name, dim, books, codewords, chunk_size, options, generation"
+
+
+def read_entry(conn: apsw.Connection, schema: str, name: str) -> Entry | None:
+    row = conn.execute(
+        f"SELECT {_ENTRY_COLS} FROM {_catalog(schema)} WHERE name = ? COLLATE NOCASE", (name,)
+    ).fetchone()
+    return None if row is None else _entry(row, schema)
+
+
+def list_names(conn: apsw.Connection, schema: str = "main") -> list[str]:
+    return [r[0] for r in conn.execute(f"SELECT name FROM {_catalog(schema)} ORDER BY name")]
+
+
+def list_entries(conn: apsw.Connection, schema: str = "main") -> list[Entry]:
+    return [_entry(r, schema) for r in conn.execute(f"SELECT {_ENTRY_COLS} FROM {_catalog(schema)} ORDER BY name")]
+
+
+def tables_using_model(conn: apsw.Connection, model: str, schema: str = "main") -> list[str]:
+    return [r[0] for r in conn.execute(
+        f"SELECT name FROM {_catalog(schema)} WHERE json_extract(options, '$.model') = ? ORDER BY name", (model,))]
+
+
+def insert_entry(conn: apsw.Connection, schema: str, name: str, opts: TableOptions) -> int:
+    generation = new_generation()
+    conn.execute(
+        f"INSERT INTO {_catalog(schema)}(name, dim, books, codewords, chunk_size, options, generation) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (name, opts.dim, opts.books, opts.codewords, opts.chunk_size, opts.to_json(), generation),
+    )
+    return generation
+
+
+def delete_entry(conn: apsw.Connection, schema: str, name: str) -> None:
+    conn.execute(f"DELETE FROM {_catalog(schema)} WHERE name = ? COLLATE NOCASE", (name,))
+
+
+def rename_entry(conn: apsw.Connection, schema: str, old: str, new: str) -> None:
+    conn.execute(f"UPDATE {_catalog(schema)} SET name = ? WHERE name = ? COLLATE NOCASE", (new, old))
+
+
+def read_generation(conn: apsw.Connection, schema: str, name: str) -> tuple[int, str, int, int, int, int, str] | None:
+    """(generation, dim, books, codewords, chunk_size, options) of a table, in one query: the
+    caller tells a changed generation from a table that was dropped and recreated."""
+    return conn.execute(
+        f"SELECT generation, dim, books, codewords, chunk_size, options FROM {_catalog(schema)} "
+        "WHERE name = ? COLLATE NOCASE", (name,)
+    ).fetchone()
+
+
+def write_generation(conn: apsw.Connection, schema: str, name: str) -> int:
+    """Record a change to the table: a new random generation, returned."""
+    generation = new_generation()
+    conn.execute(f"UPDATE {_catalog(schema)} SET generation = ? WHERE name = ? COLLATE NOCASE", (generation, name))
+    return generation
+
+
+def read_codebooks(conn: apsw.Connection, schema: str, name: str):
+    row = conn.execute(f"SELECT codebooks FROM {_catalog(schema)} WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+    return None if row is None else row[0]
+
+
+def write_codebooks(conn: apsw.Connection, schema: str, name: str, blob: bytes) -> int:
+    generation = new_generation()
+    conn.execute(f"UPDATE {_catalog(schema)} SET codebooks = ?, generation = ? WHERE name = ? COLLATE NOCASE",
+                 (blob, generation, name))
+    return generation
+
+
+def model_of_tables(conn: apsw.Connection, schema: str = "main") -> dict[str, str | None]:
+    """Every hq table's name -> the model it is bound to (None for raw tables)."""
+    out: dict[str, str | None] = {}
+    for name, options in conn.execute(f"SELECT name, options FROM {_catalog(schema)} ORDER BY name"):
+        try:
+            model = json.loads(options).get("model")
+        except (TypeError, ValueError, AttributeError, RecursionError):
+            model = None
+        out[name] = model if isinstance(model, str) else None
+    return out

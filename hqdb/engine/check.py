@@ -8,7 +8,7 @@ disagrees with hqdb's invariants:
   quantization codes of occupied slots are below ``codewords``;
 * every row of ``<t>_rows`` that locates codes points at an occupied slot holding its rowid, and
   every occupied slot is pointed at by exactly the row it names (no orphan codes);
-* a raw table's rows all have codes; queued inputs of a model-bound table belong to rows;
+* a raw table's rows all have codes;
 * the codebooks (raw tables) or the model (model-bound tables) load.
 
 ``rebuild`` rewrites a table's chunks from what survives: each row keeps the codes of the slot
@@ -23,16 +23,17 @@ SQL: ``SELECT hq_check()`` / ``hq_check('t')`` → ``'ok'`` or one problem per l
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
 import apsw
 
-from ..errors import CorruptTableError, ModelError, RebuildError
+from ..errors import HqError, ModelError, RebuildError
 from .options import CodeSet, TableOptions
+from . import catalog
 from .catalog import quote_ident
+from .table import Table
 from ..txn import write_transaction
 
 __all__ = ["check", "check_table", "rebuild_table", "RebuildError"]
@@ -68,21 +69,15 @@ class _Slots:
 
 
 def _options(conn, schema: str, name: str) -> TableOptions:
-    row = conn.execute(
-        f"SELECT dim, books, codewords, chunk_size, options FROM {quote_ident(schema)}.hqdb_tables "
-        "WHERE name = ? COLLATE NOCASE", (name,)
-    ).fetchone()
-    if row is None:
-        raise HqdbError(f"no hq table named {name!r} in the catalog")
-    try:
-        return TableOptions.from_catalog(*row)
-    except (ValueError, TypeError, KeyError) as e:
-        raise HqdbError(f"hq table {name}: unreadable options in the catalog ({e})") from None
+    entry = catalog.read_entry(conn, schema, name)
+    if entry is None:
+        raise HqError(f"no hq table named {name!r} in the catalog")
+    return entry.opts
 
 
 def _read_slots(conn, schema: str, name: str, opts: TableOptions, cset: CodeSet, problems: _Problems) -> _Slots:
     cs, cb, qb = opts.chunk_size, opts.code_bytes, opts.qcode_bytes
-    table = f"{quote_ident(schema)}.{quote_ident(name + cset.chunks_suffix)}"
+    table = catalog.qualified(schema, catalog.chunks_name(name, cset))
     parts: list[tuple] = []
     # CAST: a value someone stored as TEXT must not fail to decode before it can be reported.
     for chunk, types, valid, rowids, codes, qcodes in conn.execute(
@@ -124,7 +119,7 @@ def _read_slots(conn, schema: str, name: str, opts: TableOptions, cset: CodeSet,
 def _read_rows(conn, schema: str, name: str, opts: TableOptions) -> list[tuple]:
     locs = [col for c in opts.code_sets for col in (c.chunk_col, c.slot_col)]
     return conn.execute(
-        f"SELECT rowid, {', '.join(map(quote_ident, locs))} FROM {quote_ident(schema)}.{quote_ident(name + '_rows')}"
+        f"SELECT rowid, {', '.join(map(quote_ident, locs))} FROM {catalog.qualified(schema, catalog.rows_name(name))}"
     ).fetchall()
 
 
@@ -169,9 +164,7 @@ def check_table(conn: apsw.Connection, name: str, schema: str = "main") -> list[
 
 
 def _check_codebooks(conn, schema, name, opts, problems) -> None:
-    (blob,) = conn.execute(
-        f"SELECT codebooks FROM {quote_ident(schema)}.hqdb_tables WHERE name = ? COLLATE NOCASE", (name,)
-    ).fetchone()
+    blob = catalog.read_codebooks(conn, schema, name)
     if blob is None:
         return
     want = opts.books * opts.codewords * opts.dim * 4
@@ -193,23 +186,11 @@ def _check_model(conn, schema, name, opts, rowids, problems) -> None:
             problems.add(f"model {opts.model!r} no longer matches the table's shape")
         elif model.metric != opts.metric:
             problems.add(f"model {opts.model!r} has metric {model.metric!r} but the table {opts.metric!r}")
-    pending = conn.execute(
-        f"SELECT rowid, codeset FROM {quote_ident(schema)}.{quote_ident(name + '_pending')}"
-    ).fetchall()
-    known = set(rowids.tolist())
-    sets = {c.name for c in opts.code_sets}
-    for rowid, codeset in pending:
-        if rowid not in known or codeset not in sets:
-            problems.add(f"queued input for row {rowid} ({codeset}) has no row or modality")
-
-
-def hq_tables(conn: apsw.Connection, schema: str = "main") -> list[str]:
-    return [r[0] for r in conn.execute(f"SELECT name FROM {quote_ident(schema)}.hqdb_tables ORDER BY name")]
 
 
 def check(conn: apsw.Connection, table: str | None = None, schema: str = "main") -> dict:
     """Check one hq table or all of them: ``{"ok": bool, "tables": {name: [problems]}}``."""
-    names = [table] if table is not None else hq_tables(conn, schema)
+    names = [table] if table is not None else catalog.list_names(conn, schema)
     report = {name: check_table(conn, name, schema) for name in names}
     return {"ok": not any(report.values()), "tables": report}
 
@@ -246,71 +227,25 @@ def rebuild_table(conn: apsw.Connection, name: str, schema: str = "main", *, dro
             lost = rowids[(found < 0) & (points | (not opts.model))]
             plans.append((cset, slots, found, lost))
             stats["chunks_before"][cset.name] = int(conn.execute(
-                f"SELECT count(*) FROM {quote_ident(schema)}.{quote_ident(name + cset.chunks_suffix)}").fetchone()[0])
+                f"SELECT count(*) FROM {catalog.qualified(schema, catalog.chunks_name(name, cset))}").fetchone()[0])
         drop = np.unique(np.concatenate([p[3] for p in plans])) if not opts.model else np.zeros(0, np.int64)
         if len(drop) and not drop_missing:
             shown = ", ".join(map(str, drop[:20].tolist())) + (" ..." if len(drop) > 20 else "")
             raise RebuildError(f"hq table {name}: {len(drop)} rows have lost their codes ({shown}); "
                                "rebuild with drop_missing=True to delete them")
         keep_row = ~np.isin(rowids, drop)
-        rows_t = f"{quote_ident(schema)}.{quote_ident(name + '_rows')}"
-        if len(drop):
-            conn.executemany(f"DELETE FROM {rows_t} WHERE rowid = ?", [(int(r),) for r in drop])
+        per_set = []
         for cset, slots, found, lost in plans:
             sel = keep_row & (found >= 0)
             order = np.argsort(rowids[sel], kind="stable")
             src = found[sel][order]
-            ids = rowids[sel][order]
-            n = len(ids)
-            n_chunks = (n + cs - 1) // cs
-            valid = np.zeros(n_chunks * cs, np.uint8)
-            valid[:n] = 1
-            rid = np.zeros(n_chunks * cs, "<i8")
-            rid[:n] = ids
-            codes = np.zeros((n_chunks * cs, opts.code_bytes), np.uint8)
-            codes[:n] = slots.codes[src]
-            qcodes = np.zeros((n_chunks * cs, opts.books), opts.qcode_dtype)
-            qcodes[:n] = slots.qcodes[src]
-            chunks_t = f"{quote_ident(schema)}.{quote_ident(name + cset.chunks_suffix)}"
-            conn.execute(f"DELETE FROM {chunks_t}")
-            conn.executemany(
-                f"INSERT INTO {chunks_t}(chunk, valid, rowids, codes, qcodes) VALUES (?, ?, ?, ?, ?)",
-                [(c + 1, valid[c * cs:(c + 1) * cs].tobytes(), rid[c * cs:(c + 1) * cs].tobytes(),
-                  codes[c * cs:(c + 1) * cs].tobytes(), qcodes[c * cs:(c + 1) * cs].tobytes())
-                 for c in range(n_chunks)],
-            )
-            if opts.model:  # rows whose codes are lost lack this modality from now on
-                conn.execute(f"UPDATE {rows_t} SET {quote_ident(cset.chunk_col)} = NULL, "
-                             f"{quote_ident(cset.slot_col)} = NULL")
-            pos = np.arange(n)
-            conn.executemany(
-                f"UPDATE {rows_t} SET {quote_ident(cset.chunk_col)} = ?, {quote_ident(cset.slot_col)} = ? WHERE rowid = ?",
-                zip((pos // cs + 1).tolist(), (pos % cs).tolist(), ids.tolist()),
-            )
+            per_set.append((rowids[sel][order], slots.codes[src], slots.qcodes[src]))
+            n = len(src)
             stats["kept"][cset.name] = n
             stats["lost"][cset.name] = int(len(lost))
             stats["orphans_dropped"][cset.name] = int(len(slots.rowid) - len(np.unique(src)))
-            stats["chunks_after"][cset.name] = int(n_chunks)
+            stats["chunks_after"][cset.name] = int((n + cs - 1) // cs)
+        Table(conn, schema, catalog.read_entry(conn, schema, name).name, opts).rewrite(per_set, drop)
         stats["rows"] = int(keep_row.sum())
         stats["rows_dropped"] = int(len(drop))
-        conn.execute(f"UPDATE {quote_ident(schema)}.hqdb_tables SET version = version + 1 WHERE name = ? COLLATE NOCASE",
-                     (name,))
     return stats
-
-
-def register_functions(conn: apsw.Connection) -> None:
-    """``hq_check()``, ``hq_check(table)``, ``hq_rebuild(table)``, ``hq_rebuild(table, drop_missing)``."""
-
-    def hq_check(*args):
-        if len(args) > 1:
-            raise HqdbError("hq_check takes at most one argument (a table name)")
-        report = check(conn, args[0] if args else None)
-        lines = [p for ps in report["tables"].values() for p in ps]
-        return "ok" if not lines else "\n".join(lines)
-
-    def hq_rebuild(name, drop_missing=0):
-        return json.dumps(rebuild_table(conn, name, drop_missing=bool(drop_missing)))
-
-    conn.create_scalar_function("hq_check", hq_check, -1)
-    conn.create_scalar_function("hq_rebuild", hq_rebuild, 1)
-    conn.create_scalar_function("hq_rebuild", hq_rebuild, 2)

@@ -1,24 +1,27 @@
-"""Shadow-table storage of an hq table and its in-memory code cache.
+"""Shadow-table storage of one code set of an hq table, and its in-memory code cache.
 
-Each hq table ``t`` owns two ordinary tables in the same database file:
+Each hq table ``t`` owns ordinary tables in the same database file (names:
+:mod:`hqdb.engine.catalog`):
 
-``t_rows(rowid INTEGER PRIMARY KEY, chunk, slot, <metadata columns>)``
+``t_rows(rowid INTEGER PRIMARY KEY, <chunk, slot per code set>, <metadata columns>)``
     one row per item: where its codes live, and the user's metadata (so metadata filters are
     plain SQL over an ordinary table).
 ``t_chunks(chunk INTEGER PRIMARY KEY, valid, rowids, codes, qcodes)``
     codes stored ``chunk_size`` rows to a BLOB (like sqlite-vec's chunks), so opening a table of
     a million rows reads about a thousand BLOBs rather than a million rows. ``valid`` holds one
-    byte per slot (1 = occupied); a deleted row's slot is zeroed and reused by the next insert
-    (lowest free slot first), and a chunk that becomes empty is deleted.
+    byte per slot (1 = occupied); a deleted row's slot is zeroed and reused later (lowest free
+    slot first), and a chunk that becomes empty is deleted.
 
 :class:`CodeStore` keeps the contiguous arrays the search kernels scan (``codes``, ``qcodes``,
-``rowids``, ``valid``; slot ``s`` of the ``i``-th chunk is row ``i * chunk_size + s``).
-Writes go through to the database at once (incremental BLOB I/O on the slot's bytes) and are
-mirrored in the arrays, so SQLite's own transactions, savepoints and statement rollbacks keep
-the file right. The cache knows it is stale by the table's ``version`` counter in the catalog:
-every write bumps it in the same transaction, so a commit by another connection, or a rollback
-of our own writes (which SQLite does not always announce to a virtual table), shows up as a
-counter different from the one the cache was built or last updated at.
+``rowids``, ``valid``; slot ``s`` of the ``i``-th chunk is row ``i * chunk_size + s``), hands
+out free slots (:meth:`reserve`, :meth:`allocate`) and applies a batch of changes to the arrays
+and the file at once (:meth:`apply`). Only :class:`hqdb.engine.table.Table` calls it.
+
+Coherence: the cache remembers the catalog *generation* it reflects. Every change to the table
+writes a new random generation in the same transaction (:func:`catalog.write_generation`), so a
+commit by another connection, or a rollback of our own writes, shows up as a generation other
+than the cache's, and the cache reloads. A random value cannot come back the way a counter can
+(rolled back to V, then someone else's commit to V+1).
 """
 
 from __future__ import annotations
@@ -28,13 +31,16 @@ import numpy as np
 import apsw
 
 from ..errors import CorruptTableError
-from .catalog import quote_ident
+from .catalog import chunks_name, qualified
 from .options import CodeSet, TableOptions
 
+# A chunk with at most this many changed slots in one batch is patched slot by slot through
+# incremental BLOB I/O; with more it is written back whole in one UPDATE.
+SLOT_WRITE_MAX = 16
 
 
 class CodeStore:
-    """Codes of one hq table for one connection: cache, slot allocation and write-back."""
+    """Codes of one code set of one hq table, for one connection: cache, slots, write-back."""
 
     def __init__(self, conn: apsw.Connection, schema: str, table: str, opts: TableOptions, codeset: CodeSet):
         self.conn = conn
@@ -43,66 +49,27 @@ class CodeStore:
         self.opts = opts
         self.codeset = codeset
         self.cs = opts.chunk_size
-        self.chunks_name = table + codeset.chunks_suffix
-        self.chunks_table = f"{quote_ident(schema)}.{quote_ident(self.chunks_name)}"
+        self.chunks_name = chunks_name(table, codeset)
+        self.chunks_table = qualified(schema, self.chunks_name)
         self.loaded = False
-        self.version: int | None = None  # catalog version the arrays reflect
+        self.generation: int | None = None  # catalog generation the arrays reflect
         self._empty()
 
-    # ---------------------------------------------------------------- shadow tables
+    # ---------------------------------------------------------------- shadow table
     @staticmethod
-    def shadow_suffixes(opts: TableOptions) -> list[str]:
-        suffixes = ["_rows"] + [c.chunks_suffix for c in opts.code_sets]
-        return suffixes + (["_pending"] if opts.model else [])
-
-    @staticmethod
-    def create_tables(conn: apsw.Connection, schema: str, name: str, opts: TableOptions) -> None:
-        q = quote_ident
-        # Raw tables always have codes; in a model-bound table a row may lack a modality.
-        null = " NOT NULL" if opts.model is None else ""
-        locs = "".join(f", {q(c.chunk_col)} INTEGER{null}, {q(c.slot_col)} INTEGER{null}" for c in opts.code_sets)
-        cols = "".join(
-            f", {q(c.name)} {c.type}{' UNIQUE' if c.key else ''}" for c in opts.columns
-        )
-        sql = f"CREATE TABLE {q(schema)}.{q(name + '_rows')} (rowid INTEGER PRIMARY KEY{locs}{cols});"
-        for c in opts.code_sets:
-            sql += (
-                f"CREATE TABLE {q(schema)}.{q(name + c.chunks_suffix)} ("
+    def create_sql(schema: str, table: str, codeset: CodeSet) -> str:
+        return (f"CREATE TABLE {qualified(schema, chunks_name(table, codeset))} ("
                 "chunk INTEGER PRIMARY KEY, valid BLOB NOT NULL, rowids BLOB NOT NULL, "
-                "codes BLOB NOT NULL, qcodes BLOB NOT NULL);"
-            )
-        if opts.model:
-            # Inputs waiting to be encoded: rows inserted by SQL are encoded in batches.
-            sql += (
-                f"CREATE TABLE {q(schema)}.{q(name + '_pending')} ("
-                "rowid INTEGER NOT NULL, codeset TEXT NOT NULL, value NOT NULL, "
-                "PRIMARY KEY (rowid, codeset)) WITHOUT ROWID;"
-            )
-        conn.execute(sql)
-
-    @staticmethod
-    def drop_tables(conn: apsw.Connection, schema: str, name: str, opts: TableOptions) -> None:
-        q = quote_ident
-        conn.execute("".join(
-            f"DROP TABLE IF EXISTS {q(schema)}.{q(name + s)};" for s in CodeStore.shadow_suffixes(opts)
-        ))
-
-    @staticmethod
-    def rename_tables(conn: apsw.Connection, schema: str, old: str, new: str, opts: TableOptions) -> None:
-        q = quote_ident
-        for suffix in CodeStore.shadow_suffixes(opts):
-            conn.execute(f"ALTER TABLE {q(schema)}.{q(old + suffix)} RENAME TO {q(new + suffix)}")
+                "codes BLOB NOT NULL, qcodes BLOB NOT NULL);")
 
     # ---------------------------------------------------------------- cache
     def _empty(self) -> None:
-        o = self.opts
         self.chunk_ids: list[int] = []
         self.chunk_index: dict[int, int] = {}
         self.present: list[bool] = []  # chunk row exists in the database (empty ones are deleted)
-        self.free: list[int] = []  # free slots per chunk (by chunk index)
-        self._fill_hint = 0  # no chunk before this index has a free slot
         self.n_rows = 0
         self._alloc(0)
+        self.reset_allocator()
 
     def _alloc(self, n_chunks: int) -> None:
         o = self.opts
@@ -114,19 +81,22 @@ class CodeStore:
 
     @property
     def size(self) -> int:
-        """Number of slots in use by the cache arrays (occupied or not)."""
+        """Number of slots the cache arrays cover (occupied or not)."""
         return len(self.chunk_ids) * self.cs
 
-    def ensure_fresh(self, version: int) -> None:
-        """Make the cache match the database at catalog ``version`` (load, or reload if stale)."""
-        if not self.loaded or version != self.version:
+    def is_fresh(self, generation: int) -> bool:
+        return self.loaded and generation == self.generation
+
+    def ensure_fresh(self, generation: int) -> None:
+        """Make the cache match the database at catalog ``generation`` (load, or reload if stale)."""
+        if not self.is_fresh(generation):
             self.load()
-            self.version = version
+            self.generation = generation
 
     def invalidate(self) -> None:
         """Forget the cache (after a rollback the database is the truth)."""
         self.loaded = False
-        self.version = None
+        self.generation = None
         self._empty()
 
     def load(self) -> None:
@@ -137,8 +107,8 @@ class CodeStore:
         (expected,) = self.conn.execute(f"SELECT count(*) FROM {self.chunks_table}").fetchone()
         self._empty()
         self._alloc(expected)
-        # CAST: a chunk column someone overwrote with TEXT is reported as corrupt below (a BLOB
-        # of the wrong size or kind) instead of failing to decode as UTF-8.
+        # Only BLOBs are read as such: a chunk column overwritten with TEXT is reported as
+        # corrupt below (wrong kind) instead of failing to decode as UTF-8.
         cursor = self.conn.execute(
             "SELECT chunk, CASE WHEN typeof(valid) = 'blob' THEN valid END, "
             "CASE WHEN typeof(rowids) = 'blob' THEN rowids END, CASE WHEN typeof(codes) = 'blob' THEN codes END, "
@@ -168,15 +138,11 @@ class CodeStore:
             self.present.append(True)
         n = self.size
         if o.books and n and int(self.qcodes[:n].max(initial=0)) >= o.codewords:
-            raise CorruptTableError(
-                f"hq table {self.name}: stored qcodes exceed codewords={o.codewords}"
-            )
+            raise CorruptTableError(f"hq table {self.name}: stored qcodes exceed codewords={o.codewords}")
         if np.any(self.valid[:n] > 1):
             raise CorruptTableError(f"hq table {self.name}: corrupt validity map")
-        per_chunk = self.valid[:n].reshape(-1, cs).sum(axis=1, dtype=np.int64)
-        self.free = [cs - int(x) for x in per_chunk]
-        self.n_rows = int(per_chunk.sum())
-        self._fill_hint = 0
+        self.n_rows = int(self.valid[:n].sum(dtype=np.int64))
+        self.reset_allocator()
         self.loaded = True
 
     def _grow(self, n_chunks: int) -> None:
@@ -188,41 +154,71 @@ class CodeStore:
 
     # ---------------------------------------------------------------- slots
     def position(self, chunk: int, slot: int) -> int:
-        try:
-            return self.chunk_index[chunk] * self.cs + slot
-        except KeyError:
-            raise CorruptTableError(
-                f"hq table {self.name}: a row points at chunk {chunk}, which does not exist"
-            ) from None
+        """Cache index of (chunk, slot); :class:`CorruptTableError` if no such slot."""
+        idx = self.chunk_index.get(chunk)
+        if idx is None or not 0 <= slot < self.cs:
+            raise CorruptTableError(f"hq table {self.name}: a row points at chunk {chunk} slot {slot}, which does not exist")
+        return idx * self.cs + slot
 
-    def next_free(self) -> tuple[int, int]:
-        """The (chunk, slot) the next insert will use: the lowest free slot, or a new chunk."""
-        i = self._fill_hint
-        while i < len(self.free) and self.free[i] == 0:
-            i += 1
-        self._fill_hint = i
-        if i == len(self.free):
-            return (self.chunk_ids[-1] + 1 if self.chunk_ids else 1), 0
-        base = i * self.cs
-        slot = int(self.valid[base : base + self.cs].argmin())  # first free slot (valid is 0/1)
-        return self.chunk_ids[i], slot
+    def holds(self, chunk: int, slot: int, rowid: int) -> int | None:
+        """Cache index of (chunk, slot) if it holds ``rowid``'s codes, else None."""
+        idx = self.chunk_index.get(chunk)
+        if idx is None or not 0 <= slot < self.cs:
+            return None
+        pos = idx * self.cs + slot
+        return pos if pos < self.size and self.valid[pos] and self.rowids[pos] == rowid else None
+
+    def reset_allocator(self) -> None:
+        """Forget reservations: the next :meth:`reserve` starts from the cache's free slots."""
+        self._free: np.ndarray | None = None
+        self._free_at = 0
+        self._new_chunk = 0
+        self._new_slot = 0
+
+    def reserve(self) -> tuple[int, int]:
+        """A free (chunk, slot) for one new row, not handed out since the last reset: free
+        slots of existing chunks first (lowest first), then slots of new chunks."""
+        self._start_allocator()
+        assert self._free is not None
+        if self._free_at < len(self._free):
+            pos = int(self._free[self._free_at])
+            self._free_at += 1
+            return self.chunk_ids[pos // self.cs], pos % self.cs
+        chunk, slot = self._new_chunk, self._new_slot
+        self._new_slot += 1
+        if self._new_slot == self.cs:
+            self._new_chunk += 1
+            self._new_slot = 0
+        return chunk, slot
 
     def allocate(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(chunk, slot) for n new rows: free slots of existing chunks first, then new chunks."""
-        free_pos = np.flatnonzero(self.valid[: self.size] == 0)[:n]
+        """(chunk, slot) arrays for n new rows (vectorised :meth:`reserve`)."""
+        self._start_allocator()
+        assert self._free is not None
+        take = self._free[self._free_at:self._free_at + n]
+        self._free_at += len(take)
         chunk_ids = np.asarray(self.chunk_ids, dtype=np.int64)
-        chunks = chunk_ids[free_pos // self.cs] if len(free_pos) else np.zeros(0, dtype=np.int64)
-        slots = free_pos % self.cs
-        rest = n - len(free_pos)
+        chunks = chunk_ids[take // self.cs] if len(take) else np.zeros(0, dtype=np.int64)
+        slots = (take % self.cs).astype(np.int64)
+        rest = n - len(take)
         if rest:
-            first = (chunk_ids.max() + 1) if len(chunk_ids) else 1
-            new = np.arange(rest, dtype=np.int64)
-            chunks = np.concatenate([chunks, first + new // self.cs])
+            start = self._new_chunk * self.cs + self._new_slot
+            new = start + np.arange(rest, dtype=np.int64)
+            chunks = np.concatenate([chunks, new // self.cs])
             slots = np.concatenate([slots, new % self.cs])
+            end = start + rest
+            self._new_chunk, self._new_slot = divmod(end, self.cs)
         return chunks.astype(np.int64), slots.astype(np.int64)
 
-    def _ensure_chunk(self, chunk: int) -> int:
-        """Cache index of ``chunk``, creating it (in the arrays and as a database row) if needed."""
+    def _start_allocator(self) -> None:
+        if self._free is None:
+            self._free = np.flatnonzero(self.valid[: self.size] == 0)
+            self._free_at = 0
+            self._new_chunk = (max(self.chunk_ids) + 1) if self.chunk_ids else 1
+            self._new_slot = 0
+
+    def _chunk_idx(self, chunk: int) -> int:
+        """Cache index of ``chunk``, adding it to the arrays if new (not yet to the file)."""
         idx = self.chunk_index.get(chunk)
         if idx is None:
             idx = len(self.chunk_ids)
@@ -230,142 +226,99 @@ class CodeStore:
                 self._grow(max(4, 2 * len(self.chunk_ids)))
             self.chunk_ids.append(chunk)
             self.chunk_index[chunk] = idx
-            self.free.append(self.cs)
             self.present.append(False)
-        if not self.present[idx]:
-            o, cs = self.opts, self.cs
-            self.conn.execute(
-                f"INSERT INTO {self.chunks_table}(chunk, valid, rowids, codes, qcodes) "
-                "VALUES (?, zeroblob(?), zeroblob(?), zeroblob(?), zeroblob(?))",
-                (chunk, cs, cs * 8, cs * o.code_bytes, cs * o.qcode_bytes),
-            )
-            self.present[idx] = True
         return idx
 
-    def _write_slot(self, chunk: int, pos: int, slot: int) -> None:
-        """Write one slot's bytes (from the arrays) into the chunk's BLOBs."""
-        o = self.opts
-        parts = [
-            ("valid", slot, self.valid[pos : pos + 1].tobytes()),
-            ("rowids", slot * 8, self.rowids[pos : pos + 1].astype("<i8", copy=False).tobytes()),
-            ("codes", slot * o.code_bytes, self.codes[pos].tobytes()),
-        ]
-        if o.books:
-            parts.append(("qcodes", slot * o.qcode_bytes,
-                          self.qcodes[pos].astype(o.qcode_dtype, copy=False).tobytes()))
-        for column, offset, data in parts:
-            blob = self.conn.blob_open(self.schema, self.chunks_name, column, chunk, True)
-            try:
-                blob.seek(offset)
-                blob.write(data)
-            finally:
-                blob.close()
+    # ---------------------------------------------------------------- batched changes
+    def apply(self, put_chunks: np.ndarray, put_slots: np.ndarray, put_rowids: np.ndarray,
+              codes: np.ndarray, qcodes: np.ndarray | None,
+              clear_chunks: np.ndarray, clear_slots: np.ndarray, *, expect_rowids: np.ndarray | None = None) -> None:
+        """Store codes in (chunk, slot)s and free other slots, in the arrays and in the file.
 
-    def put(self, chunk: int, slot: int, rowid: int, code: np.ndarray, qcode: np.ndarray | None) -> None:
-        """Store a row's codes in (chunk, slot), which must be free."""
-        idx = self._ensure_chunk(chunk)
-        pos = idx * self.cs + slot
-        if self.valid[pos]:
-            raise CorruptTableError(f"hq table {self.name}: slot {chunk}/{slot} is already occupied")
+        Puts go to free slots, or (``expect_rowids`` given: an UPDATE) to slots holding those
+        rowids. Slots are distinct. Each touched chunk is written once:
+        patched slot by slot when few of its slots changed, else whole; a chunk left empty is
+        deleted (its pages go back to SQLite's free list, and its deleted codes do not linger).
+        """
+        cs = self.cs
+        put_idx = np.fromiter((self._chunk_idx(int(c)) for c in put_chunks), dtype=np.int64, count=len(put_chunks))
+        pos = put_idx * cs + np.asarray(put_slots, dtype=np.int64)
+        cpos = np.fromiter((self.position(int(c), int(s)) for c, s in zip(clear_chunks, clear_slots)),
+                           dtype=np.int64, count=len(clear_chunks))
+        both = np.concatenate([pos, cpos])
+        if len(np.unique(both)) != len(both):
+            raise CorruptTableError(f"hq table {self.name}: one batch changes a slot twice")
+        overwrite = expect_rowids is not None
+        if overwrite:
+            if len(pos) and (not self.valid[pos].all() or (self.rowids[pos] != expect_rowids).any()):
+                raise CorruptTableError(f"hq table {self.name}: update of a slot that holds another row")
+        elif self.valid[pos].any():
+            raise CorruptTableError(f"hq table {self.name}: insert into an occupied slot")
+        if len(cpos) and not self.valid[cpos].all():
+            raise CorruptTableError(f"hq table {self.name}: delete of a free slot")
+        self.valid[cpos] = 0
+        self.rowids[cpos] = 0
+        self.codes[cpos] = 0
+        self.qcodes[cpos] = 0
         self.valid[pos] = 1
-        self.rowids[pos] = rowid
-        self.codes[pos] = code
-        if qcode is not None:
-            self.qcodes[pos] = qcode
-        self.free[idx] -= 1
-        self.n_rows += 1
-        self._write_slot(chunk, pos, slot)
-
-    def put_many(self, chunks: np.ndarray, slots: np.ndarray, rowids: np.ndarray,
-                 codes: np.ndarray, qcodes: np.ndarray | None) -> None:
-        """Vectorised :meth:`put` for bulk loads (slots must be free and distinct): each touched
-        chunk is written back whole, once."""
-        touched = np.unique(chunks)
-        for c in touched:
-            self._ensure_chunk(int(c))
-        idx = np.fromiter((self.chunk_index[int(c)] for c in chunks), dtype=np.int64, count=len(chunks))
-        pos = idx * self.cs + slots
-        if self.valid[pos].any():
-            raise CorruptTableError(f"hq table {self.name}: bulk insert into occupied slots")
-        self.valid[pos] = 1
-        self.rowids[pos] = rowids
+        self.rowids[pos] = put_rowids
         self.codes[pos] = codes
         if qcodes is not None and self.opts.books:
             self.qcodes[pos] = qcodes
-        counts = np.bincount(idx, minlength=len(self.free))
-        for i in np.flatnonzero(counts):
-            self.free[i] -= int(counts[i])
-        self.n_rows += len(pos)
-        self._write_chunks(int(c) for c in touched)
+        self.n_rows += (0 if overwrite else len(pos)) - len(cpos)
+        self._write_back(both)
 
-    def _write_chunks(self, chunks) -> None:
+    def _write_back(self, changed: np.ndarray) -> None:
+        if not len(changed):
+            return
         cs, o = self.cs, self.opts
-        rows = []
-        for chunk in chunks:
-            sl = slice(self.chunk_index[chunk] * cs, (self.chunk_index[chunk] + 1) * cs)
-            rows.append((
-                self.valid[sl].tobytes(),
-                self.rowids[sl].astype("<i8", copy=False).tobytes(),
-                self.codes[sl].tobytes(),
-                self.qcodes[sl].astype(o.qcode_dtype, copy=False).tobytes(),
-                chunk,
-            ))
-        self.conn.executemany(
-            f"UPDATE {self.chunks_table} SET valid = ?, rowids = ?, codes = ?, qcodes = ? WHERE chunk = ?",
-            rows,
-        )
+        by_chunk = changed // cs
+        order = np.argsort(by_chunk, kind="stable")
+        changed, by_chunk = changed[order], by_chunk[order]
+        bounds = np.flatnonzero(np.diff(by_chunk)) + 1
+        whole, deleted, patches = [], [], []
+        for group in np.split(changed, bounds):
+            idx = int(group[0] // cs)
+            chunk = self.chunk_ids[idx]
+            sl = slice(idx * cs, (idx + 1) * cs)
+            if not self.valid[sl].any():
+                if self.present[idx]:
+                    deleted.append((chunk,))
+                    self.present[idx] = False
+            elif not self.present[idx] or len(group) > SLOT_WRITE_MAX:
+                whole.append(idx)
+            else:
+                patches.append((chunk, group))
+        if deleted:
+            self.conn.executemany(f"DELETE FROM {self.chunks_table} WHERE chunk = ?", deleted)
+        if whole:
+            rows = []
+            for idx in whole:
+                sl = slice(idx * cs, (idx + 1) * cs)
+                rows.append((self.chunk_ids[idx], self.valid[sl].tobytes(),
+                             self.rowids[sl].astype("<i8", copy=False).tobytes(), self.codes[sl].tobytes(),
+                             self.qcodes[sl].astype(o.qcode_dtype, copy=False).tobytes()))
+                self.present[idx] = True
+            self.conn.executemany(
+                f"INSERT OR REPLACE INTO {self.chunks_table}(chunk, valid, rowids, codes, qcodes) "
+                "VALUES (?, ?, ?, ?, ?)", rows)
+        for chunk, group in patches:
+            self._patch(chunk, group)
 
-    def update(self, chunk: int, slot: int, rowid: int, code: np.ndarray, qcode: np.ndarray | None) -> None:
-        pos = self.position(chunk, slot)
-        self.rowids[pos] = rowid
-        self.codes[pos] = code
-        if qcode is not None:
-            self.qcodes[pos] = qcode
-        self._write_slot(chunk, pos, slot)
-
-    def clear(self, chunk: int, slot: int) -> None:
-        """Free a slot; its bytes are zeroed so deleted codes do not linger in the file, and a
-        chunk left empty is deleted (its pages go back to SQLite's free list)."""
-        pos = self.position(chunk, slot)
-        if not self.valid[pos]:
-            raise CorruptTableError(f"hq table {self.name}: slot {chunk}/{slot} is already free")
-        idx = self.chunk_index[chunk]
-        self.valid[pos] = 0
-        self.rowids[pos] = 0
-        self.codes[pos] = 0
-        self.qcodes[pos] = 0
-        self.free[idx] += 1
-        self.n_rows -= 1
-        self._fill_hint = min(self._fill_hint, idx)
-        if self.free[idx] == self.cs:
-            self.conn.execute(f"DELETE FROM {self.chunks_table} WHERE chunk = ?", (chunk,))
-            self.present[idx] = False
-        else:
-            self._write_slot(chunk, pos, slot)
-
-    def clear_many(self, chunks: np.ndarray, slots: np.ndarray) -> None:
-        """Vectorised :meth:`clear` for bulk deletes: each touched chunk is written back whole
-        once, or deleted when it is left empty."""
-        pos = np.fromiter((self.position(int(c), int(s)) for c, s in zip(chunks, slots)),
-                          dtype=np.int64, count=len(chunks))
-        if not self.valid[pos].all() or len(np.unique(pos)) != len(pos):
-            raise CorruptTableError(f"hq table {self.name}: bulk delete of free or repeated slots")
-        self.valid[pos] = 0
-        self.rowids[pos] = 0
-        self.codes[pos] = 0
-        self.qcodes[pos] = 0
-        idx = pos // self.cs
-        counts = np.bincount(idx, minlength=len(self.free))
-        emptied, kept = [], []
-        for i in np.flatnonzero(counts):
-            self.free[i] += int(counts[i])
-            (emptied if self.free[i] == self.cs else kept).append(self.chunk_ids[i])
-        self.n_rows -= len(pos)
-        if len(pos):
-            self._fill_hint = min(self._fill_hint, int(idx.min()))
-        if emptied:
-            self.conn.executemany(f"DELETE FROM {self.chunks_table} WHERE chunk = ?", [(c,) for c in emptied])
-            for c in emptied:
-                self.present[self.chunk_index[c]] = False
-        self._write_chunks(kept)
-
+    def _patch(self, chunk: int, positions: np.ndarray) -> None:
+        """Write a few slots' bytes into the chunk's BLOBs (incremental BLOB I/O)."""
+        o, cs = self.opts, self.cs
+        columns = [("valid", 1, lambda p: self.valid[p:p + 1].tobytes()),
+                   ("rowids", 8, lambda p: self.rowids[p:p + 1].astype("<i8", copy=False).tobytes()),
+                   ("codes", o.code_bytes, lambda p: self.codes[p].tobytes())]
+        if o.books:
+            columns.append(("qcodes", o.qcode_bytes,
+                            lambda p: self.qcodes[p].astype(o.qcode_dtype, copy=False).tobytes()))
+        for column, width, data in columns:
+            blob = self.conn.blob_open(self.schema, self.chunks_name, column, chunk, True)
+            try:
+                for p in positions.tolist():
+                    blob.seek((p % cs) * width)
+                    blob.write(data(p))
+            finally:
+                blob.close()

@@ -4,22 +4,19 @@ hqdb's catalog migrations in place."""
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import warnings
 import weakref
 
-import numpy as np
 
 import apsw
 import sqlite_vec
 
-from .. import kernels
-from ..engine import check
 from ..engine.schema import migrate
 from ..errors import HqError
 from ..txn import write_transaction
-from .vtab import HqModule, HqShadowModule, SearchManyAggregate, _hq_match_scalar, encode_query
+from .functions import check_threads, register_functions
+from .vtab import HqModule, HqShadowModule
 
 __all__ = ["Connection", "connect", "register"]
 
@@ -104,12 +101,6 @@ class Connection(apsw.Connection):
         drop_collection(self, name, missing_ok=missing_ok)
 
 
-def _check_threads(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1024:
-        raise HqError(f"hq_threads: expected an integer between 1 and 1024, got {n!r}")
-    return n
-
-
 def _check_device(device) -> str | None:
     """The torch device batched searches run on, or None for the native kernels.
 
@@ -135,7 +126,7 @@ def _check_device(device) -> str | None:
 def register(conn: apsw.Connection, *, threads: int = 1, device: str | None = None) -> HqModule:
     """Register the ``hq`` module and hqdb's SQL functions on an existing apsw connection, and
     bring its catalog to this hqdb's schema version."""
-    threads = _check_threads(threads)
+    threads = check_threads(threads)
     device = _check_device(device)
     module = HqShadowModule(conn)
     try:
@@ -153,43 +144,7 @@ def register(conn: apsw.Connection, *, threads: int = 1, device: str | None = No
         conn.hq = module
     except AttributeError:  # a plain apsw.Connection: hqdb.bulk then needs hqdb.connect()
         pass
-    conn.overload_function("hq_match", 2)
-    conn.create_scalar_function("hq_match", _hq_match_scalar, 2)
-
-    def hq_set_codebooks(name, blob, schema="main"):
-        module.table(name, schema).set_codebooks(blob)
-        return None
-
-    def hq_codebooks(name, schema="main"):
-        cb = module.table(name, schema).codebooks()
-        return None if cb is None else cb.astype("<f4").tobytes()
-
-    def hq_threads(*args):
-        previous = module.threads
-        if args:
-            module.threads = _check_threads(args[0])
-        return previous
-
-    def hq_bits(blob):
-        """float32 vector → packed sign bits (the same bytes as vec_quantize_binary)."""
-        if not isinstance(blob, bytes) or len(blob) % 32:
-            raise HqError("hq_bits expects a float32 BLOB whose length is a multiple of 8 values")
-        vec = np.frombuffer(blob, dtype="<f4")
-        if not np.isfinite(vec).all():
-            raise HqError("hq_bits: vector contains NaN or infinity")
-        return kernels.pack_bits(vec).tobytes()
-
-    conn.create_scalar_function("hq_set_codebooks", hq_set_codebooks, 2)
-    conn.create_scalar_function("hq_set_codebooks", hq_set_codebooks, 3)
-    conn.create_scalar_function("hq_codebooks", hq_codebooks, 1)
-    conn.create_scalar_function("hq_codebooks", hq_codebooks, 2)
-    conn.create_scalar_function("hq_threads", hq_threads, -1)
-    conn.create_scalar_function("hq_bits", hq_bits, 1, deterministic=True)
-    conn.create_scalar_function("hq_query", encode_query, 2, deterministic=True)
-    conn.create_scalar_function("hq_info", lambda: json.dumps(kernels.info()), 0)
-    check.register_functions(conn)
-    for n_args in (4, 5, 6):
-        conn.create_aggregate_function("hq_search_many", SearchManyAggregate.factory(module), n_args)
+    register_functions(conn, module)
     migrate(conn)
     return module
 
