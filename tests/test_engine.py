@@ -1,0 +1,199 @@
+"""The engine's write path and cache coherence (issue 12): regression tests for the defects an
+independent tester found, and the batched SQL write path's guarantees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import apsw
+
+import hqdb
+from conftest import random_table
+from hqdb.engine.storage import CodeStore
+
+
+def _search(db, q, table="t", k=20):
+    return db.execute(f"SELECT rowid, distance FROM {table} WHERE hq_match({table}.code, ?) AND k = ? "
+                      "AND mode = 'hamming'", (q.tobytes(), k)).fetchall()
+
+
+def _all_codes(db, table="t"):
+    return db.execute(f"SELECT rowid, code FROM {table} ORDER BY rowid").fetchall()
+
+
+# ------------------------------------------------------------------ defect 1: rollback ABA
+def test_rolled_back_bulk_write_then_anothers_commit_is_not_taken_as_fresh(db_path):
+    a = hqdb.connect(db_path)
+    b = hqdb.connect(db_path)
+    try:
+        random_table(a, n=50, books=0)
+        rng = np.random.default_rng(3)
+        q = rng.standard_normal(64).astype(np.float32)
+        _search(a, q)  # a's cache is loaded
+        a.execute("BEGIN")
+        ghost = hqdb.insert_codes(a, "t", rng.integers(0, 256, (30, 8), dtype=np.uint8))
+        assert len(_search(a, q, k=80)) == 80  # a sees its own uncommitted rows
+        a.execute("ROLLBACK")
+        # Another connection commits one write: a counter would be back at the value a's cache
+        # remembers (rolled back to V, then V+1).
+        hqdb.insert_codes(b, "t", rng.integers(0, 256, (1, 8), dtype=np.uint8))
+        got = {r for r, _ in _search(a, q, k=100)}
+        assert not got & set(ghost.tolist()) - {51}, "rows that were never committed came back"
+        assert got == {r for r, _ in _search(b, q, k=100)}
+        # The next insert must not reuse a slot the stale cache thought free.
+        hqdb.insert_codes(a, "t", rng.integers(0, 256, (5, 8), dtype=np.uint8))
+        assert b.execute("SELECT hq_check()").fetchone() == ("ok",)
+        assert _all_codes(a) == _all_codes(b)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_rolled_back_sql_writes_leave_the_cache_right(db_path):
+    a = hqdb.connect(db_path)
+    b = hqdb.connect(db_path)
+    try:
+        random_table(a, n=40, books=0)
+        q = np.ones(64, np.float32)
+        _search(a, q)
+        a.execute("BEGIN")
+        a.execute("DELETE FROM t WHERE rowid <= 10")
+        a.executemany("INSERT INTO t(code) VALUES (?)", [(bytes([i] * 8),) for i in range(7)])
+        assert len(_search(a, q, k=100)) == 37
+        a.execute("ROLLBACK")
+        b.execute("INSERT INTO t(code) VALUES (?)", (bytes(8),))
+        assert sorted(_search(a, q, k=100)) == sorted(_search(b, q, k=100))
+        assert len(_search(a, q, k=100)) == 41
+    finally:
+        a.close()
+        b.close()
+
+
+# ------------------------------------------------------------------ defect 2: drop and recreate
+def test_table_dropped_and_recreated_by_another_connection(db_path):
+    a = hqdb.connect(db_path)
+    b = hqdb.connect(db_path)
+    try:
+        random_table(a, n=20, dim=64, books=0)
+        hqdb.insert_codes(a, "t", np.zeros((1, 8), np.uint8))  # a holds a table object for dim=64
+        b.execute("DROP TABLE t")
+        b.execute("CREATE VIRTUAL TABLE t USING hq(dim=128, books=0)")
+        with pytest.raises(hqdb.HqError, match=r"shape \(N, 16\)"):
+            hqdb.insert_codes(a, "t", np.zeros((3, 8), np.uint8))  # the old width is refused
+        hqdb.insert_codes(a, "t", np.ones((3, 16), np.uint8))
+        assert b.execute("SELECT hq_check()").fetchone() == ("ok",)
+        assert b.execute("SELECT count(*) FROM t").fetchone() == (3,)
+        assert [len(r[1]) for r in _all_codes(b)] == [16, 16, 16]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_stale_table_object_refuses_to_write(db_path):
+    a = hqdb.connect(db_path)
+    b = hqdb.connect(db_path)
+    try:
+        random_table(a, n=5, dim=64, books=0)
+        stale = a.hq.table("t")
+        b.execute("DROP TABLE t")
+        b.execute("CREATE VIRTUAL TABLE t USING hq(dim=128, books=0)")
+        with pytest.raises(hqdb.StaleTableError, match="dropped and recreated"):
+            stale.write_many(1, None, {}, {0: (np.zeros((1, 8), np.uint8), None)})
+        assert b.execute("SELECT hq_check()").fetchone() == ("ok",)
+    finally:
+        a.close()
+        b.close()
+
+
+# ------------------------------------------------------------------ defect 5: open cursor
+def test_open_cursor_returns_each_rows_own_codes_while_its_connection_writes(db):
+    codes, _, _, rowids = random_table(db, n=40, books=0, chunk_size=8)
+    truth = {int(r): c.tobytes() for r, c in zip(rowids, codes)}
+    cursor = db.cursor().execute("SELECT rowid, code FROM t ORDER BY rowid")
+    seen = [next(cursor)]
+    # Rows ahead of the cursor go away and new rows take their slots.
+    db.execute("DELETE FROM t WHERE rowid BETWEEN 5 AND 30")
+    fresh = [bytes([200 + i] * 8) for i in range(20)]
+    db.executemany("INSERT INTO t(code) VALUES (?)", [(c,) for c in fresh])
+    for rowid, code in cursor:
+        seen.append((rowid, code))
+    for rowid, code in seen:
+        if code is not None:  # a row deleted after the scan started reads as NULL codes
+            assert code == truth[rowid], f"row {rowid} came back with another row's codes"
+    assert db.execute("SELECT hq_check()").fetchone() == ("ok",)
+
+
+# ------------------------------------------------------------------ the batched write path
+def test_autocommit_inserts_do_not_reload_the_cache(db, monkeypatch):
+    random_table(db, n=300, books=0)
+    q = np.ones(64, np.float32)
+    _search(db, q)
+    loads = []
+    real = CodeStore.load
+    monkeypatch.setattr(CodeStore, "load", lambda self: loads.append(1) or real(self))
+    for i in range(50):
+        db.execute("INSERT INTO t(code) VALUES (?)", (bytes([i] * 8),))
+        db.execute("DELETE FROM t WHERE rowid = ?", (i + 1,))
+    assert len(_search(db, q, k=400)) == 300
+    assert loads == []
+    assert db.execute("SELECT hq_check()").fetchone() == ("ok",)
+
+
+def test_sql_rows_wait_in_the_buffer_and_every_read_sees_them(db):
+    random_table(db, n=10, books=0)
+    table = db.hq.table("t")
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO t(code) VALUES (?)", [(bytes([i] * 8),) for i in range(25)])
+    assert table.pending == 25
+    assert db.execute("SELECT count(*) FROM t").fetchone() == (35,)  # a read flushes first
+    assert table.pending == 0
+    db.executemany("INSERT INTO t(code) VALUES (?)", [(bytes([i] * 8),) for i in range(5)])
+    assert len(_search(db, np.ones(64, np.float32), k=100)) == 40
+    db.execute("COMMIT")
+    assert db.execute("SELECT hq_check()").fetchone() == ("ok",)
+
+
+def test_failed_multirow_statement_in_a_transaction_leaves_no_codes(db):
+    """SQLite does not tell a virtual table that a statement was rolled back (apsw skips the
+    callback while the statement's exception is pending): the buffer is reconciled with the
+    rows table at the flush."""
+    random_table(db, n=3, books=0)
+    db.execute("BEGIN")
+    with pytest.raises(apsw.SQLError, match="must be a BLOB of 8 bytes"):
+        db.execute("INSERT INTO t(code) SELECT column1 FROM (VALUES (x'0101010101010101'), (x'0202020202020202'), "
+                   "(x'03'))")
+    db.execute("INSERT INTO t(code) VALUES (x'0909090909090909')")
+    db.execute("COMMIT")
+    rows = _all_codes(db)
+    assert [r[1] for r in rows[3:]] == [bytes([9] * 8)]
+    assert len(_search(db, np.ones(64, np.float32), k=50)) == 4
+    assert db.execute("SELECT hq_check()").fetchone() == ("ok",)
+
+
+def test_last_insert_rowid_is_the_users_after_the_commit_flush(db):
+    db.execute("CREATE VIRTUAL TABLE t USING hq(dim=64, books=0, chunk_size=8)")
+    for i in range(20):
+        db.execute("INSERT INTO t(code) VALUES (?)", (bytes([i] * 8),))
+        assert db.last_insert_rowid() == i + 1
+
+
+def test_insert_or_replace_of_a_buffered_row(db):
+    db.execute("CREATE VIRTUAL TABLE t USING hq(dim=64, books=0, name TEXT UNIQUE)")
+    db.execute("BEGIN")
+    db.execute("INSERT INTO t(rowid, code, name) VALUES (1, x'0101010101010101', 'a')")
+    db.execute("INSERT OR REPLACE INTO t(rowid, code, name) VALUES (1, x'0202020202020202', 'b')")
+    db.execute("INSERT OR REPLACE INTO t(code, name) VALUES (x'0303030303030303', 'b')")
+    db.execute("INSERT OR IGNORE INTO t(code, name) VALUES (x'0404040404040404', 'b')")
+    db.execute("COMMIT")
+    assert db.execute("SELECT rowid, hex(code), name FROM t").fetchall() == [(1, "03" * 8, "b")]  # max(rowid) + 1
+    assert db.execute("SELECT hq_check()").fetchone() == ("ok",)
+
+
+def test_side_effecting_functions_are_direct_only(db):
+    random_table(db, n=5)
+    cb = db.execute("SELECT hq_codebooks('t')").fetchone()[0]
+    db.execute("CREATE VIEW v AS SELECT hq_set_codebooks('t', zeroblob(length(hq_codebooks('t')))) AS x")
+    with pytest.raises(apsw.SQLError, match="unsafe use of hq_set_codebooks"):
+        db.execute("SELECT * FROM v").fetchall()
+    assert db.execute("SELECT hq_codebooks('t')").fetchone()[0] == cb
