@@ -39,10 +39,11 @@ def train(data, **kwargs):
 
 def save_model(conn, name: str, model, *, replace: bool = False) -> None:
     """Store a trained model in the database under ``name`` (JSON config + raw tensors)."""
+    from .engine.catalog import tables_using_model
     from .model.store import save
 
     config, tensors = model.state()
-    save(conn, name, config, tensors, replace=replace)
+    save(conn, name, config, tensors, replace=replace, users=tables_using_model)
 
 
 def load_model(conn, name: str):

@@ -107,24 +107,9 @@ def _open(path: str, *, readonly: bool = False):
 def table_info(db) -> list[dict]:
     """One entry per hq table: kind, model, modalities, rows, code bytes per item and
     modality, and the pages the table's storage takes in the file (``dbstat``)."""
-    from .engine.catalog import quote_ident
+    from .engine.catalog import table_stats
 
-    out = []
-    for name, dim, books, codewords, options in db.execute(
-            "SELECT name, dim, books, codewords, options FROM hqdb_tables ORDER BY name"):
-        opts = json.loads(options)
-        code_bytes = dim // 8 + books * (1 if codewords <= 256 else 2)
-        (rows,) = db.execute(f"SELECT count(*) FROM {quote_ident(name + '_rows')}").fetchone()
-        (disk,) = db.execute("SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name = ? OR name LIKE ? ESCAPE '\\'",
-                             (name + "_rows", name.replace("_", "\\_") + "\\_%chunks")).fetchone()
-        out.append({
-            "table": name, "kind": "collection" if opts.get("model") else "raw", "model": opts.get("model"),
-            "modalities": opts.get("modalities") or ["code"], "columns": [c[0] for c in opts.get("columns", [])],
-            "rows": rows, "bits": dim, "books": books, "codewords": codewords,
-            "code_bytes_per_item": code_bytes, "disk_bytes": disk,
-            "disk_bytes_per_row": round(disk / rows, 1) if rows else None,
-        })
-    return out
+    return table_stats(db)
 
 
 def _info(args) -> int:

@@ -29,7 +29,7 @@ import apsw
 from .bulk import insert_items
 from .errors import CollectionError, HqError, NotFoundError, OptionError
 from .txn import read_transaction, write_transaction
-from .engine.catalog import quote_ident
+from .engine.catalog import model_of_tables, quote_ident
 from .engine.options import METADATA_TYPES, parse_args
 
 __all__ = ["Collection", "CollectionError", "Hit", "Hits", "NotFoundError"]
@@ -589,13 +589,7 @@ def _hit_columns(coll: Collection, rowids: list[int]) -> dict[int, dict]:
 # ------------------------------------------------------------------------------------------
 def _model_names(conn) -> dict[str, str | None]:
     """{hq table name: model name or None} for every hq table of the main database."""
-    out = {}
-    for name, options in conn.execute("SELECT name, options FROM hqdb_tables ORDER BY name"):
-        try:
-            out[name] = json.loads(options).get("model")
-        except (TypeError, ValueError):
-            out[name] = None
-    return out
+    return model_of_tables(conn)
 
 
 def create_collection(conn, name: str, model: str, columns=None, *, key: str | None = None,

@@ -108,6 +108,7 @@ def list_entries(conn: apsw.Connection, schema: str = "main") -> list[Entry]:
 
 
 def tables_using_model(conn: apsw.Connection, model: str, schema: str = "main") -> list[str]:
+    """Names of the hq tables bound to stored model ``model``."""
     return [r[0] for r in conn.execute(
         f"SELECT name FROM {_catalog(schema)} WHERE json_extract(options, '$.model') = ? ORDER BY name", (model,))]
 
@@ -167,4 +168,24 @@ def model_of_tables(conn: apsw.Connection, schema: str = "main") -> dict[str, st
         except (TypeError, ValueError, AttributeError, RecursionError):
             model = None
         out[name] = model if isinstance(model, str) else None
+    return out
+
+
+def table_stats(conn: apsw.Connection, schema: str = "main") -> list[dict]:
+    """One entry per hq table: kind, model, modalities, columns, rows, shape, code bytes per
+    item and modality, and the bytes its shadow tables take in the file (``dbstat``)."""
+    out = []
+    for e in list_entries(conn, schema):
+        o = e.opts
+        shadows = [rows_name(e.name)] + [chunks_name(e.name, c) for c in o.code_sets]
+        (rows,) = conn.execute(f"SELECT count(*) FROM {qualified(schema, rows_name(e.name))}").fetchone()
+        (disk,) = conn.execute("SELECT coalesce(sum(pgsize), 0) FROM dbstat(?) WHERE name IN "
+                               "(SELECT value FROM json_each(?))", (schema, json.dumps(shadows))).fetchone()
+        out.append({
+            "table": e.name, "kind": "collection" if o.model else "raw", "model": o.model,
+            "modalities": list(o.modalities) or ["code"], "columns": [c.name for c in o.columns],
+            "rows": rows, "bits": o.dim, "books": o.books, "codewords": o.codewords,
+            "code_bytes_per_item": o.code_bytes + o.qcode_bytes, "disk_bytes": disk,
+            "disk_bytes_per_row": round(disk / rows, 1) if rows else None,
+        })
     return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 
 import numpy as np
 
@@ -26,8 +27,11 @@ def _check_name(name: str) -> str:
 
 
 def save(conn: apsw.Connection, name: str, config: dict, tensors: dict[str, np.ndarray], *,
-         replace: bool = False) -> None:
-    """Store a model (``config`` must be JSON-serialisable; tensors are numpy arrays)."""
+         replace: bool = False, users: Callable[[apsw.Connection, str], list[str]] | None = None) -> None:
+    """Store a model (``config`` must be JSON-serialisable; tensors are numpy arrays).
+
+    ``users(conn, name)`` lists the tables bound to a model (the engine's catalog knows them):
+    a model in use is not replaced."""
     _check_name(name)
     rows = []
     for tname, arr in tensors.items():
@@ -43,11 +47,9 @@ def save(conn: apsw.Connection, name: str, config: dict, tensors: dict[str, np.n
         if exists and not replace:
             raise ModelError(f"a model named {name!r} already exists (pass replace=True to overwrite)")
         if exists:
-            in_use = conn.execute(
-                "SELECT name FROM hqdb_tables WHERE json_extract(options, '$.model') = ?", (name,)
-            ).fetchall()
+            in_use = users(conn, name) if users is not None else []
             if in_use:
-                raise ModelError(f"model {name!r} is used by hq table(s) {[r[0] for r in in_use]}: "
+                raise ModelError(f"model {name!r} is used by hq table(s) {in_use}: "
                                  "their codes would no longer match; save under a new name")
             conn.execute("DELETE FROM hqdb_model_tensors WHERE model = ?", (name,))
             conn.execute("DELETE FROM hqdb_models WHERE name = ?", (name,))
@@ -128,13 +130,12 @@ def list_models(conn: apsw.Connection) -> list[dict]:
     return out
 
 
-def delete(conn: apsw.Connection, name: str) -> None:
+def delete(conn: apsw.Connection, name: str, *,
+           users: Callable[[apsw.Connection, str], list[str]] | None = None) -> None:
     with write_transaction(conn):
-        in_use = conn.execute(
-            "SELECT name FROM hqdb_tables WHERE json_extract(options, '$.model') = ?", (name,)
-        ).fetchall()
+        in_use = users(conn, name) if users is not None else []
         if in_use:
-            raise ModelError(f"model {name!r} is used by hq table(s) {[r[0] for r in in_use]}")
+            raise ModelError(f"model {name!r} is used by hq table(s) {in_use}")
         conn.execute("DELETE FROM hqdb_model_tensors WHERE model = ?", (name,))
         conn.execute("DELETE FROM hqdb_models WHERE name = ?", (name,))
 
