@@ -20,10 +20,6 @@
  * or grouping. */
 #include "hq_common.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #define HQ_BATCH_BLOCK_BYTES (256 * 1024)
 /* Up to this many candidates a query's Hamming stage keeps a heap (one integer compare per
  * row, no bookkeeping); beyond it, heap updates cost more than the fast route's kept buffer. */

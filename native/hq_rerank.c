@@ -3,10 +3,6 @@
  * right (distance -s), and the final ranking of a search's candidates. */
 #include "hq_common.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 int hq_aqd_lut(const float *query, const float *codebooks, int32_t m, int32_t kw, int32_t dim,
                float *out, int32_t threads)
 {

@@ -10,10 +10,6 @@
  * upper bound on the global d*, and its counts are exact below it. */
 #include "hq_common.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 /* Run the body (varargs, so its commas need no protection) with NW/NTAIL compile-time
  * constants for the common code sizes, so the word loop is fully unrolled there; other sizes
  * use the generic loop. */

@@ -10,10 +10,6 @@
  *     threshold d*, then a second pass for the rows within it (collect_range). */
 #include "hq_common.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 HQ_INTERNAL int check_args(const hq_search_args *a)
 {
     if (!a || !a->out_n || a->n_queries < 0)
