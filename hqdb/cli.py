@@ -432,8 +432,8 @@ def _bench(args) -> int:
         items = [{m: (db_in[m][i]) for m in coll.modalities} for i in range(n)]
         coll.insert_all(items, progress=_show_progress(args))
         src, dst = ("image", "text") if args.direction == "i2t" else ("text", "image")
-        sql, _ = coll._search_sql(dst, args.k, 1, None, None)
-        values = [coll._query_value(src, v, "") for v in q_in[src]]
+        sql, _ = coll.search_sql(dst, args.k, 1)
+        values = [coll.query_value(src, v) for v in q_in[src]]
         cands = sorted({min(max(int(c), args.k), n) for c in args.candidates.split(",")})
         rows = []
         bar = _bar(len(cands), "bench", not quiet, unit="sweep")
@@ -521,9 +521,9 @@ def _show_progress(args) -> bool:
 
 
 def _bar(total: int, desc: str, enabled: bool, unit: str = "step"):
-    from .collections import _progress_bar
+    from .progress import progress_bar
 
-    return _progress_bar(total, desc, enabled and sys.stderr.isatty(), unit=unit)
+    return progress_bar(total, desc, enabled and sys.stderr.isatty(), unit=unit)
 
 
 def build_parser() -> argparse.ArgumentParser:

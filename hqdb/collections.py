@@ -30,6 +30,7 @@ from .bulk import insert_items
 from .errors import CollectionError, HqError, NotFoundError, OptionError
 from .txn import read_transaction, write_transaction
 from .engine.catalog import model_of_tables, quote_ident
+from .progress import progress_bar
 from .engine.options import METADATA_TYPES, parse_args
 
 __all__ = ["Collection", "CollectionError", "Hit", "Hits", "NotFoundError"]
@@ -325,7 +326,7 @@ class Collection:
         if len(set(given)) != len(given):
             raise CollectionError(f"{self.name}: the same rowid appears twice among the items")
         show = n >= PROGRESS_MIN if progress is None else bool(progress)
-        bar = _progress_bar(n, f"insert {self.name}", show)
+        bar = progress_bar(n, f"insert {self.name}", show)
         try:
             # One transaction, every batch or none; BEGIN IMMEDIATE, since it reads (max rowid)
             # before writing: a deferred one would fail at once if another writer commits first.
@@ -470,11 +471,16 @@ class Collection:
             raise CollectionError(f"{self.name}.search: target must be one of {list(self.modalities)}, got {target!r}")
         return source, value, target
 
-    def _query_value(self, source: str, value, where: str):
+    def query_value(self, source: str, value, where: str = ""):
+        """A query of modality ``source`` as ``hq_query(source, ?)`` takes it: text, or float32
+        feature bytes (validated; ``where`` labels the error)."""
         x = self._check_input(source, value, where)
         return x if isinstance(x, str) else x.astype("<f4").tobytes()
 
-    def _search_sql(self, target: str, k, candidates, mode, where) -> tuple[str, list]:
+    def search_sql(self, target: str, k, candidates=None, mode=None, where=None) -> tuple[str, list]:
+        """(SQL, extra parameters) of the statement :meth:`search` runs: its parameters are
+        ``(query modality, query value, *extra, *where_args)``; each row is (rowid, distance,
+        hamming, columns...)."""
         sql = (f"SELECT rowid, distance, hamming{''.join(', ' + quote_ident(c) for c in self.columns)} "
                f"FROM {self._q} WHERE hq_match({self._q}.{quote_ident(target)}, hq_query(?, ?)) AND k = ?")
         extra = [k]
@@ -504,7 +510,7 @@ class Collection:
         the search; ``mode`` 'two_stage', 'hamming' or 'aqd' (default: the model's own search,
         :meth:`hqdb.engine.table.Table.default_mode`)."""
         source, value, target = self._query(image, text, target)
-        return _search_batch(self, source, [self._query_value(source, value, "")], target, k, candidates,
+        return _search_batch(self, source, [self.query_value(source, value, "")], target, k, candidates,
                              where, where_args, mode)[0]
 
     def search_many(self, image=None, text=None, *, target: str | None = None, k: int = 10,
@@ -515,7 +521,7 @@ class Collection:
         source, values, target = self._query(image, text, target)
         if isinstance(values, str):
             raise CollectionError(f"{self.name}.search_many: give a list of queries, not one string")
-        encoded = [self._query_value(source, v, f" (query {i})") for i, v in enumerate(values)]
+        encoded = [self.query_value(source, v, f" (query {i})") for i, v in enumerate(values)]
         return _search_batch(self, source, encoded, target, k, candidates, where, where_args, mode)
 
 
@@ -532,7 +538,7 @@ def _search_batch(coll: Collection, source: str, values: list, target: str, k, c
         raise CollectionError(f"{coll.name}.search: where_args must be a list of values for the '?' in where")
     if len(values) > 1 and not where:
         return _search_kernel_batch(coll, source, values, target, k, candidates, mode)
-    sql, extra = coll._search_sql(target, k, candidates, mode, where)
+    sql, extra = coll.search_sql(target, k, candidates, mode, where)
     args = list(where_args)
     out = []
     try:
@@ -652,18 +658,3 @@ def drop_collection(conn, name: str, *, missing_ok: bool = False) -> None:
 # ------------------------------------------------------------------------------------------
 # Progress
 # ------------------------------------------------------------------------------------------
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(total: int, desc: str, enabled: bool, unit: str = "item"):
-    """A tqdm bar on stderr (tqdm is a core dependency), or one that does nothing."""
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
