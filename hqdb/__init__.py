@@ -15,7 +15,8 @@ from .engine.schema import latest_version as schema_version
 from .errors import (CollectionError, ConstraintError, CorruptTableError, HqdbError, HqError, ModelError,
                      NotFoundError, OptionError, RebuildError, SchemaError, StaleTableError, TrainingError)
 from .model.store import list_models as _list_models
-from .sql.connection import Connection, connect, register
+from .connection import Connection, connect
+from .sql.connection import register
 
 __version__ = "0.1.0"
 

@@ -13,7 +13,7 @@ import numpy as np
 
 import apsw
 
-from . import kernels
+from .kernels import pack_bits
 from .errors import HqError
 from .engine.table import Table
 from .sql.vtab import HqModule
@@ -122,7 +122,7 @@ def insert_items(
     for m, values in given.items():
         i = names.index(m)
         bitf, f = t.encode_inputs(i, values if isinstance(values, np.ndarray) else list(values))
-        encoded[i] = (kernels.pack_bits(bitf), model.quantize(f) if model.books else None)
+        encoded[i] = (pack_bits(bitf), model.quantize(f) if model.books else None)
     return _write_rows(conn, t, n, rowids, metadata, encoded)
 
 

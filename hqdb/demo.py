@@ -19,7 +19,7 @@ import numpy as np
 
 from . import kernels, quantize
 from .bulk import insert_codes, set_codebooks
-from .sql.connection import connect
+from .connection import connect
 
 KINDS = ("photo", "drawing", "caption", "article")
 

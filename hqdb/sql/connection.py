@@ -71,35 +71,6 @@ class Connection(apsw.Connection):
         is a savepoint, so only the inner block is undone. See :mod:`hqdb.txn`."""
         return write_transaction(self)
 
-    # Collections: model-bound hq tables with a Python face (hqdb/collections.py).
-    def create_collection(self, name: str, model: str, columns=None, *, key: str | None = None,
-                          exist_ok: bool = False):
-        """Create a collection: a model-bound hq table bound to the stored model ``model``, with
-        ``columns`` a dict of name -> type (str, int, float, bytes) or a typed class (dataclass,
-        NamedTuple, ...; fields named like a modality are inputs). ``key`` makes a column unique
-        (upsert matches on it). Returns the :class:`hqdb.Collection`."""
-        from ..collections import create_collection
-
-        return create_collection(self, name, model, columns, key=key, exist_ok=exist_ok)
-
-    def collection(self, name: str):
-        """The :class:`hqdb.Collection` of an existing model-bound hq table."""
-        from ..collections import get_collection
-
-        return get_collection(self, name)
-
-    def collections(self) -> list[str]:
-        """Names of the collections (model-bound hq tables) in the main database."""
-        from ..collections import list_collections
-
-        return list_collections(self)
-
-    def drop_collection(self, name: str, *, missing_ok: bool = False) -> None:
-        """Drop a collection with its rows and codes (its model stays stored)."""
-        from ..collections import drop_collection
-
-        drop_collection(self, name, missing_ok=missing_ok)
-
 
 def _check_device(device) -> str | None:
     """The torch device batched searches run on, or None for the native kernels.
@@ -150,7 +121,8 @@ def register(conn: apsw.Connection, *, threads: int = 1, device: str | None = No
 
 
 def connect(path: str = ":memory:", *, threads: int = 1, readonly: bool = False,
-            timeout: float = 5.0, wal: bool = True, device: str | None = None) -> Connection:
+            timeout: float = 5.0, wal: bool = True, device: str | None = None,
+            factory: type[Connection] = Connection) -> Connection:
     """Open ``path`` (a file, or ``":memory:"``) ready for hq tables.
 
     The returned apsw connection has sqlite-vec loaded, the ``hq`` virtual-table module and
@@ -172,13 +144,15 @@ def connect(path: str = ":memory:", *, threads: int = 1, readonly: bool = False,
         ``wal=False`` only avoids switching a database that is not in WAL mode yet.
     device : str, optional
         A torch device (``"cuda"``, ``"cuda:1"``, ``"cpu"``) for batched searches
-        (``hq_search_many``, :meth:`HqTable.search_many`): the code arrays are kept there and
+        (``hq_search_many``, :meth:`hqdb.engine.table.Table.search_many`): the code arrays are kept there and
         searched with :mod:`hqdb.kernels.torch_backend`. None (the default) uses the native kernels.
         ``"cuda"`` where CUDA is not available prints a one-line notice and uses the native
         kernels. Needs torch (the ``train`` extra) otherwise.
+    factory : type
+        The :class:`Connection` subclass to open (:func:`hqdb.connect` adds collections).
     """
     flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-    conn = Connection(os.fspath(path), flags=flags | apsw.SQLITE_OPEN_URI)
+    conn = factory(os.fspath(path), flags=flags | apsw.SQLITE_OPEN_URI)
     _OPEN.add(conn)
     conn.set_busy_timeout(int(timeout * 1000))
     try:

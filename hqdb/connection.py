@@ -1,0 +1,49 @@
+"""``hqdb.connect``: a connection with everything hqdb offers — the SQL layer's
+(:mod:`hqdb.sql.connection`: the ``hq`` module, SQL functions, sqlite-vec, migrations, closing,
+transactions) plus collections."""
+
+from __future__ import annotations
+
+from . import collections as _coll
+from .sql import connection as _sql
+
+__all__ = ["Connection", "connect"]
+
+
+class Connection(_sql.Connection):
+    """A database connection opened by :func:`connect` (an ``apsw.Connection``)."""
+
+    def create_collection(self, name: str, model: str, columns=None, *, key: str | None = None,
+                          exist_ok: bool = False) -> _coll.Collection:
+        """Create a collection: a model-bound hq table bound to the stored model ``model``, with
+        ``columns`` a dict of name -> type (str, int, float, bytes) or a typed class (dataclass,
+        NamedTuple, ...; fields named like a modality are inputs). ``key`` makes a column unique
+        (upsert matches on it). Returns the :class:`hqdb.Collection`."""
+        return _coll.create_collection(self, name, model, columns, key=key, exist_ok=exist_ok)
+
+    def collection(self, name: str) -> _coll.Collection:
+        """The :class:`hqdb.Collection` of an existing model-bound hq table."""
+        return _coll.get_collection(self, name)
+
+    def collections(self) -> list[str]:
+        """Names of the collections (model-bound hq tables) in the main database."""
+        return _coll.list_collections(self)
+
+    def drop_collection(self, name: str, *, missing_ok: bool = False) -> None:
+        """Drop a collection with its rows and codes (its model stays stored)."""
+        _coll.drop_collection(self, name, missing_ok=missing_ok)
+
+
+def connect(path: str = ":memory:", *, threads: int = 1, readonly: bool = False, timeout: float = 5.0,
+            wal: bool = True, device: str | None = None) -> Connection:
+    """Open ``path`` (a file, or ``":memory:"``) ready for hq tables and collections.
+
+    ``with hqdb.connect(path) as db:`` closes the connection when the block ends; group writes
+    with ``with db.transaction():``. Parameters as :func:`hqdb.sql.connection.connect`: ``threads``
+    per search, ``readonly``, ``timeout`` (seconds to wait for another writer's lock), ``wal``
+    (write-ahead-log mode for files), ``device`` (a torch device for batched searches).
+    """
+    conn = _sql.connect(path, threads=threads, readonly=readonly, timeout=timeout, wal=wal, device=device,
+                        factory=Connection)
+    assert isinstance(conn, Connection)
+    return conn
