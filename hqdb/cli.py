@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from .kernels import MODES
 from .model import METHODS
 
 EXIT_USER_ERROR = 1
@@ -577,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--target", help="modality to search (default: the other one)")
     se.add_argument("-k", type=int, default=10, help="results (default 10)")
     se.add_argument("--candidates", type=int, help="Hamming shortlist re-ranked by AQD (default max(1000, 10k))")
-    se.add_argument("--mode", choices=("two_stage", "hamming", "aqd"), help="default: the model's own search")
+    se.add_argument("--mode", choices=MODES, help="default: the model's own search")
     se.add_argument("--where", help="SQL condition on the columns, e.g. \"year > ?\"")
     se.add_argument("--arg", action="append", default=[], help="value for a ? in --where (repeatable)")
     se.add_argument("--json", action="store_true")

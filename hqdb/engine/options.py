@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import OptionError
+from ..kernels import MAX_BITS
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _OPTION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$", re.S)
@@ -25,7 +26,7 @@ RESERVED = frozenset(
     {"rowid", "oid", "_rowid_", "code", "qcode", "distance", "hamming", "k", "candidates", "mode"}
 )
 
-MAX_DIM = 1024  # the kernels take codes of up to 128 bytes
+MAX_DIM = MAX_BITS
 MAX_BOOKS = 64
 MAX_CODEWORDS = 65536
 MAX_CHUNK_SIZE = 1 << 16

@@ -46,9 +46,10 @@ __all__ = [
     "search_many",
 ]
 
-MODES = ("hamming", "aqd", "two_stage")
+MODES = ("two_stage", "hamming", "aqd")  # the one list of search modes, in the order docs give them
 _MODE_CODE = {"hamming": 0, "aqd": 1, "two_stage": 2}
-MAX_CODE_BYTES = 128  # codes of up to 1024 bits
+MAX_BITS = 1024  # the longest code any table or model may have
+MAX_CODE_BYTES = MAX_BITS // 8
 MAX_CODEWORDS = 65536  # quantization codes are at most uint16
 
 # Error codes of native/hq_kernels.h (the numba kernels return the same ones).
@@ -335,7 +336,8 @@ def _threads(threads):
     return min(_int("threads", threads, 1), 1024)
 
 
-def _codes(codes):
+def check_codes(codes):
+    """Check packed bit codes: a C-contiguous uint8 (N, 1..MAX_CODE_BYTES) array."""
     _array("codes", codes, (np.uint8,), 2)
     nb = codes.shape[1]
     if not 1 <= nb <= MAX_CODE_BYTES:
@@ -439,7 +441,7 @@ def hamming_distances(codes, query, *, threads: int = 1) -> np.ndarray:
 
 
 def _hamming_distances(impl, codes, query, *, threads=1):
-    _codes(codes)
+    check_codes(codes)
     _query_bits("query", query, codes.shape[1])
     threads = _threads(threads)
     out = np.empty(codes.shape[0], dtype=np.int32)
@@ -556,7 +558,7 @@ def _search_scalars(mode, k, candidates, threads):
     return _int("k", k, 1), _int("candidates", candidates, 1), _threads(threads)
 
 
-def _rows_args(codes, qcodes, rowids, valid, mode):
+def check_rows(codes, qcodes, rowids, valid, mode):
     """Check the per-row arrays against validated codes; return (valid as uint8 or None,
     qcodes or None in 'hamming' mode)."""
     n_rows = codes.shape[0]
@@ -607,10 +609,10 @@ def _lut_arg(name, lut, qcodes, mode, n_queries=None):
 def _search(impl, codes, qcodes, rowids, valid, query_bits, lut, *, k, candidates,
             mode="two_stage", threads=1):
     k, candidates, threads = _search_scalars(mode, k, candidates, threads)
-    _codes(codes)
+    check_codes(codes)
     n_rows, nb = codes.shape
     _query_bits("query_bits", query_bits, nb)
-    valid, qcodes = _rows_args(codes, qcodes, rowids, valid, mode)
+    valid, qcodes = check_rows(codes, qcodes, rowids, valid, mode)
     lut = _lut_arg("lut", lut, qcodes, mode)
     r_max = min(k, n_rows)
     out_rowids = np.empty(r_max, dtype=np.int64)
@@ -666,12 +668,12 @@ def search_many(codes, qcodes, rowids, valid, queries_bits, luts, *, k, candidat
                         candidates=candidates, mode=mode, threads=threads)
 
 
-def _search_many_args(codes, qcodes, rowids, valid, queries_bits, luts, k, candidates, mode,
+def check_search_many(codes, qcodes, rowids, valid, queries_bits, luts, k, candidates, mode,
                       threads):
     """Validate a batched search's arguments (for every backend, the torch one too); return
     (qcodes or None, valid as uint8 or None, luts or None, k, candidates, threads)."""
     k, candidates, threads = _search_scalars(mode, k, candidates, threads)
-    _codes(codes)
+    check_codes(codes)
     nb = codes.shape[1]
     _array("queries_bits", queries_bits, (np.uint8,), 2)
     n_queries = queries_bits.shape[0]
@@ -680,14 +682,14 @@ def _search_many_args(codes, qcodes, rowids, valid, queries_bits, luts, k, candi
             f"queries_bits has {queries_bits.shape[1]} bytes ({queries_bits.shape[1] * 8} bits) "
             f"per query but the codes have {nb} bytes ({nb * 8} bits) per row"
         )
-    valid, qcodes = _rows_args(codes, qcodes, rowids, valid, mode)
+    valid, qcodes = check_rows(codes, qcodes, rowids, valid, mode)
     luts = _lut_arg("luts", luts, qcodes, mode, n_queries)
     return qcodes, valid, luts, k, candidates, threads
 
 
 def _search_many(impl, codes, qcodes, rowids, valid, queries_bits, luts, *, k, candidates,
                  mode="two_stage", threads=1):
-    qcodes, valid, luts, k, candidates, threads = _search_many_args(
+    qcodes, valid, luts, k, candidates, threads = check_search_many(
         codes, qcodes, rowids, valid, queries_bits, luts, k, candidates, mode, threads)
     n_rows, n_queries = codes.shape[0], queries_bits.shape[0]
     if n_rows == 0 or n_queries == 0:

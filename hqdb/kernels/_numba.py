@@ -1,4 +1,4 @@
-"""numba fallback for hqdb's search kernels; results identical to native/hq_kernels.c.
+"""numba fallback for hqdb's search kernels; results identical to the C kernels of native/ (hq_kernels.h).
 
 Only :mod:`hqdb.kernels` calls this, with validated arrays. Same algorithms and the same
 arithmetic as the C code: the same strict ranking order (distance, rowid, slot index), AQD

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels
+from . import check_codes, check_rows, check_search_many
 
 __all__ = ["DeviceCodes", "cuda_available", "search_many"]
 
@@ -127,10 +127,10 @@ class DeviceCodes:
 
     def __init__(self, codes, qcodes, rowids, device="cpu"):
         torch = _torch()
-        kernels._codes(codes)
-        kernels._rows_args(codes, None, rowids, None, "hamming")
+        check_codes(codes)
+        check_rows(codes, None, rowids, None, "hamming")
         if qcodes is not None:
-            kernels._rows_args(codes, qcodes, rowids, None, "aqd")
+            check_rows(codes, qcodes, rowids, None, "aqd")
         self.device = _device(device)
         self.n_rows, self.nb = codes.shape
         if self.n_rows >= 2**31:
@@ -172,7 +172,7 @@ def search_many(codes, qcodes, rowids, valid, queries_bits, luts, *, k, candidat
         As :func:`hqdb.kernels.search_many`.
     """
     torch = _torch()
-    qcodes, valid, luts, k, candidates, _ = kernels._search_many_args(
+    qcodes, valid, luts, k, candidates, _ = check_search_many(
         codes, qcodes, rowids, valid, queries_bits, luts, k, candidates, mode, 1)
     if resident is None:
         resident = DeviceCodes(codes, qcodes, rowids, device)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..kernels import MAX_BITS
 from . import aq
 from .featurize import featurizer_from_state
 
@@ -32,7 +33,6 @@ ACTIVATIONS = ("relu",)
 OUTPUTS = ("linear", "tanh", "normalize")
 METRICS = ("ip", "l2")
 SEARCHES = ("two_stage", "hamming", "aqd", "float")
-MAX_BITS = 1024  # the search kernels' limit
 
 
 def _int(cfg, key, lo, hi=None, where="config"):

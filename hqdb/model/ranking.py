@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels, metrics
+from .. import metrics
+from ..kernels import pack_bits, unpack_bits
 from . import aq
 
 
 def _signs(F: np.ndarray) -> np.ndarray:
     n = F.shape[1]
-    return kernels.unpack_bits(kernels.pack_bits(F), n)  # ±1 exactly as the stored bits
+    return unpack_bits(pack_bits(F), n)  # ±1 exactly as the stored bits
 
 
 def _score(fq, items, metric) -> np.ndarray:

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from .. import metrics
+from ..kernels import MAX_BITS
 from .. import quantize as raw_quantize
 from ..errors import TrainingError
 from . import aq, ranking
@@ -141,8 +142,8 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int | None = None,
                                text_featurizer=text_featurizer, vocab_size=vocab_size, threads=threads,
                                progress=progress)
     cls = method_class(method)
-    if not isinstance(bits, int) or bits < 8 or bits % 8 or bits > 1024:
-        raise ValueError(f"bits must be a multiple of 8 in 8..1024, got {bits!r}")
+    if not isinstance(bits, int) or bits < 8 or bits % 8 or bits > MAX_BITS:
+        raise ValueError(f"bits must be a multiple of 8 in 8..{MAX_BITS}, got {bits!r}")
     if books is not None and cls.books(bits, None) == 0 and books != 0:
         raise ValueError(f"method {method!r} has no quantizer (Hamming or float search): leave books unset")
     if books is not None and (isinstance(books, bool) or not isinstance(books, int) or books < 1) and cls.books(bits, None):
