@@ -7,26 +7,62 @@
 
 from __future__ import annotations
 
-from . import kernels, metrics
+from . import kernels, metrics  # noqa: F401  (hqdb.kernels, hqdb.metrics: public modules)
 from .bulk import delete_rows, insert_codes, insert_items, set_codebooks
 from .collections import Collection, Hit, Hits
+from .connection import Connection, connect
 from .engine import check
 from .engine.schema import latest_version as schema_version
-from .errors import (CollectionError, ConstraintError, CorruptTableError, HqdbError, HqError, ModelError,
-                     NotFoundError, OptionError, RebuildError, SchemaError, StaleTableError, TrainingError)
+from .errors import (
+    CollectionError,
+    ConstraintError,
+    CorruptTableError,
+    HqdbError,
+    HqError,
+    ModelError,
+    NotFoundError,
+    OptionError,
+    RebuildError,
+    SchemaError,
+    StaleTableError,
+    TrainingError,
+)
 from .model.store import list_models as _list_models
-from .connection import Connection, connect
 from .sql.connection import register
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "connect", "register", "insert_codes", "insert_items", "delete_rows", "set_codebooks", "info",
-    "train", "save_model", "load_model", "list_models",
-    "Collection", "CollectionError", "Hit", "Hits", "NotFoundError",
-    "Connection", "check",
-    "HqdbError", "HqError", "OptionError", "ConstraintError", "CorruptTableError", "StaleTableError",
-    "SchemaError", "TrainingError", "ModelError", "RebuildError", "schema_version", "__version__",
+    "connect",
+    "register",
+    "insert_codes",
+    "insert_items",
+    "delete_rows",
+    "set_codebooks",
+    "info",
+    "train",
+    "save_model",
+    "load_model",
+    "list_models",
+    "Collection",
+    "CollectionError",
+    "Hit",
+    "Hits",
+    "NotFoundError",
+    "Connection",
+    "check",
+    "HqdbError",
+    "HqError",
+    "OptionError",
+    "ConstraintError",
+    "CorruptTableError",
+    "StaleTableError",
+    "SchemaError",
+    "TrainingError",
+    "ModelError",
+    "RebuildError",
+    "schema_version",
+    "__version__",
 ]
 
 

@@ -7,15 +7,14 @@ call per row).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
-
-import numpy as np
+from collections.abc import Mapping, Sequence
 
 import apsw
+import numpy as np
 
-from .kernels import pack_bits
-from .errors import HqError
 from .engine.table import Table
+from .errors import HqError
+from .kernels import pack_bits
 from .sql.vtab import HqModule
 from .txn import write_transaction
 
@@ -78,7 +77,9 @@ def insert_codes(
             raise HqError(f"{table} has books={o.books}: qcodes are required")
         qcodes = np.asarray(qcodes)
         if qcodes.ndim != 2 or qcodes.shape != (n, o.books) or qcodes.dtype.kind not in "iu":
-            raise HqError(f"qcodes must be an integer array of shape ({n}, {o.books}); got {qcodes.dtype} {qcodes.shape}")
+            raise HqError(
+                f"qcodes must be an integer array of shape ({n}, {o.books}); got {qcodes.dtype} {qcodes.shape}"
+            )
         if n and (int(qcodes.min()) < 0 or int(qcodes.max()) >= o.codewords):
             raise HqError(f"qcodes must lie in [0, {o.codewords}); got [{int(qcodes.min())}, {int(qcodes.max())}]")
         qcodes = qcodes.astype(np.dtype(o.qcode_dtype).newbyteorder("="))

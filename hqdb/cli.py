@@ -49,15 +49,35 @@ def _train(args) -> int:
         names = [m["name"] for m in hqdb.list_models(_connect(args.db, readonly=True))]
         if args.name in names:
             raise UserError(f"{args.db} already has a model named {args.name!r} (--replace overwrites it)")
-    model = hqdb.train(args.data, method=args.method, bits=args.bits, books=args.books,
-                       codewords=args.codewords, text_key=args.text_key, epochs=args.epochs,
-                       val_fraction=args.val_fraction, seed=args.seed, progress=_show_progress(args))
+    model = hqdb.train(
+        args.data,
+        method=args.method,
+        bits=args.bits,
+        books=args.books,
+        codewords=args.codewords,
+        text_key=args.text_key,
+        epochs=args.epochs,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        progress=_show_progress(args),
+    )
     db = _connect(args.db)
     hqdb.save_model(db, args.name, model, replace=args.replace)
     metrics = model.config.get("metrics")
     if args.json:
-        print(json.dumps({"name": args.name, "db": args.db, "method": args.method, "bits": model.bits,
-                          "books": model.books, "codewords": model.codewords, "metrics": metrics}))
+        print(
+            json.dumps(
+                {
+                    "name": args.name,
+                    "db": args.db,
+                    "method": args.method,
+                    "bits": model.bits,
+                    "books": model.books,
+                    "codewords": model.codewords,
+                    "metrics": metrics,
+                }
+            )
+        )
         return 0
     print(f"saved model {args.name!r} ({args.method}, {model.bits} bits, {model.books}x{model.codewords}) in {args.db}")
     if metrics and not args.quiet:
@@ -79,8 +99,10 @@ def _models(args) -> int:
     else:
         for m in models:
             mods = ",".join(m.get("modalities") or [])
-            print(f"{m['name']:<20} {m.get('method') or '?':<6} {m.get('bits')} bits  "
-                  f"{m.get('books')}x{m.get('codewords')}  [{mods}]  {m['created_at']}")
+            print(
+                f"{m['name']:<20} {m.get('method') or '?':<6} {m.get('bits')} bits  "
+                f"{m.get('books')}x{m.get('codewords')}  [{mods}]  {m['created_at']}"
+            )
     return 0
 
 
@@ -121,25 +143,39 @@ def _info(args) -> int:
         db = _open(args.db, readonly=True)
         (pages,) = db.execute("PRAGMA page_count").fetchone()
         (page_size,) = db.execute("PRAGMA page_size").fetchone()
-        info["database"] = {"path": args.db, "bytes": pages * page_size,  # including what still sits in the WAL
-                            "tables": table_info(db), "models": hqdb.list_models(db)}
+        info["database"] = {
+            "path": args.db,
+            "bytes": pages * page_size,  # including what still sits in the WAL
+            "tables": table_info(db),
+            "models": hqdb.list_models(db),
+        }
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     backend = info.get("backend")
-    print(f"hqdb {info['hqdb']} (schema {info['schema_version']}), SQLite {info['sqlite']}, "
-          f"sqlite-vec {info['sqlite_vec']}")
-    print(f"kernels: {backend}" + (f" ({info['fallback_reason']})" if info.get("fallback_reason") else "")
-          + (f", Hamming {info['hamming_impl']}" if info.get("hamming_impl") else "")
-          + f", up to {info.get('max_threads', 1)} threads")
+    print(
+        f"hqdb {info['hqdb']} (schema {info['schema_version']}), SQLite {info['sqlite']}, "
+        f"sqlite-vec {info['sqlite_vec']}"
+    )
+    print(
+        f"kernels: {backend}"
+        + (f" ({info['fallback_reason']})" if info.get("fallback_reason") else "")
+        + (f", Hamming {info['hamming_impl']}" if info.get("hamming_impl") else "")
+        + f", up to {info.get('max_threads', 1)} threads"
+    )
     if args.db:
         d = info["database"]
         print(f"\n{args.db}: {d['bytes']:,} bytes, {len(d['tables'])} hq table(s), {len(d['models'])} model(s)")
         if d["tables"]:
-            print(f"  {'table':<20} {'kind':<10} {'model':<12} {'rows':>9} {'code B/item':>11} {'disk B/row':>10}  modalities")
+            print(
+                f"  {'table':<20} {'kind':<10} {'model':<12} {'rows':>9} {'code B/item':>11} "
+                f"{'disk B/row':>10}  modalities"
+            )
             for t in d["tables"]:
-                print(f"  {t['table']:<20} {t['kind']:<10} {t['model'] or '-':<12} {t['rows']:>9,} "
-                      f"{t['code_bytes_per_item']:>11} {t['disk_bytes_per_row'] or '-':>10}  {','.join(t['modalities'])}")
+                print(
+                    f"  {t['table']:<20} {t['kind']:<10} {t['model'] or '-':<12} {t['rows']:>9,} "
+                    f"{t['code_bytes_per_item']:>11} {t['disk_bytes_per_row'] or '-':>10}  {','.join(t['modalities'])}"
+                )
     return 0
 
 
@@ -166,15 +202,22 @@ def _read_items(path: str, modalities, data_keys: dict) -> tuple[list[dict], dic
             data = {k: z[k] for k in z.files}
         inputs = {m: data_keys.get(m, m) for m in modalities if data_keys.get(m, m) in data}
         if not inputs:
-            raise UserError(f"{path} has none of the model's inputs {[data_keys.get(m, m) for m in modalities]} "
-                            f"(arrays: {sorted(data)})")
+            raise UserError(
+                f"{path} has none of the model's inputs {[data_keys.get(m, m) for m in modalities]} "
+                f"(arrays: {sorted(data)})"
+            )
         n = len(data[next(iter(inputs.values()))])
-        meta = {k: v for k, v in data.items() if k not in inputs.values() and v.ndim == 1 and len(v) == n
-                and v.dtype.kind in "iufUb"}
+        meta = {
+            k: v
+            for k, v in data.items()
+            if k not in inputs.values() and v.ndim == 1 and len(v) == n and v.dtype.kind in "iufUb"
+        }
         types = {k: (str if v.dtype.kind == "U" else float if v.dtype.kind == "f" else int) for k, v in meta.items()}
         items = []
         for i in range(n):
-            item = {m: (str(data[key][i]) if data[key].dtype.kind in "UO" else data[key][i]) for m, key in inputs.items()}
+            item = {
+                m: (str(data[key][i]) if data[key].dtype.kind in "UO" else data[key][i]) for m, key in inputs.items()
+            }
             item.update({k: v[i].item() for k, v in meta.items()})
             items.append(item)
         return items, types
@@ -185,14 +228,21 @@ def _read_items(path: str, modalities, data_keys: dict) -> tuple[list[dict], dic
             raise UserError(f"{path} has no rows")
         for line, r in enumerate(rows, start=2):
             if None in r or None in r.values():
-                raise UserError(f"{path} line {line}: the number of fields differs from the header "
-                                "(quote cells that contain commas, such as JSON lists)")
+                raise UserError(
+                    f"{path} line {line}: the number of fields differs from the header "
+                    "(quote cells that contain commas, such as JSON lists)"
+                )
         items, types = [], {}
         fields = [k for k in rows[0] if k not in modalities]
         for k in fields:
             values = [_parse_scalar(r[k]) for r in rows if r[k] != ""]
-            types[k] = (int if values and all(isinstance(v, int) for v in values) else
-                        float if values and all(isinstance(v, (int, float)) for v in values) else str)
+            types[k] = (
+                int
+                if values and all(isinstance(v, int) for v in values)
+                else float
+                if values and all(isinstance(v, (int, float)) for v in values)
+                else str
+            )
         for line, r in enumerate(rows, start=2):
             item = {}
             for m in modalities:
@@ -258,14 +308,23 @@ def _index(args) -> int:
         items = [{k: v for k, v in it.items() if k in keep} for it in items]
         rowids = coll.insert_all(items, batch_size=args.batch_size, progress=_show_progress(args))
     seconds = time.perf_counter() - t0
-    result = {"collection": coll.name, "model": coll.model_name, "created": created, "inserted": len(rowids),
-              "rows": len(coll), "columns": coll.columns, "seconds": round(seconds, 3)}
+    result = {
+        "collection": coll.name,
+        "model": coll.model_name,
+        "created": created,
+        "inserted": len(rowids),
+        "rows": len(coll),
+        "columns": coll.columns,
+        "seconds": round(seconds, 3),
+    }
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"indexed {len(rowids)} items into {'new ' if created else ''}collection {coll.name!r} "
-              f"(model {coll.model_name!r}, columns {', '.join(coll.columns) or 'none'}) in {seconds:.1f}s; "
-              f"{result['rows']} rows")
+        print(
+            f"indexed {len(rowids)} items into {'new ' if created else ''}collection {coll.name!r} "
+            f"(model {coll.model_name!r}, columns {', '.join(coll.columns) or 'none'}) in {seconds:.1f}s; "
+            f"{result['rows']} rows"
+        )
     return 0
 
 
@@ -294,11 +353,17 @@ def _search(args) -> int:
     coll = db.collection(args.collection)
     if (args.text is None) == (args.image is None):
         raise UserError("give --text 'words' or --image FILE (.npy, or .npz with --key)")
-    query = {"text": args.text} if args.text is not None else {
-        "image": _load_vector(args.image, args.row, args.key)}
+    query = {"text": args.text} if args.text is not None else {"image": _load_vector(args.image, args.row, args.key)}
     where_args = [_parse_scalar(a) for a in args.arg]
-    hits = coll.search(**query, target=args.target, k=args.k, candidates=args.candidates, where=args.where,
-                       where_args=where_args, mode=args.mode)
+    hits = coll.search(
+        **query,
+        target=args.target,
+        k=args.k,
+        candidates=args.candidates,
+        where=args.where,
+        where_args=where_args,
+        mode=args.mode,
+    )
     if args.json:
         print(json.dumps(hits.to_dicts()))
         return 0
@@ -313,9 +378,9 @@ def _search(args) -> int:
 # eval
 # ------------------------------------------------------------------------------------------
 def _eval(args) -> int:
-    from .evaluate import evaluate, load_npz
-
     import hqdb
+
+    from .evaluate import evaluate
 
     db = _open(args.db)
     queries, database = (_load_data(p) for p in (args.queries, args.database))
@@ -326,8 +391,16 @@ def _eval(args) -> int:
     try:
         for name in args.model:
             table = f"hqdb_eval_{name}".replace("-", "_").replace(".", "_")
-            result = evaluate(db, name, queries, database, candidates=args.candidates,
-                              precision_k=args.precision_k, table=table, keep=bool(args.plot))
+            result = evaluate(
+                db,
+                name,
+                queries,
+                database,
+                candidates=args.candidates,
+                precision_k=args.precision_k,
+                table=table,
+                keep=bool(args.plot),
+            )
             bar.update(1)
             results.append(result)
             if args.plot:
@@ -346,8 +419,10 @@ def _eval(args) -> int:
         print(json.dumps(results[0] if len(results) == 1 else results))
         return 0
     for result in results:
-        print(f"model {result['model']}: {result['bits']} bits + {result['books']}x{result['codewords']} "
-              f"({result['bytes_per_item']} bytes/item); {result['n_queries']} queries x {result['n_database']} items")
+        print(
+            f"model {result['model']}: {result['bits']} bits + {result['books']}x{result['codewords']} "
+            f"({result['bytes_per_item']} bytes/item); {result['n_queries']} queries x {result['n_database']} items"
+        )
         for direction in ("i2t", "t2i", "harmonic"):
             if direction not in result:
                 continue
@@ -373,8 +448,8 @@ def pr_curves(db, table: str, queries: dict, database: dict, points: int = 50) -
     indexed (rowid = database index + 1)."""
     from . import metrics
     from .collections import Collection
-    from .evaluate import DIRECTIONS, modality_inputs
     from .engine.query import MAX_K
+    from .evaluate import DIRECTIONS, modality_inputs
 
     coll = Collection(db, table)
     q_in = modality_inputs(coll.model, queries)
@@ -397,9 +472,9 @@ def pr_curves(db, table: str, queries: dict, database: dict, points: int = 50) -
 def _bench(args) -> int:
     import hqdb
 
+    from . import metrics
     from .collections import Collection
     from .evaluate import modality_inputs
-    from . import metrics
 
     quiet = args.quiet or args.json
     if args.db:
@@ -412,13 +487,15 @@ def _bench(args) -> int:
         from . import datasets
 
         pairs = datasets.synthetic_pairs(args.items + args.n_queries, seed=args.seed)
-        queries = {k: v[:args.n_queries] for k, v in pairs.items() if k != "label_names"}
-        database = {k: v[args.n_queries:] for k, v in pairs.items() if k != "label_names"}
+        queries = {k: v[: args.n_queries] for k, v in pairs.items() if k != "label_names"}
+        database = {k: v[args.n_queries :] for k, v in pairs.items() if k != "label_names"}
         if not quiet:
-            print(f"data: SYNTHETIC paired set from hqdb.datasets ({args.items} items, {args.n_queries} queries); "
-                  f"training a {args.bits}-bit model", file=sys.stderr)
-        model = hqdb.train(database, bits=args.bits, epochs=args.epochs, seed=args.seed,
-                           progress=_show_progress(args))
+            print(
+                f"data: SYNTHETIC paired set from hqdb.datasets ({args.items} items, {args.n_queries} queries); "
+                f"training a {args.bits}-bit model",
+                file=sys.stderr,
+            )
+        model = hqdb.train(database, bits=args.bits, epochs=args.epochs, seed=args.seed, progress=_show_progress(args))
         db = _connect(":memory:")
         name = "bench"
         hqdb.save_model(db, name, model)
@@ -446,15 +523,27 @@ def _bench(args) -> int:
                 times.append(time.perf_counter() - t)
                 ranking.append([r[0] - 1 for r in found])
             rel = metrics.relevance(queries["labels"], database["labels"], np.array(ranking, dtype=np.int64))
-            rows.append({"candidates": c, "p50_ms": 1000 * float(np.median(times)),
-                         "mean_ms": 1000 * float(np.mean(times)),
-                         f"map@{args.k}": metrics.mean_average_precision(rel, args.k)})
+            rows.append(
+                {
+                    "candidates": c,
+                    "p50_ms": 1000 * float(np.median(times)),
+                    "mean_ms": 1000 * float(np.mean(times)),
+                    f"map@{args.k}": metrics.mean_average_precision(rel, args.k),
+                }
+            )
             bar.update(1)
         bar.close()
     finally:
         db.execute(f'DROP TABLE IF EXISTS "{table}"')
-    result = {"model": name, "direction": args.direction, "k": args.k, "n_database": n,
-              "n_queries": len(values), "load_average": list(os.getloadavg()), "rows": rows}
+    result = {
+        "model": name,
+        "direction": args.direction,
+        "k": args.k,
+        "n_database": n,
+        "n_queries": len(values),
+        "load_average": list(os.getloadavg()),
+        "rows": rows,
+    }
     if args.plot:
         from .plots import bench_figure
 
@@ -462,8 +551,10 @@ def _bench(args) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{args.direction}, k={args.k}, {n} items, {len(values)} queries through SQL "
-          f"(load average {result['load_average'][0]:.2f})")
+    print(
+        f"{args.direction}, k={args.k}, {n} items, {len(values)} queries through SQL "
+        f"(load average {result['load_average'][0]:.2f})"
+    )
     print(f"  {'candidates':>10} {'p50 ms':>8} {'mean ms':>8} {'MAP@' + str(args.k):>8}")
     for r in rows:
         print(f"  {r['candidates']:>10} {r['p50_ms']:>8.3f} {r['mean_ms']:>8.3f} {r[f'map@{args.k}']:>8.4f}")
@@ -505,9 +596,11 @@ def _rebuild(args) -> int:
         print(json.dumps(stats))
         return 0
     for codeset, kept in stats["kept"].items():
-        print(f"{args.table} ({codeset}): {kept} rows kept, {stats['lost'][codeset]} lost, "
-              f"{stats['orphans_dropped'][codeset]} orphan codes dropped, "
-              f"{stats['chunks_before'][codeset]} -> {stats['chunks_after'][codeset]} chunks")
+        print(
+            f"{args.table} ({codeset}): {kept} rows kept, {stats['lost'][codeset]} lost, "
+            f"{stats['orphans_dropped'][codeset]} orphan codes dropped, "
+            f"{stats['chunks_before'][codeset]} -> {stats['chunks_after'][codeset]} chunks"
+        )
     if stats["rows_dropped"]:
         print(f"{stats['rows_dropped']} rows without codes deleted")
     return 0
@@ -547,7 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--name", required=True, help="name to store the model under")
     tr.add_argument("--method", default="hq", choices=METHODS, help="training method (default hq; docs/methods.md)")
     tr.add_argument("--bits", type=int, default=64, help="code length (default 64)")
-    tr.add_argument("--books", type=int, default=None, help="additive-quantization codebooks (default: the method's; 4 for hq)")
+    tr.add_argument(
+        "--books", type=int, default=None, help="additive-quantization codebooks (default: the method's; 4 for hq)"
+    )
     tr.add_argument("--codewords", type=int, default=256, help="codewords per codebook (default 256)")
     tr.add_argument("--epochs", type=int, default=50, help="maximum epochs (default 50, early stopping)")
     tr.add_argument("--text-key", default="text", help="array of the .npz holding the text (default text)")
@@ -558,8 +653,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--json", action="store_true", help="print the result as JSON")
 
     ix = sub.add_parser("index", help="bulk-load items from an .npz or .csv into a collection")
-    ix.add_argument("data", help=".npz (arrays of N rows: the model's inputs and 1-D metadata) or .csv "
-                                 "(a row per item; a modality column holds text or a list of numbers)")
+    ix.add_argument(
+        "data",
+        help=".npz (arrays of N rows: the model's inputs and 1-D metadata) or .csv "
+        "(a row per item; a modality column holds text or a list of numbers)",
+    )
     ix.add_argument("--db", required=True)
     ix.add_argument("--collection", required=True, help="collection to add to (created if --model is given)")
     ix.add_argument("--model", help="stored model of a new collection")
@@ -579,7 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("-k", type=int, default=10, help="results (default 10)")
     se.add_argument("--candidates", type=int, help="Hamming shortlist re-ranked by AQD (default max(1000, 10k))")
     se.add_argument("--mode", choices=MODES, help="default: the model's own search")
-    se.add_argument("--where", help="SQL condition on the columns, e.g. \"year > ?\"")
+    se.add_argument("--where", help='SQL condition on the columns, e.g. "year > ?"')
     se.add_argument("--arg", action="append", default=[], help="value for a ? in --where (repeatable)")
     se.add_argument("--json", action="store_true")
 
@@ -590,7 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--database", required=True, help=".npz of database items")
     ev.add_argument("--candidates", type=int, default=1000)
     ev.add_argument("--precision-k", type=int, default=10)
-    ev.add_argument("--plot", metavar="PNG", help="write precision-recall curves and MAP by code length (needs matplotlib)")
+    ev.add_argument(
+        "--plot", metavar="PNG", help="write precision-recall curves and MAP by code length (needs matplotlib)"
+    )
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.add_argument("--json", action="store_true")
 
@@ -599,8 +699,11 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--model")
     be.add_argument("--queries", help=".npz of query items (with --db)")
     be.add_argument("--database", help=".npz of database items (with --db)")
-    be.add_argument("--candidates", default="50,100,200,500,1000,2000,5000",
-                    help="comma-separated candidate counts (default 50,...,5000; capped at the items)")
+    be.add_argument(
+        "--candidates",
+        default="50,100,200,500,1000,2000,5000",
+        help="comma-separated candidate counts (default 50,...,5000; capped at the items)",
+    )
     be.add_argument("-k", type=int, default=50, help="results per query; MAP@k is reported (default 50)")
     be.add_argument("--direction", choices=("i2t", "t2i"), default="i2t")
     be.add_argument("--items", type=int, default=5000, help="synthetic database items (default 5000)")
@@ -624,8 +727,11 @@ def build_parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rebuild", help="rewrite an hq table's codes from what is stored; compacts it")
     rb.add_argument("db", help="database file")
     rb.add_argument("table", help="hq table to rebuild")
-    rb.add_argument("--drop-missing", action="store_true",
-                    help="delete rows of a raw table whose codes are lost (otherwise an error names them)")
+    rb.add_argument(
+        "--drop-missing",
+        action="store_true",
+        help="delete rows of a raw table whose codes are lost (otherwise an error names them)",
+    )
     rb.add_argument("--vacuum", action="store_true", help="VACUUM afterwards to give freed pages back")
     rb.add_argument("--json", action="store_true")
 
@@ -635,8 +741,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"demo": _demo, "train": _train, "index": _index, "search": _search, "eval": _eval,
-            "bench": _bench, "models": _models, "info": _info, "check": _check, "rebuild": _rebuild}
+COMMANDS = {
+    "demo": _demo,
+    "train": _train,
+    "index": _index,
+    "search": _search,
+    "eval": _eval,
+    "bench": _bench,
+    "models": _models,
+    "info": _info,
+    "check": _check,
+    "rebuild": _rebuild,
+}
 
 
 def _user_errors() -> tuple:

@@ -20,18 +20,17 @@ import json
 import sys
 import types
 import typing
-from typing import Any, Iterable, Iterator, Mapping, Sequence
-
-import numpy as np
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import apsw
+import numpy as np
 
 from .bulk import insert_items
-from .errors import CollectionError, HqError, NotFoundError, OptionError
-from .txn import read_transaction, write_transaction
 from .engine.catalog import model_of_tables, quote_ident
-from .progress import progress_bar
 from .engine.options import METADATA_TYPES, parse_args
+from .errors import CollectionError, HqError, NotFoundError, OptionError
+from .progress import progress_bar
+from .txn import read_transaction, write_transaction
 
 __all__ = ["Collection", "CollectionError", "Hit", "Hits", "NotFoundError"]
 
@@ -131,13 +130,16 @@ def _sql_type(collection: str, name: str, tp) -> str:
     if isinstance(tp, str):
         if tp.upper() in METADATA_TYPES:
             return tp.upper()
-        raise CollectionError(f"{collection}.{name}: unknown column type {tp!r} "
-                              f"(use str, int, float, bytes or one of {', '.join(METADATA_TYPES)})")
+        raise CollectionError(
+            f"{collection}.{name}: unknown column type {tp!r} "
+            f"(use str, int, float, bytes or one of {', '.join(METADATA_TYPES)})"
+        )
     tp = _unwrap_optional(tp)
     if tp in _SQL_TYPES:
         return _SQL_TYPES[tp]
-    raise CollectionError(f"{collection}.{name}: cannot store {getattr(tp, '__name__', tp)!r} in a column "
-                          "(use str, int, float or bytes)")
+    raise CollectionError(
+        f"{collection}.{name}: cannot store {getattr(tp, '__name__', tp)!r} in a column (use str, int, float or bytes)"
+    )
 
 
 def _declared_columns(collection: str, columns, modalities: Sequence[str]) -> dict[str, str]:
@@ -157,8 +159,9 @@ def _declared_columns(collection: str, columns, modalities: Sequence[str]) -> di
             raise CollectionError(f"{collection}: {columns.__name__} has no annotated fields to make columns of")
         items = {k: v for k, v in items.items() if k not in modalities and k != "rowid" and not k.startswith("_")}
     else:
-        raise CollectionError(f"{collection}: columns must be a dict of name -> type or a typed class, "
-                              f"got {type(columns).__name__}")
+        raise CollectionError(
+            f"{collection}: columns must be a dict of name -> type or a typed class, got {type(columns).__name__}"
+        )
     return {name: _sql_type(collection, name, tp) for name, tp in items.items()}
 
 
@@ -189,8 +192,10 @@ class Collection:
         self.name = name
         t = self._table()
         if not t.opts.model:
-            raise CollectionError(f"{name} is a raw hq table (codes, no model): use hqdb.insert_codes and SQL; "
-                                  "collections are model-bound tables")
+            raise CollectionError(
+                f"{name} is a raw hq table (codes, no model): use hqdb.insert_codes and SQL; "
+                "collections are model-bound tables"
+            )
         self.model_name: str = t.opts.model
         self.modalities: tuple[str, ...] = tuple(c.name for c in t.sets)
         self.columns: dict[str, str] = {c.name: c.type for c in t.opts.columns}
@@ -212,7 +217,10 @@ class Collection:
 
     def __repr__(self) -> str:
         cols = ", ".join(f"{k} {v}" for k, v in self.columns.items())
-        return f"Collection({self.name!r}, model={self.model_name!r}, modalities={list(self.modalities)}, columns=[{cols}])"
+        return (
+            f"Collection({self.name!r}, model={self.model_name!r}, modalities={list(self.modalities)}, "
+            f"columns=[{cols}])"
+        )
 
     # -------------------------------------------------------------- reading
     def __len__(self) -> int:
@@ -220,7 +228,10 @@ class Collection:
         return int(n)
 
     def __contains__(self, rowid) -> bool:
-        return self.db.execute(f"SELECT 1 FROM {self._table().rows_table} WHERE rowid = ?", (rowid,)).fetchone() is not None
+        return (
+            self.db.execute(f"SELECT 1 FROM {self._table().rows_table} WHERE rowid = ?", (rowid,)).fetchone()
+            is not None
+        )
 
     def _select(self) -> str:
         return ", ".join(["rowid"] + [quote_ident(c) for c in self.columns])
@@ -254,8 +265,10 @@ class Collection:
             "BLOB": isinstance(value, (bytes, bytearray, memoryview)),
         }[sql_type]
         if not ok:
-            raise CollectionError(f"{self.name}.{column}{where}: expected {_PY_TYPES[sql_type].__name__} "
-                                  f"({sql_type}), got {type(value).__name__} {value!r:.40}")
+            raise CollectionError(
+                f"{self.name}.{column}{where}: expected {_PY_TYPES[sql_type].__name__} "
+                f"({sql_type}), got {type(value).__name__} {value!r:.40}"
+            )
         if isinstance(value, float) and value != value:
             raise CollectionError(f"{self.name}.{column}{where}: NaN is not a value")
         return bytes(value) if isinstance(value, (bytearray, memoryview)) else value
@@ -265,8 +278,10 @@ class Collection:
         model = self.model
         if isinstance(value, str):
             if not model.has_featurizer(modality):
-                raise CollectionError(f"{self.name}.{modality}{where}: model {self.model_name!r} has no text "
-                                      f"featurizer for {modality!r}; give {model.input_dim(modality)} float features")
+                raise CollectionError(
+                    f"{self.name}.{modality}{where}: model {self.model_name!r} has no text "
+                    f"featurizer for {modality!r}; give {model.input_dim(modality)} float features"
+                )
             return value
         d = model.input_dim(modality)
         try:
@@ -276,8 +291,9 @@ class Collection:
         if x is None or x.shape not in ((d,), (1, d)):
             got = f"shape {x.shape}" if x is not None else type(value).__name__
             text = " or a str" if model.has_featurizer(modality) else ""
-            raise CollectionError(f"{self.name}.{modality}{where}: expected {d} float features (shape ({d},)){text}, "
-                                  f"got {got}")
+            raise CollectionError(
+                f"{self.name}.{modality}{where}: expected {d} float features (shape ({d},)){text}, got {got}"
+            )
         if not np.isfinite(x).all():
             raise CollectionError(f"{self.name}.{modality}{where}: features contain NaN or infinity")
         return np.ascontiguousarray(x.reshape(d))
@@ -288,7 +304,8 @@ class Collection:
         if unknown:
             raise CollectionError(
                 f"{self.name}{where}: unknown field(s) {sorted(unknown)}; columns: {list(self.columns)}, "
-                f"inputs: {list(self.modalities)}")
+                f"inputs: {list(self.modalities)}"
+            )
         rowid = item.get("rowid")
         if rowid is not None:
             if isinstance(rowid, np.integer):
@@ -319,8 +336,10 @@ class Collection:
             return []
         empty = [i for i, (_, inputs, _) in enumerate(rows) if not inputs]
         if empty:
-            raise CollectionError(f"{self.name} (item {empty[0]}): an item needs at least one of "
-                                  f"{', '.join(self.modalities)} to be searchable")
+            raise CollectionError(
+                f"{self.name} (item {empty[0]}): an item needs at least one of "
+                f"{', '.join(self.modalities)} to be searchable"
+            )
         t = self._table()
         given = [r for r, _, _ in rows if r is not None]
         if len(set(given)) != len(given):
@@ -342,7 +361,7 @@ class Collection:
                 if len(set(rowids)) != n:
                     raise CollectionError(f"{self.name}: an item's rowid equals one given to an earlier item")
                 for start in range(0, n, batch_size):
-                    self._write_batch(rows[start:start + batch_size], rowids[start:start + batch_size])
+                    self._write_batch(rows[start : start + batch_size], rowids[start : start + batch_size])
                     bar.update(min(batch_size, n - start))
         finally:
             bar.close()
@@ -362,8 +381,13 @@ class Collection:
                 inputs[m] = values if is_text else np.stack(values)
             meta = {c: [rows[i][2].get(c) for i in idx] for c in self.columns}
             try:
-                insert_items(self.db, self.name, rowids=np.array([rowids[i] for i in idx], dtype=np.int64),
-                             metadata=meta, **inputs)
+                insert_items(
+                    self.db,
+                    self.name,
+                    rowids=np.array([rowids[i] for i in idx], dtype=np.int64),
+                    metadata=meta,
+                    **inputs,
+                )
             except apsw.ConstraintError as e:
                 raise CollectionError(f"{self.name}: {e}") from None
 
@@ -372,15 +396,20 @@ class Collection:
         key = key or self.key
         if key is not None:
             if key not in self.columns:
-                raise CollectionError(f"{self.name}: upsert key {key!r} is not a column (columns: {list(self.columns)})")
+                raise CollectionError(
+                    f"{self.name}: upsert key {key!r} is not a column (columns: {list(self.columns)})"
+                )
             if item.get(key) is None:
                 raise CollectionError(f"{self.name}: upsert needs a value for the key column {key!r}")
-            row = self.db.execute(f"SELECT rowid FROM {self._q} WHERE {quote_ident(key)} = ?",
-                                  (self._check_value(key, item[key], ""),)).fetchone()
+            row = self.db.execute(
+                f"SELECT rowid FROM {self._q} WHERE {quote_ident(key)} = ?", (self._check_value(key, item[key], ""),)
+            ).fetchone()
             return None if row is None else row[0]
         if item.get("rowid") is None:
-            raise CollectionError(f"{self.name}: upsert needs a key column (create_collection(..., key=...)), "
-                                  "a key= argument, or a rowid in the item")
+            raise CollectionError(
+                f"{self.name}: upsert needs a key column (create_collection(..., key=...)), "
+                "a key= argument, or a rowid in the item"
+            )
         return item["rowid"] if item["rowid"] in self else None
 
     def upsert(self, item, *, key: str | None = None) -> int:
@@ -399,8 +428,10 @@ class Collection:
                     out.append(self.insert(item))
                 else:
                     # An input left None (a typed object's default) is "not given", not "remove".
-                    self.update(rowid, {k: v for k, v in item.items()
-                                        if k != "rowid" and not (k in self.modalities and v is None)})
+                    self.update(
+                        rowid,
+                        {k: v for k, v in item.items() if k != "rowid" and not (k in self.modalities and v is None)},
+                    )
                     out.append(rowid)
         return out
 
@@ -417,8 +448,10 @@ class Collection:
             return
         unknown = set(item) - set(self.columns) - set(self.modalities)
         if unknown:
-            raise CollectionError(f"{self.name}: unknown field(s) {sorted(unknown)}; columns: {list(self.columns)}, "
-                                  f"inputs: {list(self.modalities)}")
+            raise CollectionError(
+                f"{self.name}: unknown field(s) {sorted(unknown)}; columns: {list(self.columns)}, "
+                f"inputs: {list(self.modalities)}"
+            )
         sets, params = [], []
         for name, value in item.items():
             if name in self.columns:
@@ -460,10 +493,12 @@ class Collection:
         given = {m: v for m, v in (("image", image), ("text", text)) if v is not None}
         if len(given) != 1:
             raise CollectionError(f"{self.name}.search: give exactly one of image=... or text=...")
-        (source, value), = given.items()
+        ((source, value),) = given.items()
         if source not in self.modalities:
-            raise CollectionError(f"{self.name}.search: model {self.model_name!r} has no {source!r} modality "
-                                  f"(it has: {', '.join(self.modalities)})")
+            raise CollectionError(
+                f"{self.name}.search: model {self.model_name!r} has no {source!r} modality "
+                f"(it has: {', '.join(self.modalities)})"
+            )
         if target is None:
             others = [m for m in self.modalities if m != source]
             target = others[0] if others else source
@@ -481,8 +516,10 @@ class Collection:
         """(SQL, extra parameters) of the statement :meth:`search` runs: its parameters are
         ``(query modality, query value, *extra, *where_args)``; each row is (rowid, distance,
         hamming, columns...)."""
-        sql = (f"SELECT rowid, distance, hamming{''.join(', ' + quote_ident(c) for c in self.columns)} "
-               f"FROM {self._q} WHERE hq_match({self._q}.{quote_ident(target)}, hq_query(?, ?)) AND k = ?")
+        sql = (
+            f"SELECT rowid, distance, hamming{''.join(', ' + quote_ident(c) for c in self.columns)} "
+            f"FROM {self._q} WHERE hq_match({self._q}.{quote_ident(target)}, hq_query(?, ?)) AND k = ?"
+        )
         extra = [k]
         if candidates is not None:
             sql += " AND candidates = ?"
@@ -498,9 +535,18 @@ class Collection:
         cols = list(self.columns)
         return Hits(Hit(r[0], r[1], r[2], dict(zip(cols, r[3:]))) for r in rows)
 
-    def search(self, image=None, text=None, *, target: str | None = None, k: int = 10,
-               candidates: int | None = None, where: str | None = None, where_args: Sequence = (),
-               mode: str | None = None) -> Hits:
+    def search(
+        self,
+        image=None,
+        text=None,
+        *,
+        target: str | None = None,
+        k: int = 10,
+        candidates: int | None = None,
+        where: str | None = None,
+        where_args: Sequence = (),
+        mode: str | None = None,
+    ) -> Hits:
         """The ``k`` items nearest to a query, best first.
 
         Give ``image=`` (features) or ``text=`` (a string, or features); ``target`` is the
@@ -510,12 +556,22 @@ class Collection:
         the search; ``mode`` 'two_stage', 'hamming' or 'aqd' (default: the model's own search,
         :meth:`hqdb.engine.table.Table.default_mode`)."""
         source, value, target = self._query(image, text, target)
-        return _search_batch(self, source, [self.query_value(source, value, "")], target, k, candidates,
-                             where, where_args, mode)[0]
+        return _search_batch(
+            self, source, [self.query_value(source, value, "")], target, k, candidates, where, where_args, mode
+        )[0]
 
-    def search_many(self, image=None, text=None, *, target: str | None = None, k: int = 10,
-                    candidates: int | None = None, where: str | None = None, where_args: Sequence = (),
-                    mode: str | None = None) -> list[Hits]:
+    def search_many(
+        self,
+        image=None,
+        text=None,
+        *,
+        target: str | None = None,
+        k: int = 10,
+        candidates: int | None = None,
+        where: str | None = None,
+        where_args: Sequence = (),
+        mode: str | None = None,
+    ) -> list[Hits]:
         """:meth:`search` for a batch of queries (``image`` an (N, d) array or list of vectors;
         ``text`` a list of strings or an (N, d) array); one :class:`Hits` per query, in order."""
         source, values, target = self._query(image, text, target)
@@ -525,8 +581,9 @@ class Collection:
         return _search_batch(self, source, encoded, target, k, candidates, where, where_args, mode)
 
 
-def _search_batch(coll: Collection, source: str, values: list, target: str, k, candidates, where, where_args,
-                  mode) -> list[Hits]:
+def _search_batch(
+    coll: Collection, source: str, values: list, target: str, k, candidates, where, where_args, mode
+) -> list[Hits]:
     """Every search of a collection goes through here: ``values`` are checked queries of
     modality ``source`` (text, or float32 bytes); one :class:`Hits` per query.
 
@@ -552,8 +609,7 @@ def _search_batch(coll: Collection, source: str, values: list, target: str, k, c
     return out
 
 
-def _search_kernel_batch(coll: Collection, source: str, values: list, target: str, k, candidates,
-                         mode) -> list[Hits]:
+def _search_kernel_batch(coll: Collection, source: str, values: list, target: str, k, candidates, mode) -> list[Hits]:
     from .engine.query import encode_query, resolve
 
     try:
@@ -561,21 +617,30 @@ def _search_kernel_batch(coll: Collection, source: str, values: list, target: st
         names = [c.name for c in table.sets]
         if target not in names:
             raise CollectionError(f"{coll.name}.search: no modality {target!r} (it has: {', '.join(names)})")
-        params = resolve(k, candidates, mode, default_mode=table.default_mode() if mode is None else "two_stage",
-                         books=table.opts.books, table=coll.name)
+        params = resolve(
+            k,
+            candidates,
+            mode,
+            default_mode=table.default_mode() if mode is None else "two_stage",
+            books=table.opts.books,
+            table=coll.name,
+        )
         queries = [encode_query(source, v) for v in values]
         # The kernel search and the read of the hits' columns see one snapshot: a row another
         # connection deletes meanwhile is still there for both.
         with read_transaction(coll.db):
-            rowids, dist, ham = table.search_many(names.index(target), queries, params,
-                                                  threads=coll.db.hq.threads, device=coll.db.hq.device)
+            rowids, dist, ham = table.search_many(
+                names.index(target), queries, params, threads=coll.db.hq.threads, device=coll.db.hq.device
+            )
             meta = _hit_columns(coll, sorted(set(rowids.ravel().tolist())))
     except apsw.SQLError as e:
         raise CollectionError(f"{coll.name}.search: {e}") from None
     # A hit whose row has no columns (cannot happen within one snapshot) is left out rather than
     # surfacing as a KeyError.
-    return [Hits(Hit(int(r), float(d), int(h), dict(meta[int(r)])) for r, d, h in zip(rr, dd, hh) if int(r) in meta)
-            for rr, dd, hh in zip(rowids, dist, ham)]
+    return [
+        Hits(Hit(int(r), float(d), int(h), dict(meta[int(r)])) for r, d, h in zip(rr, dd, hh) if int(r) in meta)
+        for rr, dd, hh in zip(rowids, dist, ham)
+    ]
 
 
 def _hit_columns(coll: Collection, rowids: list[int]) -> dict[int, dict]:
@@ -585,9 +650,12 @@ def _hit_columns(coll: Collection, rowids: list[int]) -> dict[int, dict]:
     cols = list(coll.columns)
     select = ", ".join(["rowid", *map(quote_ident, cols)])
     rows_table = quote_ident(coll.name + "_rows")
-    return {r[0]: dict(zip(cols, r[1:]))
-            for r in coll.db.execute(f"SELECT {select} FROM {rows_table} WHERE rowid IN (SELECT value FROM json_each(?))",
-                                     (json.dumps(rowids),))}
+    return {
+        r[0]: dict(zip(cols, r[1:]))
+        for r in coll.db.execute(
+            f"SELECT {select} FROM {rows_table} WHERE rowid IN (SELECT value FROM json_each(?))", (json.dumps(rowids),)
+        )
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -598,29 +666,35 @@ def _model_names(conn) -> dict[str, str | None]:
     return model_of_tables(conn)
 
 
-def create_collection(conn, name: str, model: str, columns=None, *, key: str | None = None,
-                      exist_ok: bool = False) -> Collection:
+def create_collection(
+    conn, name: str, model: str, columns=None, *, key: str | None = None, exist_ok: bool = False
+) -> Collection:
 
     if not isinstance(name, str) or not name:
         raise CollectionError(f"collection name must be a non-empty string, got {name!r}")
     if not isinstance(model, str):
-        raise CollectionError(f"{name}: model must be the name of a stored model (store a trained one with "
-                              "hqdb.save_model(db, 'name', model))")
+        raise CollectionError(
+            f"{name}: model must be the name of a stored model (store a trained one with "
+            "hqdb.save_model(db, 'name', model))"
+        )
     existing = _model_names(conn)
     match = next((n for n in existing if n.lower() == name.lower()), None)
     if match is not None:
         if exist_ok and existing[match] == model:
             return Collection(conn, match)
-        raise CollectionError(f"a collection or hq table named {match!r} already exists"
-                              + (f" (model {existing[match]!r})" if existing[match] else ""))
+        raise CollectionError(
+            f"a collection or hq table named {match!r} already exists"
+            + (f" (model {existing[match]!r})" if existing[match] else "")
+        )
     from .model.store import load_model
 
     modalities = load_model(conn, model).modalities  # ModelError names the missing model
     decl = _declared_columns(name, columns, modalities)
     if key is not None and key not in decl:
         raise CollectionError(f"{name}: key {key!r} is not one of the columns {list(decl)}")
-    args = [f"model='{model}'"] + [f"{quote_ident(c)} {t}" + (" PRIMARY KEY" if c == key else "")
-                                   for c, t in decl.items()]
+    args = [f"model='{model}'"] + [
+        f"{quote_ident(c)} {t}" + (" PRIMARY KEY" if c == key else "") for c, t in decl.items()
+    ]
     try:
         parse_args(("dim=8", *args[1:]))  # names and types checked before touching the database
     except OptionError as e:

@@ -13,8 +13,9 @@ __all__ = ["Connection", "connect"]
 class Connection(_sql.Connection):
     """A database connection opened by :func:`connect` (an ``apsw.Connection``)."""
 
-    def create_collection(self, name: str, model: str, columns=None, *, key: str | None = None,
-                          exist_ok: bool = False) -> _coll.Collection:
+    def create_collection(
+        self, name: str, model: str, columns=None, *, key: str | None = None, exist_ok: bool = False
+    ) -> _coll.Collection:
         """Create a collection: a model-bound hq table bound to the stored model ``model``, with
         ``columns`` a dict of name -> type (str, int, float, bytes) or a typed class (dataclass,
         NamedTuple, ...; fields named like a modality are inputs). ``key`` makes a column unique
@@ -34,8 +35,15 @@ class Connection(_sql.Connection):
         _coll.drop_collection(self, name, missing_ok=missing_ok)
 
 
-def connect(path: str = ":memory:", *, threads: int = 1, readonly: bool = False, timeout: float = 5.0,
-            wal: bool = True, device: str | None = None) -> Connection:
+def connect(
+    path: str = ":memory:",
+    *,
+    threads: int = 1,
+    readonly: bool = False,
+    timeout: float = 5.0,
+    wal: bool = True,
+    device: str | None = None,
+) -> Connection:
     """Open ``path`` (a file, or ``":memory:"``) ready for hq tables and collections.
 
     ``with hqdb.connect(path) as db:`` closes the connection when the block ends; group writes
@@ -43,7 +51,8 @@ def connect(path: str = ":memory:", *, threads: int = 1, readonly: bool = False,
     per search, ``readonly``, ``timeout`` (seconds to wait for another writer's lock), ``wal``
     (write-ahead-log mode for files), ``device`` (a torch device for batched searches).
     """
-    conn = _sql.connect(path, threads=threads, readonly=readonly, timeout=timeout, wal=wal, device=device,
-                        factory=Connection)
+    conn = _sql.connect(
+        path, threads=threads, readonly=readonly, timeout=timeout, wal=wal, device=device, factory=Connection
+    )
     assert isinstance(conn, Connection)
     return conn

@@ -19,7 +19,27 @@ TOPICS = {
     "music": "music guitar piano song band concert drum stage singer violin choir jazz",
     "sports": "football match goal team player stadium ball race runner tennis score coach",
 }
-FILLER = "a the of on in with and near under over some old new big small red blue photo view".split()
+FILLER = [
+    "a",
+    "the",
+    "of",
+    "on",
+    "in",
+    "with",
+    "and",
+    "near",
+    "under",
+    "over",
+    "some",
+    "old",
+    "new",
+    "big",
+    "small",
+    "red",
+    "blue",
+    "photo",
+    "view",
+]
 
 
 def synthetic_pairs(n: int = 2000, *, dim_image: int = 128, noise: float = 3.0, seed: int = 0) -> dict:

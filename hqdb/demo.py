@@ -5,7 +5,8 @@ SYNTHETIC set unless a file is given), stores it in the database, indexes the it
 model-bound hq table and runs image→text and text→image searches in SQL (and one through the
 Python collection API), then reports MAP.
 
-:func:`run` (``hqdb demo --raw``) is the engine alone: a raw hq table of synthetic codes. The data is a seeded mixture of Gaussian clusters in a 128-d "common space" (standing in for
+:func:`run` (``hqdb demo --raw``) is the engine alone: a raw hq table of synthetic codes. The
+data is a seeded mixture of Gaussian clusters in a 128-d "common space" (standing in for
 the output of trained encoders), so nearest neighbours exist and recall is meaningful. Each item
 is stored as 128 sign bits plus 4 residual-quantization indices; searches run through SQL and
 are compared with exact float inner-product search.
@@ -32,37 +33,60 @@ def synthetic(n: int, dim: int, clusters: int = 1000, noise: float = 1.6, seed: 
     return x.astype(np.float32), labels
 
 
-def run(path: str = "demo.db", n: int = 100_000, dim: int = 128, books: int = 4, codewords: int = 256,
-        queries: int = 100, k: int = 10, seed: int = 0, out=print) -> dict:
+def run(
+    path: str = "demo.db",
+    n: int = 100_000,
+    dim: int = 128,
+    books: int = 4,
+    codewords: int = 256,
+    queries: int = 100,
+    k: int = 10,
+    seed: int = 0,
+    out=print,
+) -> dict:
     t0 = time.perf_counter()
     x, labels = synthetic(n + queries, dim, seed=seed)
     base, qs = x[:n], x[n:]
     db = connect(path)
     db.execute("DROP TABLE IF EXISTS items")
-    db.execute(f"CREATE VIRTUAL TABLE items USING hq(dim={dim}, books={books}, codewords={codewords}, "
-               "title TEXT, kind TEXT, year INTEGER)")
+    db.execute(
+        f"CREATE VIRTUAL TABLE items USING hq(dim={dim}, books={books}, codewords={codewords}, "
+        "title TEXT, kind TEXT, year INTEGER)"
+    )
     cb = quantize.fit_codebooks(base, books, codewords, seed=seed)
     set_codebooks(db, "items", cb)
     qcodes = quantize.encode(base, cb)
     t1 = time.perf_counter()
-    insert_codes(db, "items", kernels.pack_bits(base), qcodes, metadata={
-        "title": [f"item {i} (cluster {c})" for i, c in enumerate(labels[:n])],
-        "kind": [KINDS[i % len(KINDS)] for i in range(n)],
-        "year": (2000 + np.arange(n) % 25).tolist(),
-    })
+    insert_codes(
+        db,
+        "items",
+        kernels.pack_bits(base),
+        qcodes,
+        metadata={
+            "title": [f"item {i} (cluster {c})" for i, c in enumerate(labels[:n])],
+            "kind": [KINDS[i % len(KINDS)] for i in range(n)],
+            "year": (2000 + np.arange(n) % 25).tolist(),
+        },
+    )
     t2 = time.perf_counter()
-    out(f"built {path}: {n} items x {dim} bits + {books}x{codewords} AQ codes "
-        f"(codebooks {t1 - t0:.1f}s, insert {t2 - t1:.2f}s = {n / (t2 - t1):,.0f} rows/s)")
+    out(
+        f"built {path}: {n} items x {dim} bits + {books}x{codewords} AQ codes "
+        f"(codebooks {t1 - t0:.1f}s, insert {t2 - t1:.2f}s = {n / (t2 - t1):,.0f} rows/s)"
+    )
 
-    sql = ("SELECT rowid, title, distance, hamming FROM items "
-           "WHERE hq_match(items.code, :q) AND k = :k AND candidates = :c")
+    sql = (
+        "SELECT rowid, title, distance, hamming FROM items "
+        "WHERE hq_match(items.code, :q) AND k = :k AND candidates = :c"
+    )
     example = db.execute(sql, {"q": qs[0].tobytes(), "k": 3, "c": 1000}).fetchall()
     out("\n" + sql.replace(":k", "3").replace(":c", "1000"))
     for row in example:
         out(f"  {row}")
     filtered = db.execute(
         "SELECT rowid, title, kind, year FROM items WHERE hq_match(items.code, ?) AND k = 3 "
-        "AND kind = 'photo' AND year >= 2020", (qs[0].tobytes(),)).fetchall()
+        "AND kind = 'photo' AND year >= 2020",
+        (qs[0].tobytes(),),
+    ).fetchall()
     out("... AND kind = 'photo' AND year >= 2020:")
     for row in filtered:
         out(f"  {row}")
@@ -73,17 +97,24 @@ def run(path: str = "demo.db", n: int = 100_000, dim: int = 128, books: int = 4,
     exact = np.argsort(-(qs @ base.T), axis=1, kind="stable")[:, :k]
     exact_p = float((base_labels[exact] == qlabels[:, None]).mean())
     results = {"exact float": {"p50_ms": None, "precision": exact_p}}
-    out(f"\n{queries} queries, k={k}: latency through SQL and precision@{k} (same cluster); "
-        f"exact float search: precision@{k} {exact_p:.3f}")
-    for label, mode, cand in [("hamming only", "hamming", 0), ("two-stage c=100", "two_stage", 100),
-                              ("two-stage c=1000", "two_stage", 1000), ("two-stage c=10000", "two_stage", 10000),
-                              ("AQD over all", "aqd", 0)]:
+    out(
+        f"\n{queries} queries, k={k}: latency through SQL and precision@{k} (same cluster); "
+        f"exact float search: precision@{k} {exact_p:.3f}"
+    )
+    for label, mode, cand in [
+        ("hamming only", "hamming", 0),
+        ("two-stage c=100", "two_stage", 100),
+        ("two-stage c=1000", "two_stage", 1000),
+        ("two-stage c=10000", "two_stage", 10000),
+        ("AQD over all", "aqd", 0),
+    ]:
         times, hits = [], 0
         for i, q in enumerate(qs):
             t = time.perf_counter()
             rows = db.execute(
                 "SELECT rowid FROM items WHERE hq_match(items.code, ?) AND k = ? AND mode = ? AND candidates = ?",
-                (q.tobytes(), k, mode, max(cand, 1))).fetchall()
+                (q.tobytes(), k, mode, max(cand, 1)),
+            ).fetchall()
             times.append(time.perf_counter() - t)
             hits += sum(int(base_labels[r[0] - 1] == qlabels[i]) for r in rows)
         p50 = 1000 * float(np.median(times))
@@ -94,16 +125,17 @@ def run(path: str = "demo.db", n: int = 100_000, dim: int = 128, books: int = 4,
     return results
 
 
-def run_model(path: str = "demo.db", data: str | None = None, bits: int = 64, seed: int = 0,
-              n_queries: int = 400, out=print) -> dict:
+def run_model(
+    path: str = "demo.db", data: str | None = None, bits: int = 64, seed: int = 0, n_queries: int = 400, out=print
+) -> dict:
     import hqdb
+
     from . import datasets
     from .evaluate import evaluate, load_npz
 
     if data is None:
         pairs = datasets.synthetic_pairs(2400, seed=seed)
-        out("data: SYNTHETIC paired set generated by hqdb.datasets (8 topics; 128-d 'image' features, "
-            "short captions)")
+        out("data: SYNTHETIC paired set generated by hqdb.datasets (8 topics; 128-d 'image' features, short captions)")
     else:
         pairs = load_npz(data)
         out(f"data: {data}")
@@ -129,21 +161,26 @@ def run_model(path: str = "demo.db", data: str | None = None, bits: int = 64, se
     out(f"indexed {len(db_idx)} items into docs (model-bound hq table) in {path}")
 
     img = np.ascontiguousarray(queries["image"][0], dtype=np.float32).tobytes()
-    sql_i2t = ("SELECT rowid, topic, round(distance, 2) FROM docs "
-               "WHERE hq_match(docs.text, hq_query('image', :img)) AND k = 5")
+    sql_i2t = (
+        "SELECT rowid, topic, round(distance, 2) FROM docs WHERE hq_match(docs.text, hq_query('image', :img)) AND k = 5"
+    )
     out(f"\nimage -> text   (query item's topic: {_topic(queries, names, 0)})\n  {sql_i2t}")
     for row in db.execute(sql_i2t, {"img": img}):
         out(f"    {row}")
     if texts.dtype.kind in "UO":
         phrase = "a castle on a hill" if data is None else str(queries["text"][0])
-        sql_t2i = ("SELECT rowid, topic, round(distance, 2) FROM docs "
-                   "WHERE hq_match(docs.image, hq_query('text', :q)) AND k = 5")
+        sql_t2i = (
+            "SELECT rowid, topic, round(distance, 2) FROM docs "
+            "WHERE hq_match(docs.image, hq_query('text', :q)) AND k = 5"
+        )
         out(f"\ntext -> image   ('{phrase}')\n  {sql_t2i}")
         for row in db.execute(sql_t2i, {"q": phrase}):
             out(f"    {row}")
         # The same table from Python: a collection gives typed hits instead of tuples.
-        out(f"\nthe same from Python:\n  db.collection('docs').search(text='{phrase}', k=3, where='topic != ?', "
-            "where_args=['music'])")
+        out(
+            f"\nthe same from Python:\n  db.collection('docs').search(text='{phrase}', k=3, where='topic != ?', "
+            "where_args=['music'])"
+        )
         for hit in db.collection("docs").search(text=phrase, k=3, where="topic != ?", where_args=["music"]):
             out(f"    {hit}")
 
@@ -152,7 +189,10 @@ def run_model(path: str = "demo.db", data: str | None = None, bits: int = 64, se
     out(f"  {'':<10} {'two-stage':>10} {'hamming':>10} {'aqd':>10} {'lossless':>10}")
     for direction in ("i2t", "t2i"):
         r = result[direction]
-        out(f"  {direction:<10} " + " ".join(f"{r[m]['map@50']:>10.4f}" for m in ("two_stage", "hamming", "aqd", "lossless")))
+        out(
+            f"  {direction:<10} "
+            + " ".join(f"{r[m]['map@50']:>10.4f}" for m in ("two_stage", "hamming", "aqd", "lossless"))
+        )
     db.close()
     return result
 

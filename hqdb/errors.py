@@ -31,8 +31,18 @@ from __future__ import annotations
 import apsw
 
 __all__ = [
-    "HqdbError", "HqError", "OptionError", "ConstraintError", "CorruptTableError", "StaleTableError",
-    "SchemaError", "ModelError", "TrainingError", "CollectionError", "NotFoundError", "RebuildError",
+    "HqdbError",
+    "HqError",
+    "OptionError",
+    "ConstraintError",
+    "CorruptTableError",
+    "StaleTableError",
+    "SchemaError",
+    "ModelError",
+    "TrainingError",
+    "CollectionError",
+    "NotFoundError",
+    "RebuildError",
 ]
 
 

@@ -54,8 +54,17 @@ def modality_inputs(model, data: dict) -> dict:
     return out
 
 
-def evaluate(conn, model_name: str, queries, database, *, candidates: int = 1000, precision_k: int = 10,
-             table: str | None = None, keep: bool = False) -> dict:
+def evaluate(
+    conn,
+    model_name: str,
+    queries,
+    database,
+    *,
+    candidates: int = 1000,
+    precision_k: int = 10,
+    table: str | None = None,
+    keep: bool = False,
+) -> dict:
     """MAP@all, MAP@50 and P@k for image→text and text→image, per ranking, through SQL."""
     from .bulk import insert_items
     from .model.store import load_model
@@ -73,14 +82,27 @@ def evaluate(conn, model_name: str, queries, database, *, candidates: int = 1000
     index_s = time.perf_counter() - t0
     qbytes = model.books * (1 if model.codewords <= 256 else 2)
     search = model.search
-    out: dict = {"model": model_name, "method": model.config.get("method"), "search": search,
-                 "metric": model.metric, "bits": model.bits, "books": model.books,
-                 "codewords": model.codewords, "n_queries": len(labels_q), "n_database": n,
-                 "candidates": candidates,
-                 "bytes_per_item": {"two_stage": model.bits // 8 + qbytes, "hamming": model.bits // 8,
-                                    "aqd": qbytes, "float": 4 * model.bits}[search],
-                 "stored_bytes_per_item": model.bits // 8 + qbytes,
-                 "index_seconds": index_s, "ms_per_query": {}}
+    out: dict = {
+        "model": model_name,
+        "method": model.config.get("method"),
+        "search": search,
+        "metric": model.metric,
+        "bits": model.bits,
+        "books": model.books,
+        "codewords": model.codewords,
+        "n_queries": len(labels_q),
+        "n_database": n,
+        "candidates": candidates,
+        "bytes_per_item": {
+            "two_stage": model.bits // 8 + qbytes,
+            "hamming": model.bits // 8,
+            "aqd": qbytes,
+            "float": 4 * model.bits,
+        }[search],
+        "stored_bytes_per_item": model.bits // 8 + qbytes,
+        "index_seconds": index_s,
+        "ms_per_query": {},
+    }
     try:
         for direction, (src, dst) in DIRECTIONS.items():
             if src not in model.modalities or dst not in model.modalities:
@@ -93,8 +115,9 @@ def evaluate(conn, model_name: str, queries, database, *, candidates: int = 1000
             }
         if "i2t" in out and "t2i" in out:
             out["harmonic"] = {
-                name: {key: metrics.harmonic_mean(out["i2t"][name][key], out["t2i"][name][key])
-                       for key in out["i2t"][name]}
+                name: {
+                    key: metrics.harmonic_mean(out["i2t"][name][key], out["t2i"][name][key]) for key in out["i2t"][name]
+                }
                 for name in out["i2t"]
             }
     finally:
@@ -105,8 +128,10 @@ def evaluate(conn, model_name: str, queries, database, *, candidates: int = 1000
 
 def _rankings(conn, table, model, src, dst, queries, items, n, candidates):
     t = quote_ident(table)
-    sql = (f"SELECT rowid FROM {t} WHERE hq_match({t}.{quote_ident(dst)}, hq_query(?, ?)) "
-           "AND k = ? AND mode = ? AND candidates = ?")
+    sql = (
+        f"SELECT rowid FROM {t} WHERE hq_match({t}.{quote_ident(dst)}, hq_query(?, ?)) "
+        "AND k = ? AND mode = ? AND candidates = ?"
+    )
     values = queries if isinstance(queries, list) else [np.ascontiguousarray(v).tobytes() for v in queries]
     modes = ("hamming", "aqd") if model.books else ("hamming",)
     out = {m: [] for m in modes}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 MAX_CLASSES = 1 << 16  # class ids above this are refused, not turned into a giant matrix
 
 
@@ -76,14 +75,18 @@ def summary(rel: np.ndarray, *, precision_k: int = 10) -> dict:
     }
 
 
-def precision_recall_curve(labels_q: np.ndarray, labels_db: np.ndarray, rankings: np.ndarray,
-                           points: int = 50) -> tuple[np.ndarray, np.ndarray]:
+def precision_recall_curve(
+    labels_q: np.ndarray, labels_db: np.ndarray, rankings: np.ndarray, points: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean precision and mean recall over queries at ``points`` cut-offs spread evenly over the
     ranking's length (recall = relevant items found / relevant items in the database; queries
     with no relevant item in the database are left out of the recall mean)."""
     rel = relevance(labels_q, labels_db, rankings)
-    n_rel = (as_multihot(labels_q).astype(np.int32)
-             @ as_multihot(labels_db, as_multihot(labels_q).shape[1]).astype(np.int32).T > 0).sum(axis=1)
+    n_rel = (
+        as_multihot(labels_q).astype(np.int32)
+        @ as_multihot(labels_db, as_multihot(labels_q).shape[1]).astype(np.int32).T
+        > 0
+    ).sum(axis=1)
     cutoffs = np.unique(np.linspace(1, rel.shape[1], points).round().astype(np.int64))
     hits = np.cumsum(rel, axis=1)[:, cutoffs - 1]
     precision = (hits / cutoffs).mean(axis=0)

@@ -34,8 +34,13 @@ def eval_figure(results: list[dict], curves: dict, path: str) -> None:
             c = curves.get(r["model"], {}).get(direction)
             if c:
                 ax.plot(c["recall"], c["precision"], label=f"{r['model']} ({r['bits']} bits)")
-        ax.set(title=f"precision–recall, {DIRECTION_TITLES[direction]}", xlabel="recall", ylabel="precision",
-               xlim=(0, 1), ylim=(0, 1.02))
+        ax.set(
+            title=f"precision–recall, {DIRECTION_TITLES[direction]}",
+            xlabel="recall",
+            ylabel="precision",
+            xlim=(0, 1),
+            ylim=(0, 1.02),
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax = axes[1, col]
@@ -65,9 +70,12 @@ def bench_figure(result: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(cands, [r["p50_ms"] for r in rows], "-o", color="tab:blue", label="p50 latency")
     ax.set_xscale("log")
-    ax.set(xlabel="candidates (Hamming shortlist re-ranked by AQD)", ylabel="p50 latency per query (ms)",
-           title=f"{DIRECTION_TITLES.get(result['direction'], result['direction'])}: "
-                 f"{result['n_database']} items, k = {k}")
+    ax.set(
+        xlabel="candidates (Hamming shortlist re-ranked by AQD)",
+        ylabel="p50 latency per query (ms)",
+        title=f"{DIRECTION_TITLES.get(result['direction'], result['direction'])}: "
+        f"{result['n_database']} items, k = {k}",
+    )
     ax.tick_params(axis="y", labelcolor="tab:blue")
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()

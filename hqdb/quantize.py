@@ -22,8 +22,9 @@ def _nearest(x: np.ndarray, centroids: np.ndarray, batch: int = 65536) -> np.nda
     return out
 
 
-def fit_codebooks(x: np.ndarray, books: int, codewords: int, *, iters: int = 8,
-                  sample: int = 20000, seed: int = 0) -> np.ndarray:
+def fit_codebooks(
+    x: np.ndarray, books: int, codewords: int, *, iters: int = 8, sample: int = 20000, seed: int = 0
+) -> np.ndarray:
     """Residual k-means codebooks, float32 (books, codewords, dim)."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or not np.isfinite(x).all():

@@ -1,1 +1,2 @@
-"""The storage engine: catalog, shadow tables, code cache, the one writer (:class:`Table`), search and checks. It imports no apsw virtual-table API."""
+"""The storage engine: catalog, shadow tables, code cache, the one writer (:class:`Table`),
+search and checks. It imports no apsw virtual-table API."""

@@ -109,8 +109,12 @@ def list_entries(conn: apsw.Connection, schema: str = "main") -> list[Entry]:
 
 def tables_using_model(conn: apsw.Connection, model: str, schema: str = "main") -> list[str]:
     """Names of the hq tables bound to stored model ``model``."""
-    return [r[0] for r in conn.execute(
-        f"SELECT name FROM {_catalog(schema)} WHERE json_extract(options, '$.model') = ? ORDER BY name", (model,))]
+    return [
+        r[0]
+        for r in conn.execute(
+            f"SELECT name FROM {_catalog(schema)} WHERE json_extract(options, '$.model') = ? ORDER BY name", (model,)
+        )
+    ]
 
 
 def insert_entry(conn: apsw.Connection, schema: str, name: str, opts: TableOptions) -> int:
@@ -136,7 +140,8 @@ def read_generation(conn: apsw.Connection, schema: str, name: str) -> tuple[int,
     caller tells a changed generation from a table that was dropped and recreated."""
     return conn.execute(
         f"SELECT generation, dim, books, codewords, chunk_size, options FROM {_catalog(schema)} "
-        "WHERE name = ? COLLATE NOCASE", (name,)
+        "WHERE name = ? COLLATE NOCASE",
+        (name,),
     ).fetchone()
 
 
@@ -154,8 +159,10 @@ def read_codebooks(conn: apsw.Connection, schema: str, name: str):
 
 def write_codebooks(conn: apsw.Connection, schema: str, name: str, blob: bytes) -> int:
     generation = new_generation()
-    conn.execute(f"UPDATE {_catalog(schema)} SET codebooks = ?, generation = ? WHERE name = ? COLLATE NOCASE",
-                 (blob, generation, name))
+    conn.execute(
+        f"UPDATE {_catalog(schema)} SET codebooks = ?, generation = ? WHERE name = ? COLLATE NOCASE",
+        (blob, generation, name),
+    )
     return generation
 
 
@@ -179,13 +186,24 @@ def table_stats(conn: apsw.Connection, schema: str = "main") -> list[dict]:
         o = e.opts
         shadows = [rows_name(e.name)] + [chunks_name(e.name, c) for c in o.code_sets]
         (rows,) = conn.execute(f"SELECT count(*) FROM {qualified(schema, rows_name(e.name))}").fetchone()
-        (disk,) = conn.execute("SELECT coalesce(sum(pgsize), 0) FROM dbstat(?) WHERE name IN "
-                               "(SELECT value FROM json_each(?))", (schema, json.dumps(shadows))).fetchone()
-        out.append({
-            "table": e.name, "kind": "collection" if o.model else "raw", "model": o.model,
-            "modalities": list(o.modalities) or ["code"], "columns": [c.name for c in o.columns],
-            "rows": rows, "bits": o.dim, "books": o.books, "codewords": o.codewords,
-            "code_bytes_per_item": o.code_bytes + o.qcode_bytes, "disk_bytes": disk,
-            "disk_bytes_per_row": round(disk / rows, 1) if rows else None,
-        })
+        (disk,) = conn.execute(
+            "SELECT coalesce(sum(pgsize), 0) FROM dbstat(?) WHERE name IN (SELECT value FROM json_each(?))",
+            (schema, json.dumps(shadows)),
+        ).fetchone()
+        out.append(
+            {
+                "table": e.name,
+                "kind": "collection" if o.model else "raw",
+                "model": o.model,
+                "modalities": list(o.modalities) or ["code"],
+                "columns": [c.name for c in o.columns],
+                "rows": rows,
+                "bits": o.dim,
+                "books": o.books,
+                "codewords": o.codewords,
+                "code_bytes_per_item": o.code_bytes + o.qcode_bytes,
+                "disk_bytes": disk,
+                "disk_bytes_per_row": round(disk / rows, 1) if rows else None,
+            }
+        )
     return out

@@ -25,16 +25,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import apsw
 import numpy as np
 
-import apsw
-
 from ..errors import HqError, ModelError, RebuildError
-from .options import CodeSet, TableOptions
+from ..txn import write_transaction
 from . import catalog
 from .catalog import quote_ident
+from .options import CodeSet, TableOptions
 from .table import Table
-from ..txn import write_transaction
 
 __all__ = ["check", "check_table", "rebuild_table", "RebuildError"]
 
@@ -89,7 +88,12 @@ def _read_slots(conn, schema: str, name: str, opts: TableOptions, cset: CodeSet,
         if types != "blob" * 4:
             problems.add(f"{where}: a column holds a non-BLOB value")
             continue
-        sizes = [("valid", valid, cs), ("rowids", rowids, 8 * cs), ("codes", codes, cb * cs), ("qcodes", qcodes, qb * cs)]
+        sizes = [
+            ("valid", valid, cs),
+            ("rowids", rowids, 8 * cs),
+            ("codes", codes, cb * cs),
+            ("qcodes", qcodes, qb * cs),
+        ]
         bad = [f"{col} is {len(v)} bytes, expected {n}" for col, v, n in sizes if len(v) != n]
         if bad:
             problems.add(f"{where}: wrong BLOB sizes (" + "; ".join(bad) + ")")
@@ -111,8 +115,13 @@ def _read_slots(conn, schema: str, name: str, opts: TableOptions, cset: CodeSet,
         idx = np.flatnonzero(occupied)
         parts.append((np.full(len(idx), chunk, dtype=np.int64), idx.astype(np.int64), r[idx], c[idx], q[idx]))
     if not parts:
-        return _Slots(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
-                      np.zeros((0, cb), np.uint8), np.zeros((0, opts.books), opts.qcode_dtype))
+        return _Slots(
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros((0, cb), np.uint8),
+            np.zeros((0, opts.books), opts.qcode_dtype),
+        )
     return _Slots(*(np.concatenate(a) for a in zip(*parts)))
 
 
@@ -154,8 +163,10 @@ def check_table(conn: apsw.Connection, name: str, schema: str = "main") -> list[
         claimed = np.zeros(len(slots.rowid), dtype=bool)
         claimed[found[found >= 0]] = True
         for j in np.flatnonzero(~claimed)[:MAX_PROBLEMS]:
-            problems.add(f"orphan {label} in chunk {slots.chunk[j]} slot {slots.slot[j]} "
-                         f"(rowid {slots.rowid[j]} does not point there)")
+            problems.add(
+                f"orphan {label} in chunk {slots.chunk[j]} slot {slots.slot[j]} "
+                f"(rowid {slots.rowid[j]} does not point there)"
+            )
     if opts.model:
         _check_model(conn, schema, name, opts, rowids, problems)
     else:
@@ -169,7 +180,9 @@ def _check_codebooks(conn, schema, name, opts, problems) -> None:
         return
     want = opts.books * opts.codewords * opts.dim * 4
     if not isinstance(blob, bytes) or len(blob) != want:
-        problems.add(f"codebooks are {len(blob) if isinstance(blob, bytes) else type(blob).__name__} bytes, expected {want}")
+        problems.add(
+            f"codebooks are {len(blob) if isinstance(blob, bytes) else type(blob).__name__} bytes, expected {want}"
+        )
     elif not np.isfinite(np.frombuffer(blob, dtype="<f4")).all():
         problems.add("codebooks contain NaN or infinity")
 
@@ -206,8 +219,16 @@ def rebuild_table(conn: apsw.Connection, name: str, schema: str = "main", *, dro
     """
     opts = _options(conn, schema, name)
     cs = opts.chunk_size
-    stats = {"table": name, "rows": 0, "kept": {}, "lost": {}, "orphans_dropped": {},
-             "chunks_before": {}, "chunks_after": {}, "rows_dropped": 0}
+    stats = {
+        "table": name,
+        "rows": 0,
+        "kept": {},
+        "lost": {},
+        "orphans_dropped": {},
+        "chunks_before": {},
+        "chunks_after": {},
+        "rows_dropped": 0,
+    }
     with write_transaction(conn):
         rows = _read_rows(conn, schema, name, opts)
         rowids = np.asarray([r[0] for r in rows], dtype=np.int64)
@@ -226,13 +247,18 @@ def rebuild_table(conn: apsw.Connection, name: str, schema: str = "main", *, dro
                 found[missing] = fill
             lost = rowids[(found < 0) & (points | (not opts.model))]
             plans.append((cset, slots, found, lost))
-            stats["chunks_before"][cset.name] = int(conn.execute(
-                f"SELECT count(*) FROM {catalog.qualified(schema, catalog.chunks_name(name, cset))}").fetchone()[0])
+            stats["chunks_before"][cset.name] = int(
+                conn.execute(
+                    f"SELECT count(*) FROM {catalog.qualified(schema, catalog.chunks_name(name, cset))}"
+                ).fetchone()[0]
+            )
         drop = np.unique(np.concatenate([p[3] for p in plans])) if not opts.model else np.zeros(0, np.int64)
         if len(drop) and not drop_missing:
             shown = ", ".join(map(str, drop[:20].tolist())) + (" ..." if len(drop) > 20 else "")
-            raise RebuildError(f"hq table {name}: {len(drop)} rows have lost their codes ({shown}); "
-                               "rebuild with drop_missing=True to delete them")
+            raise RebuildError(
+                f"hq table {name}: {len(drop)} rows have lost their codes ({shown}); "
+                "rebuild with drop_missing=True to delete them"
+            )
         keep_row = ~np.isin(rowids, drop)
         per_set = []
         for cset, slots, found, lost in plans:

@@ -2,8 +2,9 @@
 
 Arguments are either options ``name=value`` (``dim=128``, ``books=4``, ``codewords=256``,
 ``chunk_size=1024``, ``metric='ip'`` or ``'l2'`` — how AQD compares a query with a quantized
-item: inner product, the HQ paper's, or squared Euclidean distance, CQ's) or metadata column declarations ``name TYPE [PRIMARY KEY]`` with TYPE one
-of TEXT, INTEGER, REAL, BLOB. Anything else is refused with a message naming the argument.
+item: inner product, the HQ paper's, or squared Euclidean distance, CQ's) or metadata column
+declarations ``name TYPE [PRIMARY KEY]`` with TYPE one of TEXT, INTEGER, REAL, BLOB. Anything
+else is refused with a message naming the argument.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ _COLUMN = re.compile(r'^\s*("[^"]*"|[A-Za-z_][A-Za-z0-9_]*)\s+([A-Za-z]+)((?:\s+
 
 METADATA_TYPES = ("TEXT", "INTEGER", "REAL", "BLOB")
 # Column names the table itself uses; a metadata column may not take them.
-RESERVED = frozenset(
-    {"rowid", "oid", "_rowid_", "code", "qcode", "distance", "hamming", "k", "candidates", "mode"}
-)
+RESERVED = frozenset({"rowid", "oid", "_rowid_", "code", "qcode", "distance", "hamming", "k", "candidates", "mode"})
 
 MAX_DIM = MAX_BITS
 MAX_BOOKS = 64
@@ -71,8 +70,7 @@ class TableOptions:
         if self.model is None:
             return (CodeSet("code", None, "code", "qcode", "_chunks", "chunk", "slot"),)
         return tuple(
-            CodeSet(m, m, f"{m}_code", f"{m}_qcode", f"_{m}_chunks", f"{m}_chunk", f"{m}_slot")
-            for m in self.modalities
+            CodeSet(m, m, f"{m}_code", f"{m}_qcode", f"_{m}_chunks", f"{m}_chunk", f"{m}_slot") for m in self.modalities
         )
 
     @property
@@ -92,20 +90,29 @@ class TableOptions:
         return next((c for c in self.columns if c.key), None)
 
     def to_json(self) -> str:
-        return json.dumps({
-            "columns": [[c.name, c.type, c.key] for c in self.columns],
-            "model": self.model,
-            "modalities": list(self.modalities),
-            "metric": self.metric,
-        })
+        return json.dumps(
+            {
+                "columns": [[c.name, c.type, c.key] for c in self.columns],
+                "model": self.model,
+                "modalities": list(self.modalities),
+                "metric": self.metric,
+            }
+        )
 
     @classmethod
-    def from_catalog(cls, dim: int, books: int, codewords: int, chunk_size: int, options: str) -> "TableOptions":
+    def from_catalog(cls, dim: int, books: int, codewords: int, chunk_size: int, options: str) -> TableOptions:
         doc = json.loads(options)
         cols = tuple(Column(n, t, bool(k)) for n, t, k in doc.get("columns", []))
-        return cls(dim=dim, books=books, codewords=codewords, chunk_size=chunk_size, columns=cols,
-                   model=doc.get("model"), modalities=tuple(doc.get("modalities", ())),
-                   metric=doc.get("metric", "ip"))
+        return cls(
+            dim=dim,
+            books=books,
+            codewords=codewords,
+            chunk_size=chunk_size,
+            columns=cols,
+            model=doc.get("model"),
+            modalities=tuple(doc.get("modalities", ())),
+            metric=doc.get("metric", "ip"),
+        )
 
 
 def _int_option(name: str, raw: str, lo: int, hi: int) -> int:
@@ -156,8 +163,9 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
                 raw = m.group(2).strip()
                 metric = raw[1:-1] if len(raw) >= 2 and raw[0] in "'\"" and raw[-1] == raw[0] else raw
                 if metric not in METRICS:
-                    raise OptionError(f"hq option metric={raw}: must be 'ip' (inner product) or 'l2' "
-                                      "(squared Euclidean distance)")
+                    raise OptionError(
+                        f"hq option metric={raw}: must be 'ip' (inner product) or 'l2' (squared Euclidean distance)"
+                    )
                 opts[name] = 1
             else:
                 raise OptionError(
@@ -166,9 +174,7 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
             continue
         m = _COLUMN.match(text)
         if not m:
-            raise OptionError(
-                f"cannot parse hq argument {text!r}: expected option=value or 'name TYPE'"
-            )
+            raise OptionError(f"cannot parse hq argument {text!r}: expected option=value or 'name TYPE'")
         name, ctype, rest = m.group(1).strip('"'), m.group(2).upper(), m.group(3).split()
         if not _IDENT.match(name):
             raise OptionError(f"invalid column name {name!r}")
@@ -177,9 +183,7 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
         if name.lower() in seen:
             raise OptionError(f"column {name!r} declared twice")
         if ctype not in METADATA_TYPES:
-            raise OptionError(
-                f"column {name!r}: type {ctype!r} not supported (use one of {', '.join(METADATA_TYPES)})"
-            )
+            raise OptionError(f"column {name!r}: type {ctype!r} not supported (use one of {', '.join(METADATA_TYPES)})")
         constraint = " ".join(w.upper() for w in rest)
         if constraint not in ("", "PRIMARY KEY", "UNIQUE"):
             raise OptionError(f"column {name!r}: unsupported constraint {constraint!r}")
@@ -201,8 +205,16 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
             for col in (mod, f"{mod}_code", f"{mod}_qcode"):
                 if col.lower() in taken:
                     raise OptionError(f"column {col!r} is used by the model's {mod!r} modality")
-        return TableOptions(dim=dim, books=books, codewords=codewords, chunk_size=chunk_size,
-                            columns=tuple(columns), model=model, modalities=tuple(modalities), metric=metric)
+        return TableOptions(
+            dim=dim,
+            books=books,
+            codewords=codewords,
+            chunk_size=chunk_size,
+            columns=tuple(columns),
+            model=model,
+            modalities=tuple(modalities),
+            metric=metric,
+        )
     if "dim" not in opts:
         raise OptionError("hq table needs dim=N (code length in bits, a multiple of 8) or model='name'")
     return TableOptions(

@@ -15,8 +15,17 @@ from ..kernels import MODES
 MAX_K = 65536
 MAX_CANDIDATES = (1 << 31) - 1
 
-__all__ = ["MODES", "MAX_K", "MAX_CANDIDATES", "Params", "resolve", "int_arg", "default_candidates",
-           "encode_query", "decode_query"]
+__all__ = [
+    "MODES",
+    "MAX_K",
+    "MAX_CANDIDATES",
+    "Params",
+    "resolve",
+    "int_arg",
+    "default_candidates",
+    "encode_query",
+    "decode_query",
+]
 
 
 def default_candidates(k: int) -> int:
@@ -53,8 +62,16 @@ class Params:
     run_mode: str
 
 
-def resolve(k, candidates=None, mode=None, *, default_mode: str = "two_stage", books: int = 1,
-            table: str = "table", k_name: str = "k") -> Params:
+def resolve(
+    k,
+    candidates=None,
+    mode=None,
+    *,
+    default_mode: str = "two_stage",
+    books: int = 1,
+    table: str = "table",
+    k_name: str = "k",
+) -> Params:
     """Validate ``k`` / ``candidates`` / ``mode`` and fill in the defaults.
 
     ``default_mode`` is the table's own (a model-bound table searches the way its model was
@@ -95,7 +112,7 @@ def decode_query(blob) -> tuple[str, str | bytes] | None:
     if not isinstance(blob, bytes) or not blob.startswith(_QUERY_TAG) or len(blob) < 6:
         return None
     n = blob[4]
-    name, kind, payload = blob[5:5 + n], blob[5 + n:6 + n], blob[6 + n:]
+    name, kind, payload = blob[5 : 5 + n], blob[5 + n : 6 + n], blob[6 + n :]
     try:
         modality = name.decode("utf-8")
         return modality, (payload.decode("utf-8") if kind == b"t" else payload)

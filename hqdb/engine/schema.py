@@ -53,7 +53,7 @@ def available_migrations() -> list[Migration]:
 def current_version(conn: apsw.Connection, schema: str = "main") -> int:
     """The schema version recorded in the database (0 for a database hqdb never touched)."""
     exists = conn.execute(
-        f'SELECT 1 FROM "{schema}".sqlite_master WHERE type = \'table\' AND name = ?',
+        f"SELECT 1 FROM \"{schema}\".sqlite_master WHERE type = 'table' AND name = ?",
         (VERSION_TABLE,),
     ).fetchone()
     if not exists:
@@ -80,8 +80,7 @@ def migrate(conn: apsw.Connection, migrations: list[Migration] | None = None) ->
     version = current_version(conn, schema)
     if version > latest:
         raise SchemaError(
-            f"database schema version {version} is newer than this hqdb supports ({latest}); "
-            "upgrade hqdb to open it"
+            f"database schema version {version} is newer than this hqdb supports ({latest}); upgrade hqdb to open it"
         )
     if version == latest:
         return version

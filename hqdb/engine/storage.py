@@ -26,9 +26,8 @@ than the cache's, and the cache reloads. A random value cannot come back the way
 
 from __future__ import annotations
 
-import numpy as np
-
 import apsw
+import numpy as np
 
 from ..errors import CorruptTableError
 from .catalog import chunks_name, qualified
@@ -58,9 +57,11 @@ class CodeStore:
     # ---------------------------------------------------------------- shadow table
     @staticmethod
     def create_sql(schema: str, table: str, codeset: CodeSet) -> str:
-        return (f"CREATE TABLE {qualified(schema, chunks_name(table, codeset))} ("
-                "chunk INTEGER PRIMARY KEY, valid BLOB NOT NULL, rowids BLOB NOT NULL, "
-                "codes BLOB NOT NULL, qcodes BLOB NOT NULL);")
+        return (
+            f"CREATE TABLE {qualified(schema, chunks_name(table, codeset))} ("
+            "chunk INTEGER PRIMARY KEY, valid BLOB NOT NULL, rowids BLOB NOT NULL, "
+            "codes BLOB NOT NULL, qcodes BLOB NOT NULL);"
+        )
 
     # ---------------------------------------------------------------- cache
     def _empty(self) -> None:
@@ -116,10 +117,14 @@ class CodeStore:
         )
         for i, (chunk, valid, rowids, codes, qcodes) in enumerate(cursor):
             if (
-                not isinstance(valid, bytes) or len(valid) != cs
-                or not isinstance(rowids, bytes) or len(rowids) != cs * 8
-                or not isinstance(codes, bytes) or len(codes) != cs * o.code_bytes
-                or not isinstance(qcodes, bytes) or len(qcodes) != cs * o.qcode_bytes
+                not isinstance(valid, bytes)
+                or len(valid) != cs
+                or not isinstance(rowids, bytes)
+                or len(rowids) != cs * 8
+                or not isinstance(codes, bytes)
+                or len(codes) != cs * o.code_bytes
+                or not isinstance(qcodes, bytes)
+                or len(qcodes) != cs * o.qcode_bytes
             ):
                 cursor.close()
                 raise CorruptTableError(
@@ -157,7 +162,9 @@ class CodeStore:
         """Cache index of (chunk, slot); :class:`CorruptTableError` if no such slot."""
         idx = self.chunk_index.get(chunk)
         if idx is None or not 0 <= slot < self.cs:
-            raise CorruptTableError(f"hq table {self.name}: a row points at chunk {chunk} slot {slot}, which does not exist")
+            raise CorruptTableError(
+                f"hq table {self.name}: a row points at chunk {chunk} slot {slot}, which does not exist"
+            )
         return idx * self.cs + slot
 
     def holds(self, chunk: int, slot: int, rowid: int) -> int | None:
@@ -195,7 +202,7 @@ class CodeStore:
         """(chunk, slot) arrays for n new rows (vectorised :meth:`reserve`)."""
         self._start_allocator()
         assert self._free is not None
-        take = self._free[self._free_at:self._free_at + n]
+        take = self._free[self._free_at : self._free_at + n]
         self._free_at += len(take)
         chunk_ids = np.asarray(self.chunk_ids, dtype=np.int64)
         chunks = chunk_ids[take // self.cs] if len(take) else np.zeros(0, dtype=np.int64)
@@ -230,9 +237,18 @@ class CodeStore:
         return idx
 
     # ---------------------------------------------------------------- batched changes
-    def apply(self, put_chunks: np.ndarray, put_slots: np.ndarray, put_rowids: np.ndarray,
-              codes: np.ndarray, qcodes: np.ndarray | None,
-              clear_chunks: np.ndarray, clear_slots: np.ndarray, *, expect_rowids: np.ndarray | None = None) -> None:
+    def apply(
+        self,
+        put_chunks: np.ndarray,
+        put_slots: np.ndarray,
+        put_rowids: np.ndarray,
+        codes: np.ndarray,
+        qcodes: np.ndarray | None,
+        clear_chunks: np.ndarray,
+        clear_slots: np.ndarray,
+        *,
+        expect_rowids: np.ndarray | None = None,
+    ) -> None:
         """Store codes in (chunk, slot)s and free other slots, in the arrays and in the file.
 
         Puts go to free slots, or (``expect_rowids`` given: an UPDATE) to slots holding those
@@ -243,8 +259,11 @@ class CodeStore:
         cs = self.cs
         put_idx = np.fromiter((self._chunk_idx(int(c)) for c in put_chunks), dtype=np.int64, count=len(put_chunks))
         pos = put_idx * cs + np.asarray(put_slots, dtype=np.int64)
-        cpos = np.fromiter((self.position(int(c), int(s)) for c, s in zip(clear_chunks, clear_slots)),
-                           dtype=np.int64, count=len(clear_chunks))
+        cpos = np.fromiter(
+            (self.position(int(c), int(s)) for c, s in zip(clear_chunks, clear_slots)),
+            dtype=np.int64,
+            count=len(clear_chunks),
+        )
         both = np.concatenate([pos, cpos])
         if len(np.unique(both)) != len(both):
             raise CorruptTableError(f"hq table {self.name}: one batch changes a slot twice")
@@ -295,25 +314,36 @@ class CodeStore:
             rows = []
             for idx in whole:
                 sl = slice(idx * cs, (idx + 1) * cs)
-                rows.append((self.chunk_ids[idx], self.valid[sl].tobytes(),
-                             self.rowids[sl].astype("<i8", copy=False).tobytes(), self.codes[sl].tobytes(),
-                             self.qcodes[sl].astype(o.qcode_dtype, copy=False).tobytes()))
+                rows.append(
+                    (
+                        self.chunk_ids[idx],
+                        self.valid[sl].tobytes(),
+                        self.rowids[sl].astype("<i8", copy=False).tobytes(),
+                        self.codes[sl].tobytes(),
+                        self.qcodes[sl].astype(o.qcode_dtype, copy=False).tobytes(),
+                    )
+                )
                 self.present[idx] = True
             self.conn.executemany(
                 f"INSERT OR REPLACE INTO {self.chunks_table}(chunk, valid, rowids, codes, qcodes) "
-                "VALUES (?, ?, ?, ?, ?)", rows)
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
         for chunk, group in patches:
             self._patch(chunk, group)
 
     def _patch(self, chunk: int, positions: np.ndarray) -> None:
         """Write a few slots' bytes into the chunk's BLOBs (incremental BLOB I/O)."""
         o, cs = self.opts, self.cs
-        columns = [("valid", 1, lambda p: self.valid[p:p + 1].tobytes()),
-                   ("rowids", 8, lambda p: self.rowids[p:p + 1].astype("<i8", copy=False).tobytes()),
-                   ("codes", o.code_bytes, lambda p: self.codes[p].tobytes())]
+        columns = [
+            ("valid", 1, lambda p: self.valid[p : p + 1].tobytes()),
+            ("rowids", 8, lambda p: self.rowids[p : p + 1].astype("<i8", copy=False).tobytes()),
+            ("codes", o.code_bytes, lambda p: self.codes[p].tobytes()),
+        ]
         if o.books:
-            columns.append(("qcodes", o.qcode_bytes,
-                            lambda p: self.qcodes[p].astype(o.qcode_dtype, copy=False).tobytes()))
+            columns.append(
+                ("qcodes", o.qcode_bytes, lambda p: self.qcodes[p].astype(o.qcode_dtype, copy=False).tobytes())
+            )
         for column, width, data in columns:
             blob = self.conn.blob_open(self.schema, self.chunks_name, column, chunk, True)
             try:

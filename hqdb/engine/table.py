@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Sequence
-
-import numpy as np
+from collections.abc import Sequence
+from typing import Any
 
 import apsw
+import numpy as np
 
 from .. import kernels
 from ..errors import ConstraintError, CorruptTableError, HqError, ModelError, StaleTableError
@@ -73,8 +73,10 @@ class Table:
         names = ["rowid", *locs, *self.meta_names]
         self._row_cols = names
         self._select_rows = f"SELECT {', '.join(map(quote_ident, names))} FROM {self.rows_table}"
-        self._insert_sql = (f"INSERT INTO {self.rows_table}({', '.join(map(quote_ident, names))}) "
-                            f"VALUES ({', '.join('?' * len(names))})")
+        self._insert_sql = (
+            f"INSERT INTO {self.rows_table}({', '.join(map(quote_ident, names))}) "
+            f"VALUES ({', '.join('?' * len(names))})"
+        )
         self._locate_sql = f"SELECT {', '.join(map(quote_ident, locs))} FROM {self.rows_table} WHERE rowid = ?"
         self._delete_sql = f"DELETE FROM {self.rows_table} WHERE rowid = ?"
         sets = ", ".join(f"{quote_ident(n)} = ?" for n in names)
@@ -82,7 +84,7 @@ class Table:
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
-    def create(cls, conn: apsw.Connection, schema: str, name: str, opts: TableOptions) -> "Table":
+    def create(cls, conn: apsw.Connection, schema: str, name: str, opts: TableOptions) -> Table:
         """Create the shadow tables and the catalog entry of a new table."""
         q = quote_ident
         null = " NOT NULL" if opts.model is None else ""  # a model-bound row may lack a modality
@@ -95,7 +97,7 @@ class Table:
         return cls(conn, schema, name, opts)
 
     @classmethod
-    def open(cls, conn: apsw.Connection, schema: str, name: str) -> "Table":
+    def open(cls, conn: apsw.Connection, schema: str, name: str) -> Table:
         entry = catalog.read_entry(conn, schema, name)
         if entry is None:
             raise HqError(f"hq table {name!r} is missing from the hqdb catalog ({schema}.{catalog.TABLE})")
@@ -104,19 +106,27 @@ class Table:
     def destroy(self) -> None:
         """Drop the shadow tables and the catalog entry (DROP TABLE)."""
         self._clear_buffer()
-        self.conn.execute("".join(f"DROP TABLE IF EXISTS {qualified(self.schema, self.name + s)};"
-                                  for s in catalog.shadow_suffixes(self.opts)))
+        self.conn.execute(
+            "".join(
+                f"DROP TABLE IF EXISTS {qualified(self.schema, self.name + s)};"
+                for s in catalog.shadow_suffixes(self.opts)
+            )
+        )
         catalog.delete_entry(self.conn, self.schema, self.name)
 
     def rename(self, new: str) -> None:
         """ALTER TABLE ... RENAME TO: the shadow tables and the catalog entry follow."""
         self.flush()
         for suffix in catalog.shadow_suffixes(self.opts):
-            exists = self.conn.execute(f"SELECT 1 FROM {quote_ident(self.schema)}.sqlite_master WHERE type = 'table' "
-                                       "AND name = ? COLLATE NOCASE", (self.name + suffix,)).fetchone()
+            exists = self.conn.execute(
+                f"SELECT 1 FROM {quote_ident(self.schema)}.sqlite_master WHERE type = 'table' "
+                "AND name = ? COLLATE NOCASE",
+                (self.name + suffix,),
+            ).fetchone()
             if exists:
-                self.conn.execute(f"ALTER TABLE {qualified(self.schema, self.name + suffix)} "
-                                  f"RENAME TO {quote_ident(new + suffix)}")
+                self.conn.execute(
+                    f"ALTER TABLE {qualified(self.schema, self.name + suffix)} RENAME TO {quote_ident(new + suffix)}"
+                )
         catalog.rename_entry(self.conn, self.schema, self.name, new)
         self._set_name(new)
         self._codebooks_gen = None
@@ -133,8 +143,9 @@ class Table:
             raise StaleTableError(f"hq table {self.name} no longer exists (dropped by another connection)")
         generation, dim, books, codewords, chunk_size, options = row
         if (dim, books, codewords, chunk_size) != (o.dim, o.books, o.codewords, o.chunk_size) or options != o.to_json():
-            raise StaleTableError(f"hq table {self.name} was dropped and recreated by another connection; "
-                                  "open it again")
+            raise StaleTableError(
+                f"hq table {self.name} was dropped and recreated by another connection; open it again"
+            )
         for st in self.stores:
             st.ensure_fresh(generation)
         return generation
@@ -193,8 +204,10 @@ class Table:
             raise HqError(f"codebooks for {self.name} must be a BLOB of float32, got {type(blob).__name__}")
         expected = o.books * o.codewords * o.dim * 4
         if len(blob) != expected:
-            raise HqError(f"codebooks for {self.name} must be {o.books}x{o.codewords}x{o.dim} float32 "
-                          f"({expected} bytes), got {len(blob)} bytes")
+            raise HqError(
+                f"codebooks for {self.name} must be {o.books}x{o.codewords}x{o.dim} float32 "
+                f"({expected} bytes), got {len(blob)} bytes"
+            )
         cb = np.frombuffer(blob, dtype="<f4").reshape(o.books, o.codewords, o.dim).astype(np.float32)
         if not np.isfinite(cb).all():
             raise HqError(f"codebooks for {self.name} contain NaN or infinity")
@@ -254,8 +267,9 @@ class Table:
                 if texts:
                     x = model.featurize(modality, texts)
                 else:
-                    x = model.featurize(modality, np.stack([np.frombuffer(v, dtype="<f4") for v in values])
-                                        .astype(np.float32))
+                    x = model.featurize(
+                        modality, np.stack([np.frombuffer(v, dtype="<f4") for v in values]).astype(np.float32)
+                    )
             return model.encode(modality, x)
         except (ValueError, TypeError) as e:
             raise HqError(f"{self.name}.{modality}: {e}") from None
@@ -268,19 +282,25 @@ class Table:
             if not model.has_featurizer(modality):
                 raise HqError(
                     f"{self.name}.{modality}: model {self.opts.model!r} has no text featurizer for "
-                    f"{modality!r}; insert a float32 feature BLOB of {model.input_dim(modality)} values")
+                    f"{modality!r}; insert a float32 feature BLOB of {model.input_dim(modality)} values"
+                )
             return value
         if isinstance(value, (bytes, bytearray, memoryview)):
             value = bytes(value)
             d = model.input_dim(modality)
             if len(value) != 4 * d:
-                raise HqError(f"{self.name}.{modality} must be a float32 BLOB of {d} values "
-                              f"({4 * d} bytes); got {len(value)} bytes")
+                raise HqError(
+                    f"{self.name}.{modality} must be a float32 BLOB of {d} values "
+                    f"({4 * d} bytes); got {len(value)} bytes"
+                )
             if not np.isfinite(np.frombuffer(value, dtype="<f4")).all():
                 raise HqError(f"{self.name}.{modality}: features contain NaN or infinity")
             return value
-        raise HqError(f"{self.name}.{modality} must be a BLOB of float32 features"
-                      + (" or TEXT" if model.has_featurizer(modality) else "") + f", got {type(value).__name__}")
+        raise HqError(
+            f"{self.name}.{modality} must be a BLOB of float32 features"
+            + (" or TEXT" if model.has_featurizer(modality) else "")
+            + f", got {type(value).__name__}"
+        )
 
     # ------------------------------------------------------------------ row validation
     def check_code(self, set_idx: int, value) -> bytes:
@@ -297,8 +317,10 @@ class Table:
                 if not np.isfinite(vec).all():
                     raise HqError(f"{label}: float32 vector contains NaN or infinity")
                 return kernels.pack_bits(vec).tobytes()
-            raise HqError(f"{label} must be a BLOB of {o.code_bytes} bytes (dim={o.dim} bits) "
-                          f"or a float32 vector of {o.dim} values ({o.dim * 4} bytes); got {len(value)} bytes")
+            raise HqError(
+                f"{label} must be a BLOB of {o.code_bytes} bytes (dim={o.dim} bits) "
+                f"or a float32 vector of {o.dim} values ({o.dim * 4} bytes); got {len(value)} bytes"
+            )
         if value is None:
             raise HqError(f"{label} cannot be NULL")
         raise HqError(f"{label} must be a BLOB, got {type(value).__name__}")
@@ -344,9 +366,9 @@ class Table:
     # ------------------------------------------------------------------ buffered writes
     def _clear_buffer(self) -> None:
         n = len(self.sets)
-        self._puts: list[list] = [[] for _ in range(n)]     # (chunk, slot, rowid, code, qcode)
+        self._puts: list[list] = [[] for _ in range(n)]  # (chunk, slot, rowid, code, qcode)
         self._encodes: list[list] = [[] for _ in range(n)]  # (chunk, slot, rowid, input value)
-        self._clears: list[list] = [[] for _ in range(n)]   # (chunk, slot, rowid)
+        self._clears: list[list] = [[] for _ in range(n)]  # (chunk, slot, rowid)
         self._pending = 0
         for st in self.stores:
             st.reset_allocator()
@@ -392,8 +414,9 @@ class Table:
         if key is not None:
             v = meta[self.meta_names.index(key.name)]
             if v is not None:
-                row = self.conn.execute(f"SELECT rowid FROM {self.rows_table} WHERE {quote_ident(key.name)} = ?",
-                                        (v,)).fetchone()
+                row = self.conn.execute(
+                    f"SELECT rowid FROM {self.rows_table} WHERE {quote_ident(key.name)} = ?", (v,)
+                ).fetchone()
                 if row and row[0] not in found:
                     found.append(row[0])
         return found
@@ -468,13 +491,17 @@ class Table:
             if item is not None and item[0] == "input":
                 bitf, f = self.encode_inputs(i, [item[1]])
                 q = self.model().quantize(f) if self.opts.books else None
-                codes.append((kernels.pack_bits(bitf)[0].tobytes(),
-                              None if q is None else q[0].astype(self.opts.qcode_dtype).tobytes()))
+                codes.append(
+                    (
+                        kernels.pack_bits(bitf)[0].tobytes(),
+                        None if q is None else q[0].astype(self.opts.qcode_dtype).tobytes(),
+                    )
+                )
             else:
                 codes.append(None if item is None else (item[1], item[2]))
         locs: list = []
         changes = []
-        for i, (st, code, loc) in enumerate(zip(self.stores, codes, old)):
+        for st, code, loc in zip(self.stores, codes, old):
             if loc is not None and code is not None:  # rewritten in place
                 locs += loc
                 changes.append((st, [(*loc, newrowid, *code)], [], rowid))
@@ -497,8 +524,16 @@ class Table:
                 ch, sl, ids, c, q = _columns(puts, self.opts)
                 cc = np.array([x for x, _ in clears], dtype=np.int64)
                 cl = np.array([y for _, y in clears], dtype=np.int64)
-                st.apply(ch, sl, ids, c, q, cc, cl,
-                         expect_rowids=None if expect is None else np.array([expect], dtype=np.int64))
+                st.apply(
+                    ch,
+                    sl,
+                    ids,
+                    c,
+                    q,
+                    cc,
+                    cl,
+                    expect_rowids=None if expect is None else np.array([expect], dtype=np.int64),
+                )
             self._changed()
         except BaseException:
             self.invalidate()
@@ -517,15 +552,19 @@ class Table:
         ids = sorted({e[2] for puts, encodes, clears in batch for e in (*puts, *encodes, *clears)})
         where = {}
         for lo in range(0, len(ids), 100_000):
-            for r in self.conn.execute(self._select_rows.split(" FROM ")[0] + f" FROM {self.rows_table} "
-                                       "WHERE rowid IN (SELECT value FROM json_each(?))",
-                                       (json.dumps(ids[lo:lo + 100_000]),)):
-                where[r[0]] = r[1:1 + 2 * len(self.sets)]
+            for r in self.conn.execute(
+                self._select_rows.split(" FROM ")[0] + f" FROM {self.rows_table} "
+                "WHERE rowid IN (SELECT value FROM json_each(?))",
+                (json.dumps(ids[lo : lo + 100_000]),),
+            ):
+                where[r[0]] = r[1 : 1 + 2 * len(self.sets)]
         out = []
         for i, (puts, encodes, clears) in enumerate(batch):
+
             def at(e, i=i):
                 loc = where.get(e[2])
                 return loc is not None and loc[2 * i] == e[0] and loc[2 * i + 1] == e[1]
+
             out.append(([e for e in puts if at(e)], [e for e in encodes if at(e)], [e for e in clears if not at(e)]))
         return out
 
@@ -547,8 +586,10 @@ class Table:
                     bitf, f = self.encode_inputs(i, [e[3] for e in encodes])
                     bits = kernels.pack_bits(bitf)
                     q = self.model().quantize(f).astype(o.qcode_dtype) if o.books else None
-                    puts = puts + [(c, s, r, bits[j].tobytes(), None if q is None else q[j].tobytes())
-                                   for j, (c, s, r, _) in enumerate(encodes)]
+                    puts = puts + [
+                        (c, s, r, bits[j].tobytes(), None if q is None else q[j].tobytes())
+                        for j, (c, s, r, _) in enumerate(encodes)
+                    ]
                 if puts or clears:
                     ch, sl, ids, codes, qcodes = _columns(puts, o)
                     cc = np.array([c for c, _, _ in clears], dtype=np.int64)
@@ -566,8 +607,13 @@ class Table:
         self._device_cache.clear()
 
     # ------------------------------------------------------------------ writes in bulk
-    def write_many(self, n: int, rowids: np.ndarray | None, meta: dict[str, Sequence],
-                   codes_by_set: dict[int, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+    def write_many(
+        self,
+        n: int,
+        rowids: np.ndarray | None,
+        meta: dict[str, Sequence],
+        codes_by_set: dict[int, tuple[np.ndarray, np.ndarray | None]],
+    ) -> np.ndarray:
         """Insert n rows at once: codes given per code set (``{set: (bit codes (n, code_bytes)
         uint8, qcodes (n, books) or None)}``; sets left out stay empty). Arrays are validated by
         the caller (:mod:`hqdb.bulk`). Returns the rowids. The caller holds a transaction."""
@@ -581,8 +627,9 @@ class Table:
             locs += st.allocate(n) if i in codes_by_set else ([None] * n, [None] * n)
         cols = [meta.get(name, [None] * n) for name in self.meta_names]
         try:
-            self.conn.executemany(self._insert_sql,
-                                  zip(rowids.tolist(), *(np.asarray(x).tolist() for x in locs), *cols))
+            self.conn.executemany(
+                self._insert_sql, zip(rowids.tolist(), *(np.asarray(x).tolist() for x in locs), *cols)
+            )
         except apsw.ConstraintError as e:
             self._clear_buffer()
             raise self._constraint(e) from None
@@ -607,12 +654,14 @@ class Table:
         locs_sql = ", ".join(f"{quote_ident(c.chunk_col)}, {quote_ident(c.slot_col)}" for c in self.sets)
         found: list = []
         for lo in range(0, len(rowids), 100_000):  # JSON arrays of bounded size
-            batch = json.dumps(rowids[lo:lo + 100_000].tolist())
+            batch = json.dumps(rowids[lo : lo + 100_000].tolist())
             found += self.conn.execute(
                 f"SELECT rowid, {locs_sql} FROM {self.rows_table} WHERE rowid IN (SELECT value FROM json_each(?))",
-                (batch,)).fetchall()
-            self.conn.execute(f"DELETE FROM {self.rows_table} WHERE rowid IN (SELECT value FROM json_each(?))",
-                              (batch,))
+                (batch,),
+            ).fetchall()
+            self.conn.execute(
+                f"DELETE FROM {self.rows_table} WHERE rowid IN (SELECT value FROM json_each(?))", (batch,)
+            )
         if not found:
             return 0
         try:
@@ -651,15 +700,28 @@ class Table:
             self.conn.execute(f"DELETE FROM {st.chunks_table}")
             self.conn.executemany(
                 f"INSERT INTO {st.chunks_table}(chunk, valid, rowids, codes, qcodes) VALUES (?, ?, ?, ?, ?)",
-                [(c + 1, valid[c * cs:(c + 1) * cs].tobytes(), rid[c * cs:(c + 1) * cs].tobytes(),
-                  allc[c * cs:(c + 1) * cs].tobytes(), allq[c * cs:(c + 1) * cs].tobytes()) for c in range(n_chunks)])
+                [
+                    (
+                        c + 1,
+                        valid[c * cs : (c + 1) * cs].tobytes(),
+                        rid[c * cs : (c + 1) * cs].tobytes(),
+                        allc[c * cs : (c + 1) * cs].tobytes(),
+                        allq[c * cs : (c + 1) * cs].tobytes(),
+                    )
+                    for c in range(n_chunks)
+                ],
+            )
             if o.model:
-                self.conn.execute(f"UPDATE {self.rows_table} SET {quote_ident(cset.chunk_col)} = NULL, "
-                                  f"{quote_ident(cset.slot_col)} = NULL")
+                self.conn.execute(
+                    f"UPDATE {self.rows_table} SET {quote_ident(cset.chunk_col)} = NULL, "
+                    f"{quote_ident(cset.slot_col)} = NULL"
+                )
             pos = np.arange(n)
             self.conn.executemany(
                 f"UPDATE {self.rows_table} SET {quote_ident(cset.chunk_col)} = ?, {quote_ident(cset.slot_col)} = ? "
-                "WHERE rowid = ?", zip((pos // cs + 1).tolist(), (pos % cs).tolist(), ids.tolist()))
+                "WHERE rowid = ?",
+                zip((pos // cs + 1).tolist(), (pos % cs).tolist(), ids.tolist()),
+            )
         catalog.write_generation(self.conn, self.schema, self.name)
         self.invalidate()
         self._flushes += 1
@@ -695,8 +757,9 @@ class Table:
     def rows_by_id(self, rowids: Sequence[int]) -> dict[int, tuple]:
         """{rowid: (chunk, slot per code set..., metadata...)} of the rows that exist."""
         self.flush()
-        got = self.conn.execute(self._select_rows + " WHERE rowid IN (SELECT value FROM json_each(?))",
-                                (json.dumps(list(rowids)),)).fetchall()
+        got = self.conn.execute(
+            self._select_rows + " WHERE rowid IN (SELECT value FROM json_each(?))", (json.dumps(list(rowids)),)
+        ).fetchall()
         return {r[0]: r[1:] for r in got}
 
     def codes_of(self, set_idx: int, rowid: int) -> tuple[bytes, bytes | None] | None:
@@ -729,8 +792,10 @@ class Table:
         decoded = decode_query(value)
         if decoded is not None:
             if not o.model:
-                raise HqError(f"hq_query() needs a model-bound table; {self.name} is a raw table: "
-                              f"pass a float32 vector of {o.dim} values")
+                raise HqError(
+                    f"hq_query() needs a model-bound table; {self.name} is a raw table: "
+                    f"pass a float32 vector of {o.dim} values"
+                )
             modality, raw = decoded
             qi = self.set_index(modality)
             bitf, vec = self.encode_inputs(qi, [self.check_input(qi, raw)])
@@ -738,7 +803,8 @@ class Table:
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise HqError(
                 f"hq_match query for {self.name} must be a BLOB (float32 x {o.dim}, or {o.code_bytes} "
-                f"bytes of bit code{', or hq_query(modality, value)' if o.model else ''}), got {type(value).__name__}")
+                f"bytes of bit code{', or hq_query(modality, value)' if o.model else ''}), got {type(value).__name__}"
+            )
         value = bytes(value)
         if len(value) == o.dim * 4:
             vec = np.frombuffer(value, dtype="<f4").astype(np.float32)
@@ -749,10 +815,13 @@ class Table:
             if mode != "hamming":
                 raise HqError(
                     f"hq_match query for {self.name} is a {o.code_bytes}-byte bit code: it can only "
-                    f"be searched with mode = 'hamming' (AQD needs a float32 vector of {o.dim} values)")
+                    f"be searched with mode = 'hamming' (AQD needs a float32 vector of {o.dim} values)"
+                )
             return np.frombuffer(value, dtype=np.uint8), None
-        raise HqError(f"hq_match query for {self.name} must be a float32 vector of {o.dim} values "
-                      f"({o.dim * 4} bytes) or a bit code of {o.code_bytes} bytes; got {len(value)} bytes")
+        raise HqError(
+            f"hq_match query for {self.name} must be a float32 vector of {o.dim} values "
+            f"({o.dim * 4} bytes) or a bit code of {o.code_bytes} bytes; got {len(value)} bytes"
+        )
 
     def parse_queries(self, queries, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
         """(bits (Q, code_bytes) uint8, vectors (Q, dim) float32 or None) of a batch of queries:
@@ -760,8 +829,10 @@ class Table:
         o = self.opts
         if isinstance(queries, np.ndarray):
             if queries.dtype != np.float32 or queries.ndim != 2 or queries.shape[1] != o.dim:
-                raise HqError(f"search_many on {self.name}: an array of queries must be float32 of "
-                              f"shape (Q, {o.dim}), got {queries.dtype} {queries.shape}")
+                raise HqError(
+                    f"search_many on {self.name}: an array of queries must be float32 of "
+                    f"shape (Q, {o.dim}), got {queries.dtype} {queries.shape}"
+                )
             vecs = np.ascontiguousarray(queries)
             if not np.isfinite(vecs).all():
                 raise HqError(f"search_many on {self.name}: queries contain NaN or infinity")
@@ -791,8 +862,10 @@ class Table:
         does not change the order."""
         cb = self.codebooks()
         if cb is None:
-            raise HqError(f"hq table {self.name} has no codebooks: set them with "
-                          f"SELECT hq_set_codebooks('{self.name}', :blob), or search with mode = 'hamming'")
+            raise HqError(
+                f"hq table {self.name} has no codebooks: set them with "
+                f"SELECT hq_set_codebooks('{self.name}', :blob), or search with mode = 'hamming'"
+            )
         luts = np.empty((len(vecs), cb.shape[0], cb.shape[1]), dtype=np.float32)
         for j, vec in enumerate(vecs):
             luts[j] = kernels.aqd_lut(vec, cb)
@@ -818,7 +891,9 @@ class Table:
         chunk, slot = quote_ident(cset.chunk_col), quote_ident(cset.slot_col)
         (packed,) = self.conn.execute(
             f"SELECT group_concat({chunk} * 65536 + {slot}) FROM {self.rows_table} "
-            f"WHERE {chunk} IS NOT NULL AND {' AND '.join(where)}", params).fetchone()
+            f"WHERE {chunk} IS NOT NULL AND {' AND '.join(where)}",
+            params,
+        ).fetchone()
         sel = np.zeros(st.size, dtype=np.uint8)
         if packed:
             keys = np.array(packed.split(","), dtype=np.int64)
@@ -842,12 +917,30 @@ class Table:
         bits, vec = self.parse_query(query, mode)
         _, codes, qcodes, rowids, valid = self._arrays(set_idx, conds)
         lut, offset = (None, None) if mode == "hamming" else self.luts(vec[None, :])
-        out = kernels.search(codes, qcodes, rowids, valid, bits, None if lut is None else lut[0],
-                             k=params.k, candidates=params.candidates, mode=mode, threads=threads)
+        out = kernels.search(
+            codes,
+            qcodes,
+            rowids,
+            valid,
+            bits,
+            None if lut is None else lut[0],
+            k=params.k,
+            candidates=params.candidates,
+            mode=mode,
+            threads=threads,
+        )
         return _with_offsets(out, offset)
 
-    def search_many(self, set_idx: int, queries, params: Params, conds: Sequence[Cond] | None = None, *,
-                    threads: int = 1, device: str | None = None):
+    def search_many(
+        self,
+        set_idx: int,
+        queries,
+        params: Params,
+        conds: Sequence[Cond] | None = None,
+        *,
+        threads: int = 1,
+        device: str | None = None,
+    ):
         """Many queries in one kernel call; row j of each result array is exactly what
         :meth:`search` returns for query j."""
         mode = params.run_mode
@@ -855,8 +948,18 @@ class Table:
         generation, codes, qcodes, rowids, valid = self._arrays(set_idx, conds)
         luts, offsets = (None, None) if mode == "hamming" else self.luts(vecs)
         if device is None:
-            out = kernels.search_many(codes, qcodes, rowids, valid, bits, luts, k=params.k,
-                                      candidates=params.candidates, mode=mode, threads=threads)
+            out = kernels.search_many(
+                codes,
+                qcodes,
+                rowids,
+                valid,
+                bits,
+                luts,
+                k=params.k,
+                candidates=params.candidates,
+                mode=mode,
+                threads=threads,
+            )
         else:
             from ..kernels import torch_backend
 
@@ -864,8 +967,18 @@ class Table:
             hit = self._device_cache.get(set_idx)
             if hit is None or hit[0] != key:
                 hit = self._device_cache[set_idx] = (key, torch_backend.DeviceCodes(codes, qcodes, rowids, device))
-            out = torch_backend.search_many(codes, qcodes, rowids, valid, bits, luts, k=params.k,
-                                            candidates=params.candidates, mode=mode, resident=hit[1])
+            out = torch_backend.search_many(
+                codes,
+                qcodes,
+                rowids,
+                valid,
+                bits,
+                luts,
+                k=params.k,
+                candidates=params.candidates,
+                mode=mode,
+                resident=hit[1],
+            )
         if offsets is None:
             return out
         r, d, h = out
@@ -884,8 +997,13 @@ def _columns(rows: list, o: TableOptions):
     buffered (chunk, slot, rowid, code bytes, qcode bytes) tuples."""
     n = len(rows)
     if not n:
-        return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
-                np.zeros((0, o.code_bytes), np.uint8), None)
+        return (
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros((0, o.code_bytes), np.uint8),
+            None,
+        )
     chunks = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
     slots = np.fromiter((r[1] for r in rows), dtype=np.int64, count=n)
     ids = np.fromiter((r[2] for r in rows), dtype=np.int64, count=n)

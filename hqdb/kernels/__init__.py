@@ -73,19 +73,37 @@ class _NativeBackend:
     def hamming(self, codes, query, out, threads):
         b = self._buf
         return self.lib.hq_hamming(
-            b("uint8_t[]", codes), codes.shape[0], codes.shape[1], b("uint8_t[]", query),
-            b("int32_t[]", out), threads,
+            b("uint8_t[]", codes),
+            codes.shape[0],
+            codes.shape[1],
+            b("uint8_t[]", query),
+            b("int32_t[]", out),
+            threads,
         )
 
     def aqd_lut(self, query, codebooks, out, threads):
         m, kw, dim = codebooks.shape
         b = self._buf
-        return self.lib.hq_aqd_lut(
-            b("float[]", query), b("float[]", codebooks), m, kw, dim, b("float[]", out), threads
-        )
+        return self.lib.hq_aqd_lut(b("float[]", query), b("float[]", codebooks), m, kw, dim, b("float[]", out), threads)
 
-    def _search_args(self, codes, qcodes, rowids, valid, n_queries, queries, luts, mode, k,
-                     candidates, threads, out_rowids, out_dist, out_ham, out_n):
+    def _search_args(
+        self,
+        codes,
+        qcodes,
+        rowids,
+        valid,
+        n_queries,
+        queries,
+        luts,
+        mode,
+        k,
+        candidates,
+        threads,
+        out_rowids,
+        out_dist,
+        out_ham,
+        out_n,
+    ):
         """An hq_search_args (native/hq_kernels.h) over validated arrays (out_n: a cdata), and
         the buffers it points into: keep both alive for the call (the struct alone does not)."""
         keep = []
@@ -110,21 +128,63 @@ class _NativeBackend:
         a.out_ham, a.out_n = ptr("int32_t[]", out_ham), out_n
         return a, keep
 
-    def search(self, codes, qcodes, rowids, valid, query_bits, lut, mode, k, candidates, threads,
-               out_rowids, out_dist, out_ham):
+    def search(
+        self, codes, qcodes, rowids, valid, query_bits, lut, mode, k, candidates, threads, out_rowids, out_dist, out_ham
+    ):
         out_n = self.ffi.new("int64_t[1]")
         a, _buffers = self._search_args(  # _buffers: alive until the call returns
-            codes, qcodes, rowids, valid, 1, query_bits, lut, mode, k, candidates, threads,
-            out_rowids, out_dist, out_ham, out_n,
+            codes,
+            qcodes,
+            rowids,
+            valid,
+            1,
+            query_bits,
+            lut,
+            mode,
+            k,
+            candidates,
+            threads,
+            out_rowids,
+            out_dist,
+            out_ham,
+            out_n,
         )
         return self.lib.hq_search(a), int(out_n[0])
 
-    def search_many(self, codes, qcodes, rowids, valid, queries, luts, mode, k, candidates,
-                    threads, out_rowids, out_dist, out_ham, out_n):
+    def search_many(
+        self,
+        codes,
+        qcodes,
+        rowids,
+        valid,
+        queries,
+        luts,
+        mode,
+        k,
+        candidates,
+        threads,
+        out_rowids,
+        out_dist,
+        out_ham,
+        out_n,
+    ):
         n_out = self._buf("int64_t[]", out_n)
         a, _buffers = self._search_args(  # _buffers: alive until the call returns
-            codes, qcodes, rowids, valid, queries.shape[0], queries, luts, mode, k, candidates,
-            threads, out_rowids, out_dist, out_ham, n_out,
+            codes,
+            qcodes,
+            rowids,
+            valid,
+            queries.shape[0],
+            queries,
+            luts,
+            mode,
+            k,
+            candidates,
+            threads,
+            out_rowids,
+            out_dist,
+            out_ham,
+            n_out,
         )
         return self.lib.hq_search_many(a)
 
@@ -164,8 +224,9 @@ class _NumbaBackend:
     def aqd_lut(self, query, codebooks, out, threads):
         return self.nk.aqd_lut(query, codebooks, out.reshape(codebooks.shape[:2]))
 
-    def search(self, codes, qcodes, rowids, valid, query_bits, lut, mode, k, candidates, threads,
-               out_rowids, out_dist, out_ham):
+    def search(
+        self, codes, qcodes, rowids, valid, query_bits, lut, mode, k, candidates, threads, out_rowids, out_dist, out_ham
+    ):
         # numba wants concrete arrays where C takes NULL: 0-sized stand-ins, never read.
         if valid is None:
             valid = np.empty(0, dtype=np.uint8)
@@ -177,13 +238,39 @@ class _NumbaBackend:
         if lut is None:
             lut = np.empty((1, 1), dtype=np.float32)
         rc, n = self.nk.search(
-            codes, qcodes, rowids, valid, has_valid, query_bits, lut, _MODE_CODE[mode], k,
-            candidates, out_rowids, out_dist, out_ham,
+            codes,
+            qcodes,
+            rowids,
+            valid,
+            has_valid,
+            query_bits,
+            lut,
+            _MODE_CODE[mode],
+            k,
+            candidates,
+            out_rowids,
+            out_dist,
+            out_ham,
         )
         return int(rc), int(n)
 
-    def search_many(self, codes, qcodes, rowids, valid, queries, luts, mode, k, candidates,
-                    threads, out_rowids, out_dist, out_ham, out_n):
+    def search_many(
+        self,
+        codes,
+        qcodes,
+        rowids,
+        valid,
+        queries,
+        luts,
+        mode,
+        k,
+        candidates,
+        threads,
+        out_rowids,
+        out_dist,
+        out_ham,
+        out_n,
+    ):
         has_valid = valid is not None
         if valid is None:
             valid = np.empty(0, dtype=np.uint8)
@@ -191,10 +278,24 @@ class _NumbaBackend:
             qcodes = np.empty((codes.shape[0], 1), dtype=np.uint8)
         if luts is None:
             luts = np.empty((queries.shape[0], 1, 1), dtype=np.float32)
-        return int(self.nk.search_many(
-            codes, qcodes, rowids, valid, has_valid, queries, luts, _MODE_CODE[mode], k,
-            candidates, out_rowids, out_dist, out_ham, out_n,
-        ))
+        return int(
+            self.nk.search_many(
+                codes,
+                qcodes,
+                rowids,
+                valid,
+                has_valid,
+                queries,
+                luts,
+                _MODE_CODE[mode],
+                k,
+                candidates,
+                out_rowids,
+                out_dist,
+                out_ham,
+                out_n,
+            )
+        )
 
     def info(self):
         try:
@@ -233,9 +334,7 @@ def _select_backend():
     try:
         impl = _NumbaBackend()
     except Exception as exc:
-        raise ImportError(
-            f"hqdb has no usable search kernels: native failed ({reason}), numba failed ({exc})"
-        ) from exc
+        raise ImportError(f"hqdb has no usable search kernels: native failed ({reason}), numba failed ({exc})") from exc
     warnings.warn(
         f"hqdb: native kernels unavailable ({reason}); using the numba fallback",
         RuntimeWarning,
@@ -257,8 +356,10 @@ def _backend_api(name: str):
     import functools
     import types
 
-    impl = {"native": lambda: _load_native() if BACKEND != "native" else _IMPL,
-            "numba": lambda: _NumbaBackend() if BACKEND != "numba" else _IMPL}[name]()
+    impl = {
+        "native": lambda: _load_native() if BACKEND != "native" else _IMPL,
+        "numba": lambda: _NumbaBackend() if BACKEND != "numba" else _IMPL,
+    }[name]()
     return types.SimpleNamespace(
         name=name,
         hamming_distances=functools.partial(_hamming_distances, impl),
@@ -498,8 +599,7 @@ def _aqd_lut(impl, query, codebooks, *, threads=1):
     return out
 
 
-def search(codes, qcodes, rowids, valid, query_bits, lut, *, k, candidates,
-           mode: str = "two_stage", threads: int = 1):
+def search(codes, qcodes, rowids, valid, query_bits, lut, *, k, candidates, mode: str = "two_stage", threads: int = 1):
     """Top-k rows for one query: Hamming prefilter, AQD re-rank, or both.
 
     Parameters
@@ -548,8 +648,9 @@ def search(codes, qcodes, rowids, valid, query_bits, lut, *, k, candidates,
     TypeError
         Wrong types or dtypes.
     """
-    return _search(_IMPL, codes, qcodes, rowids, valid, query_bits, lut, k=k,
-                   candidates=candidates, mode=mode, threads=threads)
+    return _search(
+        _IMPL, codes, qcodes, rowids, valid, query_bits, lut, k=k, candidates=candidates, mode=mode, threads=threads
+    )
 
 
 def _search_scalars(mode, k, candidates, threads):
@@ -606,8 +707,7 @@ def _lut_arg(name, lut, qcodes, mode, n_queries=None):
     return lut
 
 
-def _search(impl, codes, qcodes, rowids, valid, query_bits, lut, *, k, candidates,
-            mode="two_stage", threads=1):
+def _search(impl, codes, qcodes, rowids, valid, query_bits, lut, *, k, candidates, mode="two_stage", threads=1):
     k, candidates, threads = _search_scalars(mode, k, candidates, threads)
     check_codes(codes)
     n_rows, nb = codes.shape
@@ -622,16 +722,18 @@ def _search(impl, codes, qcodes, rowids, valid, query_bits, lut, *, k, candidate
         return out_rowids, out_dist, out_ham
     # Larger k or candidates select the same rows as n_rows does, and stay within int64.
     k, candidates = min(k, n_rows), min(candidates, n_rows)
-    rc, r = impl.search(codes, qcodes, rowids, valid, query_bits, lut, mode, k, candidates,
-                        threads, out_rowids, out_dist, out_ham)
+    rc, r = impl.search(
+        codes, qcodes, rowids, valid, query_bits, lut, mode, k, candidates, threads, out_rowids, out_dist, out_ham
+    )
     _check(rc, f"search (mode {mode!r})")
     if r < r_max:
         return out_rowids[:r].copy(), out_dist[:r].copy(), out_ham[:r].copy()
     return out_rowids, out_dist, out_ham
 
 
-def search_many(codes, qcodes, rowids, valid, queries_bits, luts, *, k, candidates,
-                mode: str = "two_stage", threads: int = 1):
+def search_many(
+    codes, qcodes, rowids, valid, queries_bits, luts, *, k, candidates, mode: str = "two_stage", threads: int = 1
+):
     """Top-k rows for each of a batch of queries, in one kernel call.
 
     Query ``j``'s results are exactly those of :func:`search` with ``queries_bits[j]`` and
@@ -664,12 +766,12 @@ def search_many(codes, qcodes, rowids, valid, queries_bits, luts, *, k, candidat
     ValueError, TypeError
         As :func:`search`; nothing runs if any query or LUT of the batch is bad.
     """
-    return _search_many(_IMPL, codes, qcodes, rowids, valid, queries_bits, luts, k=k,
-                        candidates=candidates, mode=mode, threads=threads)
+    return _search_many(
+        _IMPL, codes, qcodes, rowids, valid, queries_bits, luts, k=k, candidates=candidates, mode=mode, threads=threads
+    )
 
 
-def check_search_many(codes, qcodes, rowids, valid, queries_bits, luts, k, candidates, mode,
-                      threads):
+def check_search_many(codes, qcodes, rowids, valid, queries_bits, luts, k, candidates, mode, threads):
     """Validate a batched search's arguments (for every backend, the torch one too); return
     (qcodes or None, valid as uint8 or None, luts or None, k, candidates, threads)."""
     k, candidates, threads = _search_scalars(mode, k, candidates, threads)
@@ -687,23 +789,39 @@ def check_search_many(codes, qcodes, rowids, valid, queries_bits, luts, k, candi
     return qcodes, valid, luts, k, candidates, threads
 
 
-def _search_many(impl, codes, qcodes, rowids, valid, queries_bits, luts, *, k, candidates,
-                 mode="two_stage", threads=1):
+def _search_many(impl, codes, qcodes, rowids, valid, queries_bits, luts, *, k, candidates, mode="two_stage", threads=1):
     qcodes, valid, luts, k, candidates, threads = check_search_many(
-        codes, qcodes, rowids, valid, queries_bits, luts, k, candidates, mode, threads)
+        codes, qcodes, rowids, valid, queries_bits, luts, k, candidates, mode, threads
+    )
     n_rows, n_queries = codes.shape[0], queries_bits.shape[0]
     if n_rows == 0 or n_queries == 0:
         r_max = min(k, n_rows if valid is None else int(np.count_nonzero(valid)))
-        return (np.empty((n_queries, r_max), dtype=np.int64),
-                np.empty((n_queries, r_max), dtype=np.float32),
-                np.empty((n_queries, r_max), dtype=np.int32))
+        return (
+            np.empty((n_queries, r_max), dtype=np.int64),
+            np.empty((n_queries, r_max), dtype=np.float32),
+            np.empty((n_queries, r_max), dtype=np.int32),
+        )
     k, candidates = min(k, n_rows), min(candidates, n_rows)
     out_rowids = np.empty((n_queries, k), dtype=np.int64)
     out_dist = np.empty((n_queries, k), dtype=np.float32)
     out_ham = np.empty((n_queries, k), dtype=np.int32)
     out_n = np.zeros(n_queries, dtype=np.int64)
-    rc = impl.search_many(codes, qcodes, rowids, valid, queries_bits, luts, mode, k, candidates,
-                          threads, out_rowids, out_dist, out_ham, out_n)
+    rc = impl.search_many(
+        codes,
+        qcodes,
+        rowids,
+        valid,
+        queries_bits,
+        luts,
+        mode,
+        k,
+        candidates,
+        threads,
+        out_rowids,
+        out_dist,
+        out_ham,
+        out_n,
+    )
     _check(rc, f"search_many (mode {mode!r})")
     r = int(out_n[0])
     if not (out_n == r).all():  # every query ranks the same valid rows: a kernel bug otherwise

@@ -187,8 +187,7 @@ def _aqd(qcodes, i, lut, kw):
 @njit(cache=True)
 def _entries(n):
     """Storage for n entries: distance, hamming, rowid, slot index."""
-    return (np.empty(n, np.float32), np.empty(n, np.int32), np.empty(n, np.int64),
-            np.empty(n, np.int64))
+    return (np.empty(n, np.float32), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int64))
 
 
 @njit(cache=True)
@@ -210,8 +209,7 @@ def _aqd_scan(qcodes, rowids, valid, has_valid, lut, ed, eh, er, ex):
 
 
 @njit(cache=True)
-def _search_aqd(codes, qcodes, rowids, valid, has_valid, qw, lut, k, out_rowids, out_dist,
-                out_ham):
+def _search_aqd(codes, qcodes, rowids, valid, has_valid, qw, lut, k, out_rowids, out_dist, out_ham):
     n_rows, nb = codes.shape
     ed, eh, er, ex = _entries(min(k, n_rows))
     ok, n = _aqd_scan(qcodes, rowids, valid, has_valid, lut, ed, eh, er, ex)
@@ -251,14 +249,14 @@ def _collect(dist, rowids, dstar, need, ed, eh, er, ex, qd, qh, qr, qx):
             ed[nbelow], eh[nbelow], er[nbelow], ex[nbelow] = 0.0, d, rowids[i], i
             nbelow += 1
         elif d == dstar:
-            neq = _offer(qd, qh, qr, qx, neq, need, np.float32(0), np.int32(d), rowids[i],
-                         np.int64(i))
+            neq = _offer(qd, qh, qr, qx, neq, need, np.float32(0), np.int32(d), rowids[i], np.int64(i))
     return nbelow, neq
 
 
 @njit(cache=True)
-def _search_hamming_stage(codes, qcodes, rowids, valid, has_valid, qw, lut, mode, k,
-                          candidates, out_rowids, out_dist, out_ham):
+def _search_hamming_stage(
+    codes, qcodes, rowids, valid, has_valid, qw, lut, mode, k, candidates, out_rowids, out_dist, out_ham
+):
     n_rows, nb = codes.shape
     nbits = nb * 8
     inval = nbits + 1
@@ -306,24 +304,39 @@ def _search_hamming_stage(codes, qcodes, rowids, valid, has_valid, qw, lut, mode
 
 
 @njit(cache=True)
-def search(codes, qcodes, rowids, valid, has_valid, query_bits, lut, mode, k, candidates,
-           out_rowids, out_dist, out_ham):
+def search(
+    codes, qcodes, rowids, valid, has_valid, query_bits, lut, mode, k, candidates, out_rowids, out_dist, out_ham
+):
     qw = _query_words(query_bits)
     if mode == MODE_AQD:
-        return _search_aqd(codes, qcodes, rowids, valid, has_valid, qw, lut, k, out_rowids,
-                           out_dist, out_ham)
-    return _search_hamming_stage(codes, qcodes, rowids, valid, has_valid, qw, lut, mode, k,
-                                 candidates, out_rowids, out_dist, out_ham)
+        return _search_aqd(codes, qcodes, rowids, valid, has_valid, qw, lut, k, out_rowids, out_dist, out_ham)
+    return _search_hamming_stage(
+        codes, qcodes, rowids, valid, has_valid, qw, lut, mode, k, candidates, out_rowids, out_dist, out_ham
+    )
 
 
 @njit(cache=True)
-def search_many(codes, qcodes, rowids, valid, has_valid, queries, luts, mode, k, candidates,
-                out_rowids, out_dist, out_ham, out_n):
+def search_many(
+    codes, qcodes, rowids, valid, has_valid, queries, luts, mode, k, candidates, out_rowids, out_dist, out_ham, out_n
+):
     """Each query of the batch by :func:`search` (no blocking: this is the fallback), results
     in row j of the outputs; returns the first error code, or OK."""
     for j in range(queries.shape[0]):
-        rc, n = search(codes, qcodes, rowids, valid, has_valid, queries[j], luts[j], mode, k,
-                       candidates, out_rowids[j], out_dist[j], out_ham[j])
+        rc, n = search(
+            codes,
+            qcodes,
+            rowids,
+            valid,
+            has_valid,
+            queries[j],
+            luts[j],
+            mode,
+            k,
+            candidates,
+            out_rowids[j],
+            out_dist[j],
+            out_ham[j],
+        )
         if rc != OK:
             return rc
         out_n[j] = n

@@ -138,8 +138,7 @@ class DeviceCodes:
         self.m = qcodes.shape[1] if qcodes is not None else 0
         self.words = _words(torch, codes, self.device)  # for XOR + popcount of result rows
         self.bytes = torch.from_numpy(codes).to(self.device)  # for the +-1 expansion of a block
-        self.qcodes = (torch.from_numpy(qcodes.astype(np.int64)).to(self.device)
-                       if qcodes is not None else None)
+        self.qcodes = torch.from_numpy(qcodes.astype(np.int64)).to(self.device) if qcodes is not None else None
         self.rowids = torch.from_numpy(rowids.copy()).to(self.device)
         # rank: the row's position in (rowid, slot) order, the C kernels' tie-break
         order = np.lexsort((np.arange(self.n_rows), rowids))
@@ -149,12 +148,27 @@ class DeviceCodes:
 
     def matches(self, codes, qcodes, rowids) -> bool:
         """Whether these are (shape-wise) the arrays this copy was made from."""
-        return (codes.shape == (self.n_rows, self.nb) and rowids.shape == (self.n_rows,)
-                and (qcodes is None or qcodes.shape == (self.n_rows, self.m)))
+        return (
+            codes.shape == (self.n_rows, self.nb)
+            and rowids.shape == (self.n_rows,)
+            and (qcodes is None or qcodes.shape == (self.n_rows, self.m))
+        )
 
 
-def search_many(codes, qcodes, rowids, valid, queries_bits, luts, *, k, candidates,
-                mode="two_stage", device="cpu", resident: DeviceCodes | None = None):
+def search_many(
+    codes,
+    qcodes,
+    rowids,
+    valid,
+    queries_bits,
+    luts,
+    *,
+    k,
+    candidates,
+    mode="two_stage",
+    device="cpu",
+    resident: DeviceCodes | None = None,
+):
     """:func:`hqdb.kernels.search_many` on a torch device: same arguments, same results.
 
     Parameters
@@ -173,7 +187,8 @@ def search_many(codes, qcodes, rowids, valid, queries_bits, luts, *, k, candidat
     """
     torch = _torch()
     qcodes, valid, luts, k, candidates, _ = check_search_many(
-        codes, qcodes, rowids, valid, queries_bits, luts, k, candidates, mode, 1)
+        codes, qcodes, rowids, valid, queries_bits, luts, k, candidates, mode, 1
+    )
     if resident is None:
         resident = DeviceCodes(codes, qcodes, rowids, device)
     elif not resident.matches(codes, qcodes, rowids):
@@ -182,8 +197,11 @@ def search_many(codes, qcodes, rowids, valid, queries_bits, luts, *, k, candidat
     n, n_queries = codes.shape[0], queries_bits.shape[0]
     nvalid = n if valid is None else int(np.count_nonzero(valid))
     r = min(k, nvalid)
-    out = (np.empty((n_queries, r), dtype=np.int64), np.empty((n_queries, r), dtype=np.float32),
-           np.empty((n_queries, r), dtype=np.int32))
+    out = (
+        np.empty((n_queries, r), dtype=np.int64),
+        np.empty((n_queries, r), dtype=np.float32),
+        np.empty((n_queries, r), dtype=np.int32),
+    )
     if r == 0 or n_queries == 0:
         return out
     c = min(max(candidates, k) if mode == "two_stage" else k, nvalid)
@@ -215,8 +233,7 @@ def search_many(codes, qcodes, rowids, valid, queries_bits, luts, *, k, candidat
                     key = torch.where(valid_t[lo:hi], key, big + dc.rank[lo:hi])
                 if best is not None:
                     key = torch.cat([best, key], dim=1)
-                best = torch.topk(key, min(keep, key.shape[1]), dim=1, largest=False,
-                                  sorted=True).values
+                best = torch.topk(key, min(keep, key.shape[1]), dim=1, largest=False, sorted=True).values
             # rank → slot: the keys hold rank = key % n; slots by inverting the rank
             slots = _slots(torch, dc, best % n)
             if mode == "two_stage":

@@ -53,8 +53,9 @@ def quantization_error(F, codes, C) -> float:
     return float((diff * diff).sum())
 
 
-def update_codebooks(F, codes, m: int, k: int, *, prev=None, ridge: float = 1e-6,
-                     max_exact: int = MAX_EXACT) -> np.ndarray:
+def update_codebooks(
+    F, codes, m: int, k: int, *, prev=None, ridge: float = 1e-6, max_exact: int = MAX_EXACT
+) -> np.ndarray:
     """C = argmin_C ‖F − B C‖² + ridge·‖C − prev‖² with B the N × (m·k) one-hot indicator of ``codes``.
 
     This is the paper's closed form C = [F Bᵀ][B Bᵀ]⁻¹ (§4.3, with F holding the features of both
@@ -81,7 +82,7 @@ def update_codebooks(F, codes, m: int, k: int, *, prev=None, ridge: float = 1e-6
         for a in range(m):
             for b in range(m):
                 pairs = np.bincount(codes[:, a] * k + codes[:, b], minlength=k * k)
-                gram[a * k:(a + 1) * k, b * k:(b + 1) * k] = pairs.reshape(k, k)
+                gram[a * k : (a + 1) * k, b * k : (b + 1) * k] = pairs.reshape(k, k)
         gram[np.diag_indices_from(gram)] += ridge
         sol = np.linalg.solve(gram, (rhs + ridge * prev64).reshape(m * k, n))
         return sol.reshape(m, k, n).astype(np.float32)

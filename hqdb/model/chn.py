@@ -30,8 +30,8 @@ class CHN(Method):
     # codes near ±1 (tanh) without fighting the margin loss. lr 1e-3 beat 3e-3 there.
     lambdas = {"margin": 1.0, "quant": 0.001}
     train_defaults = {"lr": 1e-3}
-    MARGIN = 0.5   # μ: similar pairs above this cosine
-    NEG = 0.0      # ν: dissimilar pairs below this cosine
+    MARGIN = 0.5  # μ: similar pairs above this cosine
+    NEG = 0.0  # ν: dissimilar pairs below this cosine
 
     @classmethod
     def books(cls, bits, books):
@@ -43,5 +43,5 @@ class CHN(Method):
         n = f.shape[1]
         quant = 0.0
         for h in (f, g):
-            quant = quant + (1 - h.abs().sum(1) / (h.norm(dim=1).clamp_min(1e-8) * n ** 0.5)).mean()
+            quant = quant + (1 - h.abs().sum(1) / (h.norm(dim=1).clamp_min(1e-8) * n**0.5)).mean()
         return {"margin": margin, "quant": quant}

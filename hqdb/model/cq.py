@@ -110,4 +110,4 @@ def cross_terms(codes, C) -> np.ndarray:
     """Σ_{l≠l'} ⟨C^l b^l, C^{l'} b^{l'}⟩ per row of codes = ‖Σ C b‖² − Σ_l ‖C^l b^l‖²."""
     recon = aq.reconstruct(codes, C).astype(np.float64)
     norms = sum((C[l].astype(np.float64) ** 2).sum(1)[codes[:, l]] for l in range(C.shape[0]))
-    return (recon ** 2).sum(1) - norms
+    return (recon**2).sum(1) - norms

@@ -55,8 +55,9 @@ def similarity(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
     return ((labels_a.float() @ labels_b.float().T) > 0).float()
 
 
-def loss_terms(f: torch.Tensor, g: torch.Tensor, s: torch.Tensor,
-               qf: torch.Tensor | None = None, qg: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def loss_terms(
+    f: torch.Tensor, g: torch.Tensor, s: torch.Tensor, qf: torch.Tensor | None = None, qg: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """The four terms of Eq. 7 for image features f (B, n), text features g (B, n), similarity
     s (B, B) with s[i, j] for (image i, text j), and the quantized reconstructions qf, qg (B, n)
     (L_q is 0 when they are None). Normalised as in the module docstring."""

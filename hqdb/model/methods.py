@@ -20,12 +20,12 @@ class Method:
     """Defaults shared by the methods; subclasses override what differs."""
 
     name = ""
-    search = "two_stage"        # the search mode it is meant for (and validated with)
-    metric = "ip"               # AQD: inner product ('ip') or squared Euclidean ('l2')
-    output = "linear"           # tower output: linear, tanh (trained with it), normalize (at search)
+    search = "two_stage"  # the search mode it is meant for (and validated with)
+    metric = "ip"  # AQD: inner product ('ip') or squared Euclidean ('l2')
+    output = "linear"  # tower output: linear, tanh (trained with it), normalize (at search)
     terms: tuple[str, ...] = ()
     lambdas: dict[str, float] = {}
-    train_defaults: dict = {}   # overrides of train()'s generic defaults (epochs, lr, ...)
+    train_defaults: dict = {}  # overrides of train()'s generic defaults (epochs, lr, ...)
 
     def __init__(self, bits: int, n_classes: int, lambdas: dict[str, float]):
         self.bits = bits
@@ -105,9 +105,6 @@ def _registry() -> dict[str, type[Method]]:
     from .spdq import SPDQ
 
     return {c.name: c for c in (HQ, CQ, SPDQ, CHN, DCMH, CDQ, Lossless)}
-
-
-from . import METHODS as METHOD_NAMES  # noqa: E402  (the names live where no torch is needed)
 
 
 def method_class(name: str) -> type[Method]:

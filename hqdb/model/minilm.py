@@ -45,7 +45,7 @@ class MiniLMFeaturizer:
 
     dim = DIM
 
-    def fit(self, texts) -> "MiniLMFeaturizer":
+    def fit(self, texts) -> MiniLMFeaturizer:
         return self
 
     def transform(self, texts) -> np.ndarray:
@@ -62,7 +62,7 @@ class MiniLMFeaturizer:
         return {"type": "minilm", "model": NAME, "dim": DIM}
 
     @classmethod
-    def from_state(cls, state: dict) -> "MiniLMFeaturizer":
+    def from_state(cls, state: dict) -> MiniLMFeaturizer:
         if not isinstance(state, dict) or state.get("type") != "minilm" or state.get("model") != NAME:
             raise ValueError(f"featurizer state must be a dict with type 'minilm' and model {NAME!r}")
         if state.get("dim") != DIM:

@@ -85,8 +85,7 @@ class TrainedModel:
         self._layers = {m: self._fold(m) for m in self.modalities}
         self._hash_layers = {m: self._fold(m, "hash.") for m in config.get("hash_towers") or {}}
         self._featurizers = {
-            m: (featurizer_from_state(s) if s is not None else None)
-            for m, s in config["featurizers"].items()
+            m: (featurizer_from_state(s) if s is not None else None) for m, s in config["featurizers"].items()
         }
 
     # ------------------------------------------------------------------ state
@@ -129,8 +128,12 @@ class TrainedModel:
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not np.isfinite(eps):
             raise ValueError(f"config: 'epsilon' must be a finite number, got {eps!r}")
         mods = config.get("modalities")
-        if (not isinstance(mods, list) or not mods or not all(isinstance(m, str) and m for m in mods)
-                or len(set(mods)) != len(mods)):
+        if (
+            not isinstance(mods, list)
+            or not mods
+            or not all(isinstance(m, str) and m for m in mods)
+            or len(set(mods)) != len(mods)
+        ):
             raise ValueError(f"config: 'modalities' must be a non-empty list of distinct names, got {mods!r}")
         towers, feats = config.get("towers"), config.get("featurizers")
         if not isinstance(towers, dict) or set(towers) != set(mods):
@@ -147,15 +150,20 @@ class TrainedModel:
                 raise ValueError(f"{where} must be a dict")
             d = _int(t, "input_dim", 1, where=where)
             layers = t.get("layers")
-            if (not isinstance(layers, list) or not layers
-                    or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in layers)):
+            if (
+                not isinstance(layers, list)
+                or not layers
+                or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in layers)
+            ):
                 raise ValueError(f"{where}: 'layers' must be a non-empty list of positive widths")
             private = t.get("private", 0)
             if isinstance(private, bool) or not isinstance(private, int) or private < 0:
                 raise ValueError(f"{where}: 'private' must be a non-negative integer, got {private!r}")
             if layers[-1] != bits + private:
-                raise ValueError(f"{where}: the last layer has {layers[-1]} outputs but the model has {bits} bits"
-                                 + (f" + {private} private units" if private else ""))
+                raise ValueError(
+                    f"{where}: the last layer has {layers[-1]} outputs but the model has {bits} bits"
+                    + (f" + {private} private units" if private else "")
+                )
             if t.get("activation") not in ACTIVATIONS:
                 raise ValueError(f"{where}: unknown activation {t.get('activation')!r} (known: {ACTIVATIONS})")
             if t.get("output", "linear") not in OUTPUTS:
@@ -224,11 +232,14 @@ class TrainedModel:
         if isinstance(values, str):
             values = [values]
         is_text = (isinstance(values, np.ndarray) and values.dtype.kind in "UO") or (
-            isinstance(values, (list, tuple)) and len(values) > 0 and isinstance(values[0], str))
+            isinstance(values, (list, tuple)) and len(values) > 0 and isinstance(values[0], str)
+        )
         if is_text:
             if fz is None:
-                raise ValueError(f"modality {modality!r} has no text featurizer: give float features of "
-                                 f"{self.input_dim(modality)} values per item")
+                raise ValueError(
+                    f"modality {modality!r} has no text featurizer: give float features of "
+                    f"{self.input_dim(modality)} values per item"
+                )
             return fz.transform(list(values))
         x = np.asarray(values)
         if x.dtype.kind not in "fiu":
@@ -260,7 +271,7 @@ class TrainedModel:
     def _forward(self, x, layers, tower) -> np.ndarray:
         for i, (wt, b) in enumerate(layers):
             x = _dense(x, wt, b, i < len(layers) - 1)
-        x = x[:, :self.bits]  # private units (SPDQ) only matter in training
+        x = x[:, : self.bits]  # private units (SPDQ) only matter in training
         out = tower.get("output", "linear")
         if out == "tanh":
             x = np.tanh(x)
@@ -280,6 +291,8 @@ class TrainedModel:
         return aq.encode(F, self.codebooks, iters=self.config.get("aq_iters", 3))
 
     def __repr__(self) -> str:
-        return (f"TrainedModel({self.config.get('method')!r}, {self.bits} bits, "
-                + (f"{self.books}x{self.codewords} codebooks" if self.books else "no quantizer")
-                + f", modalities={self.modalities})")
+        return (
+            f"TrainedModel({self.config.get('method')!r}, {self.bits} bits, "
+            + (f"{self.books}x{self.codewords} codebooks" if self.books else "no quantizer")
+            + f", modalities={self.modalities})"
+        )

@@ -36,9 +36,18 @@ def _score(fq, items, metric) -> np.ndarray:
     return s
 
 
-def rankings(fq, f_db, qcodes_db, codebooks, *, candidates: int = 100,
-             kinds=("hamming", "aqd", "two_stage", "lossless"), metric: str = "ip",
-             bits_q=None, bits_db=None) -> dict[str, np.ndarray]:
+def rankings(
+    fq,
+    f_db,
+    qcodes_db,
+    codebooks,
+    *,
+    candidates: int = 100,
+    kinds=("hamming", "aqd", "two_stage", "lossless"),
+    metric: str = "ip",
+    bits_q=None,
+    bits_db=None,
+) -> dict[str, np.ndarray]:
     """{kind: (Q, N) int64 database indices, best first} for queries ``fq`` (Q, n) against a
     database with features ``f_db`` (N, n) and quantization codes ``qcodes_db`` (N, m);
     ``bits_q`` / ``bits_db``: the features whose signs are the bit codes, when not fq / f_db."""
@@ -76,14 +85,22 @@ def scores(labels_q, labels_db, ranks: dict[str, np.ndarray], cutoffs=(50, None)
     out = {}
     for kind, r in ranks.items():
         rel = metrics.relevance(labels_q, labels_db, r)
-        out[kind] = {("map@all" if c is None else f"map@{c}"): metrics.mean_average_precision(rel, c)
-                     for c in cutoffs}
+        out[kind] = {("map@all" if c is None else f"map@{c}"): metrics.mean_average_precision(rel, c) for c in cutoffs}
     return out
 
 
-def cross_modal(model, queries: dict, database: dict, labels_q, labels_db, *,
-                candidates: int = 100, kinds=("hamming", "aqd", "two_stage", "lossless"),
-                cutoffs=(50, None), directions=(("image", "text"), ("text", "image"))) -> dict:
+def cross_modal(
+    model,
+    queries: dict,
+    database: dict,
+    labels_q,
+    labels_db,
+    *,
+    candidates: int = 100,
+    kinds=("hamming", "aqd", "two_stage", "lossless"),
+    cutoffs=(50, None),
+    directions=(("image", "text"), ("text", "image")),
+) -> dict:
     """MAP of I→T and T→I for a :class:`TrainedModel` given already-featurized inputs per
     modality: {"i2t": {kind: {...}}, "t2i": ...}. A model without a quantizer gets only the
     kinds that need none (hamming, lossless)."""
@@ -96,7 +113,16 @@ def cross_modal(model, queries: dict, database: dict, labels_q, labels_db, *,
     out = {}
     for src, dst in directions:
         name = f"{src[0]}2{dst[0]}"
-        r = rankings(enc_q[src][1], enc_db[dst][1], codes_db[dst], m.codebooks, candidates=candidates,
-                     kinds=kinds, metric=m.metric, bits_q=enc_q[src][0], bits_db=enc_db[dst][0])
+        r = rankings(
+            enc_q[src][1],
+            enc_db[dst][1],
+            codes_db[dst],
+            m.codebooks,
+            candidates=candidates,
+            kinds=kinds,
+            metric=m.metric,
+            bits_q=enc_q[src][0],
+            bits_db=enc_db[dst][0],
+        )
         out[name] = scores(labels_q, labels_db, r, cutoffs)
     return out

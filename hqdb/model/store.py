@@ -9,9 +9,8 @@ import math
 import re
 from collections.abc import Callable
 
-import numpy as np
-
 import apsw
+import numpy as np
 
 from ..errors import ModelError
 from ..txn import write_transaction
@@ -26,8 +25,15 @@ def _check_name(name: str) -> str:
     return name
 
 
-def save(conn: apsw.Connection, name: str, config: dict, tensors: dict[str, np.ndarray], *,
-         replace: bool = False, users: Callable[[apsw.Connection, str], list[str]] | None = None) -> None:
+def save(
+    conn: apsw.Connection,
+    name: str,
+    config: dict,
+    tensors: dict[str, np.ndarray],
+    *,
+    replace: bool = False,
+    users: Callable[[apsw.Connection, str], list[str]] | None = None,
+) -> None:
     """Store a model (``config`` must be JSON-serialisable; tensors are numpy arrays).
 
     ``users(conn, name)`` lists the tables bound to a model (the engine's catalog knows them):
@@ -36,8 +42,10 @@ def save(conn: apsw.Connection, name: str, config: dict, tensors: dict[str, np.n
     rows = []
     for tname, arr in tensors.items():
         arr = np.asarray(arr)
-        dtype = next((k for k, v in _DTYPES.items() if np.dtype(v) == arr.dtype.newbyteorder("<")
-                      or np.dtype(v) == arr.dtype), None)
+        dtype = next(
+            (k for k, v in _DTYPES.items() if np.dtype(v) == arr.dtype.newbyteorder("<") or np.dtype(v) == arr.dtype),
+            None,
+        )
         if dtype is None:
             raise ModelError(f"tensor {tname!r}: dtype {arr.dtype} cannot be stored")
         data = np.ascontiguousarray(arr, dtype=_DTYPES[dtype]).tobytes()
@@ -49,14 +57,14 @@ def save(conn: apsw.Connection, name: str, config: dict, tensors: dict[str, np.n
         if exists:
             in_use = users(conn, name) if users is not None else []
             if in_use:
-                raise ModelError(f"model {name!r} is used by hq table(s) {in_use}: "
-                                 "their codes would no longer match; save under a new name")
+                raise ModelError(
+                    f"model {name!r} is used by hq table(s) {in_use}: "
+                    "their codes would no longer match; save under a new name"
+                )
             conn.execute("DELETE FROM hqdb_model_tensors WHERE model = ?", (name,))
             conn.execute("DELETE FROM hqdb_models WHERE name = ?", (name,))
         conn.execute("INSERT INTO hqdb_models(name, config) VALUES (?, ?)", (name, json.dumps(config)))
-        conn.executemany(
-            "INSERT INTO hqdb_model_tensors(model, name, dtype, shape, data) VALUES (?, ?, ?, ?, ?)", rows
-        )
+        conn.executemany("INSERT INTO hqdb_model_tensors(model, name, dtype, shape, data) VALUES (?, ?, ?, ?, ?)", rows)
 
 
 def _text(raw) -> str:
@@ -125,13 +133,19 @@ def list_models(conn: apsw.Connection) -> list[dict]:
             cfg = None
         if not isinstance(cfg, dict):  # a damaged config is listed, and refused when loaded
             cfg = {}
-        out.append({"name": name, "created_at": created,
-                    **{k: cfg.get(k) for k in ("method", "bits", "books", "codewords", "modalities")}})
+        out.append(
+            {
+                "name": name,
+                "created_at": created,
+                **{k: cfg.get(k) for k in ("method", "bits", "books", "codewords", "modalities")},
+            }
+        )
     return out
 
 
-def delete(conn: apsw.Connection, name: str, *,
-           users: Callable[[apsw.Connection, str], list[str]] | None = None) -> None:
+def delete(
+    conn: apsw.Connection, name: str, *, users: Callable[[apsw.Connection, str], list[str]] | None = None
+) -> None:
     with write_transaction(conn):
         in_use = users(conn, name) if users is not None else []
         if in_use:

@@ -24,15 +24,14 @@ import time
 import numpy as np
 
 from .. import metrics
-from ..kernels import MAX_BITS
 from .. import quantize as raw_quantize
 from ..errors import TrainingError
-from . import aq, ranking
+from ..kernels import MAX_BITS
+from . import METHODS, aq, ranking
 from .featurize import FEATURIZERS, make_featurizer
-from .methods import METHOD_NAMES, method_class
+from .methods import method_class
 from .model import FORMAT, TrainedModel
 
-METHODS = METHOD_NAMES
 # Chosen on the validation split train() carves from the database part of Wiki (80% of
 # wiki_train.npz, seed 0; queries never looked at), three seeds each. The paper's λ weight *sums*
 # (Eq. 3-6 over all pairs); in hq.py's means, its λ_sim 50, λ_h 0.01, λ_b 0.01, λ_q 1e-4 become
@@ -100,13 +99,34 @@ class _Progress:
             print(file=sys.stderr)
 
 
-def train(data, *, method: str = "hq", bits: int = 64, books: int | None = None, codewords: int = 256,
-          text_key: str = "text", image_key: str = "image", val_fraction: float = 0.2, seed: int = 0,
-          epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
-          weight_decay: float = 1e-4, lambdas: dict | None = None, hidden=None, dropout: float = 0.0,
-          cosine: bool = True, patience: int = 15, aq_rounds: int | None = None, aq_iters: int = 3,
-          candidates: int = 100, text_featurizer: str = "tfidf", vocab_size: int = 1000, threads: int = 1,
-          progress: bool = True) -> TrainedModel:
+def train(
+    data,
+    *,
+    method: str = "hq",
+    bits: int = 64,
+    books: int | None = None,
+    codewords: int = 256,
+    text_key: str = "text",
+    image_key: str = "image",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    weight_decay: float = 1e-4,
+    lambdas: dict | None = None,
+    hidden=None,
+    dropout: float = 0.0,
+    cosine: bool = True,
+    patience: int = 15,
+    aq_rounds: int | None = None,
+    aq_iters: int = 3,
+    candidates: int = 100,
+    text_featurizer: str = "tfidf",
+    vocab_size: int = 1000,
+    threads: int = 1,
+    progress: bool = True,
+) -> TrainedModel:
     """Train ``method`` on ``data`` (dict or .npz path): ``image`` (N, d_i) floats, ``text_key``
     (N, d_t) floats or N raw strings, ``labels`` multi-hot (N, C) or class ids (N,). Returns a
     numpy-only :class:`TrainedModel`.
@@ -134,19 +154,42 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int | None = None,
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r} (available: {', '.join(METHODS)})")
     if method == "c+d":
-        return _train_c_plus_d(data, bits=bits, books=books, codewords=codewords, text_key=text_key,
-                               image_key=image_key, val_fraction=val_fraction, seed=seed, epochs=epochs,
-                               batch_size=batch_size, lr=lr, weight_decay=weight_decay, lambdas=lambdas,
-                               hidden=hidden, dropout=dropout, cosine=cosine, patience=patience,
-                               aq_rounds=aq_rounds, aq_iters=aq_iters, candidates=candidates,
-                               text_featurizer=text_featurizer, vocab_size=vocab_size, threads=threads,
-                               progress=progress)
+        return _train_c_plus_d(
+            data,
+            bits=bits,
+            books=books,
+            codewords=codewords,
+            text_key=text_key,
+            image_key=image_key,
+            val_fraction=val_fraction,
+            seed=seed,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            lambdas=lambdas,
+            hidden=hidden,
+            dropout=dropout,
+            cosine=cosine,
+            patience=patience,
+            aq_rounds=aq_rounds,
+            aq_iters=aq_iters,
+            candidates=candidates,
+            text_featurizer=text_featurizer,
+            vocab_size=vocab_size,
+            threads=threads,
+            progress=progress,
+        )
     cls = method_class(method)
     if not isinstance(bits, int) or bits < 8 or bits % 8 or bits > MAX_BITS:
         raise ValueError(f"bits must be a multiple of 8 in 8..{MAX_BITS}, got {bits!r}")
     if books is not None and cls.books(bits, None) == 0 and books != 0:
         raise ValueError(f"method {method!r} has no quantizer (Hamming or float search): leave books unset")
-    if books is not None and (isinstance(books, bool) or not isinstance(books, int) or books < 1) and cls.books(bits, None):
+    if (
+        books is not None
+        and (isinstance(books, bool) or not isinstance(books, int) or books < 1)
+        and cls.books(bits, None)
+    ):
         raise ValueError(f"books must be an integer >= 1, got {books!r}")
     books = cls.books(bits, books)
     if not isinstance(codewords, int) or not 1 <= codewords <= 65536:
@@ -171,11 +214,19 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int | None = None,
     if not isinstance(hidden, dict):
         hidden = {"image": list(hidden), "text": list(hidden)}
     if set(hidden) != {"image", "text"} or not all(
-            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for ws in hidden.values() for w in ws):
-        raise ValueError("hidden must be a list of positive widths or {'image': [...], 'text': [...]}, "
-                         f"got {hidden!r}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("aq_rounds", aq_rounds),
-                        ("aq_iters", aq_iters), ("candidates", candidates), ("threads", threads)):
+        isinstance(w, int) and not isinstance(w, bool) and w >= 1 for ws in hidden.values() for w in ws
+    ):
+        raise ValueError(
+            f"hidden must be a list of positive widths or {{'image': [...], 'text': [...]}}, got {hidden!r}"
+        )
+    for name, value in (
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("aq_rounds", aq_rounds),
+        ("aq_iters", aq_iters),
+        ("candidates", candidates),
+        ("threads", threads),
+    ):
         if not isinstance(value, int) or value < (0 if name in ("aq_rounds", "aq_iters") else 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not isinstance(lr, (int, float)) or not lr > 0:
@@ -224,11 +275,31 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int | None = None,
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             meth = cls(bits, labels.shape[1], lam)
-            result = _fit(torch, meth, X, labels, tr_idx, val_idx, rng, bits=bits, books=books,
-                          codewords=codewords, epochs=epochs, batch_size=batch_size, lr=lr,
-                          weight_decay=weight_decay, hidden=hidden, dropout=dropout,
-                          cosine=cosine, patience=patience, aq_rounds=aq_rounds, aq_iters=aq_iters,
-                          candidates=candidates, progress=progress, seed=seed)
+            result = _fit(
+                torch,
+                meth,
+                X,
+                labels,
+                tr_idx,
+                val_idx,
+                rng,
+                bits=bits,
+                books=books,
+                codewords=codewords,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                weight_decay=weight_decay,
+                hidden=hidden,
+                dropout=dropout,
+                cosine=cosine,
+                patience=patience,
+                aq_rounds=aq_rounds,
+                aq_iters=aq_iters,
+                candidates=candidates,
+                progress=progress,
+                seed=seed,
+            )
     finally:
         torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)
@@ -238,42 +309,70 @@ def train(data, *, method: str = "hq", bits: int = 64, books: int | None = None,
     tower_cfg = {}
     for m, tower in towers.items():
         tensors.update(_tower_tensors(m, tower))
-        tower_cfg[m] = {"input_dim": int(X[m].shape[1]), "layers": [int(w) for w in hidden[m]] + [bits + meth.private()],
-                        "activation": "relu", "input_norm": "standardize", "output": meth.output}
+        tower_cfg[m] = {
+            "input_dim": int(X[m].shape[1]),
+            "layers": [int(w) for w in hidden[m]] + [bits + meth.private()],
+            "activation": "relu",
+            "input_norm": "standardize",
+            "output": meth.output,
+        }
         if meth.private():
             tower_cfg[m]["private"] = meth.private()
     config = {
-        "format": FORMAT, "method": method, "bits": bits, "books": books, "codewords": codewords,
-        "metric": meth.metric, "search": meth.search, **{k: v for k, v in extra.items() if k == "epsilon"},
+        "format": FORMAT,
+        "method": method,
+        "bits": bits,
+        "books": books,
+        "codewords": codewords,
+        "metric": meth.metric,
+        "search": meth.search,
+        **{k: v for k, v in extra.items() if k == "epsilon"},
         "modalities": ["image", "text"],
         "data_keys": {"image": image_key, "text": text_key},
         "towers": tower_cfg,
         "featurizers": {m: (f.state() if f is not None else None) for m, f in featurizers.items()},
-        "lambdas": lam, "seed": seed, "aq_iters": aq_iters,
-        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                  "dropout": dropout, "cosine": cosine, "patience": patience, "aq_rounds": aq_rounds,
-                  "val_fraction": val_fraction, "candidates": candidates, "threads": threads,
-                  "text_featurizer": text_featurizer, "vocab_size": vocab_size},
+        "lambdas": lam,
+        "seed": seed,
+        "aq_iters": aq_iters,
+        "train": {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "dropout": dropout,
+            "cosine": cosine,
+            "patience": patience,
+            "aq_rounds": aq_rounds,
+            "val_fraction": val_fraction,
+            "candidates": candidates,
+            "threads": threads,
+            "text_featurizer": text_featurizer,
+            "vocab_size": vocab_size,
+        },
     }
     model = TrainedModel.from_state(config, tensors)
-    train_metrics = {"n_train": int(len(tr_idx)), "n_val": int(len(val_idx)),
-                     "epochs_run": history["epochs_run"], "best_epoch": history["best_epoch"],
-                     "train_seconds": round(time.perf_counter() - t_start, 3),
-                     **{k: round(v, 6) for k, v in extra.items() if k != "epsilon"}}
+    train_metrics = {
+        "n_train": int(len(tr_idx)),
+        "n_val": int(len(val_idx)),
+        "epochs_run": history["epochs_run"],
+        "best_epoch": history["best_epoch"],
+        "train_seconds": round(time.perf_counter() - t_start, 3),
+        **{k: round(v, 6) for k, v in extra.items() if k != "epsilon"},
+    }
     if n_val:
         # Validation scores of the model as it will run (numpy inference, fresh quantization).
         q = {m: X[m][val_idx] for m in X}
         db = {m: X[m][tr_idx] for m in X}
-        train_metrics["validation"] = ranking.cross_modal(model, q, db, labels[val_idx], labels[tr_idx],
-                                                          candidates=candidates)
+        train_metrics["validation"] = ranking.cross_modal(
+            model, q, db, labels[val_idx], labels[tr_idx], candidates=candidates
+        )
     config["metrics"] = train_metrics
     config["history"] = history["curve"]  # per epoch: mean loss terms, validation MAP@50
     return model
 
 
 def _tower_tensors(m: str, tower, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {f"{prefix}{m}.input_mean": tower.mean.numpy().copy(),
-           f"{prefix}{m}.input_scale": tower.scale.numpy().copy()}
+    out = {f"{prefix}{m}.input_mean": tower.mean.numpy().copy(), f"{prefix}{m}.input_scale": tower.scale.numpy().copy()}
     for i, layer in enumerate(tower.layers):
         out[f"{prefix}{m}.layer{i}.weight"] = layer.weight.detach().numpy().copy()
         out[f"{prefix}{m}.layer{i}.bias"] = layer.bias.detach().numpy().copy()
@@ -303,21 +402,29 @@ def combine_c_plus_d(dcmh: TrainedModel, cdq: TrainedModel) -> TrainedModel:
     if config_h.get("method") != "dcmh" or config.get("method") != "cdq":
         raise ValueError("combine_c_plus_d needs a dcmh model and a cdq model")
     if config_h["bits"] != config["bits"] or any(
-            config_h["towers"][m]["input_dim"] != config["towers"][m]["input_dim"] for m in config["modalities"]):
+        config_h["towers"][m]["input_dim"] != config["towers"][m]["input_dim"] for m in config["modalities"]
+    ):
         raise ValueError("the dcmh and cdq models must have the same bits and input dimensions")
     config = {k: v for k, v in config.items() if k not in ("metrics", "history")}
-    config.update(method="c+d", search="two_stage", hash_towers=config_h["towers"],
-                  lambdas={"dcmh": config_h["lambdas"], "cdq": config["lambdas"]})
+    config.update(
+        method="c+d",
+        search="two_stage",
+        hash_towers=config_h["towers"],
+        lambdas={"dcmh": config_h["lambdas"], "cdq": config["lambdas"]},
+    )
     tensors = dict(tensors)
     for name, arr in tensors_h.items():
         if not name.startswith("codebooks"):
             tensors[f"hash.{name}"] = arr
     model = TrainedModel.from_state(config, tensors)
     mh, mc = config_h.get("metrics", {}), cdq.config.get("metrics", {})
-    config["metrics"] = {"n_train": mc.get("n_train"), "n_val": mc.get("n_val"),
-                         "epochs_run": {"dcmh": mh.get("epochs_run"), "cdq": mc.get("epochs_run")},
-                         "best_epoch": {"dcmh": mh.get("best_epoch"), "cdq": mc.get("best_epoch")},
-                         "train_seconds": round(mh.get("train_seconds", 0) + mc.get("train_seconds", 0), 3)}
+    config["metrics"] = {
+        "n_train": mc.get("n_train"),
+        "n_val": mc.get("n_val"),
+        "epochs_run": {"dcmh": mh.get("epochs_run"), "cdq": mc.get("epochs_run")},
+        "best_epoch": {"dcmh": mh.get("best_epoch"), "cdq": mc.get("best_epoch")},
+        "train_seconds": round(mh.get("train_seconds", 0) + mc.get("train_seconds", 0), 3),
+    }
     config["history"] = {"dcmh": config_h.get("history"), "cdq": cdq.config.get("history")}
     return model
 
@@ -325,8 +432,32 @@ def combine_c_plus_d(dcmh: TrainedModel, cdq: TrainedModel) -> TrainedModel:
 VALIDATION_KIND = {"two_stage": "two_stage", "hamming": "hamming", "aqd": "aqd", "float": "lossless"}
 
 
-def _fit(torch, meth, X, labels, tr_idx, val_idx, rng, *, bits, books, codewords, epochs, batch_size, lr,
-         weight_decay, hidden, dropout, cosine, patience, aq_rounds, aq_iters, candidates, progress, seed):
+def _fit(
+    torch,
+    meth,
+    X,
+    labels,
+    tr_idx,
+    val_idx,
+    rng,
+    *,
+    bits,
+    books,
+    codewords,
+    epochs,
+    batch_size,
+    lr,
+    weight_decay,
+    hidden,
+    dropout,
+    cosine,
+    patience,
+    aq_rounds,
+    aq_iters,
+    candidates,
+    progress,
+    seed,
+):
     from .hq import Tower, similarity
 
     mods = ("image", "text")
@@ -361,8 +492,9 @@ def _fit(torch, meth, X, labels, tr_idx, val_idx, rng, *, bits, books, codewords
         if not books:
             return None, None, f
         recon = None if codes is None else aq.reconstruct(codes, C)
-        t_img, t_txt = meth.quant_targets(f["image"], f["text"], None if recon is None else recon[:n_tr],
-                                          None if recon is None else recon[n_tr:])
+        t_img, t_txt = meth.quant_targets(
+            f["image"], f["text"], None if recon is None else recon[:n_tr], None if recon is None else recon[n_tr:]
+        )
         F = np.concatenate([t_img, t_txt])  # both modalities share the codebooks
         if C is None:
             C = raw_quantize.fit_codebooks(F, books, codewords, iters=4, seed=seed)
@@ -377,8 +509,15 @@ def _fit(torch, meth, X, labels, tr_idx, val_idx, rng, *, bits, books, codewords
         f_val = search_vectors(val_idx)
         maps = []
         for src, dst, rows in (("image", "text", slice(n_tr, None)), ("text", "image", slice(0, n_tr))):
-            r = ranking.rankings(f_val[src], f_tr[dst], None if codes is None else codes[rows], C,
-                                 candidates=candidates, kinds=(kind,), metric=meth.metric)
+            r = ranking.rankings(
+                f_val[src],
+                f_tr[dst],
+                None if codes is None else codes[rows],
+                C,
+                candidates=candidates,
+                kinds=(kind,),
+                metric=meth.metric,
+            )
             rel = metrics.relevance(labels[val_idx], labels[tr_idx], r[kind])
             maps.append(metrics.mean_average_precision(rel, 50))
         return maps[0], maps[1]
@@ -400,19 +539,21 @@ def _fit(torch, meth, X, labels, tr_idx, val_idx, rng, *, bits, books, codewords
                 t.train()
             sums = dict.fromkeys(meth.terms, 0.0)
             for s in range(0, n_tr, batch_size):
-                pos = torch.from_numpy(perm[s:s + batch_size])
+                pos = torch.from_numpy(perm[s : s + batch_size])
                 items = torch.from_numpy(tr_idx)[pos]
                 f = meth.activate(towers["image"](Xt["image"][items]))
                 g = meth.activate(towers["text"](Xt["text"][items]))
                 sim = similarity(Lt[items], Lt[items])
-                terms = meth.loss_terms(f, g, sim, Lt[items], q_img[pos] if books else None,
-                                        q_txt[pos] if books else None, pos)
+                terms = meth.loss_terms(
+                    f, g, sim, Lt[items], q_img[pos] if books else None, q_txt[pos] if books else None, pos
+                )
                 loss = meth.total(terms)
                 if not bool(torch.isfinite(loss)):
                     bad = [k for k in meth.terms if not bool(torch.isfinite(terms[k]))]
                     raise TrainingError(
                         f"training diverged in epoch {epoch}: loss term(s) {', '.join(bad) or 'total'} "
-                        f"became NaN or infinite (lr={lr:g}); lower lr or rescale the input features")
+                        f"became NaN or infinite (lr={lr:g}); lower lr or rescale the input features"
+                    )
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -432,8 +573,11 @@ def _fit(torch, meth, X, labels, tr_idx, val_idx, rng, *, bits, books, codewords
                 info.update(val_i2t=i2t, val_t2i=t2i, val_hmean=score)
                 if score > best[0]:
                     snap = {m: {k: v.clone() for k, v in t.state_dict().items()} for m, t in towers.items()}
-                    best = (score, epoch, (snap, None if C is None else C.copy(),
-                                           None if codes is None else codes.copy()))
+                    best = (
+                        score,
+                        epoch,
+                        (snap, None if C is None else C.copy(), None if codes is None else codes.copy()),
+                    )
                     stale = 0
                 else:
                     stale += 1

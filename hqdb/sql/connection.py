@@ -4,10 +4,10 @@ hqdb's catalog migrations in place."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import warnings
 import weakref
-
 
 import apsw
 import sqlite_vec
@@ -25,7 +25,7 @@ __all__ = ["Connection", "connect", "register"]
 # holds the connection, so it is never freed by reference counting (and objects are not
 # finalized at interpreter exit): _close_all, run at exit, closes what is left, so SQLite
 # checkpoints the write-ahead log into the database file and removes it.
-_OPEN: "weakref.WeakSet[Connection]" = weakref.WeakSet()
+_OPEN: weakref.WeakSet[Connection] = weakref.WeakSet()
 
 
 def _close_all() -> None:
@@ -33,11 +33,9 @@ def _close_all() -> None:
     for conn in list(_OPEN):
         try:
             conn.close()
-        except Exception:  # noqa: BLE001 - exit must go on (the WAL is then replayed at the next open)
-            try:
+        except Exception:  # exit must go on (SQLite replays the WAL at the next open)
+            with contextlib.suppress(Exception):
                 conn.close(True)
-            except Exception:  # noqa: BLE001
-                pass
 
 
 atexit.register(_close_all)
@@ -52,7 +50,7 @@ class Connection(apsw.Connection):
 
     hq: HqModule
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -84,8 +82,11 @@ def _check_device(device) -> str | None:
     from ..kernels import torch_backend
 
     if device.startswith("cuda") and not torch_backend.cuda_available():
-        warnings.warn(f"hqdb: device={device!r} but CUDA is not available here; batched searches "
-                      "run on the native CPU kernels", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"hqdb: device={device!r} but CUDA is not available here; batched searches run on the native CPU kernels",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
     try:
         torch_backend._device(device)  # ImportError (no torch) or ValueError (bad name) now
@@ -111,18 +112,23 @@ def register(conn: apsw.Connection, *, threads: int = 1, device: str | None = No
         conn.create_module("hq", module, use_bestindex_object=True, iVersion=2)
     module.threads = threads
     module.device = device
-    try:
+    with contextlib.suppress(AttributeError):  # a plain apsw.Connection: hqdb.bulk then needs hqdb.connect()
         conn.hq = module
-    except AttributeError:  # a plain apsw.Connection: hqdb.bulk then needs hqdb.connect()
-        pass
     register_functions(conn, module)
     migrate(conn)
     return module
 
 
-def connect(path: str = ":memory:", *, threads: int = 1, readonly: bool = False,
-            timeout: float = 5.0, wal: bool = True, device: str | None = None,
-            factory: type[Connection] = Connection) -> Connection:
+def connect(
+    path: str = ":memory:",
+    *,
+    threads: int = 1,
+    readonly: bool = False,
+    timeout: float = 5.0,
+    wal: bool = True,
+    device: str | None = None,
+    factory: type[Connection] = Connection,
+) -> Connection:
     """Open ``path`` (a file, or ``":memory:"``) ready for hq tables.
 
     The returned apsw connection has sqlite-vec loaded, the ``hq`` virtual-table module and

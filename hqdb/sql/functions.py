@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 import apsw
+import numpy as np
 
 from .. import kernels
 from ..engine.check import check, rebuild_table
@@ -99,14 +98,23 @@ class SearchManyAggregate:
             return "[]"
         target, k, candidates, mode = self.params
         table, set_idx = resolve_target(self.module, target)
-        params = resolve(k, candidates, mode, default_mode=table.default_mode() if mode is None else "two_stage",
-                         books=table.opts.books, table=table.name)
-        rowids, dist, ham = table.search_many(set_idx, self.queries, params, threads=self.module.threads,
-                                              device=self.module.device)
+        params = resolve(
+            k,
+            candidates,
+            mode,
+            default_mode=table.default_mode() if mode is None else "two_stage",
+            books=table.opts.books,
+            table=table.name,
+        )
+        rowids, dist, ham = table.search_many(
+            set_idx, self.queries, params, threads=self.module.threads, device=self.module.device
+        )
         out = []
         for qid, rr, dd, hh in zip(self.ids, rowids.tolist(), dist.tolist(), ham.tolist()):
-            out += [{"query": qid, "rank": i + 1, "rowid": r, "distance": d, "hamming": h}
-                    for i, (r, d, h) in enumerate(zip(rr, dd, hh))]
+            out += [
+                {"query": qid, "rank": i + 1, "rowid": r, "distance": d, "hamming": h}
+                for i, (r, d, h) in enumerate(zip(rr, dd, hh))
+            ]
         return json.dumps(out)
 
 

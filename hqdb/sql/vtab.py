@@ -32,8 +32,8 @@ from __future__ import annotations
 import apsw
 
 from ..engine import catalog
-from ..engine.options import TableOptions, parse_args
-from ..engine.query import MAX_K, resolve
+from ..engine.options import parse_args
+from ..engine.query import resolve
 from ..engine.table import Cond, Table
 from ..errors import HqError, ModelError, OptionError, StaleTableError
 from ..model.store import load_model
@@ -55,16 +55,20 @@ _FILTER_OPS = {
 }
 _OP_CODES = {op: i for i, op in enumerate(_FILTER_OPS)}
 _OP_BY_CODE = dict(enumerate(_FILTER_OPS.values()))
-_RANGE_OPS = {apsw.SQLITE_INDEX_CONSTRAINT_GT, apsw.SQLITE_INDEX_CONSTRAINT_GE,
-              apsw.SQLITE_INDEX_CONSTRAINT_LT, apsw.SQLITE_INDEX_CONSTRAINT_LE}
+_RANGE_OPS = {
+    apsw.SQLITE_INDEX_CONSTRAINT_GT,
+    apsw.SQLITE_INDEX_CONSTRAINT_GE,
+    apsw.SQLITE_INDEX_CONSTRAINT_LT,
+    apsw.SQLITE_INDEX_CONSTRAINT_LE,
+}
 HQ_MATCH_OP = apsw.SQLITE_INDEX_CONSTRAINT_FUNCTION  # what FindFunction hands back for hq_match
 
 _CONFLICT = {apsw.SQLITE_REPLACE: "replace", apsw.SQLITE_IGNORE: "ignore"}
 
 # Plan header letters.
-PLAN_SEARCH = "S"   # hq_match: two-stage / hamming / aqd search
-PLAN_ROWID = "R"    # rowid = ?
-PLAN_SCAN = "F"     # scan in rowid order (metadata and rowid-range filters pushed into SQL)
+PLAN_SEARCH = "S"  # hq_match: two-stage / hamming / aqd search
+PLAN_ROWID = "R"  # rowid = ?
+PLAN_SCAN = "F"  # scan in rowid order (metadata and rowid-range filters pushed into SQL)
 
 
 def hq_match_scalar(*_args):
@@ -191,12 +195,19 @@ class VTable:
                 decl.append(f"{q(t.sets[i].input_col)} HIDDEN")
             elif kind in ("code", "qcode"):
                 c = t.sets[i]
-                decl.append(f"{q(c.code_col if kind == 'code' else c.qcode_col)} BLOB" + (" HIDDEN" if t.opts.model else ""))
+                decl.append(
+                    f"{q(c.code_col if kind == 'code' else c.qcode_col)} BLOB" + (" HIDDEN" if t.opts.model else "")
+                )
             elif kind == "meta":
                 m = t.opts.columns[i]
                 decl.append(f"{q(m.name)} {m.type}")
-        decl += ["distance REAL HIDDEN", "hamming INTEGER HIDDEN", "k INTEGER HIDDEN",
-                 "candidates INTEGER HIDDEN", "mode TEXT HIDDEN"]
+        decl += [
+            "distance REAL HIDDEN",
+            "hamming INTEGER HIDDEN",
+            "k INTEGER HIDDEN",
+            "candidates INTEGER HIDDEN",
+            "mode TEXT HIDDEN",
+        ]
         return f"CREATE TABLE x({', '.join(decl)})"
 
     def column_name(self, col: int) -> str:
@@ -313,11 +324,13 @@ class VTable:
             if fields[col] is not None:
                 raise HqError(f"{t.name}.{self.cols[col][0]} is a query column and cannot be written")
         if t.opts.model:
-            items = [t.check_item(i, value=fields[n_in], code=fields[n_in + 1], qcode=fields[n_in + 2])
-                     for i, n_in in enumerate(self._input_cols)]
+            items = [
+                t.check_item(i, value=fields[n_in], code=fields[n_in + 1], qcode=fields[n_in + 2])
+                for i, n_in in enumerate(self._input_cols)
+            ]
         else:
             items = [t.check_item(0, code=fields[0], qcode=fields[1])]
-        return items, t.check_meta(fields[self.COL_META0:self.COL_DISTANCE])
+        return items, t.check_meta(fields[self.COL_META0 : self.COL_DISTANCE])
 
     def _policy(self) -> str:
         return _CONFLICT.get(self.t.conn.vtab_on_conflict(), "abort")
@@ -425,8 +438,10 @@ class Cursor:
             assert set_idx is not None
             if k is None:
                 if limit is None:
-                    raise HqError(f"hq_match on {t.name} needs the number of results: add 'AND k = 10' "
-                                  "(or a LIMIT when the hq table is the only table in the query)")
+                    raise HqError(
+                        f"hq_match on {t.name} needs the number of results: add 'AND k = 10' "
+                        "(or a LIMIT when the hq table is the only table in the query)"
+                    )
                 k_name, k = "LIMIT", limit
             else:
                 k_name = "k"
@@ -434,8 +449,15 @@ class Cursor:
                     k = limit
             if match is None:
                 raise HqError("hq_match query is NULL")
-            params = resolve(k, cand, mode, default_mode=t.default_mode() if mode is None else "two_stage",
-                             books=t.opts.books, table=t.name, k_name=k_name)
+            params = resolve(
+                k,
+                cand,
+                mode,
+                default_mode=t.default_mode() if mode is None else "two_stage",
+                books=t.opts.books,
+                table=t.name,
+                k_name=k_name,
+            )
             self.k, self.candidates, self.mode = params.k, (cand if cand is None else params.candidates), mode
             rowids, dist, ham = t.search(set_idx, match, params, conds, threads=vt.module.threads)
             self.rows = list(zip(rowids.tolist(), dist.tolist(), ham.tolist()))
