@@ -197,3 +197,21 @@ def test_side_effecting_functions_are_direct_only(db):
     with pytest.raises(apsw.SQLError, match="unsafe use of hq_set_codebooks"):
         db.execute("SELECT * FROM v").fetchall()
     assert db.execute("SELECT hq_codebooks('t')").fetchone()[0] == cb
+
+
+def test_freed_slots_are_reused_without_recounting_the_cache(db, monkeypatch):
+    db.execute("CREATE VIRTUAL TABLE t USING hq(dim=64, books=0, chunk_size=8)")
+    db.executemany("INSERT INTO t(code) VALUES (?)", [(bytes([i] * 8),) for i in range(16)])  # two full chunks
+    table = db.hq.table("t")
+    store = table.stores[0]
+    counted = []
+    real = np.flatnonzero
+    monkeypatch.setattr(np, "flatnonzero", lambda a: counted.append(len(a)) or real(a))
+    for rowid in (3, 12, 5):
+        db.execute("DELETE FROM t WHERE rowid = ?", (rowid,))
+        db.execute("INSERT INTO t(code) VALUES (x'ffffffffffffffff')")
+    assert len(store.chunk_ids) == 2  # every insert took a freed slot: no third chunk
+    assert not any(n >= 16 for n in counted), "the free slots were recounted over the whole cache"
+    locs = db.execute("SELECT chunk, slot FROM t_rows WHERE rowid > 16 ORDER BY rowid").fetchall()
+    assert locs == [(1, 2), (2, 3), (1, 4)]
+    assert db.execute("SELECT hq_check()").fetchone() == ("ok",)

@@ -176,9 +176,12 @@ class CodeStore:
         return pos if pos < self.size and self.valid[pos] and self.rowids[pos] == rowid else None
 
     def reset_allocator(self) -> None:
-        """Forget reservations: the next :meth:`reserve` starts from the cache's free slots."""
+        """Forget reservations: the next :meth:`reserve` starts from the cache's free slots.
+        Only when the cache (re)loads: slots handed out and not yet written are free in the
+        arrays, so recounting while a write is buffered would hand them out twice."""
         self._free: np.ndarray | None = None
         self._free_at = 0
+        self._freed: list[int] = []  # slots :meth:`apply` freed since the free list was made
         self._new_chunk = 0
         self._new_slot = 0
 
@@ -190,6 +193,9 @@ class CodeStore:
         if self._free_at < len(self._free):
             pos = int(self._free[self._free_at])
             self._free_at += 1
+            return self.chunk_ids[pos // self.cs], pos % self.cs
+        if self._freed:
+            pos = self._freed.pop()
             return self.chunk_ids[pos // self.cs], pos % self.cs
         chunk, slot = self._new_chunk, self._new_slot
         self._new_slot += 1
@@ -204,6 +210,10 @@ class CodeStore:
         assert self._free is not None
         take = self._free[self._free_at : self._free_at + n]
         self._free_at += len(take)
+        if len(take) < n and self._freed:
+            more = self._freed[-(n - len(take)) :][::-1]
+            del self._freed[len(self._freed) - len(more) :]
+            take = np.concatenate([take, np.asarray(more, dtype=np.int64)])
         chunk_ids = np.asarray(self.chunk_ids, dtype=np.int64)
         chunks = chunk_ids[take // self.cs] if len(take) else np.zeros(0, dtype=np.int64)
         slots = (take % self.cs).astype(np.int64)
@@ -285,6 +295,8 @@ class CodeStore:
         if qcodes is not None and self.opts.books:
             self.qcodes[pos] = qcodes
         self.n_rows += (0 if overwrite else len(pos)) - len(cpos)
+        if self._free is not None:  # freed slots are free for the next rows
+            self._freed.extend(sorted(cpos.tolist(), reverse=True))
         self._write_back(both)
 
     def _write_back(self, changed: np.ndarray) -> None:

@@ -55,6 +55,7 @@ class Table:
         self.opts = opts
         self.sets = opts.code_sets
         self.meta_names = [c.name for c in opts.columns]
+        self._opts_json = opts.to_json()  # as the catalog stores it: a recreated table differs
         self._codebooks: np.ndarray | None = None
         self._codebooks_gen: int | None = None
         self._cb_norms: tuple[np.ndarray, np.ndarray] | None = None
@@ -142,7 +143,12 @@ class Table:
         if row is None:
             raise StaleTableError(f"hq table {self.name} no longer exists (dropped by another connection)")
         generation, dim, books, codewords, chunk_size, options = row
-        if (dim, books, codewords, chunk_size) != (o.dim, o.books, o.codewords, o.chunk_size) or options != o.to_json():
+        if (dim, books, codewords, chunk_size) != (
+            o.dim,
+            o.books,
+            o.codewords,
+            o.chunk_size,
+        ) or options != self._opts_json:
             raise StaleTableError(
                 f"hq table {self.name} was dropped and recreated by another connection; open it again"
             )
@@ -370,8 +376,6 @@ class Table:
         self._encodes: list[list] = [[] for _ in range(n)]  # (chunk, slot, rowid, input value)
         self._clears: list[list] = [[] for _ in range(n)]  # (chunk, slot, rowid)
         self._pending = 0
-        for st in self.stores:
-            st.reset_allocator()
 
     @property
     def pending(self) -> int:
