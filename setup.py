@@ -1,6 +1,6 @@
 """Native kernels for hqdb: everything else is in pyproject.toml.
 
-The cffi extension hqdb._native is optional: if it fails to compile, the install still
+The cffi extension hqdb.kernels._native is optional: if it fails to compile, the install still
 succeeds (with a warning) and hqdb runs on its numba fallback.
 """
 

@@ -1334,7 +1334,7 @@ def native_module() -> str:
     try:
         import hashlib
 
-        from hqdb import _native
+        from hqdb.kernels import _native
 
         p = Path(_native.__file__)
         st = p.stat()

@@ -1,4 +1,4 @@
-"""cffi (API mode) build of hqdb's native search kernels as the extension ``hqdb._native``.
+"""cffi (API mode) build of hqdb's native search kernels as the extension ``hqdb.kernels._native``.
 
 Used by setup.py through ``cffi_modules=["native/build_kernels.py:ffibuilder"]``: build it with
 ``pip install -e .`` (or ``pip install .``). The sources, one stage each, are listed in SOURCES
@@ -102,7 +102,7 @@ _compile_args, _link_args = _flags()
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
-    "hqdb._native",
+    "hqdb.kernels._native",
     '#include "hq_kernels.h"',
     sources=[_rel(os.path.join(HERE, name)) for name in SOURCES],
     include_dirs=[_rel(HERE)],

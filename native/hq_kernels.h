@@ -1,7 +1,7 @@
 /* hqdb search kernels: Hamming prefilter + Asymmetric Quantizer Distance (AQD) re-rank.
  *
  * The public interface, plain C: native/build_kernels.py hands this file's declarations to cffi
- * as they are (its preprocessor lines dropped), so hqdb._native exposes exactly these.
+ * as they are (its preprocessor lines dropped), so hqdb.kernels._native exposes exactly these.
  *
  * Only hqdb/kernels/__init__.py calls these, after validating every buffer and scalar; the C side
  * still rejects arguments that would make it read or write out of bounds (HQ_ERR_ARG) and

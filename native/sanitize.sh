@@ -14,12 +14,12 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cp -r "$ROOT/hqdb" "$ROOT/native" "$ROOT/tests" "$ROOT/migrations" "$ROOT/setup.py" "$ROOT/pyproject.toml" "$WORK/"
 cd "$WORK"
-rm -f hqdb/_native*.so
+rm -f hqdb/kernels/_native*.so
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g"
 # Through CC, so the OpenMP probe's test link and the extension's link both get the runtimes.
 CC="gcc $SAN" "$PY" setup.py -q build_ext --inplace >build.log 2>&1 || {
     cat build.log; exit 1; }
-ls hqdb/_native*.so >/dev/null
+ls hqdb/kernels/_native*.so >/dev/null
 PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 export LD_PRELOAD="$PRELOAD"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1

@@ -583,7 +583,7 @@ def test_native_build_uses_hardware_popcount():
         pytest.skip("objdump not installed")
     if K.info()["hamming_impl"] == "portable":
         pytest.skip("native module built without the x86 multi-versioned code (HQ_PORTABLE)")
-    from hqdb import _native
+    from hqdb.kernels import _native
 
     asm = subprocess.run([objdump, "-d", _native.__file__], capture_output=True, text=True, check=True).stdout
     assert "popcnt" in asm  # the popcnt clone of the Hamming loops

@@ -6,7 +6,7 @@ contiguity and scalar ranges here, in Python, before any buffer reaches compiled
 Two backends give bit-identical results:
 
 ``native``
-    C compiled through cffi (``hqdb._native``), OpenMP threads, hardware popcount where the
+    C compiled through cffi (``hqdb.kernels._native``), OpenMP threads, hardware popcount where the
     CPU has it.
 ``numba``
     :mod:`hqdb.kernels._numba`, used when the native module can't be imported (one
@@ -319,9 +319,9 @@ def _native_disabled() -> bool:
 def _load_native() -> _NativeBackend:
     if _native_disabled():
         raise ImportError("disabled by HQDB_DISABLE_NATIVE")
-    if importlib.util.find_spec("hqdb._native") is None:
-        raise ImportError("the extension hqdb._native is not built (the install could not compile it)")
-    from .. import _native
+    if importlib.util.find_spec("hqdb.kernels._native") is None:
+        raise ImportError("the extension hqdb.kernels._native is not built (the install could not compile it)")
+    from . import _native
 
     return _NativeBackend(_native)
 
