@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import apsw
 
@@ -28,6 +29,13 @@ from ..errors import CorruptTableError
 from .options import CodeSet, TableOptions
 
 TABLE = "hqdb_tables"
+
+
+def scalar(conn: apsw.Connection, sql: str, params: tuple = ()) -> Any:
+    """The single value of a query that always returns one row (count(*), max(...), ...)."""
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None, sql
+    return row[0]
 
 
 def quote_ident(name: str) -> str:
@@ -135,7 +143,7 @@ def rename_entry(conn: apsw.Connection, schema: str, old: str, new: str) -> None
     conn.execute(f"UPDATE {_catalog(schema)} SET name = ? WHERE name = ? COLLATE NOCASE", (new, old))
 
 
-def read_generation(conn: apsw.Connection, schema: str, name: str) -> tuple[int, str, int, int, int, int, str] | None:
+def read_generation(conn: apsw.Connection, schema: str, name: str) -> tuple[Any, ...] | None:
     """(generation, dim, books, codewords, chunk_size, options) of a table, in one query: the
     caller tells a changed generation from a table that was dropped and recreated."""
     return conn.execute(
@@ -185,11 +193,12 @@ def table_stats(conn: apsw.Connection, schema: str = "main") -> list[dict]:
     for e in list_entries(conn, schema):
         o = e.opts
         shadows = [rows_name(e.name)] + [chunks_name(e.name, c) for c in o.code_sets]
-        (rows,) = conn.execute(f"SELECT count(*) FROM {qualified(schema, rows_name(e.name))}").fetchone()
-        (disk,) = conn.execute(
+        rows = scalar(conn, f"SELECT count(*) FROM {qualified(schema, rows_name(e.name))}")
+        disk = scalar(
+            conn,
             "SELECT coalesce(sum(pgsize), 0) FROM dbstat(?) WHERE name IN (SELECT value FROM json_each(?))",
             (schema, json.dumps(shadows)),
-        ).fetchone()
+        )
         out.append(
             {
                 "table": e.name,

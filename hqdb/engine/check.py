@@ -24,6 +24,7 @@ SQL: ``SELECT hq_check()`` / ``hq_check('t')`` → ``'ok'`` or one problem per l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import apsw
 import numpy as np
@@ -67,11 +68,11 @@ class _Slots:
     qcodes: np.ndarray
 
 
-def _options(conn, schema: str, name: str) -> TableOptions:
+def _entry(conn, schema: str, name: str) -> catalog.Entry:
     entry = catalog.read_entry(conn, schema, name)
     if entry is None:
         raise HqError(f"no hq table named {name!r} in the catalog")
-    return entry.opts
+    return entry
 
 
 def _read_slots(conn, schema: str, name: str, opts: TableOptions, cset: CodeSet, problems: _Problems) -> _Slots:
@@ -148,7 +149,7 @@ def _match(rows: list[tuple], i: int, slots: _Slots):
 def check_table(conn: apsw.Connection, name: str, schema: str = "main") -> list[str]:
     """Problems of hq table ``name`` (an empty list when it is consistent)."""
     problems = _Problems(name)
-    opts = _options(conn, schema, name)
+    opts = _entry(conn, schema, name).opts
     rows = _read_rows(conn, schema, name, opts)
     rowids = np.asarray([r[0] for r in rows], dtype=np.int64)
     for i, cset in enumerate(opts.code_sets):
@@ -217,9 +218,10 @@ def rebuild_table(conn: apsw.Connection, name: str, schema: str = "main", *, dro
     unless ``drop_missing=True`` deletes those rows. (A model-bound table's row may lack a
     modality: its lost codes just become absent.) One transaction: all or nothing.
     """
-    opts = _options(conn, schema, name)
+    entry = _entry(conn, schema, name)
+    opts = entry.opts
     cs = opts.chunk_size
-    stats = {
+    stats: dict[str, Any] = {
         "table": name,
         "rows": 0,
         "kept": {},
@@ -248,9 +250,9 @@ def rebuild_table(conn: apsw.Connection, name: str, schema: str = "main", *, dro
             lost = rowids[(found < 0) & (points | (not opts.model))]
             plans.append((cset, slots, found, lost))
             stats["chunks_before"][cset.name] = int(
-                conn.execute(
-                    f"SELECT count(*) FROM {catalog.qualified(schema, catalog.chunks_name(name, cset))}"
-                ).fetchone()[0]
+                catalog.scalar(
+                    conn, f"SELECT count(*) FROM {catalog.qualified(schema, catalog.chunks_name(name, cset))}"
+                )
             )
         drop = np.unique(np.concatenate([p[3] for p in plans])) if not opts.model else np.zeros(0, np.int64)
         if len(drop) and not drop_missing:
@@ -271,7 +273,7 @@ def rebuild_table(conn: apsw.Connection, name: str, schema: str = "main", *, dro
             stats["lost"][cset.name] = int(len(lost))
             stats["orphans_dropped"][cset.name] = int(len(slots.rowid) - len(np.unique(src)))
             stats["chunks_after"][cset.name] = int((n + cs - 1) // cs)
-        Table(conn, schema, catalog.read_entry(conn, schema, name).name, opts).rewrite(per_set, drop)
+        Table(conn, schema, entry.name, opts).rewrite(per_set, drop)
         stats["rows"] = int(keep_row.sum())
         stats["rows_dropped"] = int(len(drop))
     return stats

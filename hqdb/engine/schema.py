@@ -58,8 +58,8 @@ def current_version(conn: apsw.Connection, schema: str = "main") -> int:
     ).fetchone()
     if not exists:
         return 0
-    (version,) = conn.execute(f'SELECT coalesce(max(version), 0) FROM "{schema}".{VERSION_TABLE}').fetchone()
-    return int(version)
+    row = conn.execute(f'SELECT coalesce(max(version), 0) FROM "{schema}".{VERSION_TABLE}').fetchone()
+    return int(row[0]) if row else 0
 
 
 def latest_version() -> int:

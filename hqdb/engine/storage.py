@@ -30,7 +30,7 @@ import apsw
 import numpy as np
 
 from ..errors import CorruptTableError
-from .catalog import chunks_name, qualified
+from .catalog import chunks_name, qualified, scalar
 from .options import CodeSet, TableOptions
 
 # A chunk with at most this many changed slots in one batch is patched slot by slot through
@@ -105,7 +105,7 @@ class CodeStore:
         count first, so loading needs no second copy of the codes in memory)."""
         o = self.opts
         cs = self.cs
-        (expected,) = self.conn.execute(f"SELECT count(*) FROM {self.chunks_table}").fetchone()
+        expected = scalar(self.conn, f"SELECT count(*) FROM {self.chunks_table}")
         self._empty()
         self._alloc(expected)
         # Only BLOBs are read as such: a chunk column overwritten with TEXT is reported as

@@ -236,6 +236,8 @@ class Table:
     def model(self):
         """The trained model a model-bound table encodes with (loaded once per connection)."""
         if self._model is None:
+            if self.opts.model is None:
+                raise HqError(f"hq table {self.name} is a raw table: it has no model")
             try:
                 self._model = load_model(self.conn, self.opts.model)
             except ModelError as e:
@@ -257,7 +259,7 @@ class Table:
             raise HqError(f"model {self.opts.model!r} has no modality {modality!r} (it has: {', '.join(names)})")
         return names.index(modality)
 
-    def encode_inputs(self, set_idx: int, values: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    def encode_inputs(self, set_idx: int, values: Sequence | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Features (float32 blobs or an (N, d) array) or raw text of one modality → (bit
         features, common-space vectors), both (N, dim): the bit code is the signs of the first
         (the same array unless the model has separate hash towers, c+d)."""
@@ -402,7 +404,7 @@ class Table:
         """Make sure the cache holds the row's codes where its row points (flush if they are
         still in the buffer); :class:`CorruptTableError` if they are not there even then."""
         for attempt in (0, 1):
-            if all(loc is None or st.holds(*loc, rowid) is not None for st, loc in zip(self.stores, locs)):
+            if all(loc is None or st.holds(loc[0], loc[1], rowid) is not None for st, loc in zip(self.stores, locs)):
                 return
             if attempt == 0 and self._pending:
                 self.flush()
@@ -490,7 +492,7 @@ class Table:
             self.delete(newrowid)
             self.flush()
         self._settled(rowid, old)
-        codes = []
+        codes: list[tuple[bytes, bytes | None] | None] = []
         for i, item in enumerate(items):
             if item is not None and item[0] == "input":
                 bitf, f = self.encode_inputs(i, [item[1]])
@@ -504,7 +506,7 @@ class Table:
             else:
                 codes.append(None if item is None else (item[1], item[2]))
         locs: list = []
-        changes = []
+        changes: list[tuple[CodeStore, list, list, int | None]] = []
         for st, code, loc in zip(self.stores, codes, old):
             if loc is not None and code is not None:  # rewritten in place
                 locs += loc
@@ -624,7 +626,7 @@ class Table:
         self.flush()
         self.fresh()
         if rowids is None:
-            (top,) = self.conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {self.rows_table}").fetchone()
+            top = catalog.scalar(self.conn, f"SELECT coalesce(max(rowid), 0) FROM {self.rows_table}")
             rowids = np.arange(top + 1, top + 1 + n, dtype=np.int64)
         locs: list = []
         for i, st in enumerate(self.stores):
@@ -758,7 +760,7 @@ class Table:
         sql = self._select_rows + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY rowid"
         return self.conn.execute(sql, params).fetchall()
 
-    def rows_by_id(self, rowids: Sequence[int]) -> dict[int, tuple]:
+    def rows_by_id(self, rowids: Sequence[int]) -> dict[Any, tuple]:
         """{rowid: (chunk, slot per code set..., metadata...)} of the rows that exist."""
         self.flush()
         got = self.conn.execute(
@@ -775,7 +777,8 @@ class Table:
         if loc is None or loc[set_idx] is None:
             return None
         st = self.stores[set_idx]
-        pos = st.holds(*loc[set_idx], rowid)
+        chunk, slot = loc[set_idx]
+        pos = st.holds(chunk, slot, rowid)
         if pos is None:
             raise CorruptTableError(f"hq table {self.name}: row {rowid} points at a slot that does not hold it")
         q = st.qcodes[pos].astype(self.opts.qcode_dtype, copy=False).tobytes() if self.opts.books else None
@@ -783,7 +786,7 @@ class Table:
 
     def count(self) -> int:
         self.flush()
-        return int(self.conn.execute(f"SELECT count(*) FROM {self.rows_table}").fetchone()[0])
+        return int(catalog.scalar(self.conn, f"SELECT count(*) FROM {self.rows_table}"))
 
     # ------------------------------------------------------------------ search
     def parse_query(self, value, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -893,11 +896,12 @@ class Table:
         # One string of packed (chunk, slot) keys parsed in C is far cheaper than a Python tuple
         # per matching row when a filter keeps most of a large table.
         chunk, slot = quote_ident(cset.chunk_col), quote_ident(cset.slot_col)
-        (packed,) = self.conn.execute(
+        packed = catalog.scalar(
+            self.conn,
             f"SELECT group_concat({chunk} * 65536 + {slot}) FROM {self.rows_table} "
             f"WHERE {chunk} IS NOT NULL AND {' AND '.join(where)}",
-            params,
-        ).fetchone()
+            tuple(params),
+        )
         sel = np.zeros(st.size, dtype=np.uint8)
         if packed:
             keys = np.array(packed.split(","), dtype=np.int64)
@@ -920,7 +924,7 @@ class Table:
         mode = params.run_mode
         bits, vec = self.parse_query(query, mode)
         _, codes, qcodes, rowids, valid = self._arrays(set_idx, conds)
-        lut, offset = (None, None) if mode == "hamming" else self.luts(vec[None, :])
+        lut, offset = (None, None) if mode == "hamming" or vec is None else self.luts(vec[None, :])
         out = kernels.search(
             codes,
             qcodes,
@@ -950,7 +954,7 @@ class Table:
         mode = params.run_mode
         bits, vecs = self.parse_queries(queries, mode)
         generation, codes, qcodes, rowids, valid = self._arrays(set_idx, conds)
-        luts, offsets = (None, None) if mode == "hamming" else self.luts(vecs)
+        luts, offsets = (None, None) if mode == "hamming" or vecs is None else self.luts(vecs)
         if device is None:
             out = kernels.search_many(
                 codes,

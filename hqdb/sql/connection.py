@@ -8,6 +8,7 @@ import contextlib
 import os
 import warnings
 import weakref
+from typing import Literal
 
 import apsw
 import sqlite_vec
@@ -53,8 +54,9 @@ class Connection(apsw.Connection):
     def __enter__(self) -> Connection:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         self.close()
+        return False  # exceptions propagate
 
     def close(self, force: bool = False) -> None:
         """Close the connection (an open transaction is rolled back); closing again does nothing.
@@ -100,20 +102,21 @@ def register(conn: apsw.Connection, *, threads: int = 1, device: str | None = No
     bring its catalog to this hqdb's schema version."""
     threads = check_threads(threads)
     device = _check_device(device)
-    module = HqShadowModule(conn)
+    module: HqModule = HqShadowModule(conn)
     try:
-        conn.create_module("hq", module, use_bestindex_object=True, iVersion=4)
+        conn.create_module("hq", module, use_bestindex_object=True, iVersion=4)  # type: ignore[arg-type]
     except Exception as e:  # apsw's module slots for API version 3+ (33 per process) are all taken
         if "ShadowName" not in str(e):
             raise
         # Without a slot apsw offers only the version-2 module API: no xShadowName and no
         # xIntegrity (PRAGMA integrity_check then skips hq tables; hq_check() still runs).
         module = HqModule(conn)
-        conn.create_module("hq", module, use_bestindex_object=True, iVersion=2)
+        # apsw's stubs want ShadowName on every module; a version-2 module has none by design.
+        conn.create_module("hq", module, use_bestindex_object=True, iVersion=2)  # type: ignore[arg-type]
     module.threads = threads
     module.device = device
     with contextlib.suppress(AttributeError):  # a plain apsw.Connection: hqdb.bulk then needs hqdb.connect()
-        conn.hq = module
+        conn.hq = module  # type: ignore[attr-defined]  # Connection declares it; apsw.Connection has no slot
     register_functions(conn, module)
     migrate(conn)
     return module
@@ -166,7 +169,7 @@ def connect(
         conn.load_extension(sqlite_vec.loadable_path())
         conn.enable_load_extension(False)
         if wal and not readonly and conn.db_filename("main"):  # "" for :memory: and temp databases
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0])  # type: ignore[index]  # a PRAGMA row
             if mode.lower() != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
         register(conn, threads=threads, device=device)

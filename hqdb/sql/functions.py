@@ -8,6 +8,8 @@ sent) cannot call them, only SQL the application itself runs.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import apsw
 import numpy as np
@@ -157,15 +159,20 @@ def register_functions(conn: apsw.Connection, module: HqModule) -> None:
         module.flush_all()
         return json.dumps(rebuild_table(conn, name, drop_missing=bool(drop_missing)))
 
+    def scalar(name: str, fn: Callable[..., Any], n: int, **kw: Any) -> None:
+        # apsw's stubs type a scalar function as taking *args; these take the fixed arities
+        # registered here, which SQLite enforces.
+        conn.create_scalar_function(name, fn, n, **kw)
+
     for n in (2, 3):
-        conn.create_scalar_function("hq_set_codebooks", hq_set_codebooks, n, flags=DIRECT_ONLY)
+        scalar("hq_set_codebooks", hq_set_codebooks, n, flags=DIRECT_ONLY)
     for n in (1, 2):
-        conn.create_scalar_function("hq_codebooks", hq_codebooks, n)
-        conn.create_scalar_function("hq_rebuild", hq_rebuild, n, flags=DIRECT_ONLY)
-    conn.create_scalar_function("hq_threads", hq_threads, -1, flags=DIRECT_ONLY)
-    conn.create_scalar_function("hq_bits", hq_bits, 1, deterministic=True)
-    conn.create_scalar_function("hq_query", encode_query, 2, deterministic=True)
-    conn.create_scalar_function("hq_info", lambda: json.dumps(kernels.info()), 0)
-    conn.create_scalar_function("hq_check", hq_check, -1)
+        scalar("hq_codebooks", hq_codebooks, n)
+        scalar("hq_rebuild", hq_rebuild, n, flags=DIRECT_ONLY)
+    scalar("hq_threads", hq_threads, -1, flags=DIRECT_ONLY)
+    scalar("hq_bits", hq_bits, 1, deterministic=True)
+    scalar("hq_query", encode_query, 2, deterministic=True)
+    scalar("hq_info", lambda: json.dumps(kernels.info()), 0)
+    scalar("hq_check", hq_check, -1)
     for n_args in (4, 5, 6):
         conn.create_aggregate_function("hq_search_many", SearchManyAggregate.factory(module), n_args)

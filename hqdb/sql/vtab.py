@@ -192,7 +192,7 @@ class VTable:
         decl = []
         for kind, i in self.cols:
             if kind == "input":
-                decl.append(f"{q(t.sets[i].input_col)} HIDDEN")
+                decl.append(f"{q(t.sets[i].name)} HIDDEN")
             elif kind in ("code", "qcode"):
                 c = t.sets[i]
                 decl.append(
@@ -273,9 +273,9 @@ class VTable:
 
         if match is not None:
             use(match, f"m{ii.get_aConstraint_iColumn(match)}")
-            for i, tok in ((k, "k"), (cand, "c"), (mode, "o"), (limit, "l")):
-                if i is not None:
-                    use(i, tok)
+            for ci, tok in ((k, "k"), (cand, "c"), (mode, "o"), (limit, "l")):
+                if ci is not None:
+                    use(ci, tok)
             # The filters narrow the search itself, so k rows come back whenever k rows match.
             use_filters()
             if ii.nOrderBy == 1 and ii.get_aOrderBy_iColumn(0) == self.COL_DISTANCE and not ii.get_aOrderBy_desc(0):
@@ -400,7 +400,9 @@ class Cursor:
         self.t = vt.t
         self.rows: list[tuple] = []
         self.i = 0
-        self.k = self.candidates = self.mode = None
+        self.k: int | None = None
+        self.candidates: int | None = None
+        self.mode: object = None
         self._meta: dict[int, tuple] | None = None
 
     def Filter(self, idxnum, idxstr, args):
@@ -409,8 +411,12 @@ class Cursor:
         self.i = 0
         self._meta = None
         self.k = self.candidates = self.mode = None
-        match = set_idx = None
-        k = cand = mode = limit = None
+        match: object = None
+        set_idx: int | None = None
+        k: object = None
+        cand: object = None
+        mode: object = None
+        limit: object = None
         conds: list[Cond] = []
         for tok, value in zip(tokens, args):
             kind = tok[0]
