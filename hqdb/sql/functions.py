@@ -22,6 +22,9 @@ from ..errors import HqError
 from .vtab import HqModule, hq_match_scalar
 
 DIRECT_ONLY = apsw.SQLITE_DIRECTONLY
+# hq_search_many answers with one JSON object per hit (~100 bytes); a group asking for more hits
+# than this (queries x k) is refused before any search runs.
+MAX_BATCH_HITS = 1_000_000
 
 
 def check_threads(n) -> int:
@@ -85,9 +88,15 @@ class SearchManyAggregate:
     def step(self, target, query_id, query, k, candidates=None, mode=None):
         params = (target, k, candidates, mode)
         if self.params is None:
+            resolve(k, candidates)  # a bad k fails at the first row
             self.params = params
         elif params != self.params:
             raise HqError("hq_search_many: target, k, candidates and mode must be the same for every query")
+        if (len(self.ids) + 1) * k > MAX_BATCH_HITS:
+            raise HqError(
+                f"hq_search_many: {len(self.ids) + 1} queries x k = {k} would answer with more than "
+                f"{MAX_BATCH_HITS:,} hits; split the queries into smaller groups (GROUP BY) or lower k"
+            )
         if query is None:
             raise HqError(f"hq_search_many: query {query_id!r} is NULL")
         if not isinstance(query_id, (int, float, str)) and query_id is not None:
@@ -111,13 +120,14 @@ class SearchManyAggregate:
         rowids, dist, ham = table.search_many(
             set_idx, self.queries, params, threads=self.module.threads, device=self.module.device
         )
-        out = []
+        parts = []
         for qid, rr, dd, hh in zip(self.ids, rowids.tolist(), dist.tolist(), ham.tolist()):
-            out += [
-                {"query": qid, "rank": i + 1, "rowid": r, "distance": d, "hamming": h}
+            q = json.dumps(qid)
+            parts += [
+                f'{{"query": {q}, "rank": {i + 1}, "rowid": {r}, "distance": {json.dumps(d)}, "hamming": {h}}}'
                 for i, (r, d, h) in enumerate(zip(rr, dd, hh))
             ]
-        return json.dumps(out)
+        return "[" + ", ".join(parts) + "]"
 
 
 def register_functions(conn: apsw.Connection, module: HqModule) -> None:
