@@ -212,8 +212,10 @@ def _read_items(path: str, modalities, data_keys: dict) -> tuple[list[dict], dic
             for k, v in data.items()
             if k not in inputs.values() and v.ndim == 1 and len(v) == n and v.dtype.kind in "iufUb"
         }
-        types = {k: (str if v.dtype.kind == "U" else float if v.dtype.kind == "f" else int) for k, v in meta.items()}
-        items = []
+        types: dict[str, type] = {
+            k: (str if v.dtype.kind == "U" else float if v.dtype.kind == "f" else int) for k, v in meta.items()
+        }
+        items: list[dict] = []
         for i in range(n):
             item = {
                 m: (str(data[key][i]) if data[key].dtype.kind in "UO" else data[key][i]) for m, key in inputs.items()

@@ -96,6 +96,7 @@ class Hits(list):
         columns = {n: [h[n] for h in self] for n in names}
         dtypes = []
         for n, vals in columns.items():
+            dt: type  # a numpy scalar type, or object
             if n == "rowid" or n == "hamming":
                 dt = np.int64
             elif n == "distance":

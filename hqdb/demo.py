@@ -116,7 +116,9 @@ def run(
                 (q.tobytes(), k, mode, max(cand, 1)),
             ).fetchall()
             times.append(time.perf_counter() - t)
-            hits += sum(int(base_labels[r[0] - 1] == qlabels[i]) for r in rows)
+            for (rowid,) in rows:
+                assert isinstance(rowid, int)  # SELECT rowid
+                hits += int(base_labels[rowid - 1] == qlabels[i])
         p50 = 1000 * float(np.median(times))
         precision = hits / (k * queries)
         results[label] = {"p50_ms": p50, "precision": precision}

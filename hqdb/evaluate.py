@@ -134,7 +134,7 @@ def _rankings(conn, table, model, src, dst, queries, items, n, candidates):
     )
     values = queries if isinstance(queries, list) else [np.ascontiguousarray(v).tobytes() for v in queries]
     modes = ("hamming", "aqd") if model.books else ("hamming",)
-    out = {m: [] for m in modes}
+    out: dict[str, list[list[int]]] = {m: [] for m in modes}
     for mode in modes:
         for v in values:
             out[mode].append([r[0] - 1 for r in conn.execute(sql, (src, v, n, mode, 1))])

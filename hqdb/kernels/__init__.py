@@ -321,7 +321,7 @@ def _load_native() -> _NativeBackend:
         raise ImportError("disabled by HQDB_DISABLE_NATIVE")
     if importlib.util.find_spec("hqdb.kernels._native") is None:
         raise ImportError("the extension hqdb.kernels._native is not built (the install could not compile it)")
-    from . import _native
+    from . import _native  # type: ignore[attr-defined]  # a compiled extension: mypy can't see it
 
     return _NativeBackend(_native)
 

@@ -22,7 +22,7 @@ MODE_HAMMING, MODE_AQD, MODE_TWO_STAGE = 0, 1, 2
 @intrinsic
 def _popcount64(typingctx, x):
     """LLVM's ctpop: a single POPCNT instruction on CPUs that have it."""
-    if not isinstance(x, types.Integer) or x.bitwidth != 64:
+    if not isinstance(x, types.Integer) or x.bitwidth != 64:  # type: ignore[attr-defined]  # numba's stubs omit it
         return None
 
     def codegen(context, builder, sig, args):
@@ -60,9 +60,9 @@ def _query_words(q):
 def _ham_row(codes, i, qw, nw, ntail):
     s = np.uint64(0)
     for w in range(nw):
-        s += _popcount64(_load(codes, i, 8 * w, 8) ^ qw[w])
+        s += _popcount64(_load(codes, i, 8 * w, 8) ^ qw[w])  # type: ignore[call-arg]  # intrinsic: no typingctx
     if ntail:
-        s += _popcount64(_load(codes, i, 8 * nw, ntail) ^ qw[nw])
+        s += _popcount64(_load(codes, i, 8 * nw, ntail) ^ qw[nw])  # type: ignore[call-arg]  # intrinsic: no typingctx
     return np.int32(s)
 
 

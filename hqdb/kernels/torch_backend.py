@@ -23,9 +23,14 @@ torch is optional (the ``train`` extra) and imported only when this backend is u
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from . import check_codes, check_rows, check_search_many
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["DeviceCodes", "cuda_available", "search_many"]
 
@@ -75,14 +80,18 @@ def _popcount64(x):
     return x & 0x7F
 
 
+_signs_table: Tensor | None = None  # (256, 8) float32 tensor of _signs, on the device last used
+
+
 def _signs(torch, bytes_):
     """uint8 codes (n, nb) → float32 (n, 8 * nb): +1 where a bit is set, -1 elsewhere (a
     table lookup per byte: far cheaper than shifting every bit out)."""
-    table = getattr(_signs, "table", None)
+    global _signs_table
+    table = _signs_table
     if table is None or table.device != bytes_.device:
         bits = (np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1
         table = torch.from_numpy((bits * 2 - 1).astype(np.float32)).to(bytes_.device)
-        _signs.table = table
+        _signs_table = table
     return table[bytes_.to(torch.int64)].reshape(bytes_.shape[0], -1)
 
 
@@ -145,6 +154,7 @@ class DeviceCodes:
         rank = np.empty(self.n_rows, dtype=np.int64)
         rank[order] = np.arange(self.n_rows, dtype=np.int64)
         self.rank = torch.from_numpy(rank).to(self.device)
+        self._slot_of_rank: Tensor | None = None  # the inverse of rank, made by _slots when first needed
 
     def matches(self, codes, qcodes, rowids) -> bool:
         """Whether these are (shape-wise) the arrays this copy was made from."""
@@ -225,6 +235,7 @@ def search_many(
             for lo in range(0, n, r_block):
                 hi = min(n, lo + r_block)
                 if mode == "aqd":
+                    assert dc.qcodes is not None  # check_search_many requires qcodes for AQD
                     d = _aqd(torch, dc.qcodes[lo:hi], lq, kw, valid_t, lo, hi)
                     key = _float_key(torch, d) * n + dc.rank[lo:hi]
                 else:
@@ -234,6 +245,7 @@ def search_many(
                 if best is not None:
                     key = torch.cat([best, key], dim=1)
                 best = torch.topk(key, min(keep, key.shape[1]), dim=1, largest=False, sorted=True).values
+            assert best is not None  # n >= r > 0: the loop above ran
             # rank → slot: the keys hold rank = key % n; slots by inverting the rank
             slots = _slots(torch, dc, best % n)
             if mode == "two_stage":
@@ -257,7 +269,7 @@ def search_many(
 
 def _slots(torch, dc: DeviceCodes, rank):
     """Slot indices of rows given their ranks (computed once per DeviceCodes)."""
-    inv = getattr(dc, "_slot_of_rank", None)
+    inv = dc._slot_of_rank
     if inv is None:
         inv = torch.empty_like(dc.rank)
         inv[dc.rank] = torch.arange(dc.n_rows, device=dc.device)

@@ -17,16 +17,21 @@ paper's unscaled ⟨f_i, g_j⟩.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
-TERMS = ("sim", "h", "b", "q")
+TERMS: tuple[str, ...] = ("sim", "h", "b", "q")
 
 
 class Tower(nn.Module):
     """x → standardise (fixed mean/scale buffers) → [Linear → ReLU]* → Linear → f ∈ R^n.
 
     No tanh on the output: the hash loss (Eq. 4) is what pulls f toward ±1."""
+
+    mean: torch.Tensor  # buffers (registered in __init__)
+    scale: torch.Tensor
 
     def __init__(self, input_dim: int, hidden: list[int], bits: int, mean=None, scale=None, dropout: float = 0.0):
         super().__init__()
@@ -78,7 +83,7 @@ def loss_terms(
 
 def total_loss(terms: dict[str, torch.Tensor], lambdas: dict[str, float]) -> torch.Tensor:
     """Eq. 7: λ_sim L_sim + λ_h L_h + λ_b L_b + λ_q L_q."""
-    return sum(lambdas[t] * terms[t] for t in TERMS)
+    return cast(torch.Tensor, sum(lambdas[t] * terms[t] for t in TERMS))  # non-empty: a tensor, not 0
 
 
 from .methods import Method  # noqa: E402  (methods imports this module lazily)

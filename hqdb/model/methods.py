@@ -13,6 +13,8 @@ models trained separately and merged, see train.py).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 
@@ -58,7 +60,7 @@ class Method:
         raise NotImplementedError
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(self.lam[t] * terms[t] for t in self.terms)
+        return cast(torch.Tensor, sum(self.lam[t] * terms[t] for t in self.terms))  # terms non-empty: not 0
 
     def quant_targets(self, f_img, f_txt, r_img, r_txt):
         """What the codebooks/codes are fitted to (numpy (N, bits) each; r_* the current

@@ -92,7 +92,9 @@ class TrainedModel:
     @staticmethod
     def expected_shapes(config: dict) -> dict[str, tuple]:
         """Every tensor a config calls for, with its shape."""
-        shapes = {"codebooks": (config["books"], config["codewords"], config["bits"])} if config["books"] else {}
+        shapes: dict[str, tuple] = (
+            {"codebooks": (config["books"], config["codewords"], config["bits"])} if config["books"] else {}
+        )
         for prefix, towers in (("", config["towers"]), ("hash.", config.get("hash_towers") or {})):
             for m, tower in towers.items():
                 d = tower["input_dim"]

@@ -70,6 +70,7 @@ def rankings(
         if "aqd" in kinds:
             out["aqd"] = np.argsort(-score, axis=1, kind="stable")
     if "two_stage" in kinds:
+        assert ham is not None and score is not None  # both computed above for two_stage
         c = min(candidates, f_db.shape[0])
         cand = ham[:, :c]
         cs = np.take_along_axis(score, cand, axis=1)

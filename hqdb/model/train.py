@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -524,8 +525,8 @@ def _fit(
 
     C, codes, f_tr = requantize(None, None)
     meth.end_epoch(f_tr["image"], f_tr["text"])
-    best = (-1.0, 0, None)
-    history = {"epochs_run": 0, "best_epoch": 0, "curve": []}
+    best: tuple[float, int, tuple | None] = (-1.0, 0, None)  # score, epoch, (tower states, C, codes)
+    history: dict[str, Any] = {"epochs_run": 0, "best_epoch": 0, "curve": []}
     bar = _Progress(epochs, progress)
     stale = 0
     modules = [*towers.values(), *extras]
