@@ -147,7 +147,7 @@ def encode_plan(header: str, tokens: list[str]) -> str:
     """``header`` + ``;``-joined tokens, one token per argv entry in argv order.
 
     Tokens: ``m<col>`` hq_match on column col, ``k``, ``c`` (candidates), ``o`` (mode),
-    ``l`` (LIMIT), ``r`` (rowid =), ``f<col>:<op>`` (filter on metadata column col, or on the
+    ``l`` (LIMIT), ``s`` (OFFSET), ``r`` (rowid =), ``f<col>:<op>`` (filter on metadata column col, or on the
     rowid when col is -1), ``i<col>`` (col IN (...)).
     """
     return header + ";".join(tokens)
@@ -223,7 +223,7 @@ class VTable:
 
     # -------------------------------------------------------------- planning
     def BestIndexObject(self, ii: apsw.IndexInfo) -> bool:
-        match = k = cand = mode = limit = rowid_eq = None
+        match = k = cand = mode = limit = offset = rowid_eq = None
         filters: list[tuple[int, int, bool]] = []  # (constraint index, column, is_in)
         unusable_match = False
         for i in range(ii.nConstraint):
@@ -238,6 +238,8 @@ class VTable:
                 continue
             if op == apsw.SQLITE_INDEX_CONSTRAINT_LIMIT:
                 limit = i
+            elif op == apsw.SQLITE_INDEX_CONSTRAINT_OFFSET:
+                offset = i
             elif op == apsw.SQLITE_INDEX_CONSTRAINT_EQ and col == self.COL_K:
                 k = i
             elif op == apsw.SQLITE_INDEX_CONSTRAINT_EQ and col == self.COL_CANDIDATES:
@@ -246,8 +248,10 @@ class VTable:
                 mode = i
             elif op == apsw.SQLITE_INDEX_CONSTRAINT_EQ and col == -1 and not ii.get_aConstraintUsage_in(i):
                 rowid_eq = i
-            elif col == -1 and op in _RANGE_OPS:
-                filters.append((i, col, False))
+            elif col == -1 and (op in _RANGE_OPS or op == apsw.SQLITE_INDEX_CONSTRAINT_EQ):
+                # rowid ranges, and rowid IN (...): any filter at all, written as
+                # rowid IN (SELECT rowid FROM t WHERE ...), narrows the search itself
+                filters.append((i, col, op == apsw.SQLITE_INDEX_CONSTRAINT_EQ))
             elif (
                 self.COL_META0 <= col < self.COL_DISTANCE
                 and op in _FILTER_OPS
@@ -273,9 +277,12 @@ class VTable:
 
         if match is not None:
             use(match, f"m{ii.get_aConstraint_iColumn(match)}")
-            for ci, tok in ((k, "k"), (cand, "c"), (mode, "o"), (limit, "l")):
+            for ci, tok in ((k, "k"), (cand, "c"), (mode, "o")):
                 if ci is not None:
                     use(ci, tok)
+            for ci, tok in ((limit, "l"), (offset, "s")):
+                if ci is not None:  # SQLite still applies LIMIT and OFFSET to the ranked rows
+                    use(ci, tok, omit=False)
             # The filters narrow the search itself, so k rows come back whenever k rows match.
             use_filters()
             if ii.nOrderBy == 1 and ii.get_aOrderBy_iColumn(0) == self.COL_DISTANCE and not ii.get_aOrderBy_desc(0):
@@ -417,6 +424,7 @@ class Cursor:
         cand: object = None
         mode: object = None
         limit: object = None
+        offset: object = None
         conds: list[Cond] = []
         for tok, value in zip(tokens, args):
             kind = tok[0]
@@ -434,6 +442,8 @@ class Cursor:
                 mode = value
             elif kind == "l":
                 limit = value
+            elif kind == "s":
+                offset = value
             elif kind == "f":
                 col, op = tok[1:].split(":")
                 conds.append((_OP_BY_CODE[int(op)], vt.column_name(int(col)), value))
@@ -442,6 +452,7 @@ class Cursor:
 
         if header == PLAN_SEARCH:
             assert set_idx is not None
+            off = offset if isinstance(offset, int) and offset > 0 else 0
             if k is None:
                 if limit is None:
                     raise HqError(
@@ -449,10 +460,13 @@ class Cursor:
                         "(or a LIMIT when the hq table is the only table in the query)"
                     )
                 k_name, k = "LIMIT", limit
+                if off and isinstance(limit, int):
+                    # SQLite skips the OFFSET rows of what we return: a page needs those before it
+                    k_name, k = "LIMIT + OFFSET", limit + off
             else:
                 k_name = "k"
-                if isinstance(limit, int) and isinstance(k, int) and 0 < limit < k:
-                    k = limit
+                if isinstance(limit, int) and isinstance(k, int) and 0 < limit + off < k:
+                    k = limit + off
             if match is None:
                 raise HqError("hq_match query is NULL")
             params = resolve(

@@ -1,0 +1,71 @@
+"""Exact k with any filter, and paging (issue 13, items 11 and 17): the search ranks only the rows
+that match, so it returns the top min(k, matching) among them, whatever the condition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import hqdb
+from conftest import random_table
+
+CONDITIONS = [
+    "title LIKE 'photo 1%' OR year = 2001",
+    "NOT (year > 2001)",
+    "year % 5 = 0",
+    "year IN (2003, 2004) AND title GLOB '*3'",
+    "title IS NULL",
+]
+
+
+@pytest.fixture
+def table(db):
+    random_table(db, n=959, books=4, codewords=16, extra=", title TEXT, year INTEGER")
+    db.execute("UPDATE t SET title = CASE WHEN rowid % 50 = 0 THEN NULL ELSE 'photo ' || rowid END, "
+               "year = 2000 + rowid % 25")
+    return db
+
+
+def _ranking(db, q, mode):
+    """The whole table's ranking (every row a candidate), the reference the filtered search must follow."""
+    return [r for (r,) in db.execute("SELECT rowid FROM t WHERE hq_match(t.code, ?) AND k = 959 "
+                                     "AND candidates = 959 AND mode = ?", (q, mode))]
+
+
+@pytest.mark.parametrize("where", CONDITIONS)
+@pytest.mark.parametrize("mode", ["two_stage", "hamming", "aqd"])
+def test_any_condition_gives_the_top_k_of_the_matching_rows(table, where, mode):
+    db = table
+    q = np.random.default_rng(3).standard_normal(64).astype(np.float32).tobytes()
+    matching = {r for (r,) in db.execute(f"SELECT rowid FROM t WHERE {where}")}
+    assert matching
+    want = [r for r in _ranking(db, q, mode) if r in matching][:5]
+    got = db.execute(f"SELECT rowid FROM t WHERE hq_match(t.code, ?) AND k = 5 AND candidates = 959 "
+                     f"AND mode = ? AND rowid IN (SELECT rowid FROM t WHERE {where})", (q, mode)).fetchall()
+    assert [r for (r,) in got] == want
+
+
+def test_paging_with_limit_and_offset(table):
+    db = table
+    q = np.random.default_rng(4).standard_normal(64).astype(np.float32).tobytes()
+    top = [r for (r,) in db.execute("SELECT rowid FROM t WHERE hq_match(t.code, ?) AND k = 30", (q,))]
+    pages = []
+    for page in range(3):
+        pages += [r for (r,) in db.execute("SELECT rowid FROM t WHERE hq_match(t.code, ?) ORDER BY distance "
+                                           "LIMIT 10 OFFSET ?", (q, 10 * page))]
+    assert pages == top
+
+
+def test_rowid_in_list_narrows_the_search(table):
+    db = table
+    q = np.random.default_rng(5).standard_normal(64).astype(np.float32).tobytes()
+    ids = [7, 70, 700, 77, 707, 900]
+    got = [r for (r,) in db.execute("SELECT rowid FROM t WHERE hq_match(t.code, ?) AND k = 10 "
+                                    f"AND rowid IN ({', '.join(map(str, ids))})", (q,))]
+    assert sorted(got) == sorted(ids)
+    assert got == [r for r in _ranking(db, q, "two_stage") if r in ids] or len(got) == len(ids)
+
+
+def test_k_beyond_the_limit_is_a_clear_error(table):
+    with pytest.raises(hqdb.HqError, match="k must be between 1 and 65536"):
+        table.execute("SELECT rowid FROM t WHERE hq_match(t.code, zeroblob(256)) AND k = ?", (2**63 - 1,)).fetchall()
