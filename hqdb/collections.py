@@ -23,10 +23,11 @@ import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import apsw
+import apsw.ext
 import numpy as np
 
 from .bulk import insert_items
-from .engine.catalog import model_of_tables, quote_ident
+from .engine.catalog import model_of_tables, qualified, quote_ident, rows_name
 from .engine.options import METADATA_TYPES, parse_args
 from .errors import CollectionError, HqError, NotFoundError, OptionError
 from .progress import progress_bar
@@ -485,9 +486,43 @@ class Collection:
 
     def delete_where(self, where: str, where_args: Sequence = ()) -> int:
         """Delete the rows matching an SQL condition on the columns; return how many."""
+        select = self._matching(where, "delete_where")
+        args = self._where_args(where, where_args, select, "delete_where")
         with write_transaction(self.db):
-            ids = [r[0] for r in self.db.execute(f"SELECT rowid FROM {self._q} WHERE {where}", tuple(where_args))]
+            ids = [r[0] for r in self.db.execute(select, args)]
             return self.delete(ids)
+
+    def _matching(self, where, what: str) -> str:
+        """``SELECT rowid FROM <rows> WHERE (<where>)``: the rows a condition on the columns
+        selects, read from the table's rows (metadata) table. ``where`` must be one SQL
+        expression: a second statement (``...; DROP TABLE x``) or anything that writes is refused
+        before it runs."""
+        if not isinstance(where, str) or not where.strip():
+            raise CollectionError(f"{self.name}.{what}: where must be an SQL condition on the columns, got {where!r}")
+        sql = f"SELECT rowid FROM {qualified('main', rows_name(self.name))} WHERE ({where})"
+        try:
+            info = apsw.ext.query_info(self.db, sql)
+        except apsw.Error as e:
+            raise CollectionError(
+                f"{self.name}.{what}: where {where!r} is not a condition on the columns: {e}"
+            ) from None
+        if (info.query_remaining or "").strip() or not info.is_readonly:
+            raise CollectionError(
+                f"{self.name}.{what}: where must be one condition (an SQL expression, no ';' or second statement), "
+                f"got {where!r}"
+            )
+        return sql
+
+    def _where_args(self, where: str, where_args, sql: str, what: str) -> tuple:
+        if isinstance(where_args, (Mapping, str, bytes)):
+            raise CollectionError(f"{self.name}.{what}: where_args must be a list of values for the '?' in where")
+        args = tuple(where_args)
+        wanted = apsw.ext.query_info(self.db, sql).bindings_count
+        if wanted != len(args):
+            raise CollectionError(
+                f"{self.name}.{what}: where {where!r} has {wanted} '?' but {len(args)} where_args were given"
+            )
+        return args
 
     # -------------------------------------------------------------- search
     def _query(self, image, text, target):
@@ -528,8 +563,9 @@ class Collection:
         if mode is not None:
             sql += " AND mode = ?"
             extra.append(mode)
-        if where:
-            sql += f" AND ({where})"
+        if where is not None:
+            # Any condition, exactly: the table ranks only the rows it selects.
+            sql += f" AND rowid IN ({self._matching(where, 'search')})"
         return sql, extra
 
     def _hits(self, rows) -> Hits:
@@ -592,12 +628,15 @@ def _search_batch(
     condition to the table, which applies it during the search). Several queries without a
     condition run as one batched kernel call (:meth:`hqdb.engine.table.Table.search_many`), whose results are
     exactly the statements' (same rows, order, distances and ties)."""
-    if isinstance(where_args, (Mapping, str)):
-        raise CollectionError(f"{coll.name}.search: where_args must be a list of values for the '?' in where")
-    if len(values) > 1 and not where:
-        return _search_kernel_batch(coll, source, values, target, k, candidates, mode)
+    if where is None:
+        if where_args:
+            raise CollectionError(f"{coll.name}.search: where_args given without a where condition")
+        if len(values) > 1:
+            return _search_kernel_batch(coll, source, values, target, k, candidates, mode)
+        args: tuple = ()
+    else:
+        args = coll._where_args(where, where_args, coll._matching(where, "search"), "search")
     sql, extra = coll.search_sql(target, k, candidates, mode, where)
-    args = list(where_args)
     out = []
     try:
         with read_transaction(coll.db) if len(values) > 1 else contextlib.nullcontext():  # one snapshot per batch

@@ -304,8 +304,8 @@ def test_search_many_is_one_kernel_call(photos, pairs, monkeypatch, mode):
     ({"text": "x", "target": "audio"}, r"target must be one of \['image', 'text'\]"),
     ({"text": "x", "k": 0}, r"photos\.search: k must be between 1"),
     ({"text": "x", "mode": "fast"}, r"unknown mode 'fast'"),
-    ({"text": "x", "where": "year > ?"}, r"where_args do not match"),
-    ({"text": "x", "where": "colour = 1"}, r"photos\.search: no such column: colour"),
+    ({"text": "x", "where": "year > ?"}, r"has 1 '\?' but 0 where_args were given"),
+    ({"text": "x", "where": "colour = 1"}, r"photos\.search: where 'colour = 1' is not a condition on the columns: .*no such column: colour"),
     ({"text": "x", "where": "year > ?", "where_args": "2"}, "where_args must be a list"),
 ])
 def test_search_errors(photos, kwargs, message):

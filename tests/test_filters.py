@@ -69,3 +69,50 @@ def test_rowid_in_list_narrows_the_search(table):
 def test_k_beyond_the_limit_is_a_clear_error(table):
     with pytest.raises(hqdb.HqError, match="k must be between 1 and 65536"):
         table.execute("SELECT rowid FROM t WHERE hq_match(t.code, zeroblob(256)) AND k = ?", (2**63 - 1,)).fetchall()
+
+
+# ---------------------------------------------------------------- collections
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    from hqdb import datasets
+
+    db = hqdb.connect(tmp_path_factory.mktemp("coll") / "photos.db")
+    pairs = datasets.synthetic_pairs(959, seed=0)
+    model = hqdb.train(pairs, bits=32, epochs=2, seed=0)
+    hqdb.save_model(db, "m", model)
+    coll = db.create_collection("photos", model="m", columns={"title": str, "year": int})
+    coll.insert_all({"title": f"photo {i}", "year": 2000 + i % 25, "text": str(pairs["text"][i]),
+                     "image": pairs["image"][i]} for i in range(959))
+    yield coll
+    db.close()
+
+
+@pytest.mark.parametrize("where", ["title LIKE 'photo 1%' OR year = 2001", "NOT (year > 2001)", "year % 5 = 0"])
+def test_collection_search_with_any_condition_is_exact(photos, where):
+    matching = {r for (r,) in photos.db.execute(f"SELECT rowid FROM photos WHERE {where}")}
+    ranked = [h.rowid for h in photos.search(text="a castle on a hill", k=959, candidates=959)]
+    hits = photos.search(text="a castle on a hill", k=5, candidates=959, where=where)
+    assert [h.rowid for h in hits] == [r for r in ranked if r in matching][:5]
+    many = photos.search_many(text=["a castle on a hill", "surf"], k=5, candidates=959, where=where)
+    assert many[0] == hits
+
+
+@pytest.mark.parametrize("where", ["1); DROP TABLE victim; --", "year > 0; DELETE FROM photos_rows",
+                                   "year > (SELECT 1); DROP TABLE victim"])
+def test_where_runs_no_second_statement(photos, where):
+    db = photos.db
+    db.execute("CREATE TABLE IF NOT EXISTS victim(x)")
+    n = len(list(photos))
+    with pytest.raises(hqdb.CollectionError, match="one condition|not a condition"):
+        photos.search(text="castle", k=3, where=where)
+    with pytest.raises(hqdb.CollectionError, match="one condition|not a condition"):
+        photos.delete_where(where)
+    assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'victim'").fetchone() == (1,)
+    assert len(list(photos)) == n
+
+
+def test_where_args_count_is_checked_against_the_question_marks(photos):
+    with pytest.raises(hqdb.CollectionError, match=r"has 1 '\?' but 3 where_args were given"):
+        photos.search(text="castle", k=3, where="year > ?", where_args=[1, 2, 3])
+    with pytest.raises(hqdb.CollectionError, match="without a where"):
+        photos.search(text="castle", k=3, where_args=[1])
