@@ -215,3 +215,27 @@ def test_freed_slots_are_reused_without_recounting_the_cache(db, monkeypatch):
     locs = db.execute("SELECT chunk, slot FROM t_rows WHERE rowid > 16 ORDER BY rowid").fetchall()
     assert locs == [(1, 2), (2, 3), (1, 4)]
     assert db.execute("SELECT hq_check()").fetchone() == ("ok",)
+
+
+def test_rows_deleted_by_another_sqlite_client_give_a_clear_error(db_path):
+    import sqlite3
+
+    db = hqdb.connect(db_path)
+    try:
+        random_table(db, n=30, books=0, extra=", title TEXT")
+        db.execute("UPDATE t SET title = 'x' || rowid")
+        q = np.ones(64, np.float32).tobytes()
+        hits = db.execute("SELECT rowid FROM t WHERE hq_match(t.code, ?) AND k = 30", (q,)).fetchall()
+        victim = hits[0][0]
+        other = sqlite3.connect(db_path)  # another application, straight at the shadow table
+        other.execute("DELETE FROM t_rows WHERE rowid = ?", (victim,))
+        other.commit()
+        other.close()
+        with pytest.raises(hqdb.CorruptTableError, match=rf"row {victim} has codes but no row in t_rows.*hqdb rebuild"):
+            db.execute("SELECT rowid, title FROM t WHERE hq_match(t.code, ?) AND k = 30", (q,)).fetchall()
+        assert "orphan" in db.execute("SELECT hq_check('t')").fetchone()[0]
+        db.execute("SELECT hq_rebuild('t')")
+        rows = db.execute("SELECT rowid, title FROM t WHERE hq_match(t.code, ?) AND k = 30", (q,)).fetchall()
+        assert len(rows) == 29 and victim not in [r for r, _ in rows]
+    finally:
+        db.close()

@@ -35,7 +35,7 @@ from ..engine import catalog
 from ..engine.options import parse_args
 from ..engine.query import resolve
 from ..engine.table import Cond, Table
-from ..errors import HqError, ModelError, OptionError, StaleTableError
+from ..errors import CorruptTableError, HqError, ModelError, OptionError, StaleTableError
 from ..model.store import load_model
 
 # SQLite's constraint operators the engine can evaluate against the rows table.
@@ -521,7 +521,17 @@ class Cursor:
             return self.mode
         if n >= vt.COL_META0:
             meta = self._row_meta(rowid)  # (chunk, slot per code set..., metadata...)
-            return None if meta is None else meta[2 * len(t.sets) + n - vt.COL_META0]
+            if meta is None:
+                if dist is None:  # a scan row deleted since the scan started
+                    return None
+                # The codes name a row the rows table no longer has: only a write that bypassed
+                # hqdb (another SQLite client on the shadow tables) leaves that behind.
+                raise CorruptTableError(
+                    f"hq table {t.name}: row {rowid} has codes but no row in {t.name}_rows (the shadow "
+                    f"tables were changed outside hqdb?); run `hqdb check` and `hqdb rebuild DB {t.name}` "
+                    f"(SQL: SELECT hq_check('{t.name}'), hq_rebuild('{t.name}'))"
+                )
+            return meta[2 * len(t.sets) + n - vt.COL_META0]
         kind, i = vt.cols[n]
         if kind == "input":
             return None  # inputs are encoded, not kept
