@@ -650,21 +650,14 @@ def _search_batch(
 
 
 def _search_kernel_batch(coll: Collection, source: str, values: list, target: str, k, candidates, mode) -> list[Hits]:
-    from .engine.query import encode_query, resolve
+    from .engine.query import encode_query
 
     try:
         table = coll.db.hq.table(coll.name)
         names = [c.name for c in table.sets]
         if target not in names:
             raise CollectionError(f"{coll.name}.search: no modality {target!r} (it has: {', '.join(names)})")
-        params = resolve(
-            k,
-            candidates,
-            mode,
-            default_mode=table.default_mode() if mode is None else "two_stage",
-            books=table.opts.books,
-            table=coll.name,
-        )
+        params = table.params(k, candidates, mode)
         queries = [encode_query(source, v) for v in values]
         # The kernel search and the read of the hits' columns see one snapshot: a row another
         # connection deletes meanwhile is still there for both.

@@ -33,7 +33,7 @@ from ..model.store import load_model
 from . import catalog
 from .catalog import qualified, quote_ident
 from .options import TableOptions
-from .query import Params, decode_query
+from .query import Params, decode_query, resolve
 from .storage import CodeStore
 
 MAX_PENDING = 65536  # buffered rows that make the buffer flush itself
@@ -252,6 +252,12 @@ class Table:
             return "two_stage"
         search = self.model().search
         return search if search in kernels.MODES else "hamming"  # 'float' (lossless): its bit codes
+
+    def params(self, k, candidates=None, mode=None, *, k_name: str = "k") -> Params:
+        """Validated search parameters for this table: its own default mode, and 'hamming' where
+        it has no quantization codes (:func:`hqdb.engine.query.resolve`)."""
+        default = self.default_mode() if mode is None else "two_stage"
+        return resolve(k, candidates, mode, default_mode=default, books=self.opts.books, table=self.name, k_name=k_name)
 
     def set_index(self, modality: str) -> int:
         names = [c.name for c in self.sets]
@@ -955,19 +961,10 @@ class Table:
         bits, vecs = self.parse_queries(queries, mode)
         generation, codes, qcodes, rowids, valid = self._arrays(set_idx, conds)
         luts, offsets = (None, None) if mode == "hamming" or vecs is None else self.luts(vecs)
+        arrays = (codes, qcodes, rowids, valid, bits, luts)
+        kw: dict[str, Any] = {"k": params.k, "candidates": params.candidates, "mode": mode}
         if device is None:
-            out = kernels.search_many(
-                codes,
-                qcodes,
-                rowids,
-                valid,
-                bits,
-                luts,
-                k=params.k,
-                candidates=params.candidates,
-                mode=mode,
-                threads=threads,
-            )
+            out = kernels.search_many(*arrays, threads=threads, **kw)
         else:
             from ..kernels import torch_backend
 
@@ -975,18 +972,7 @@ class Table:
             hit = self._device_cache.get(set_idx)
             if hit is None or hit[0] != key:
                 hit = self._device_cache[set_idx] = (key, torch_backend.DeviceCodes(codes, qcodes, rowids, device))
-            out = torch_backend.search_many(
-                codes,
-                qcodes,
-                rowids,
-                valid,
-                bits,
-                luts,
-                k=params.k,
-                candidates=params.candidates,
-                mode=mode,
-                resident=hit[1],
-            )
+            out = torch_backend.search_many(*arrays, resident=hit[1], **kw)
         if offsets is None:
             return out
         r, d, h = out

@@ -109,14 +109,7 @@ class SearchManyAggregate:
             return "[]"
         target, k, candidates, mode = self.params
         table, set_idx = resolve_target(self.module, target)
-        params = resolve(
-            k,
-            candidates,
-            mode,
-            default_mode=table.default_mode() if mode is None else "two_stage",
-            books=table.opts.books,
-            table=table.name,
-        )
+        params = table.params(k, candidates, mode)
         rowids, dist, ham = table.search_many(
             set_idx, self.queries, params, threads=self.module.threads, device=self.module.device
         )

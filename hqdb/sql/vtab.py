@@ -33,7 +33,6 @@ import apsw
 
 from ..engine import catalog
 from ..engine.options import parse_args
-from ..engine.query import resolve
 from ..engine.table import Cond, Table
 from ..errors import CorruptTableError, HqError, ModelError, OptionError, StaleTableError
 from ..model.store import load_model
@@ -469,15 +468,7 @@ class Cursor:
                     k = limit + off
             if match is None:
                 raise HqError("hq_match query is NULL")
-            params = resolve(
-                k,
-                cand,
-                mode,
-                default_mode=t.default_mode() if mode is None else "two_stage",
-                books=t.opts.books,
-                table=t.name,
-                k_name=k_name,
-            )
+            params = t.params(k, cand, mode, k_name=k_name)
             self.k, self.candidates, self.mode = params.k, (cand if cand is None else params.candidates), mode
             rowids, dist, ham = t.search(set_idx, match, params, conds, threads=vt.module.threads)
             self.rows = list(zip(rowids.tolist(), dist.tolist(), ham.tolist()))
