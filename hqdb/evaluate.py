@@ -29,7 +29,8 @@ import time
 import numpy as np
 
 from . import metrics
-from .engine.catalog import quote_ident
+from .engine.catalog import quote_ident, quote_string
+from .errors import HqdbError
 
 DIRECTIONS = {"i2t": ("image", "text"), "t2i": ("text", "image")}
 
@@ -75,8 +76,12 @@ def evaluate(
     labels_q, labels_db = q["labels"], db["labels"]
     n = len(labels_db)
     table = table or f"hqdb_eval_{model_name}".replace("-", "_").replace(".", "_")
-    conn.execute(f"DROP TABLE IF EXISTS {quote_ident(table)}")
-    conn.execute(f"CREATE VIRTUAL TABLE {quote_ident(table)} USING hq(model='{model_name}')")
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = ? COLLATE NOCASE", (table,)).fetchone():
+        raise HqdbError(
+            f"evaluate: a table named {table!r} already exists; pass table= another name (it is "
+            "created for the evaluation and dropped after it)"
+        )
+    conn.execute(f"CREATE VIRTUAL TABLE {quote_ident(table)} USING hq(model={quote_string(model_name)})")
     t0 = time.perf_counter()
     insert_items(conn, table, rowids=np.arange(1, n + 1), **db_in)
     index_s = time.perf_counter() - t0

@@ -33,3 +33,20 @@ def test_search_many_refuses_a_bad_k_at_the_first_row(db):
     random_table(db, n=5, books=0)
     with pytest.raises(hqdb.HqError, match="k must be between 1 and 65536"):
         db.execute("SELECT hq_search_many('t', 1, zeroblob(256), 2 * 65536)").fetchone()
+
+
+def test_evaluate_never_drops_a_users_table(db, tmp_path):
+    from hqdb import datasets
+    from hqdb.evaluate import evaluate
+
+    pairs = datasets.synthetic_pairs(120, seed=1)
+    hqdb.save_model(db, "m", hqdb.train(pairs, bits=16, epochs=1, seed=0))
+    data = {k: pairs[k] for k in ("image", "text", "labels")}
+    db.execute("CREATE TABLE hqdb_eval_m(precious TEXT)")
+    db.execute("INSERT INTO hqdb_eval_m VALUES ('keep me')")
+    with pytest.raises(hqdb.HqdbError, match="already exists"):
+        evaluate(db, "m", data, data)
+    assert db.execute("SELECT precious FROM hqdb_eval_m").fetchall() == [("keep me",)]
+    result = evaluate(db, "m", data, data, table="scratch")
+    assert 0 <= result["i2t"]["two_stage"]["map@50"] <= 1
+    assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'scratch'").fetchone() == (0,)

@@ -43,6 +43,11 @@ def quote_ident(name: str) -> str:
     return '"' + str(name).replace('"', '""') + '"'
 
 
+def quote_string(value: str) -> str:
+    """``value`` as an SQL string literal in single quotes (embedded quotes doubled)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def qualified(schema: str, name: str) -> str:
     """``"schema"."name"``."""
     return f"{quote_ident(schema)}.{quote_ident(name)}"
