@@ -636,6 +636,10 @@ def _search_batch(
         args: tuple = ()
     else:
         args = coll._where_args(where, where_args, coll._matching(where, "search"), "search")
+    try:  # before any value is bound: SQLite cannot even take k = 2**63
+        coll.db.hq.table(coll.name).params(k, candidates, mode)
+    except HqError as e:
+        raise CollectionError(f"{coll.name}.search: {e}") from None
     sql, extra = coll.search_sql(target, k, candidates, mode, where)
     out = []
     try:

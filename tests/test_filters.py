@@ -116,3 +116,11 @@ def test_where_args_count_is_checked_against_the_question_marks(photos):
         photos.search(text="castle", k=3, where="year > ?", where_args=[1, 2, 3])
     with pytest.raises(hqdb.CollectionError, match="without a where"):
         photos.search(text="castle", k=3, where_args=[1])
+
+
+@pytest.mark.parametrize("k", [2**63, 2**64, 0])
+def test_out_of_range_k_is_a_collection_error(photos, k):
+    with pytest.raises(hqdb.CollectionError, match="k must be between 1 and 65536"):
+        photos.search(text="castle", k=k)
+    with pytest.raises(hqdb.CollectionError, match="k must be between 1 and 65536"):
+        photos.search(text="castle", k=k, where="year > ?", where_args=[2000])
