@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from . import kernels, metrics  # noqa: F401  (hqdb.kernels, hqdb.metrics: public modules)
-from .bulk import delete_rows, insert_codes, insert_items, set_codebooks
+from .bulk import delete_rows, fit_table, insert_codes, insert_items, insert_vectors, set_codebooks
 from .collections import Collection, Hit, Hits
 from .connection import Connection, connect
 from .engine import check
@@ -17,6 +17,10 @@ from .errors import (
     CollectionError,
     ConstraintError,
     CorruptTableError,
+    DatabaseBusyError,
+    DatabaseError,
+    DatabaseOpenError,
+    DatabaseReadOnlyError,
     HqdbError,
     HqError,
     ModelError,
@@ -36,6 +40,8 @@ __all__ = [
     "connect",
     "register",
     "insert_codes",
+    "insert_vectors",
+    "fit_table",
     "insert_items",
     "delete_rows",
     "set_codebooks",
@@ -61,6 +67,10 @@ __all__ = [
     "TrainingError",
     "ModelError",
     "RebuildError",
+    "DatabaseError",
+    "DatabaseOpenError",
+    "DatabaseBusyError",
+    "DatabaseReadOnlyError",
     "schema_version",
     "__version__",
 ]
@@ -77,10 +87,11 @@ def train(data, **kwargs):
 def save_model(conn, name: str, model, *, replace: bool = False) -> None:
     """Store a trained model in the database under ``name`` (JSON config + raw tensors)."""
     from .engine.catalog import tables_using_model
+    from .engine.schema import ensure
     from .model.store import save
 
     config, tensors = model.state()
-    save(conn, name, config, tensors, replace=replace, users=tables_using_model)
+    save(conn, name, config, tensors, replace=replace, users=tables_using_model, prepare=ensure)
 
 
 def load_model(conn, name: str):

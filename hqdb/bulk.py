@@ -14,6 +14,7 @@ import numpy as np
 
 from .engine.table import Table
 from .errors import HqError
+from . import quantize
 from .kernels import pack_bits
 from .sql.vtab import HqModule
 from .txn import write_transaction
@@ -39,6 +40,63 @@ def set_codebooks(conn: apsw.Connection, table: str, codebooks: np.ndarray) -> N
         raise HqError(f"codebooks for {table} must have shape {(o.books, o.codewords, o.dim)}, got {cb.shape}")
     with write_transaction(conn):
         t.set_codebooks(cb.tobytes())
+
+
+def _vectors(t: Table, vectors, what: str) -> np.ndarray:
+    """Vectors as a C-contiguous float32 (N, dim) array: real-valued input of the right shape
+    only (the values are converted, never the bytes reinterpreted), finite."""
+    arr = np.asarray(vectors)
+    if arr.dtype.kind not in "fiu" or arr.ndim != 2 or arr.shape[1] != t.opts.dim:
+        raise HqError(
+            f"{what}: vectors must be a real-valued array of shape (N, {t.opts.dim}); got {arr.dtype} {arr.shape}"
+        )
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise HqError(f"{what}: vectors contain NaN or infinity (or values beyond float32)")
+    return arr
+
+
+def fit_table(conn: apsw.Connection, table: str, sample, *, iters: int = 8, seed: int = 0) -> np.ndarray:
+    """Fit a raw table's codebooks to ``sample`` (vectors like the ones you will insert, (N, dim))
+    by residual k-means (:func:`hqdb.quantize.fit_codebooks`) and store them; return them.
+
+    Then :func:`insert_vectors` (or SQL ``INSERT INTO t(vector, ...)`` on a ``rerank`` table)
+    computes every row's codes with them."""
+    t = _table(conn, table)
+    if t.opts.model:
+        raise HqError(f"{table} takes its codebooks from model {t.opts.model!r}")
+    if t.opts.books == 0:
+        raise HqError(f"{table} has books=0: it has no codebooks to fit")
+    x = _vectors(t, sample, f"fit_table({table!r})")
+    if len(x) < 2:
+        raise HqError(f"fit_table({table!r}): the sample needs at least 2 vectors")
+    cb = quantize.fit_codebooks(x, t.opts.books, t.opts.codewords, iters=iters, seed=seed)
+    set_codebooks(conn, table, cb)
+    return cb
+
+
+def insert_vectors(
+    conn: apsw.Connection,
+    table: str,
+    vectors,
+    *,
+    rowids: Sequence[int] | np.ndarray | None = None,
+    metadata: Mapping[str, Sequence] | None = None,
+) -> np.ndarray:
+    """Insert vectors into a raw table, its codes computed for you: the sign bits, and the
+    quantization indices from the table's codebooks (:func:`fit_table`). Returns the rowids.
+    All or nothing."""
+    t = _table(conn, table)
+    if t.opts.model:
+        raise HqError(f"{table} is bound to model {t.opts.model!r}: insert features with hqdb.insert_items()")
+    x = _vectors(t, vectors, f"insert_vectors({table!r})")
+    qcodes = None
+    if t.opts.books:
+        cb = t.codebooks()
+        if cb is None:
+            raise HqError(f"{table} has no codebooks yet: fit them first with hqdb.fit_table(db, {table!r}, sample)")
+        qcodes = quantize.encode(x, cb)
+    return _write_rows(conn, t, len(x), rowids, metadata, {0: (pack_bits(x), qcodes)})
 
 
 def insert_codes(
