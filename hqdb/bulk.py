@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 import apsw
 import numpy as np
 
+from . import quantize
 from .engine.table import Table
 from .errors import HqError
-from . import quantize
 from .kernels import pack_bits
 from .sql.vtab import HqModule
 from .txn import write_transaction
