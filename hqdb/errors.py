@@ -96,3 +96,24 @@ class NotFoundError(CollectionError, KeyError):
 
 class RebuildError(HqdbError, ValueError):
     """``rebuild_table`` cannot rebuild the table (e.g. rows whose codes are lost)."""
+
+
+# Opening and locking a database file. Each also subclasses the apsw error SQLite reported, so
+# ``except apsw.BusyError`` keeps working; the message names the file and what to do.
+class DatabaseError(HqdbError):
+    """A database file cannot be opened, read or written as asked (see the subclasses)."""
+
+
+class DatabaseOpenError(DatabaseError, apsw.CantOpenError):
+    """The database file cannot be opened (missing directory, no permission, not a file)."""
+
+
+class DatabaseBusyError(DatabaseError, apsw.BusyError):
+    """Another connection held a lock on the database longer than the busy timeout."""
+
+
+class DatabaseReadOnlyError(DatabaseError, apsw.ReadOnlyError):
+    """The database (or its directory) cannot be written, and the operation needs to write."""
+
+
+__all__ += ["DatabaseError", "DatabaseOpenError", "DatabaseBusyError", "DatabaseReadOnlyError"]
