@@ -7,8 +7,9 @@ Used by setup.py through ``cffi_modules=["native/build_kernels.py:ffibuilder"]``
 Flags: ``-O3 -ffp-contract=off`` keeps float arithmetic exactly as written (no FMA fusion, never
 ``-ffast-math``) so results match the numba fallback bit for bit. OpenMP is used when a probe
 compile with ``-fopenmp`` succeeds (set ``HQDB_NO_OPENMP=1`` to build without it). No
-``-march=native``: the Hamming loops are multi-versioned per CPU feature inside the C source
-(``HQDB_NATIVE_PORTABLE=1`` builds only the portable code, to test it on any machine).
+``-march=native``: the Hamming scans have AVX2 and AVX-512 versions (target attributes) and a
+multi-versioned portable one, chosen at run time by the CPU's features, and a NEON version on
+aarch64 (``HQDB_NATIVE_PORTABLE=1`` builds only the portable code, to test it on any machine).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [
     "hq_cpu.c",
     "hq_scan.c",
+    "hq_scan_avx2.c",
     "hq_scan_avx512.c",
+    "hq_scan_neon.c",
     "hq_select.c",
     "hq_rerank.c",
     "hq_search.c",

@@ -47,6 +47,17 @@
 #define HQ_HAVE_AVX512 1
 #endif
 
+/* AVX2 scans (hq_scan_avx2.c): a target attribute and the same check at run time. */
+#if defined(HQ_X86_GNUC) && !defined(HQ_NO_AVX2) && (defined(__clang__) || __GNUC__ >= 5)
+#define HQ_HAVE_AVX2 1
+#endif
+
+/* NEON scans (hq_scan_neon.c): aarch64 only, where every CPU has Advanced SIMD (no check at run
+ * time). HQ_PORTABLE leaves them out as it does the x86 paths. */
+#if defined(__aarch64__) && defined(__GNUC__) && !defined(HQ_PORTABLE) && !defined(HQ_NO_NEON)
+#define HQ_HAVE_NEON 1
+#endif
+
 #define HQ_MAX_CHUNKS 64
 /* The scans tighten their bound (tighten_bound) every this many rows. */
 #define HQ_BOUND_BLOCK 1024
@@ -191,7 +202,7 @@ HQ_INTERNAL void collect_range(const uint16_t *dist, const int64_t *rowids, int6
                                int64_t eq_count);
 
 /* ---------------------------------------------------------------------------------------- */
-/* Hamming scans (hq_scan.c, hq_scan_avx512.c)                                                */
+/* Hamming scans (hq_scan.c, hq_scan_avx2.c, hq_scan_avx512.c, hq_scan_neon.c)              */
 
 /* The rows a scan keeps: every valid row within `bound`, which tightens as they come in. */
 typedef struct {
@@ -210,7 +221,7 @@ typedef struct {
 } hq_keep;
 
 /* Each scan covers rows [lo, hi) of the table `a` (its codes, code_bytes, valid, rowids) and
- * takes the AVX-512 path when use_avx512(nb) says so, else the portable one. */
+ * takes the path scan_isa(nb) names (hq_scan.c dispatches). */
 
 /* Pass 1 of the full route: every row's distance into dist (invalid rows get `inval`, above
  * every real distance) and a histogram exact for every distance <= *bound on return; returns
@@ -229,7 +240,7 @@ HQ_INTERNAL int64_t ham_collect(const hq_search_args *a, const hq_query *q, int6
 HQ_INTERNAL void ham_heap(const hq_search_args *a, const hq_query *q, int64_t lo, int64_t hi,
                           hq_entry *h, int64_t *n_io, int64_t cap);
 
-/* The portable versions, which the AVX-512 ones use for the rows that don't fill a vector. */
+/* The portable versions, which the vector ones use for the rows that don't fill a vector. */
 HQ_INTERNAL int64_t ham_pass1_generic(const hq_search_args *a, const hq_query *q, int64_t lo,
                                       int64_t hi, uint16_t *dist, int64_t *hist, uint32_t inval,
                                       int64_t c, uint32_t *bound);
@@ -250,6 +261,25 @@ HQ_INTERNAL int64_t ham_collect_avx512(const hq_search_args *a, const hq_query *
                                        int64_t hi, int64_t c, hq_keep *kp);
 HQ_INTERNAL void ham_heap_avx512(const hq_search_args *a, const hq_query *q, int64_t lo,
                                  int64_t hi, hq_entry *h, int64_t *n_io, int64_t cap);
+#endif
+
+/* The same four scans for each vector path: the rows that don't fill a vector go to the
+ * portable versions. */
+#define HQ_DECLARE_SCANS(sfx)                                                                   \
+    HQ_INTERNAL int64_t ham_pass1_##sfx(const hq_search_args *a, const hq_query *q, int64_t lo,  \
+                                        int64_t hi, uint16_t *dist, int64_t *hist,             \
+                                        uint32_t inval, int64_t c, uint32_t *bound);           \
+    HQ_INTERNAL void ham_all_##sfx(const uint8_t *codes, int32_t nb, const hq_query *q,        \
+                                   int64_t lo, int64_t hi, int32_t *out);                      \
+    HQ_INTERNAL int64_t ham_collect_##sfx(const hq_search_args *a, const hq_query *q,          \
+                                          int64_t lo, int64_t hi, int64_t c, hq_keep *kp);     \
+    HQ_INTERNAL void ham_heap_##sfx(const hq_search_args *a, const hq_query *q, int64_t lo,    \
+                                    int64_t hi, hq_entry *h, int64_t *n_io, int64_t cap);
+#ifdef HQ_HAVE_AVX2
+HQ_DECLARE_SCANS(avx2)
+#endif
+#ifdef HQ_HAVE_NEON
+HQ_DECLARE_SCANS(neon)
 #endif
 
 /* Room for HQ_BOUND_BLOCK more rows in kp (the batched search's kept buffers): drop the rows
@@ -351,8 +381,9 @@ static inline int64_t stage_candidates(const hq_search_args *a, int64_t k, int64
 
 /* The knobs in use (hq_knobs in hq_kernels.h). */
 extern HQ_INTERNAL hq_knobs hq_knob;
-/* Whether the scans for nb-byte codes take the AVX-512 path (CPU, build, size and knob). */
-HQ_INTERNAL int use_avx512(int32_t nb);
+/* The path (HQ_ISA_*, never AUTO) the scans of nb-byte codes take: the knob's (or the best
+ * available) for 8/16/32/64/128-byte codes, HQ_ISA_SCALAR for the others. */
+HQ_INTERNAL int scan_isa(int32_t nb);
 /* Threads for n_rows rows: at most `threads`, HQ_MAX_CHUNKS, one per min_chunk_rows rows. */
 HQ_INTERNAL int32_t n_chunks(int64_t n_rows, int32_t threads);
 

@@ -6,13 +6,23 @@
 #endif
 
 /* Documented at hq_knobs in hq_kernels.h. */
-HQ_INTERNAL hq_knobs hq_knob = {1, 0, 32768};
+HQ_INTERNAL hq_knobs hq_knob = {HQ_ISA_AUTO, 0, 32768};
 
 /* ---------------------------------------------------------------------------------------- */
 /* CPU features: detected once, when the module loads, not on every dispatch.                 */
 
-static int cpu_features;   /* HQ_CPU_* */
-static int avx512_usable;  /* the CPU runs hq_scan_avx512.c (and this build has it) */
+static int cpu_features; /* HQ_CPU_* */
+static int isa_paths = 1 << HQ_ISA_SCALAR; /* 1 << HQ_ISA_*: the scan paths this CPU and build run */
+static int isa_best = HQ_ISA_SCALAR;       /* the fastest of them (HQ_ISA_AUTO) */
+static int isa_now = HQ_ISA_SCALAR;        /* the one in use: the knob's, or isa_best */
+
+#if defined(HQ_HAVE_AVX2) || defined(HQ_HAVE_AVX512) || defined(HQ_HAVE_NEON)
+static void isa_add(int isa)
+{
+    isa_paths |= 1 << isa;
+    isa_best = isa; /* added slowest first */
+}
+#endif
 
 #ifdef HQ_X86_GNUC
 /* Runs when the extension is loaded, before any kernel call (and before any thread starts). */
@@ -27,11 +37,26 @@ __attribute__((constructor)) static void cpu_detect(void)
     if (__builtin_cpu_supports("avx512vpopcntdq"))
         f |= HQ_CPU_AVX512_VPOPCNTDQ;
     cpu_features = f;
-#ifdef HQ_HAVE_AVX512
-    avx512_usable = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                    __builtin_cpu_supports("avx512vl") &&
-                    __builtin_cpu_supports("avx512vpopcntdq");
+#ifdef HQ_HAVE_AVX2
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt"))
+        isa_add(HQ_ISA_AVX2);
 #endif
+#ifdef HQ_HAVE_AVX512
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq"))
+        isa_add(HQ_ISA_AVX512);
+#endif
+    isa_now = isa_best;
+}
+#elif defined(__aarch64__)
+/* Advanced SIMD is part of every aarch64 CPU. */
+__attribute__((constructor)) static void cpu_detect(void)
+{
+    cpu_features = HQ_CPU_NEON;
+#ifdef HQ_HAVE_NEON
+    isa_add(HQ_ISA_NEON);
+#endif
+    isa_now = isa_best;
 }
 #endif
 
@@ -40,16 +65,34 @@ int hq_cpu_features(void)
     return cpu_features;
 }
 
-HQ_INTERNAL int use_avx512(int32_t nb)
+int hq_hamming_paths(void)
 {
-    return avx512_usable && hq_knob.avx512 &&
-           (nb == 8 || nb == 16 || nb == 32 || nb == 64 || nb == 128);
+    return isa_paths;
+}
+
+int hq_hamming_path(void)
+{
+    return isa_now;
+}
+
+HQ_INTERNAL int scan_isa(int32_t nb)
+{
+    return (nb == 8 || nb == 16 || nb == 32 || nb == 64 || nb == 128) ? isa_now : HQ_ISA_SCALAR;
 }
 
 const char *hq_hamming_impl(void)
 {
-    if (avx512_usable && hq_knob.avx512)
+    switch (isa_now) {
+    case HQ_ISA_AVX512:
         return "avx512-vpopcntdq (8/16/32/64/128-byte codes), popcnt (other sizes)";
+    case HQ_ISA_AVX2:
+        return "avx2 (vpshufb nibble popcount + vpsadbw; 8/16/32/64/128-byte codes), popcnt (other "
+               "sizes)";
+    case HQ_ISA_NEON:
+        return "neon (vcntq_u8 + pairwise adds; 8/16/32/64/128-byte codes), scalar (other sizes)";
+    default:
+        break;
+    }
 #ifdef HQ_HAVE_CLONES
     if (cpu_features & HQ_CPU_POPCNT)
         return "popcnt";
@@ -64,19 +107,19 @@ const char *hq_hamming_impl(void)
 
 void hq_knobs_get(hq_knobs *out)
 {
-    if (!out)
-        return;
-    *out = hq_knob;
-    if (!avx512_usable)
-        out->avx512 = -1;
+    if (out)
+        *out = hq_knob;
 }
 
 int hq_knobs_set(const hq_knobs *in)
 {
-    if (!in || in->avx512 > 1 || in->path > 3 || in->min_chunk_rows == 0)
+    if (!in || in->isa > HQ_ISA_NEON || (in->isa > 0 && !(isa_paths & (1 << in->isa))) ||
+        in->path > 3 || in->min_chunk_rows == 0)
         return HQ_ERR_ARG;
-    if (in->avx512 >= 0)
-        hq_knob.avx512 = in->avx512;
+    if (in->isa >= 0) {
+        hq_knob.isa = in->isa;
+        isa_now = in->isa == HQ_ISA_AUTO ? isa_best : in->isa;
+    }
     if (in->path >= 0)
         hq_knob.path = in->path;
     if (in->min_chunk_rows > 0)

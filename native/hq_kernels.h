@@ -9,8 +9,11 @@
  *
  * The sources, one stage each (internal declarations in hq_common.h):
  *   hq_cpu.c          CPU features (detected once, at load), test knobs, thread chunks, info
- *   hq_scan.c         Hamming scans, portable (multi-versioned per popcount ISA), hq_hamming
+ *   hq_scan.c         Hamming scans, portable (multi-versioned per popcount ISA), hq_hamming,
+ *                     and the dispatch between the scan paths (hq_knobs.isa)
+ *   hq_scan_avx2.c    the same scans with AVX2 (VPSHUFB nibble popcount + VPSADBW, 8 rows a step)
  *   hq_scan_avx512.c  the same scans with AVX-512 VPOPCNTDQ (8 rows a step)
+ *   hq_scan_neon.c    the same scans with NEON (vcntq_u8 + pairwise adds; aarch64 builds only)
  *   hq_select.c       bounded heaps, top-c selection, histogram threshold, the kept rows' ranking
  *   hq_rerank.c       AQD lookup table (hq_aqd_lut), AQD scores, the final ranking of candidates
  *   hq_search.c       the shared argument check and one query's search (hq_search)
@@ -33,6 +36,16 @@
 #define HQ_CPU_POPCNT 1
 #define HQ_CPU_AVX2 2
 #define HQ_CPU_AVX512_VPOPCNTDQ 4
+#define HQ_CPU_NEON 8
+
+/* The Hamming scan paths (hq_knobs.isa, hq_hamming_path, hq_hamming_paths). Scalar is hq_scan.c:
+ * one row at a time, 64-bit popcounts (POPCNT where the CPU has it, through target_clones; bit
+ * tricks elsewhere); the others are hq_scan_avx2.c, hq_scan_avx512.c and hq_scan_neon.c. */
+#define HQ_ISA_AUTO 0
+#define HQ_ISA_SCALAR 1
+#define HQ_ISA_AVX2 2
+#define HQ_ISA_AVX512 3
+#define HQ_ISA_NEON 4
 
 #define HQ_MAX_CODE_BYTES 128
 
@@ -84,9 +97,13 @@ int hq_aqd_lut(const float *query, const float *codebooks, int32_t m, int32_t kw
  * (hqdb.kernels._tune drives them by these field names). Process-wide, not thread-safe: for
  * tests only. */
 typedef struct {
-    /* 1 = use the AVX-512 VPOPCNTDQ Hamming scans where the code size allows (the default),
-     * 0 = the portable ones. Reads -1 where the CPU or the build has no AVX-512 path. */
-    int32_t avx512;
+    /* The Hamming scan path (HQ_ISA_*): 0 = the fastest this CPU and build have (the default:
+     * AVX-512 VPOPCNTDQ, else AVX2 on x86-64; NEON on aarch64; else scalar), 1 = scalar,
+     * 2 = AVX2, 3 = AVX-512 VPOPCNTDQ, 4 = NEON. A vector path covers 8/16/32/64/128-byte codes;
+     * other code sizes, and the rows at the end of a range that don't fill a vector, always take
+     * the scalar code. Forcing a path the CPU or the build lacks is HQ_ERR_ARG (hq_hamming_paths
+     * lists the ones available). Every path returns the same results. */
+    int32_t isa;
     /* The Hamming stage's route. hq_search: 0 = choose (the default), 1 = always the full scan,
      * 2 = the fast route with a guessed bound too small (exercises its fallback to the full
      * scan), 3 = always try the fast route. hq_search_many's kept-buffer route: 1 = no sampled
@@ -99,13 +116,19 @@ typedef struct {
 /* The knobs in use. */
 void hq_knobs_get(hq_knobs *out);
 /* Set the knobs from *in; a field < 0 leaves its knob as it is. HQ_ERR_ARG, and nothing changes,
- * if a value is out of range (avx512 > 1, path > 3, min_chunk_rows == 0). */
+ * if a value is out of range (isa > 4 or a path not in hq_hamming_paths(), path > 3,
+ * min_chunk_rows == 0). */
 int hq_knobs_set(const hq_knobs *in);
 
 int hq_cpu_features(void); /* HQ_CPU_* bits, detected once when the module loads */
+/* The Hamming scan paths this CPU and build can run: bit (1 << HQ_ISA_*) for each (scalar is
+ * always there). */
+int hq_hamming_paths(void);
+/* The path the scans of 8/16/32/64/128-byte codes take now (HQ_ISA_*, never HQ_ISA_AUTO). */
+int hq_hamming_path(void);
 int hq_openmp_available(void);
 int hq_max_threads(void);
-/* Which Hamming implementation hq_hamming/hq_search use on this CPU (for info()). */
+/* Which Hamming implementation hq_hamming/hq_search use now, in words (for info()). */
 const char *hq_hamming_impl(void);
 
 #endif

@@ -1,7 +1,7 @@
 /* Hamming scans, portable code: the distance of every row to the query (XOR + popcount), with
  * what each stage of a search keeps of them. Multi-versioned (HQ_CLONES) so the hardware
- * popcount is used where the CPU has it; hq_scan_avx512.c has the same scans 8 rows a step, and
- * the dispatchers below pick between the two.
+ * popcount is used where the CPU has it; hq_scan_avx2.c, hq_scan_avx512.c and hq_scan_neon.c
+ * have the same scans 8 rows a step, and the dispatchers below pick the path (scan_isa).
  *
  * Only the c closest rows matter to a search, so the scans keep a bound b on the c-th smallest
  * distance d*: once the rows seen so far include c with distance <= b, d* <= b too, and rows
@@ -125,41 +125,60 @@ HQ_INTERNAL void ham_heap_generic(const hq_search_args *a, const hq_query *q, in
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Dispatch: AVX-512 where use_avx512 says so (checked per call: the knob may change).         */
+/* Dispatch: the path scan_isa names (checked per call: the knob may change).                */
 
-#ifdef HQ_HAVE_AVX512
-#define HQ_PICK(nb, avx512_call, generic_call) (use_avx512(nb) ? (avx512_call) : (generic_call))
+/* `ret` the call ham_<stage>_<path>(args...) for the path in use; paths this build lacks are
+ * never named by scan_isa (hq_knobs_set refuses them). */
+#ifdef HQ_HAVE_AVX2
+#define HQ_CASE_AVX2(ret, stage, ...) case HQ_ISA_AVX2: ret ham_##stage##_avx2(__VA_ARGS__); break;
 #else
-#define HQ_PICK(nb, avx512_call, generic_call) ((void)(nb), (generic_call))
+#define HQ_CASE_AVX2(ret, stage, ...)
 #endif
+#ifdef HQ_HAVE_AVX512
+#define HQ_CASE_AVX512(ret, stage, ...) case HQ_ISA_AVX512: ret ham_##stage##_avx512(__VA_ARGS__); break;
+#else
+#define HQ_CASE_AVX512(ret, stage, ...)
+#endif
+#ifdef HQ_HAVE_NEON
+#define HQ_CASE_NEON(ret, stage, ...) case HQ_ISA_NEON: ret ham_##stage##_neon(__VA_ARGS__); break;
+#else
+#define HQ_CASE_NEON(ret, stage, ...)
+#endif
+#define HQ_PICK(nb, ret, stage, ...)                      \
+    switch (scan_isa(nb)) {                               \
+    HQ_CASE_AVX2(ret, stage, __VA_ARGS__)                 \
+    HQ_CASE_AVX512(ret, stage, __VA_ARGS__)               \
+    HQ_CASE_NEON(ret, stage, __VA_ARGS__)                 \
+    default: ret ham_##stage##_generic(__VA_ARGS__); break; \
+    }
 
 HQ_INTERNAL int64_t ham_pass1(const hq_search_args *a, const hq_query *q, int64_t lo, int64_t hi,
                               uint16_t *dist, int64_t *hist, uint32_t inval, int64_t c,
                               uint32_t *bound)
 {
-    return HQ_PICK(a->code_bytes, ham_pass1_avx512(a, q, lo, hi, dist, hist, inval, c, bound),
-                   ham_pass1_generic(a, q, lo, hi, dist, hist, inval, c, bound));
+    int64_t r;
+    HQ_PICK(a->code_bytes, r =, pass1, a, q, lo, hi, dist, hist, inval, c, bound)
+    return r;
 }
 
 HQ_INTERNAL void ham_all(const uint8_t *codes, int32_t nb, const hq_query *q, int64_t lo,
                          int64_t hi, int32_t *out)
 {
-    HQ_PICK(nb, ham_all_avx512(codes, nb, q, lo, hi, out),
-            ham_all_generic(codes, nb, q, lo, hi, out));
+    HQ_PICK(nb, (void), all, codes, nb, q, lo, hi, out)
 }
 
 HQ_INTERNAL int64_t ham_collect(const hq_search_args *a, const hq_query *q, int64_t lo, int64_t hi,
                                 int64_t c, hq_keep *kp)
 {
-    return HQ_PICK(a->code_bytes, ham_collect_avx512(a, q, lo, hi, c, kp),
-                   ham_collect_generic(a, q, lo, hi, c, kp));
+    int64_t r;
+    HQ_PICK(a->code_bytes, r =, collect, a, q, lo, hi, c, kp)
+    return r;
 }
 
 HQ_INTERNAL void ham_heap(const hq_search_args *a, const hq_query *q, int64_t lo, int64_t hi,
                           hq_entry *h, int64_t *n_io, int64_t cap)
 {
-    HQ_PICK(a->code_bytes, ham_heap_avx512(a, q, lo, hi, h, n_io, cap),
-            ham_heap_generic(a, q, lo, hi, h, n_io, cap));
+    HQ_PICK(a->code_bytes, (void), heap, a, q, lo, hi, h, n_io, cap)
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -194,7 +213,7 @@ HQ_INTERNAL int keep_make_room(hq_keep *kp)
 HQ_INTERNAL uint64_t *block_scratch(int32_t nb, int64_t rows)
 {
 #ifdef HQ_HAVE_AVX512
-    if (use_avx512(nb))
+    if (scan_isa(nb) == HQ_ISA_AVX512)
         return (uint64_t *)malloc((size_t)rows * (size_t)nb);
 #else
     (void)nb;

@@ -1,5 +1,5 @@
 /* Hamming scans with AVX-512 VPOPCNTDQ: the scans of hq_scan.c 8 rows a step, for codes of 1,
- * 2, 4, 8 or 16 words (use_avx512). Each leaves the rows that don't fill a vector to the
+ * 2, 4, 8 or 16 words (scan_isa). Each leaves the rows that don't fill a vector to the
  * portable version, so the two share one definition of what a scan keeps. */
 #include "hq_common.h"
 

@@ -18,7 +18,7 @@ from conftest import random_table
 from hqdb import kernels as K
 from hqdb.engine.query import resolve
 from hqdb.errors import HqError
-from test_kernels import PROPS, assert_same, knobs, make_table, ref_search
+from test_kernels import ISAS, PROPS, assert_same, knobs, make_table, ref_search
 
 NATIVE = K.BACKEND == "native"
 needs_native = pytest.mark.skipif(not NATIVE, reason=f"native kernels unavailable: {K.FALLBACK_REASON}")
@@ -69,14 +69,14 @@ def assert_batch_equals(got, singles, n_queries):
     # <= 32 Hamming candidates: per-query heaps; above: the kept-buffer route
     candidates=st.one_of(st.integers(1, 40), st.integers(1, 1200)),
     threads=st.sampled_from([1, 2, 3]),
-    avx512=st.sampled_from([1, 0]),
+    isa=st.sampled_from(ISAS),  # every Hamming scan path this CPU has
     # first bounds: sampled (0), none (1), too small so queries fall back to one by one (2)
     path=st.sampled_from([0, 1, 2]),
 )
-def test_search_many_equals_search_per_query(batch, mode, k, candidates, threads, avx512, path):
+def test_search_many_equals_search_per_query(batch, mode, k, candidates, threads, isa, path):
     codes, qcodes, rowids, valid, queries, luts = batch
     args = dict(k=k, candidates=candidates, mode=mode)
-    with knobs(avx512=avx512, path=path):
+    with knobs(isa=isa, path=path):
         got = K.search_many(codes, qcodes, rowids, valid, queries, luts, threads=threads, **args)
     singles = [ref_search(codes, qcodes, rowids, valid, queries[j], luts[j], **args)
                for j in range(len(queries))]
@@ -114,13 +114,15 @@ def test_numba_batch_equals_native(big, mode):
     numba = K._backend_api("numba")
     codes, qcodes, rowids, valid, queries, luts = big
     for candidates in (50, 2000):
-        a = K.search_many(codes, qcodes, rowids, valid, queries[:7], luts[:7], k=15,
-                          candidates=candidates, mode=mode, threads=2)
         b = numba.search_many(codes, qcodes, rowids, valid, queries[:7], luts[:7], k=15,
                               candidates=candidates, mode=mode)
-        for x, y in zip(a, b):
-            assert x.dtype == y.dtype
-            np.testing.assert_array_equal(x, y)
+        for isa in ISAS:  # every Hamming scan path equals numba
+            with knobs(isa=isa):
+                a = K.search_many(codes, qcodes, rowids, valid, queries[:7], luts[:7], k=15,
+                                  candidates=candidates, mode=mode, threads=2)
+            for x, y in zip(a, b):
+                assert x.dtype == y.dtype
+                np.testing.assert_array_equal(x, y, err_msg=isa)
 
 
 @pytest.mark.parametrize("mode", K.MODES)

@@ -20,6 +20,9 @@ from hqdb import kernels as K
 NATIVE = K.BACKEND == "native"
 needs_native = pytest.mark.skipif(not NATIVE, reason=f"native kernels unavailable: {K.FALLBACK_REASON}")
 PROPS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The Hamming scan paths this CPU and build run (scalar, avx2, avx512, neon), each forced in turn
+# by the knob isa; "auto" alone on the numba backend (the knobs are no-ops there).
+ISAS = K.info()["hamming_paths"] if NATIVE else ["auto"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -117,14 +120,14 @@ def tables(draw):
     threads=st.sampled_from([1, 2]),
     chunked=st.booleans(),
     path=st.sampled_from([0, 1, 2, 3]),
-    avx512=st.sampled_from([1, 0]),
+    isa=st.sampled_from(ISAS),
 )
-def test_search_matches_reference(table, mode, k, candidates, threads, chunked, path, avx512):
+def test_search_matches_reference(table, mode, k, candidates, threads, chunked, path, isa):
     codes, qcodes, rowids, valid, q, lut = table
     want = ref_search(codes, qcodes, rowids, valid, q, lut, k=k, candidates=candidates, mode=mode)
     # chunked: small thread chunks, so threads=2 really splits even these small tables;
-    # path/avx512: every native route must give the same answer
-    with knobs(min_chunk_rows=64 if chunked else 32768, path=path, avx512=avx512):
+    # path/isa: every native route and scan path must give the same answer
+    with knobs(min_chunk_rows=64 if chunked else 32768, path=path, isa=isa):
         got = K.search(codes, qcodes, rowids, valid, q, lut, k=k, candidates=candidates, mode=mode,
                        threads=threads)
     assert_same(got, want)
@@ -133,10 +136,11 @@ def test_search_matches_reference(table, mode, k, candidates, threads, chunked, 
 
 
 @PROPS
-@given(table=tables(), threads=st.sampled_from([1, 2]))
-def test_hamming_distances_match_reference(table, threads):
+@given(table=tables(), threads=st.sampled_from([1, 2]), isa=st.sampled_from(ISAS))
+def test_hamming_distances_match_reference(table, threads, isa):
     codes, _, _, _, q, _ = table
-    got = K.hamming_distances(codes, q, threads=threads)
+    with knobs(isa=isa):
+        got = K.hamming_distances(codes, q, threads=threads)
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, ref_hamming(codes, q))
 
@@ -202,20 +206,38 @@ def test_threads_and_routes_do_not_change_results(big, mode, candidates):
 
 
 @needs_native
-@pytest.mark.parametrize("nb", [8, 16, 32, 64, 128, 12])
-def test_avx512_and_portable_paths_agree(nb):
-    rng = np.random.default_rng(nb)
-    codes, qcodes, rowids, valid, q, lut = make_table(rng, 20_003, nb, 3, 40, valid_p=0.8)
-    results = []
-    for avx in (1, 0):
-        with knobs(avx512=avx):
-            results.append((
-                K.hamming_distances(codes, q),
-                *K.search(codes, qcodes, rowids, valid, q, lut, k=25, candidates=300),
-            ))
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(results[0][0], ref_hamming(codes, q))
+@pytest.mark.parametrize("nb", [8, 16, 32, 64, 128, 1, 9, 12, 24, 100])
+@pytest.mark.parametrize("n", [20_003, 8, 7, 0])
+def test_every_scan_path_agrees(nb, n):
+    # Codes sizes with a vector path (8/16/32/64/128 bytes) and without; row counts with a tail
+    # of 1..7 rows past the last full group of 8, exactly one group, less than one, none.
+    rng = np.random.default_rng(nb * 100_003 + n)
+    codes, qcodes, rowids, valid, q, lut = make_table(rng, n, nb, 3, 40, valid_p=0.8)
+    queries = np.ascontiguousarray(np.vstack([rng.integers(0, 256, (3, nb), dtype=np.uint8),
+                                              codes[:1]]))
+    luts = rng.integers(-4, 5, (len(queries), 3, 40)).astype(np.float32)
+    ref = ref_hamming(codes, q)
+    results = {}
+    for isa in ISAS:
+        with knobs(isa=isa, min_chunk_rows=4096):
+            assert K.info()["hamming_path"] == isa
+            np.testing.assert_array_equal(K.hamming_distances(codes, q, threads=2), ref, err_msg=isa)
+            got = []
+            for mode in K.MODES:
+                for k, c in ((1, 1), (25, 300), (10, 5000)):
+                    for v in (valid, None):
+                        got.append(K.search(codes, qcodes, rowids, v, q, lut, k=k, candidates=c,
+                                            mode=mode, threads=2))
+                        got.append(K.search_many(codes, qcodes, rowids, v, queries, luts, k=k,
+                                                 candidates=c, mode=mode, threads=2))
+            results[isa] = got
+    for isa, got in results.items():
+        for a, b in zip(got, results["scalar"]):
+            for x, y in zip(a, b):
+                np.testing.assert_array_equal(x, y, err_msg=f"{isa} vs scalar")
+    for mode in K.MODES:  # and the scalar path against the reference
+        assert_same(results["scalar"][K.MODES.index(mode) * 12 + 4],  # k=25, c=300, valid
+                    ref_search(codes, qcodes, rowids, valid, q, lut, k=25, candidates=300, mode=mode))
 
 
 @pytest.fixture(scope="module")
@@ -239,11 +261,16 @@ def test_native_and_numba_identical(numba_api, seed):
     )
     for mode in K.MODES:
         for k, c in ((1, 1), (10, 1000), (200, 50), (n, n)):
-            a = K.search(codes, qcodes, rowids, valid, q, lut, k=k, candidates=c, mode=mode, threads=2)
             b = numba_api.search(codes, qcodes, rowids, valid, q, lut, k=k, candidates=c, mode=mode)
-            for x, y in zip(a, b):
-                np.testing.assert_array_equal(x, y)
-    np.testing.assert_array_equal(K.hamming_distances(codes, q), numba_api.hamming_distances(codes, q))
+            for isa in ISAS:  # every scan path equals numba
+                with knobs(isa=isa):
+                    a = K.search(codes, qcodes, rowids, valid, q, lut, k=k, candidates=c, mode=mode,
+                                 threads=2)
+                for x, y in zip(a, b):
+                    np.testing.assert_array_equal(x, y, err_msg=isa)
+    for isa in ISAS:
+        with knobs(isa=isa):
+            np.testing.assert_array_equal(K.hamming_distances(codes, q), numba_api.hamming_distances(codes, q))
     query = rng.standard_normal(48).astype(np.float32)
     cb = rng.standard_normal((3, 50, 48)).astype(np.float32)
     np.testing.assert_array_equal(K.aqd_lut(query, cb), numba_api.aqd_lut(query, cb))
@@ -571,9 +598,32 @@ def test_info():
     info = K.info()
     assert info["backend"] == K.BACKEND in ("native", "numba")
     assert (info["fallback_reason"] is None) == (K.BACKEND == "native")
-    assert set(info["cpu"]) == {"popcnt", "avx2", "avx512_vpopcntdq"}
+    assert set(info["cpu"]) == {"popcnt", "avx2", "avx512_vpopcntdq", "neon"}
     assert all(isinstance(v, bool) for v in info["cpu"].values())
     assert isinstance(info["openmp"], bool) and info["max_threads"] >= 1
+    if K.BACKEND == "numba":
+        assert info["hamming_path"] == "numba" and info["hamming_paths"] == []
+        return
+    # the path in use: the best this CPU and build have, unless a test knob forces another
+    assert "scalar" in info["hamming_paths"] and info["hamming_path"] == info["hamming_paths"][-1]
+    assert set(info["hamming_paths"]) <= {"scalar", "avx2", "avx512", "neon"}
+    cpu = info["cpu"]
+    if "avx2" in info["hamming_paths"]:
+        assert cpu["avx2"] and cpu["popcnt"]
+    if "avx512" in info["hamming_paths"]:
+        assert cpu["avx512_vpopcntdq"]
+    if "neon" in info["hamming_paths"]:
+        assert cpu["neon"]
+    if os.environ.get("HQDB_NATIVE_PORTABLE") != "1" and K.info()["hamming_impl"] != "portable":
+        # x86-64 builds have the AVX2 scans: any CPU with AVX2 gets them
+        assert ("avx2" in info["hamming_paths"]) == (cpu["avx2"] and cpu["popcnt"])
+    words = {"scalar": ("popcnt", "swar", "portable"), "avx2": ("avx2 ",), "avx512": ("avx512-vpopcntdq ",),
+             "neon": ("neon ",)}
+    for isa in info["hamming_paths"]:
+        with knobs(isa=isa):
+            assert K.info()["hamming_path"] == isa
+            assert K.info()["hamming_impl"].startswith(words[isa])
+    assert K.info() == info
 
 
 @needs_native
@@ -587,8 +637,8 @@ def test_native_build_uses_hardware_popcount():
 
     asm = subprocess.run([objdump, "-d", _native.__file__], capture_output=True, text=True, check=True).stdout
     assert "popcnt" in asm  # the popcnt clone of the Hamming loops
-    if K.info()["cpu"]["avx512_vpopcntdq"]:
-        assert "vpopcntq" in asm
+    assert "vpopcntq" in asm  # the AVX-512 scans, built whatever the CPU
+    assert "vpshufb" in asm and "vpsadbw" in asm  # the AVX2 scans' nibble popcount
     # the portable clone must not call libgcc's software popcount
     assert "__popcountdi2" not in asm
 
@@ -686,10 +736,36 @@ def test_knobs_are_the_fields_of_hq_knobs():
         assert K._tune(knob) == prev
     with knobs(path=3, min_chunk_rows=7):
         assert K._tune("path") == 3 and K._tune("min_chunk_rows") == 7
-    for knob, bad in (("path", 4), ("avx512", 2), ("min_chunk_rows", 0)):
+    unavailable = [isa for isa in K.ISA_PATHS[1:] if isa not in ISAS]  # e.g. neon on x86
+    for knob, bad in (("path", 4), ("isa", 5), ("min_chunk_rows", 0), *(("isa", x) for x in unavailable)):
         prev = K._tune(knob)
         with pytest.raises(ValueError, match="out of range"):
             K._tune(knob, bad)
         assert K._tune(knob) == prev  # nothing changed
     with pytest.raises(ValueError, match="unknown knob"):
         K._tune("threads", 1)
+    with pytest.raises(ValueError, match="unknown value"):
+        K._tune("isa", "sse")
+    with pytest.raises(ValueError, match="unknown value"):
+        K._tune("path", "avx2")
+    # the isa knob by name or number; 0 (auto) is the best path there is
+    with knobs(isa="scalar"):
+        assert K._tune("isa") == 1 and K.info()["hamming_path"] == "scalar"
+        with knobs(isa=0):
+            assert K.info()["hamming_path"] == ISAS[-1]
+
+
+def test_cross_compile_neon_scans():
+    """native/cross_check.sh: the kernel sources, NEON scans included, compiled for aarch64 with
+    -Wall -Wextra -Werror, and run (every path against scalar) under qemu-aarch64 if installed.
+    Skipped without the aarch64 cross compiler."""
+    if not shutil.which(os.environ.get("CC_AARCH64", "aarch64-linux-gnu-gcc")) or not shutil.which("sh"):
+        pytest.skip("no aarch64-linux-gnu-gcc (Debian: apt-get install gcc-aarch64-linux-gnu qemu-user)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, CC=os.environ.get("CC_AARCH64", "aarch64-linux-gnu-gcc"))
+    r = subprocess.run(["sh", os.path.join(root, "native", "cross_check.sh")], capture_output=True, text=True,
+                       env=env, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "vcnt instructions" in r.stdout
+    if shutil.which("qemu-aarch64"):
+        assert "paths: scalar neon (in use: neon)" in r.stdout and "OK:" in r.stdout, r.stdout

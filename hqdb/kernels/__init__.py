@@ -202,11 +202,19 @@ class _NativeBackend:
 
     def info(self):
         f = self.lib.hq_cpu_features()
+        paths = self.lib.hq_hamming_paths()
         return {
-            "cpu": {"popcnt": bool(f & 1), "avx2": bool(f & 2), "avx512_vpopcntdq": bool(f & 4)},
+            "cpu": {
+                "popcnt": bool(f & 1),
+                "avx2": bool(f & 2),
+                "avx512_vpopcntdq": bool(f & 4),
+                "neon": bool(f & 8),
+            },
             "openmp": bool(self.lib.hq_openmp_available()),
             "max_threads": int(self.lib.hq_max_threads()),
             "hamming_impl": self.ffi.string(self.lib.hq_hamming_impl()).decode(),
+            "hamming_path": ISA_PATHS[self.lib.hq_hamming_path()],
+            "hamming_paths": [name for i, name in enumerate(ISA_PATHS) if i and paths & (1 << i)],
         }
 
 
@@ -306,10 +314,18 @@ class _NumbaBackend:
                 "popcnt": bool(feats.get("popcnt", False)),
                 "avx2": bool(feats.get("avx2", False)),
                 "avx512_vpopcntdq": bool(feats.get("avx512vpopcntdq", False)),
+                "neon": bool(feats.get("neon", False)),
             }
         except Exception:  # feature query is informational only
-            cpu = {"popcnt": False, "avx2": False, "avx512_vpopcntdq": False}
-        return {"cpu": cpu, "openmp": False, "max_threads": 1, "hamming_impl": "numba (llvm ctpop)"}
+            cpu = {"popcnt": False, "avx2": False, "avx512_vpopcntdq": False, "neon": False}
+        return {
+            "cpu": cpu,
+            "openmp": False,
+            "max_threads": 1,
+            "hamming_impl": "numba (llvm ctpop)",
+            "hamming_path": "numba",
+            "hamming_paths": [],
+        }
 
 
 def _native_disabled() -> bool:
@@ -369,18 +385,27 @@ def _backend_api(name: str):
     )
 
 
-_KNOBS = ("avx512", "path", "min_chunk_rows")  # the fields of hq_knobs
+_KNOBS = ("isa", "path", "min_chunk_rows")  # the fields of hq_knobs
+ISA_PATHS = ("auto", "scalar", "avx2", "avx512", "neon")
+"""The native Hamming scan paths by their ``hq_knobs.isa`` value (``HQ_ISA_*`` in hq_kernels.h)."""
 
 
-def _tune(knob: str, value: int = -1) -> int:
+def _tune(knob: str, value: int | str = -1) -> int:
     """Test hook: set a native code-path knob, return its previous value (-1: not available).
 
-    The knobs (``"avx512"``, ``"path"``, ``"min_chunk_rows"``) are the fields of ``hq_knobs``,
-    documented in native/hq_kernels.h. Results never depend on them, only the code path does.
-    Not thread-safe: for tests only. ``value < 0`` just reads the knob.
+    The knobs (``"isa"``, ``"path"``, ``"min_chunk_rows"``) are the fields of ``hq_knobs``,
+    documented in native/hq_kernels.h. ``"isa"`` also takes a name of :data:`ISA_PATHS`
+    (``"auto"``, ``"scalar"``, ``"avx2"``, ``"avx512"``, ``"neon"``); forcing a path this CPU or
+    build lacks is a ValueError (``info()["hamming_paths"]`` lists the ones it has). Results never
+    depend on the knobs, only the code path does. Not thread-safe: for tests and benchmarks only.
+    ``value < 0`` just reads the knob.
     """
     if knob not in _KNOBS:
         raise ValueError(f"unknown knob {knob!r}: use one of {', '.join(map(repr, _KNOBS))}")
+    if isinstance(value, str):
+        if knob != "isa" or value not in ISA_PATHS:
+            raise ValueError(f"knob {knob!r}: unknown value {value!r} (isa names: {', '.join(ISA_PATHS)})")
+        value = ISA_PATHS.index(value)
     value = _int("value", value, -1)
     if BACKEND != "native":
         return -1
@@ -394,8 +419,11 @@ def info() -> dict:
     -------
     dict
         ``backend`` (``"native"`` or ``"numba"``), ``fallback_reason`` (why native is not used,
-        or None), ``cpu`` (``popcnt``, ``avx2``, ``avx512_vpopcntdq`` booleans), ``openmp``
-        (bool), ``max_threads`` (int) and ``hamming_impl`` (which popcount path runs).
+        or None), ``cpu`` (``popcnt``, ``avx2``, ``avx512_vpopcntdq``, ``neon`` booleans),
+        ``openmp`` (bool), ``max_threads`` (int), ``hamming_impl`` (which popcount code runs, in
+        words), ``hamming_path`` (the Hamming scan path in use for 8/16/32/64/128-byte codes:
+        ``"scalar"``, ``"avx2"``, ``"avx512"`` or ``"neon"``; ``"numba"`` on that backend) and
+        ``hamming_paths`` (the native paths this CPU and build can run).
     """
     return {"backend": BACKEND, "fallback_reason": FALLBACK_REASON, **_IMPL.info()}
 
