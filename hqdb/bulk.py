@@ -84,8 +84,8 @@ def insert_vectors(
     metadata: Mapping[str, Sequence] | None = None,
 ) -> np.ndarray:
     """Insert vectors into a raw table, its codes computed for you: the sign bits, and the
-    quantization indices from the table's codebooks (:func:`fit_table`). Returns the rowids.
-    All or nothing."""
+    quantization indices from the table's codebooks (:func:`fit_table`); a ``rerank`` table
+    also keeps the vectors for its exact re-rank. Returns the rowids. All or nothing."""
     t = _table(conn, table)
     if t.opts.model:
         raise HqError(f"{table} is bound to model {t.opts.model!r}: insert features with hqdb.insert_items()")
@@ -96,7 +96,8 @@ def insert_vectors(
         if cb is None:
             raise HqError(f"{table} has no codebooks yet: fit them first with hqdb.fit_table(db, {table!r}, sample)")
         qcodes = quantize.encode(x, cb)
-    return _write_rows(conn, t, len(x), rowids, metadata, {0: (pack_bits(x), qcodes)})
+    vectors = x if t.opts.rerank else None  # a rerank table keeps them for the exact re-rank
+    return _write_rows(conn, t, len(x), rowids, metadata, {0: (pack_bits(x), qcodes)}, vectors)
 
 
 def insert_codes(
@@ -203,7 +204,7 @@ def delete_rows(conn: apsw.Connection, table: str, rowids: Sequence[int] | np.nd
         return t.delete_many(ids)
 
 
-def _write_rows(conn, t: Table, n: int, rowids, metadata, codes_by_set: dict) -> np.ndarray:
+def _write_rows(conn, t: Table, n: int, rowids, metadata, codes_by_set: dict, vectors=None) -> np.ndarray:
     """Validate rowids and metadata, then insert n rows whose codes are given per code set
     (``{set index: (bit codes, qcodes)}``; sets left out stay empty) in one savepoint."""
     meta = dict(metadata or {})
@@ -223,4 +224,4 @@ def _write_rows(conn, t: Table, n: int, rowids, metadata, codes_by_set: dict) ->
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     with write_transaction(conn):
-        return t.write_many(n, rowids, meta, codes_by_set)
+        return t.write_many(n, rowids, meta, codes_by_set, vectors)

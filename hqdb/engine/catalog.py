@@ -67,16 +67,18 @@ def chunks_name(table: str, cset: CodeSet) -> str:
 
 
 LEGACY_PENDING = "_pending"
+VECTORS = "_vectors"  # rerank tables: each row's vector, chunked like its codes
 
 
 def shadow_suffixes(opts: TableOptions) -> list[str]:
     """Suffixes of every shadow table a table with these options may own."""
-    return ["_rows"] + [c.chunks_suffix for c in opts.code_sets] + ([LEGACY_PENDING] if opts.model else [])
+    suffixes = ["_rows"] + [c.chunks_suffix for c in opts.code_sets]
+    return suffixes + ([VECTORS] if opts.rerank else []) + ([LEGACY_PENDING] if opts.model else [])
 
 
 def is_shadow_suffix(suffix: str) -> bool:
     """xShadowName: whether ``<table>_<suffix>`` may be one of our shadow tables."""
-    return suffix in ("rows", "pending") or suffix.endswith("chunks")
+    return suffix in ("rows", "pending", "vectors") or suffix.endswith("chunks")
 
 
 # ------------------------------------------------------------------------------ entries

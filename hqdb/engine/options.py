@@ -2,7 +2,9 @@
 
 Arguments are either options ``name=value`` (``dim=128``, ``books=4``, ``codewords=256``,
 ``chunk_size=1024``, ``metric='ip'`` or ``'l2'`` — how AQD compares a query with a quantized
-item: inner product, the HQ paper's, or squared Euclidean distance, CQ's) or metadata column
+item: inner product, the HQ paper's, or squared Euclidean distance, CQ's; ``rerank='int8'``,
+``'float16'`` or ``'float32'`` — a raw table keeps each row's vector and re-ranks exactly) or
+metadata column
 declarations ``name TYPE [PRIMARY KEY]`` with TYPE one of TEXT, INTEGER, REAL, BLOB. Anything
 else is refused with a message naming the argument.
 """
@@ -31,6 +33,8 @@ MAX_CODEWORDS = 65536
 MAX_CHUNK_SIZE = 1 << 16
 DEFAULT_CHUNK_SIZE = 1024
 METRICS = ("ip", "l2")
+# rerank=: raw tables keep each row's vector in this form and re-rank the shortlist exactly
+RERANKS = ("float32", "float16", "int8")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class TableOptions:
     model: str | None = None
     modalities: tuple[str, ...] = ()
     metric: str = "ip"
+    rerank: str | None = None  # raw tables: how each row's vector is kept for the exact re-rank
 
     @property
     def code_sets(self) -> tuple[CodeSet, ...]:
@@ -96,6 +101,8 @@ class TableOptions:
                 "model": self.model,
                 "modalities": list(self.modalities),
                 "metric": self.metric,
+                # only when set: tables created before rerank existed keep their catalog JSON
+                **({"rerank": self.rerank} if self.rerank else {}),
             }
         )
 
@@ -112,6 +119,7 @@ class TableOptions:
             model=doc.get("model"),
             modalities=tuple(doc.get("modalities", ())),
             metric=doc.get("metric", "ip"),
+            rerank=doc.get("rerank"),
         )
 
 
@@ -133,6 +141,7 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
     """
     opts: dict[str, int] = {}
     metric = "ip"
+    rerank: str | None = None
     model: str | None = None
     columns: list[Column] = []
     seen: set[str] = set()
@@ -167,9 +176,18 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
                         f"hq option metric={raw}: must be 'ip' (inner product) or 'l2' (squared Euclidean distance)"
                     )
                 opts[name] = 1
+            elif name == "rerank":
+                raw = m.group(2).strip()
+                rerank = raw[1:-1] if len(raw) >= 2 and raw[0] in "'\"" and raw[-1] == raw[0] else raw
+                if rerank not in RERANKS:
+                    raise OptionError(
+                        f"hq option rerank={raw}: must be 'float32', 'float16' or 'int8' (how each row's vector is "
+                        "kept for the exact re-rank)"
+                    )
+                opts[name] = 1
             else:
                 raise OptionError(
-                    f"unknown hq option {name!r} (known: dim, books, codewords, chunk_size, metric, model)"
+                    f"unknown hq option {name!r} (known: dim, books, codewords, chunk_size, metric, rerank, model)"
                 )
             continue
         m = _COLUMN.match(text)
@@ -194,6 +212,8 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
         columns.append(Column(name, ctype, key))
     chunk_size = opts.get("chunk_size", DEFAULT_CHUNK_SIZE)
     if model is not None:
+        if rerank:
+            raise OptionError("hq option rerank= is for raw tables (a model-bound table has no vectors to keep)")
         clash = sorted({"dim", "books", "codewords", "metric"} & set(opts))
         if clash:
             raise OptionError(f"hq options {', '.join(clash)} come from the model: drop them when model= is given")
@@ -217,6 +237,8 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
         )
     if "dim" not in opts:
         raise OptionError("hq table needs dim=N (code length in bits, a multiple of 8) or model='name'")
+    if rerank and any(c.name.lower() == "vector" for c in columns):
+        raise OptionError("column name 'vector' is taken by rerank= (it holds each row's vector)")
     return TableOptions(
         dim=opts["dim"],
         books=opts.get("books", 4),
@@ -224,4 +246,5 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
         chunk_size=chunk_size,
         columns=tuple(columns),
         metric=metric,
+        rerank=rerank,
     )

@@ -1,9 +1,16 @@
 """hqdb's own catalog schema and its migrations.
 
 The numbered ``migrations/NNNN_name.sql`` files (shipped in the wheel as ``hqdb.migrations``)
-are applied in order, each exactly once and all inside one transaction, when a database is
-opened through :func:`hqdb.connect`. A database written by a newer hqdb (one that has applied
-a migration this version does not know) is refused rather than guessed at.
+are applied in order, each exactly once and all inside one transaction. They run lazily, so a
+file is changed only when hqdb stores something in it:
+
+- :func:`prepare` (every :func:`hqdb.connect`): an hqdb database (one with ``hqdb_migrations``)
+  is upgraded, a new empty database gets the catalog; another application's file is left alone;
+- :func:`ensure` when the first hq table or model is created in such a file.
+
+Every reader of the catalog copes with its absence (no tables, no models). A database written
+by a newer hqdb (one that has applied a migration this version does not know) is refused rather
+than guessed at.
 """
 
 from __future__ import annotations
@@ -66,12 +73,35 @@ def latest_version() -> int:
     return len(available_migrations())
 
 
-def migrate(conn: apsw.Connection, migrations: list[Migration] | None = None) -> int:
+def prepare(conn: apsw.Connection) -> int:
+    """At connect: upgrade an hqdb database's catalog, create it in a new empty database, leave
+    any other file alone (:func:`ensure` creates the catalog when it is needed); return the
+    version (0: no catalog). Raises :class:`SchemaError` for a database newer than this hqdb, or
+    a read-only one that needs an upgrade."""
+    version = current_version(conn)
+    if version == 0:
+        empty = not conn.execute("SELECT 1 FROM main.sqlite_master LIMIT 1").fetchone()
+        if not empty or conn.readonly("main"):
+            return 0
+    return migrate(conn)
+
+
+def ensure(conn: apsw.Connection, *, in_statement: bool = False) -> int:
+    """Before hqdb stores something (an hq table, a model): the catalog exists and is current.
+    ``in_statement``: called while a statement runs (xCreate), whose transaction the migrations
+    join."""
+    if current_version(conn) == latest_version():
+        return latest_version()
+    return migrate(conn, own_transaction=not in_statement)
+
+
+def migrate(conn: apsw.Connection, migrations: list[Migration] | None = None, *, own_transaction: bool = True) -> int:
     """Bring the database's catalog up to this hqdb's schema version; return the version.
 
     Raises :class:`SchemaError` if the database is newer than this hqdb. All pending migrations
-    run in a single transaction (``BEGIN IMMEDIATE``), so a failure leaves the database as it was,
-    and two processes opening the same old database cannot both apply the same migration.
+    run in a single transaction (``BEGIN IMMEDIATE``, or the caller's when one is open or
+    ``own_transaction`` is false), so a failure leaves the database as it was, and two processes
+    opening the same old database cannot both apply the same migration.
     """
     schema = "main"  # the migration files name their tables unqualified: they apply to main
     if migrations is None:
@@ -84,12 +114,14 @@ def migrate(conn: apsw.Connection, migrations: list[Migration] | None = None) ->
         )
     if version == latest:
         return version
+    if conn.readonly(schema) and version == 0:
+        raise SchemaError("database is read-only: hqdb cannot add its catalog to store an hq table or a model in it")
     if conn.readonly(schema):
         raise SchemaError(
             f"database is read-only and at schema version {version}; hqdb needs version {latest}: "
             "open it once read-write to upgrade it"
         )
-    in_txn = not conn.get_autocommit()
+    in_txn = not own_transaction or not conn.get_autocommit()
     if not in_txn:
         conn.execute("BEGIN IMMEDIATE")
     try:

@@ -30,8 +30,31 @@ import apsw
 import numpy as np
 
 from ..errors import CorruptTableError
-from .catalog import chunks_name, qualified, scalar
+from .catalog import VECTORS, chunks_name, qualified, scalar
 from .options import CodeSet, TableOptions
+
+# How a rerank table stores each row's vector: numpy dtype of one value. int8 rows also keep a
+# float32 scale (value = int8 * scale, scale = max |x| / 127).
+RERANK_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "int8": np.dtype("i1")}
+
+
+def encode_vectors(x: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """float32 vectors (n, dim) as a rerank table stores them: (values, scales float32 (n,))."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if kind == "int8":
+        top = np.abs(x).max(axis=1) if x.size else np.zeros(len(x), np.float32)
+        scales = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
+        values = np.clip(np.rint(x / scales[:, None]), -127, 127).astype(np.int8)
+        return values, scales
+    values = x.astype(RERANK_DTYPES[kind])
+    if not np.isfinite(values).all():
+        raise ValueError(f"a vector has values beyond {kind}'s range")
+    return values, np.ones(len(x), dtype=np.float32)
+
+
+def vectors_name(table: str) -> str:
+    return table + VECTORS
+
 
 # A chunk with at most this many changed slots in one batch is patched slot by slot through
 # incremental BLOB I/O; with more it is written back whole in one UPDATE.
@@ -50,18 +73,26 @@ class CodeStore:
         self.cs = opts.chunk_size
         self.chunks_name = chunks_name(table, codeset)
         self.chunks_table = qualified(schema, self.chunks_name)
+        self.vectors_name = vectors_name(table)
+        self.vectors_table = qualified(schema, self.vectors_name)
         self.loaded = False
         self.generation: int | None = None  # catalog generation the arrays reflect
         self._empty()
 
     # ---------------------------------------------------------------- shadow table
     @staticmethod
-    def create_sql(schema: str, table: str, codeset: CodeSet) -> str:
-        return (
+    def create_sql(schema: str, table: str, codeset: CodeSet, rerank: str | None = None) -> str:
+        sql = (
             f"CREATE TABLE {qualified(schema, chunks_name(table, codeset))} ("
             "chunk INTEGER PRIMARY KEY, valid BLOB NOT NULL, rowids BLOB NOT NULL, "
             "codes BLOB NOT NULL, qcodes BLOB NOT NULL);"
         )
+        if rerank:  # each row's vector, chunked like its codes (same chunk numbers and slots)
+            sql += (
+                f"CREATE TABLE {qualified(schema, vectors_name(table))} ("
+                "chunk INTEGER PRIMARY KEY, vectors BLOB NOT NULL, scales BLOB NOT NULL);"
+            )
+        return sql
 
     # ---------------------------------------------------------------- cache
     def _empty(self) -> None:
@@ -79,6 +110,9 @@ class CodeStore:
         self.rowids = np.zeros(n, dtype=np.int64)
         self.codes = np.zeros((n, o.code_bytes), dtype=np.uint8)
         self.qcodes = np.zeros((n, o.books), dtype=np.dtype(o.qcode_dtype).newbyteorder("="))
+        vdim = o.dim if o.rerank else 0
+        self.vectors = np.zeros((n, vdim), dtype=RERANK_DTYPES[o.rerank or "int8"])
+        self.scales = np.zeros(n if o.rerank else 0, dtype=np.float32)
 
     @property
     def size(self) -> int:
@@ -147,15 +181,45 @@ class CodeStore:
         if np.any(self.valid[:n] > 1):
             raise CorruptTableError(f"hq table {self.name}: corrupt validity map")
         self.n_rows = int(self.valid[:n].sum(dtype=np.int64))
+        if o.rerank:
+            self._load_vectors()
         self.reset_allocator()
         self.loaded = True
 
+    def _load_vectors(self) -> None:
+        """A rerank table's vectors, one row of ``<t>_vectors`` per chunk of codes."""
+        o, cs = self.opts, self.cs
+        width = cs * o.dim * RERANK_DTYPES[o.rerank or "int8"].itemsize
+        seen = 0
+        for chunk, vectors, scales in self.conn.execute(
+            "SELECT chunk, CASE WHEN typeof(vectors) = 'blob' THEN vectors END, "
+            f"CASE WHEN typeof(scales) = 'blob' THEN scales END FROM {self.vectors_table}"
+        ):
+            idx = self.chunk_index.get(chunk)
+            if idx is None or not isinstance(vectors, bytes) or len(vectors) != width:
+                raise CorruptTableError(f"hq table {self.name}: vectors of chunk {chunk} are missing or the wrong size")
+            if not isinstance(scales, bytes) or len(scales) != 4 * cs:
+                raise CorruptTableError(f"hq table {self.name}: vector scales of chunk {chunk} are the wrong size")
+            sl = slice(idx * cs, (idx + 1) * cs)
+            self.vectors[sl] = np.frombuffer(vectors, dtype=self.vectors.dtype).reshape(cs, o.dim)
+            self.scales[sl] = np.frombuffer(scales, dtype="<f4")
+            seen += 1
+        if seen != len(self.chunk_ids):
+            raise CorruptTableError(f"hq table {self.name}: {len(self.chunk_ids) - seen} chunks have no vectors")
+        n = self.size
+        if not np.isfinite(self.scales[:n]).all() or (
+            self.vectors.dtype.kind == "f" and not np.isfinite(self.vectors[:n]).all()
+        ):
+            raise CorruptTableError(f"hq table {self.name}: stored vectors contain NaN or infinity")
+
     def _grow(self, n_chunks: int) -> None:
         """Reallocate the arrays for ``n_chunks`` chunks, keeping what they hold."""
-        old = (self.valid, self.rowids, self.codes, self.qcodes)
+        old = (self.valid, self.rowids, self.codes, self.qcodes, self.vectors, self.scales)
         self._alloc(n_chunks)
         n = len(old[0])
-        self.valid[:n], self.rowids[:n], self.codes[:n], self.qcodes[:n] = old
+        self.valid[:n], self.rowids[:n], self.codes[:n], self.qcodes[:n] = old[:4]
+        if self.opts.rerank:
+            self.vectors[:n], self.scales[:n] = old[4:]
 
     # ---------------------------------------------------------------- slots
     def position(self, chunk: int, slot: int) -> int:
@@ -258,8 +322,12 @@ class CodeStore:
         clear_slots: np.ndarray,
         *,
         expect_rowids: np.ndarray | None = None,
+        vectors: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         """Store codes in (chunk, slot)s and free other slots, in the arrays and in the file.
+
+        A rerank table's puts also carry their vectors as :func:`encode_vectors` makes them
+        (``vectors``: values (n, dim), scales (n,)).
 
         Puts go to free slots, or (``expect_rowids`` given: an UPDATE) to slots holding those
         rowids. Slots are distinct. Each touched chunk is written once:
@@ -285,10 +353,17 @@ class CodeStore:
             raise CorruptTableError(f"hq table {self.name}: insert into an occupied slot")
         if len(cpos) and not self.valid[cpos].all():
             raise CorruptTableError(f"hq table {self.name}: delete of a free slot")
+        if self.opts.rerank and vectors is None and len(pos):
+            raise CorruptTableError(f"hq table {self.name}: a row of a rerank table without its vector")
         self.valid[cpos] = 0
         self.rowids[cpos] = 0
         self.codes[cpos] = 0
         self.qcodes[cpos] = 0
+        if self.opts.rerank:
+            self.vectors[cpos] = 0
+            self.scales[cpos] = 0
+            if vectors is not None:
+                self.vectors[pos], self.scales[pos] = vectors
         self.valid[pos] = 1
         self.rowids[pos] = put_rowids
         self.codes[pos] = codes
@@ -322,6 +397,8 @@ class CodeStore:
                 patches.append((chunk, group))
         if deleted:
             self.conn.executemany(f"DELETE FROM {self.chunks_table} WHERE chunk = ?", deleted)
+            if o.rerank:
+                self.conn.executemany(f"DELETE FROM {self.vectors_table} WHERE chunk = ?", deleted)
         if whole:
             rows = []
             for idx in whole:
@@ -341,6 +418,18 @@ class CodeStore:
                 "VALUES (?, ?, ?, ?, ?)",
                 rows,
             )
+            if o.rerank:
+                self.conn.executemany(
+                    f"INSERT OR REPLACE INTO {self.vectors_table}(chunk, vectors, scales) VALUES (?, ?, ?)",
+                    [
+                        (
+                            self.chunk_ids[idx],
+                            self.vectors[idx * cs : (idx + 1) * cs].tobytes(),
+                            self.scales[idx * cs : (idx + 1) * cs].astype("<f4", copy=False).tobytes(),
+                        )
+                        for idx in whole
+                    ],
+                )
         for chunk, group in patches:
             self._patch(chunk, group)
 
@@ -356,8 +445,15 @@ class CodeStore:
             columns.append(
                 ("qcodes", o.qcode_bytes, lambda p: self.qcodes[p].astype(o.qcode_dtype, copy=False).tobytes())
             )
-        for column, width, data in columns:
-            blob = self.conn.blob_open(self.schema, self.chunks_name, column, chunk, True)
+        tables = [self.chunks_name] * len(columns)
+        if o.rerank:
+            columns += [
+                ("vectors", o.dim * self.vectors.itemsize, lambda p: self.vectors[p].tobytes()),
+                ("scales", 4, lambda p: self.scales[p : p + 1].astype("<f4", copy=False).tobytes()),
+            ]
+            tables += [self.vectors_name] * 2
+        for table, (column, width, data) in zip(tables, columns):
+            blob = self.conn.blob_open(self.schema, table, column, chunk, True)
             try:
                 for p in positions.tolist():
                     blob.seek((p % cs) * width)

@@ -27,14 +27,14 @@ from typing import Any
 import apsw
 import numpy as np
 
-from .. import kernels
+from .. import kernels, quantize
 from ..errors import ConstraintError, CorruptTableError, HqError, ModelError, StaleTableError
 from ..model.store import load_model
 from . import catalog
 from .catalog import qualified, quote_ident
 from .options import TableOptions
 from .query import Params, decode_query, resolve
-from .storage import CodeStore
+from .storage import CodeStore, encode_vectors
 
 MAX_PENDING = 65536  # buffered rows that make the buffer flush itself
 
@@ -61,6 +61,7 @@ class Table:
         self._cb_norms: tuple[np.ndarray, np.ndarray] | None = None
         self._model = None
         self._device_cache: dict[int, tuple] = {}
+        self._slot_ids: np.ndarray | None = None
         self._flushes = 0
         self._savepoints: dict[int, int] = {}
         self._set_name(name)
@@ -92,7 +93,7 @@ class Table:
         locs = "".join(f", {q(c.chunk_col)} INTEGER{null}, {q(c.slot_col)} INTEGER{null}" for c in opts.code_sets)
         cols = "".join(f", {q(c.name)} {c.type}{' UNIQUE' if c.key else ''}" for c in opts.columns)
         sql = f"CREATE TABLE {qualified(schema, catalog.rows_name(name))} (rowid INTEGER PRIMARY KEY{locs}{cols});"
-        sql += "".join(CodeStore.create_sql(schema, name, c) for c in opts.code_sets)
+        sql += "".join(CodeStore.create_sql(schema, name, c, opts.rerank) for c in opts.code_sets)
         conn.execute(sql)
         catalog.insert_entry(conn, schema, name, opts)
         return cls(conn, schema, name, opts)
@@ -255,9 +256,54 @@ class Table:
 
     def params(self, k, candidates=None, mode=None, *, k_name: str = "k") -> Params:
         """Validated search parameters for this table: its own default mode, and 'hamming' where
-        it has no quantization codes (:func:`hqdb.engine.query.resolve`)."""
+        it has no quantization codes (:func:`hqdb.engine.query.resolve`) — except that a rerank
+        table's 'two_stage' (Hamming shortlist, exact re-rank) needs none."""
         default = self.default_mode() if mode is None else "two_stage"
-        return resolve(k, candidates, mode, default_mode=default, books=self.opts.books, table=self.name, k_name=k_name)
+        books = self.opts.books or (1 if self.opts.rerank and mode != "aqd" else 0)
+        return resolve(k, candidates, mode, default_mode=default, books=books, table=self.name, k_name=k_name)
+
+    def _reranked(self, set_idx: int, bits: np.ndarray, vecs: np.ndarray, params: Params, conds, threads: int):
+        """A rerank table's search: each query's shortlist of ``candidates`` rows by Hamming
+        distance ('two_stage') or AQD ('aqd'), then the exact score on the stored vectors.
+        ``distance`` is −⟨q, x⟩ (metric 'ip') or ‖q − x‖² ('l2') of the stored vector x; ties go
+        to the smaller Hamming distance, then the smaller rowid. [(rowids, distances, hamming)]
+        per query."""
+        _, codes, qcodes, rowids, valid = self._arrays(set_idx, conds)
+        st = self.stores[set_idx]
+        n = len(rowids)
+        if n == 0:
+            empty = (np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int32))
+            return [empty for _ in vecs]
+        stage = "aqd" if params.run_mode == "aqd" else "hamming"
+        c = min(max(params.candidates, params.k), n)
+        if self._slot_ids is None or len(self._slot_ids) != n:
+            self._slot_ids = np.arange(n, dtype=np.int64)  # the kernel ranks slots: it returns where they are
+        luts = self.luts(vecs)[0] if stage == "aqd" else None
+        slots, _, hams = kernels.search_many(
+            codes, qcodes, self._slot_ids, valid, bits, luts, k=c, candidates=c, mode=stage, threads=threads
+        )
+        out = []
+        for j, q in enumerate(vecs.astype(np.float64)):
+            pos = slots[j][slots[j] >= 0]
+            x = st.vectors[pos].astype(np.float64) * st.scales[pos, None]
+            dist = -(x @ q) if self.opts.metric != "l2" else ((x - q) ** 2).sum(1)
+            ham = hams[j][: len(pos)]
+            order = np.lexsort((rowids[pos], ham, dist))[: params.k]
+            out.append((rowids[pos][order], dist[order], ham[order].astype(np.int32)))
+        return out
+
+    def vector_of(self, set_idx: int, rowid: int) -> bytes | None:
+        """A rerank table's stored vector of a row, as float32 bytes (int8 and float16 decoded)."""
+        self.flush()
+        self.fresh()
+        loc = self._locate(rowid)
+        if not self.opts.rerank or loc is None or loc[set_idx] is None:
+            return None
+        st = self.stores[set_idx]
+        pos = st.holds(loc[set_idx][0], loc[set_idx][1], rowid)
+        if pos is None:
+            raise CorruptTableError(f"hq table {self.name}: row {rowid} points at a slot that does not hold it")
+        return (st.vectors[pos].astype(np.float32) * st.scales[pos]).astype("<f4").tobytes()
 
     def set_index(self, modality: str) -> int:
         names = [c.name for c in self.sets]
@@ -359,13 +405,49 @@ class Table:
             raise HqError(f"{label}: index {top} out of range (codewords={o.codewords})")
         return value
 
-    def check_item(self, set_idx: int, value=None, code=None, qcode=None):
-        """One code set's part of a row: ``('codes', code, qcode)``, ``('input', value)`` or None
-        (a model-bound row without this modality)."""
+    def check_vector(self, value) -> bytes:
+        """A rerank table's row vector: float32 BLOB of ``dim`` finite values."""
+        o = self.opts
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise HqError(f"{self.name}.vector must be a BLOB of {o.dim} float32 values, got {type(value).__name__}")
+        value = bytes(value)
+        if len(value) != 4 * o.dim:
+            raise HqError(
+                f"{self.name}.vector must be {o.dim} float32 values ({4 * o.dim} bytes); got {len(value)} bytes"
+            )
+        x = np.frombuffer(value, dtype="<f4")
+        if not np.isfinite(x).all() or (o.rerank == "float16" and np.abs(x).max() > np.finfo(np.float16).max):
+            raise HqError(f"{self.name}.vector contains NaN, infinity or values beyond {o.rerank}'s range")
+        return value
+
+    def check_item(self, set_idx: int, value=None, code=None, qcode=None, vector=None):
+        """One code set's part of a row: ``('codes', code, qcode, vector)``, ``('input', value)``
+        or None (a model-bound row without this modality). On a rerank table the vector is
+        required, and codes left out are computed from it at the flush."""
         if value is not None:
             return ("input", self.check_input(set_idx, value))
+        if self.opts.rerank:
+            if vector is None:
+                raise HqError(
+                    f"{self.name} keeps each row's vector (rerank={self.opts.rerank!r}): give vector, a float32 "
+                    f"BLOB of {self.opts.dim} values (code and qcode are then computed from it)"
+                )
+            vector = self.check_vector(vector)
+            if qcode is None and self.opts.books and self._codebooks is None and self.codebooks() is None:
+                raise HqError(
+                    f"{self.name} has no codebooks to compute qcode with: fit them with "
+                    f"hqdb.fit_table(db, {self.name!r}, sample) or give qcode"
+                )
+            return (
+                "codes",
+                None if code is None else self.check_code(set_idx, code),
+                None if qcode is None else self.check_qcode(set_idx, qcode),
+                vector,
+            )
+        if vector is not None:
+            raise HqError(f"{self.name} has no vector column (create it with rerank='int8' to keep vectors)")
         if code is not None or not self.opts.model:
-            return ("codes", self.check_code(set_idx, code), self.check_qcode(set_idx, qcode))
+            return ("codes", self.check_code(set_idx, code), self.check_qcode(set_idx, qcode), None)
         if qcode is not None:
             cs = self.sets[set_idx]
             raise HqError(f"{self.name}.{cs.qcode_col} given without {cs.code_col}")
@@ -464,7 +546,7 @@ class Table:
                 continue
             chunk, slot = locs[2 * i], locs[2 * i + 1]
             if item[0] == "codes":
-                self._puts[i].append((chunk, slot, rowid, item[1], item[2]))
+                self._puts[i].append((chunk, slot, rowid, item[1], item[2], item[3]))
             else:
                 self._encodes[i].append((chunk, slot, rowid, item[1]))
         self._queued()
@@ -498,7 +580,7 @@ class Table:
             self.delete(newrowid)
             self.flush()
         self._settled(rowid, old)
-        codes: list[tuple[bytes, bytes | None] | None] = []
+        codes: list[tuple[bytes | None, bytes | None, bytes | None] | None] = []
         for i, item in enumerate(items):
             if item is not None and item[0] == "input":
                 bitf, f = self.encode_inputs(i, [item[1]])
@@ -507,10 +589,11 @@ class Table:
                     (
                         kernels.pack_bits(bitf)[0].tobytes(),
                         None if q is None else q[0].astype(self.opts.qcode_dtype).tobytes(),
+                        None,
                     )
                 )
             else:
-                codes.append(None if item is None else (item[1], item[2]))
+                codes.append(None if item is None else (item[1], item[2], item[3]))
         locs: list = []
         changes: list[tuple[CodeStore, list, list, int | None]] = []
         for st, code, loc in zip(self.stores, codes, old):
@@ -533,7 +616,7 @@ class Table:
             raise self._constraint(e) from None
         try:
             for st, puts, clears, expect in changes:
-                ch, sl, ids, c, q = _columns(puts, self.opts)
+                ch, sl, ids, c, q, vecs = self._assemble(puts)
                 cc = np.array([x for x, _ in clears], dtype=np.int64)
                 cl = np.array([y for _, y in clears], dtype=np.int64)
                 st.apply(
@@ -545,6 +628,7 @@ class Table:
                     cc,
                     cl,
                     expect_rowids=None if expect is None else np.array([expect], dtype=np.int64),
+                    vectors=vecs,
                 )
             self._changed()
         except BaseException:
@@ -599,14 +683,14 @@ class Table:
                     bits = kernels.pack_bits(bitf)
                     q = self.model().quantize(f).astype(o.qcode_dtype) if o.books else None
                     puts = puts + [
-                        (c, s, r, bits[j].tobytes(), None if q is None else q[j].tobytes())
+                        (c, s, r, bits[j].tobytes(), None if q is None else q[j].tobytes(), None)
                         for j, (c, s, r, _) in enumerate(encodes)
                     ]
                 if puts or clears:
-                    ch, sl, ids, codes, qcodes = _columns(puts, o)
+                    ch, sl, ids, codes, qcodes, vecs = self._assemble(puts)
                     cc = np.array([c for c, _, _ in clears], dtype=np.int64)
                     cl = np.array([s for _, s, _ in clears], dtype=np.int64)
-                    st.apply(ch, sl, ids, codes, qcodes, cc, cl)
+                    st.apply(ch, sl, ids, codes, qcodes, cc, cl, vectors=vecs)
             self._changed()
         except BaseException:
             # The file may hold part of the batch: the statement or transaction fails, and the
@@ -618,6 +702,42 @@ class Table:
         self._flushes += 1
         self._device_cache.clear()
 
+    def _assemble(self, puts: list):
+        """Arrays of buffered puts ``(chunk, slot, rowid, code, qcode, vector)``: (chunks, slots,
+        rowids, codes (n, code_bytes), qcodes (n, books) or None, stored vectors or None). On a
+        rerank table, a code or qcode left out is computed from the row's vector (its sign bits;
+        its indices with the table's codebooks)."""
+        o = self.opts
+        n = len(puts)
+        chunks = np.fromiter((p[0] for p in puts), dtype=np.int64, count=n)
+        slots = np.fromiter((p[1] for p in puts), dtype=np.int64, count=n)
+        ids = np.fromiter((p[2] for p in puts), dtype=np.int64, count=n)
+        x = None
+        if o.rerank and n:
+            x = np.frombuffer(b"".join(p[5] for p in puts), dtype="<f4").reshape(n, o.dim)
+        codes = _given(puts, 3, o.code_bytes, np.dtype(np.uint8))
+        if codes is None:
+            assert x is not None  # a row without codes is a rerank row, which has its vector
+            codes = np.empty((n, o.code_bytes), dtype=np.uint8)
+            missing = np.array([p[3] is None for p in puts])
+            codes[~missing] = _given([p for p in puts if p[3] is not None], 3, o.code_bytes, np.dtype(np.uint8))
+            codes[missing] = kernels.pack_bits(x[missing])
+        qcodes = None
+        if o.books:
+            qdt = np.dtype(o.qcode_dtype)
+            qcodes = _given(puts, 4, o.books, qdt)
+            if qcodes is None:
+                assert x is not None
+                cb = self.codebooks()
+                if cb is None:
+                    raise HqError(f"{self.name} has no codebooks to compute qcode with: hqdb.fit_table() first")
+                qcodes = np.empty((n, o.books), dtype=qdt.newbyteorder("="))
+                missing = np.array([p[4] is None for p in puts])
+                qcodes[~missing] = _given([p for p in puts if p[4] is not None], 4, o.books, qdt)
+                qcodes[missing] = quantize.encode(x[missing], cb)
+        vectors = None if x is None else encode_vectors(x, str(o.rerank))
+        return chunks, slots, ids, codes, qcodes, vectors
+
     # ------------------------------------------------------------------ writes in bulk
     def write_many(
         self,
@@ -625,10 +745,18 @@ class Table:
         rowids: np.ndarray | None,
         meta: dict[str, Sequence],
         codes_by_set: dict[int, tuple[np.ndarray, np.ndarray | None]],
+        vectors: np.ndarray | None = None,
     ) -> np.ndarray:
         """Insert n rows at once: codes given per code set (``{set: (bit codes (n, code_bytes)
-        uint8, qcodes (n, books) or None)}``; sets left out stay empty). Arrays are validated by
-        the caller (:mod:`hqdb.bulk`). Returns the rowids. The caller holds a transaction."""
+        uint8, qcodes (n, books) or None)}``; sets left out stay empty), and on a rerank table
+        the rows' float32 vectors (n, dim). Arrays are validated by the caller (:mod:`hqdb.bulk`).
+        Returns the rowids. The caller holds a transaction."""
+        if bool(self.opts.rerank) != (vectors is not None):
+            raise HqError(
+                f"{self.name}: insert vectors with hqdb.insert_vectors()"
+                if self.opts.rerank
+                else f"{self.name} keeps no vectors (create it with rerank= to keep them)"
+            )
         self.flush()
         self.fresh()
         if rowids is None:
@@ -647,8 +775,9 @@ class Table:
             raise self._constraint(e) from None
         try:
             empty = np.zeros(0, np.int64)
+            stored = None if vectors is None else encode_vectors(vectors, str(self.opts.rerank))
             for i, (codes, qcodes) in codes_by_set.items():
-                self.stores[i].apply(locs[2 * i], locs[2 * i + 1], rowids, codes, qcodes, empty, empty)
+                self.stores[i].apply(locs[2 * i], locs[2 * i + 1], rowids, codes, qcodes, empty, empty, vectors=stored)
             self._changed()
         except BaseException:
             self.invalidate()
@@ -929,6 +1058,8 @@ class Table:
         """One query (as :meth:`parse_query` takes it): (rowids, distances, hamming), best first."""
         mode = params.run_mode
         bits, vec = self.parse_query(query, mode)
+        if self.opts.rerank and mode != "hamming" and vec is not None:
+            return self._reranked(set_idx, bits[None, :], vec[None, :], params, conds, threads)[0]
         _, codes, qcodes, rowids, valid = self._arrays(set_idx, conds)
         lut, offset = (None, None) if mode == "hamming" or vec is None else self.luts(vec[None, :])
         out = kernels.search(
@@ -959,6 +1090,9 @@ class Table:
         :meth:`search` returns for query j."""
         mode = params.run_mode
         bits, vecs = self.parse_queries(queries, mode)
+        if self.opts.rerank and mode != "hamming" and vecs is not None:
+            found = self._reranked(set_idx, bits, vecs, params, conds, threads)
+            return tuple(_padded([f[j] for f in found], params.k) for j in range(3))
         generation, codes, qcodes, rowids, valid = self._arrays(set_idx, conds)
         luts, offsets = (None, None) if mode == "hamming" or vecs is None else self.luts(vecs)
         arrays = (codes, qcodes, rowids, valid, bits, luts)
@@ -986,23 +1120,20 @@ def _with_offsets(out, offset):
     return r, d.astype(np.float64) + offset[0], h
 
 
-def _columns(rows: list, o: TableOptions):
-    """Arrays (chunks, slots, rowids, codes (n, code_bytes), qcodes (n, books) or None) of
-    buffered (chunk, slot, rowid, code bytes, qcode bytes) tuples."""
-    n = len(rows)
-    if not n:
-        return (
-            np.zeros(0, np.int64),
-            np.zeros(0, np.int64),
-            np.zeros(0, np.int64),
-            np.zeros((0, o.code_bytes), np.uint8),
-            None,
-        )
-    chunks = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
-    slots = np.fromiter((r[1] for r in rows), dtype=np.int64, count=n)
-    ids = np.fromiter((r[2] for r in rows), dtype=np.int64, count=n)
-    codes = np.frombuffer(b"".join(r[3] for r in rows), dtype=np.uint8).reshape(n, o.code_bytes)
-    qcodes = None
-    if o.books:
-        qcodes = np.frombuffer(b"".join(r[4] for r in rows), dtype=o.qcode_dtype).reshape(n, o.books)
-    return chunks, slots, ids, codes, qcodes
+def _given(puts: list, field: int, width: int, dtype: np.dtype) -> np.ndarray | None:
+    """The ``field`` bytes of every put as an (n, width) array, or None if any put lacks them."""
+    if any(p[field] is None for p in puts):
+        return None
+    count = len(puts)
+    return np.frombuffer(b"".join(p[field] for p in puts), dtype=dtype).reshape(count, width)
+
+
+def _padded(rows: list, k: int) -> np.ndarray:
+    """Per-query result rows of up to k values as one (Q, k) array, padded as the kernels pad
+    (rowid -1, distance inf, Hamming -1)."""
+    first = rows[0] if rows else np.zeros(0)
+    fill = -1 if first.dtype.kind == "i" else np.inf
+    out = np.full((len(rows), k), fill, dtype=first.dtype)
+    for j, r in enumerate(rows):
+        out[j, : len(r)] = r
+    return out

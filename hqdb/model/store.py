@@ -19,10 +19,24 @@ _DTYPES = {"float32": "<f4", "int64": "<i8", "uint8": "u1", "uint16": "<u2"}
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
+    """``name`` if it is a valid model name (1-128 letters, digits, '_', '.', '-': safe in a
+    quoted SQL string), else :class:`ModelError`."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise ModelError(f"model name {name!r}: use 1-128 letters, digits, '_', '.', '-'")
     return name
+
+
+_check_name = check_name
+
+
+def _has_store(conn: apsw.Connection) -> bool:
+    """Whether the database has the model tables (another application's file has none until its
+    first model is saved: readers then see no models)."""
+    found = conn.execute(
+        "SELECT count(*) FROM main.sqlite_master WHERE type = 'table' AND name IN ('hqdb_models', 'hqdb_model_tensors')"
+    ).fetchone()
+    return bool(found and found[0] == 2)
 
 
 def save(
@@ -33,11 +47,13 @@ def save(
     *,
     replace: bool = False,
     users: Callable[[apsw.Connection, str], list[str]] | None = None,
+    prepare: Callable[[apsw.Connection], object] | None = None,
 ) -> None:
     """Store a model (``config`` must be JSON-serialisable; tensors are numpy arrays).
 
     ``users(conn, name)`` lists the tables bound to a model (the engine's catalog knows them):
-    a model in use is not replaced."""
+    a model in use is not replaced. ``prepare(conn)`` runs first inside the write transaction:
+    it creates hqdb's catalog in a file that has none yet (:func:`hqdb.engine.schema.ensure`)."""
     _check_name(name)
     rows = []
     for tname, arr in tensors.items():
@@ -51,6 +67,10 @@ def save(
         data = np.ascontiguousarray(arr, dtype=_DTYPES[dtype]).tobytes()
         rows.append((name, tname, dtype, json.dumps(list(arr.shape)), data))
     with write_transaction(conn):
+        if prepare is not None:
+            prepare(conn)
+        if not _has_store(conn):
+            raise ModelError("this database has no hqdb catalog to store models in: save through hqdb.save_model")
         exists = conn.execute("SELECT 1 FROM hqdb_models WHERE name = ?", (name,)).fetchone()
         if exists and not replace:
             raise ModelError(f"a model named {name!r} already exists (pass replace=True to overwrite)")
@@ -78,9 +98,14 @@ def load(conn: apsw.Connection, name: str) -> tuple[dict, dict[str, np.ndarray]]
     _check_name(name)
     # Everything read from a (possibly hostile) file comes back as bytes and is decoded here:
     # TEXT that is not UTF-8 must be a ModelError, not a decoding crash inside the driver.
-    row = conn.execute("SELECT CAST(config AS BLOB) FROM hqdb_models WHERE name = ?", (name,)).fetchone()
+    has_store = _has_store(conn)
+    row = (
+        conn.execute("SELECT CAST(config AS BLOB) FROM hqdb_models WHERE name = ?", (name,)).fetchone()
+        if has_store
+        else None
+    )
     if row is None:
-        known = [r[0] for r in conn.execute("SELECT name FROM hqdb_models ORDER BY name")]
+        known = [r[0] for r in conn.execute("SELECT name FROM hqdb_models ORDER BY name")] if has_store else []
         raise ModelError(f"no model named {name!r} in this database (models: {known or 'none'})")
     try:
         config = json.loads(_text(row[0]))
@@ -121,7 +146,9 @@ def load(conn: apsw.Connection, name: str) -> tuple[dict, dict[str, np.ndarray]]
 
 
 def list_models(conn: apsw.Connection) -> list[dict]:
-    out = []
+    out: list[dict] = []
+    if not _has_store(conn):
+        return out
     for name, config, created in conn.execute(
         "SELECT CAST(name AS BLOB), CAST(config AS BLOB), CAST(created_at AS BLOB) FROM hqdb_models ORDER BY name"
     ):
@@ -146,6 +173,8 @@ def list_models(conn: apsw.Connection) -> list[dict]:
 def delete(
     conn: apsw.Connection, name: str, *, users: Callable[[apsw.Connection, str], list[str]] | None = None
 ) -> None:
+    if not _has_store(conn):
+        return
     with write_transaction(conn):
         in_use = users(conn, name) if users is not None else []
         if in_use:

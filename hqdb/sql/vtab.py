@@ -176,6 +176,8 @@ class VTable:
             if opts.model:
                 cols.append(("input", i))
             cols += [("code", i), ("qcode", i)]
+        if opts.rerank:
+            cols.append(("vector", 0))  # hidden: each row's vector, kept for the exact re-rank
         self.COL_META0 = len(cols)
         cols += [("meta", j) for j in range(len(opts.columns))]
         self.COL_DISTANCE = len(cols)
@@ -197,6 +199,8 @@ class VTable:
                 decl.append(
                     f"{q(c.code_col if kind == 'code' else c.qcode_col)} BLOB" + (" HIDDEN" if t.opts.model else "")
                 )
+            elif kind == "vector":
+                decl.append("vector BLOB HIDDEN")
             elif kind == "meta":
                 m = t.opts.columns[i]
                 decl.append(f"{q(m.name)} {m.type}")
@@ -335,7 +339,7 @@ class VTable:
                 for i, n_in in enumerate(self._input_cols)
             ]
         else:
-            items = [t.check_item(0, code=fields[0], qcode=fields[1])]
+            items = [t.check_item(0, code=fields[0], qcode=fields[1], vector=fields[2] if t.opts.rerank else None)]
         return items, t.check_meta(fields[self.COL_META0 : self.COL_DISTANCE])
 
     def _policy(self) -> str:
@@ -526,6 +530,8 @@ class Cursor:
         kind, i = vt.cols[n]
         if kind == "input":
             return None  # inputs are encoded, not kept
+        if kind == "vector":
+            return t.vector_of(0, rowid)
         # Codes are read where the row is *now*: the connection may have written since Filter.
         got = t.codes_of(i, rowid)
         if got is None:
