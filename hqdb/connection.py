@@ -49,7 +49,10 @@ def connect(
     ``with hqdb.connect(path) as db:`` closes the connection when the block ends; group writes
     with ``with db.transaction():``. Parameters as :func:`hqdb.sql.connection.connect`: ``threads``
     per search, ``readonly``, ``timeout`` (seconds to wait for another writer's lock), ``wal``
-    (write-ahead-log mode for files), ``device`` (a torch device for batched searches).
+    (write-ahead-log mode for the files hqdb manages), ``device`` (a torch device for batched
+    searches). Another application's file is not changed until an hq table or a model is stored
+    in it; a file that cannot be opened, is locked or cannot be written raises an
+    :class:`hqdb.DatabaseError` naming it.
     """
     conn = _sql.connect(
         path, threads=threads, readonly=readonly, timeout=timeout, wal=wal, device=device, factory=Connection

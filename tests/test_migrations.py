@@ -15,11 +15,13 @@ def test_fresh_database_is_at_latest_version(db):
     assert applied == [(m.version, m.name) for m in available_migrations()]
 
 
-def test_plain_sqlite_database_is_upgraded_and_keeps_its_data(db_path):
+def test_plain_sqlite_database_gets_the_catalog_with_its_first_hq_table(db_path):
     plain = apsw.Connection(str(db_path))
     plain.execute("CREATE TABLE notes(x); INSERT INTO notes VALUES ('hello')")
     plain.close()
     db = hqdb.connect(db_path)
+    assert current_version(db) == 0  # another application's file: untouched by connect
+    db.execute("CREATE VIRTUAL TABLE t USING hq(dim=64, books=0)")
     assert current_version(db) == hqdb.schema_version()
     assert db.execute("SELECT x FROM notes").fetchall() == [("hello",)]
 
@@ -63,7 +65,9 @@ def test_newer_database_is_refused(db_path):
 
 
 def test_readonly_old_database_is_refused_clearly(db_path):
-    apsw.Connection(str(db_path)).execute("CREATE TABLE x(y)")
+    old = apsw.Connection(str(db_path))
+    migrate(old, available_migrations()[:2])  # an hqdb database of schema version 2
+    old.close()
     with pytest.raises(hqdb.SchemaError, match="read-only"):
         hqdb.connect(db_path, readonly=True)
     hqdb.connect(db_path).close()

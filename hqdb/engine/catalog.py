@@ -57,6 +57,16 @@ def _catalog(schema: str) -> str:
     return qualified(schema, TABLE)
 
 
+def exists(conn: apsw.Connection, schema: str = "main") -> bool:
+    """Whether the schema has hqdb's catalog: another application's file has none until its
+    first hq table is created (the readers below then see no tables)."""
+    return bool(
+        conn.execute(
+            f"SELECT 1 FROM {quote_ident(schema)}.sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)
+        ).fetchone()
+    )
+
+
 # ------------------------------------------------------------------------------ shadow names
 def rows_name(table: str) -> str:
     return table + "_rows"
@@ -108,6 +118,8 @@ _ENTRY_COLS = "name, dim, books, codewords, chunk_size, options, generation"
 
 
 def read_entry(conn: apsw.Connection, schema: str, name: str) -> Entry | None:
+    if not exists(conn, schema):
+        return None
     row = conn.execute(
         f"SELECT {_ENTRY_COLS} FROM {_catalog(schema)} WHERE name = ? COLLATE NOCASE", (name,)
     ).fetchone()
@@ -115,15 +127,21 @@ def read_entry(conn: apsw.Connection, schema: str, name: str) -> Entry | None:
 
 
 def list_names(conn: apsw.Connection, schema: str = "main") -> list[str]:
+    if not exists(conn, schema):
+        return []
     return [r[0] for r in conn.execute(f"SELECT name FROM {_catalog(schema)} ORDER BY name")]
 
 
 def list_entries(conn: apsw.Connection, schema: str = "main") -> list[Entry]:
+    if not exists(conn, schema):
+        return []
     return [_entry(r, schema) for r in conn.execute(f"SELECT {_ENTRY_COLS} FROM {_catalog(schema)} ORDER BY name")]
 
 
 def tables_using_model(conn: apsw.Connection, model: str, schema: str = "main") -> list[str]:
     """Names of the hq tables bound to stored model ``model``."""
+    if not exists(conn, schema):
+        return []
     return [
         r[0]
         for r in conn.execute(
@@ -184,6 +202,8 @@ def write_codebooks(conn: apsw.Connection, schema: str, name: str, blob: bytes) 
 def model_of_tables(conn: apsw.Connection, schema: str = "main") -> dict[str, str | None]:
     """Every hq table's name -> the model it is bound to (None for raw tables)."""
     out: dict[str, str | None] = {}
+    if not exists(conn, schema):
+        return out
     for name, options in conn.execute(f"SELECT name, options FROM {_catalog(schema)} ORDER BY name"):
         try:
             model = json.loads(options).get("model")

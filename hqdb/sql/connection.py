@@ -1,5 +1,17 @@
 """``hqdb.connect``: an apsw connection with the hq module, its SQL functions, sqlite-vec and
-hqdb's catalog migrations in place."""
+hqdb's catalog migrations in place.
+
+A file is changed only when hqdb is asked to store something in it: a new (empty) database
+becomes an hqdb database (write-ahead log, catalog); another application's file keeps its
+journal mode and gets hqdb's catalog with its first hq table or model (:mod:`hqdb.engine.schema`);
+an hqdb database is upgraded to this version's catalog and kept in write-ahead-log mode.
+Opening and locking errors name the file (:class:`hqdb.errors.DatabaseError`).
+
+``PRAGMA trusted_schema`` stays on (SQLite's default): with it off SQLite refuses every view or
+trigger that reads an hq table (the module is not declared innocuous: ``unsafe use of virtual
+table``), which would break the user's own views over ``hq_match``/``hq_query``. Views and
+triggers in a file (or an ATTACHed one) cannot call the functions with side effects anyway:
+``hq_set_codebooks``, ``hq_rebuild`` and ``hq_threads`` are direct-only."""
 
 from __future__ import annotations
 
@@ -8,18 +20,25 @@ import contextlib
 import os
 import warnings
 import weakref
+from pathlib import Path
 from typing import Literal
 
 import apsw
 import sqlite_vec
 
-from ..engine.schema import migrate
-from ..errors import HqError
+from ..engine.schema import current_version, prepare
+from ..errors import (
+    DatabaseBusyError,
+    DatabaseError,
+    DatabaseOpenError,
+    DatabaseReadOnlyError,
+    HqError,
+)
 from ..txn import write_transaction
 from .functions import check_threads, register_functions
 from .vtab import HqModule, HqShadowModule
 
-__all__ = ["Connection", "connect", "register"]
+__all__ = ["Connection", "connect", "register", "database_error"]
 
 
 # Connections opened by connect() and not closed yet. The hq module registered on a connection
@@ -99,7 +118,8 @@ def _check_device(device) -> str | None:
 
 def register(conn: apsw.Connection, *, threads: int = 1, device: str | None = None) -> HqModule:
     """Register the ``hq`` module and hqdb's SQL functions on an existing apsw connection, and
-    bring its catalog to this hqdb's schema version."""
+    bring an hqdb database's catalog to this hqdb's schema version (a database without hqdb's
+    catalog gets it with its first hq table or model; see :func:`hqdb.engine.schema.prepare`)."""
     threads = check_threads(threads)
     device = _check_device(device)
     module: HqModule = HqShadowModule(conn)
@@ -118,8 +138,55 @@ def register(conn: apsw.Connection, *, threads: int = 1, device: str | None = No
     with contextlib.suppress(AttributeError):  # a plain apsw.Connection: hqdb.bulk then needs hqdb.connect()
         conn.hq = module  # type: ignore[attr-defined]  # Connection declares it; apsw.Connection has no slot
     register_functions(conn, module)
-    migrate(conn)
+    prepare(conn)
     return module
+
+
+def database_error(e: apsw.Error, path: str, *, readonly: bool = False, timeout: float | None = None):
+    """The :class:`hqdb.errors.DatabaseError` for an apsw error about the database file at
+    ``path`` (cannot open, locked, read-only), naming the file and what to do; other errors
+    (and errors that already are hqdb's) are returned unchanged."""
+    if isinstance(e, DatabaseError) or path in ("", ":memory:"):
+        return e
+    where = f"database {path!r}"
+    if isinstance(e, apsw.CantOpenError):
+        parent = os.path.dirname(os.path.abspath(path))
+        if path.startswith("file:"):
+            why = "check the URI"
+        elif not os.path.isdir(parent):
+            why = f"the directory {parent!r} does not exist"
+        elif not os.path.exists(path):
+            why = "no such file" if readonly else f"the directory {parent!r} is not writable"
+        elif os.path.isdir(path):
+            why = "it is a directory"
+        else:
+            why = "check that it is readable (and, to write, that it and its directory are writable)"
+        return DatabaseOpenError(f"cannot open {where}: {why}")
+    if isinstance(e, apsw.BusyError):
+        waited = f" for {timeout:g} s" if timeout is not None else ""
+        return DatabaseBusyError(
+            f"{where} is locked: another connection is writing to it (waited{waited}); "
+            "try again when it has finished, or give a longer timeout"
+        )
+    if isinstance(e, apsw.ReadOnlyError):
+        return DatabaseReadOnlyError(
+            f"{where} cannot be written (the file, or its directory where SQLite keeps the "
+            "write-ahead log, is read-only): open it read-only to read it, or check the permissions"
+        )
+    return e
+
+
+def _immutable_uri(path: str) -> str:
+    """A URI opening ``path`` read-only and immutable: no lock, no -wal or -shm file."""
+    return Path(path).absolute().as_uri() + "?mode=ro&immutable=1"
+
+
+def _probe(conn: apsw.Connection) -> tuple[int, str]:
+    """(number of schema objects, journal mode): the first read of the file, where a locked or
+    unreadable database fails."""
+    objects = int(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0])  # type: ignore[index]
+    mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()  # type: ignore[index]
+    return objects, mode
 
 
 def connect(
@@ -135,7 +202,10 @@ def connect(
     """Open ``path`` (a file, or ``":memory:"``) ready for hq tables.
 
     The returned apsw connection has sqlite-vec loaded, the ``hq`` virtual-table module and
-    the ``hq_*`` SQL functions registered, and hqdb's catalog migrated to the current version.
+    the ``hq_*`` SQL functions registered, and an hqdb database's catalog migrated to the
+    current version. Another application's file is not changed until an hq table or a model is
+    created in it. Errors opening the file raise :class:`hqdb.errors.DatabaseError` subclasses
+    (also the matching ``apsw`` error) naming the file.
 
     Parameters
     ----------
@@ -144,13 +214,16 @@ def connect(
     threads : int
         Threads each search may use (``SELECT hq_threads(n)`` changes it later).
     readonly : bool
-        Open read-only; a database that needs a migration is then refused.
+        Open read-only; nothing is written. An hqdb database that needs a migration is then
+        refused. A write-ahead-log database in a read-only directory is read as immutable.
     timeout : float
-        Seconds to wait on another connection's lock before failing with ``apsw.BusyError``.
+        Seconds to wait on another connection's lock before failing with
+        :class:`hqdb.errors.DatabaseBusyError` (an ``apsw.BusyError``).
     wal : bool
         Put a file database in write-ahead-log mode (the default: readers and one writer work
         concurrently, and readers never block the writer). The mode is stored in the file, so
-        ``wal=False`` only avoids switching a database that is not in WAL mode yet.
+        ``wal=False`` only avoids switching a database that is not in WAL mode yet. Only files
+        hqdb manages are switched: a new one, or one that holds hqdb's catalog.
     device : str, optional
         A torch device (``"cuda"``, ``"cuda:1"``, ``"cpu"``) for batched searches
         (``hq_search_many``, :meth:`hqdb.engine.table.Table.search_many`): the code arrays are kept there and
@@ -160,18 +233,44 @@ def connect(
     factory : type
         The :class:`Connection` subclass to open (:func:`hqdb.connect` adds collections).
     """
-    flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-    conn = factory(os.fspath(path), flags=flags | apsw.SQLITE_OPEN_URI)
-    _OPEN.add(conn)
-    conn.set_busy_timeout(int(timeout * 1000))
+    name = os.fspath(path)
     try:
+        return _connect(name, threads, readonly, timeout, wal, device, factory)
+    except apsw.Error as e:
+        err = database_error(e, name, readonly=readonly, timeout=timeout)
+        if err is e:
+            raise
+        raise err from None
+
+
+def _connect(name: str, threads, readonly, timeout, wal, device, factory) -> Connection:
+    flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    conn = factory(name, flags=flags | apsw.SQLITE_OPEN_URI)
+    _OPEN.add(conn)
+    try:
+        conn.set_busy_timeout(int(timeout * 1000))
+        try:
+            objects, mode = _probe(conn)
+        except (apsw.ReadOnlyError, apsw.CantOpenError):
+            # A write-ahead-log database in a directory nobody may write: SQLite cannot create
+            # the -shm file every reader needs. Then nobody can write the database either (a
+            # writer needs -wal and -shm too), so it is read as immutable: no locks, no files.
+            if not conn.readonly("main") or name.startswith("file:") or not conn.db_filename("main"):
+                raise
+            conn.close()
+            if not readonly:
+                raise apsw.ReadOnlyError("attempt to write a readonly database") from None
+            conn = factory(_immutable_uri(name), flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+            _OPEN.add(conn)
+            objects, mode = _probe(conn)
         conn.enable_load_extension(True)
         conn.load_extension(sqlite_vec.loadable_path())
         conn.enable_load_extension(False)
-        if wal and not readonly and conn.db_filename("main"):  # "" for :memory: and temp databases
-            mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0])  # type: ignore[index]  # a PRAGMA row
-            if mode.lower() != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
+        # Write-ahead log for the files hqdb manages: a new one, or one with hqdb's catalog.
+        # Another application's file keeps its journal mode (the mode is stored in the file).
+        ours = objects == 0 or current_version(conn) > 0
+        if wal and ours and not conn.readonly("main") and conn.db_filename("main") and mode != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
         register(conn, threads=threads, device=device)
     except BaseException:
         conn.close()

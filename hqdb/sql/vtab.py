@@ -33,6 +33,7 @@ import apsw
 
 from ..engine import catalog
 from ..engine.options import parse_args
+from ..engine.schema import ensure
 from ..engine.table import Cond, Table
 from ..errors import CorruptTableError, HqError, ModelError, OptionError, StaleTableError
 from ..model.store import load_model
@@ -98,6 +99,8 @@ class HqModule:
 
     def Create(self, conn, modulename, dbname, tablename, *args):
         opts = parse_args(args, self._resolve_model)
+        if dbname == "main":  # hqdb's catalog arrives with a file's first hq table (lazily)
+            ensure(conn, in_statement=True)
         return self._open(Table.create(conn, dbname, tablename, opts))
 
     def Connect(self, conn, modulename, dbname, tablename, *args):
