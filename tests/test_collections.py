@@ -162,7 +162,7 @@ def test_insert_is_all_or_nothing_across_batches(photos):
     c = db.create_collection("keyed", model="m", columns={"path": str}, key="path")
     c.insert({"path": "/a", "text": "castle"})
     with pytest.raises(hqdb.CollectionError, match="keyed: UNIQUE constraint failed"):
-        c.insert_all([{"path": f"/p{i}", "text": "sea"} for i in range(5)] + [{"path": "/a", "text": "x"}],
+        c.insert_all([{"path": f"/p{i}", "text": "sea"} for i in range(5)] + [{"path": "/a", "text": "sea"}],
                      batch_size=2)
     assert [r["path"] for r in c] == ["/a"]
 
@@ -210,8 +210,8 @@ def test_upsert_by_key_and_by_rowid(db, model):
     assert db.execute("SELECT text_code IS NOT NULL FROM keyed_photos WHERE rowid = ?", (k1,)).fetchone() == (1,)
     plain = db.create_collection("plain", model="m", columns={"title": str})
     with pytest.raises(hqdb.CollectionError, match="upsert needs a key column"):
-        plain.upsert({"title": "x", "text": "y"})
-    r3 = plain.upsert({"rowid": 7, "title": "x", "text": "y"})
+        plain.upsert({"title": "x", "text": "sea"})
+    r3 = plain.upsert({"rowid": 7, "title": "x", "text": "sea"})
     assert r3 == 7 and plain.upsert({"rowid": 7, "title": "z"}) == 7 and plain.get(7)["title"] == "z"
 
 

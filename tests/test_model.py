@@ -201,10 +201,14 @@ def test_featurizer_vocabulary_idf_and_rows():
     # document frequency: cat 2, dog 2, ran 2, the 1, ... → ties broken alphabetically
     assert fz.vocab == ["cat", "dog", "ran"]
     np.testing.assert_allclose(fz.idf, np.log(5 / 3) + 1)
-    x = fz.transform(texts + ["nothing known here", ""])
+    x = fz.transform(texts + ["nothing known here", ""], strict=False)  # as in training
     assert x.dtype == np.float32 and x.shape == (6, 3)
     np.testing.assert_allclose(np.linalg.norm(x[:3], axis=1), 1, rtol=1e-6)
     assert not x[3:].any()  # no known word: a zero row, not NaN
+    with pytest.raises(ValueError, match="text 4 of 6 'zebra' has no word the model knows"):
+        fz.transform(texts + ["nothing known here", ""])  # a query or an inserted item: refused
+    with pytest.raises(ValueError, match="empty"):
+        fz.transform([""])
     np.testing.assert_allclose(x[0], np.array([2, 0, 1]) / np.sqrt(5), rtol=1e-6)  # counts × equal idf
 
 
@@ -436,7 +440,7 @@ def test_train_rejects_bad_arguments():
         _train(data, bits=12)
     with pytest.raises(ValueError, match="unknown lambdas"):
         _train(data, lambdas={"quant": 1.0})
-    with pytest.raises(KeyError, match="text_lda"):
+    with pytest.raises(ValueError, match="text_lda"):  # hqdb.TrainingError, not a bare KeyError
         _train(data, text_key="text_lda")
     with pytest.raises(ValueError, match="items"):
         _train({**data, "text": data["text"][:10]})

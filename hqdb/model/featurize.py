@@ -2,8 +2,14 @@
 
 Deterministic and numpy-only: lowercase, tokens are runs of letters/digits, the vocabulary is the
 ``vocab_size`` words with the highest document frequency (ties broken alphabetically), idf is the
-smoothed ``log((1 + N) / (1 + df)) + 1``, each row is raw term count × idf, L2-normalised (a text
-with no known word stays all zeros). The whole state is JSON (vocabulary + idf), never pickled.
+smoothed ``log((1 + N) / (1 + df)) + 1``, each row is raw term count × idf, L2-normalised. The
+whole state is JSON (vocabulary + idf), never pickled.
+
+A text with no word of the vocabulary (or no word at all) would be all zeros: its code would come
+from the model's biases alone, the same for every such text, and searching with it would return
+the same confident hits whatever was asked. :meth:`TfidfFeaturizer.transform` refuses such texts
+(``ValueError`` naming the text); training, where a few such captions are harmless, passes
+``strict=False``.
 """
 
 from __future__ import annotations
@@ -63,24 +69,40 @@ class TfidfFeaturizer:
         self._index = {w: i for i, w in enumerate(words)}
         return self
 
-    def transform(self, texts) -> np.ndarray:
+    def transform(self, texts, *, strict: bool = True) -> np.ndarray:
+        """tf-idf rows (float32, N × dim). ``strict``: a text without any word of the vocabulary
+        is a ``ValueError`` (it would encode to the same code as every other such text)."""
         if not self.vocab:
             raise ValueError("TfidfFeaturizer is not fitted")
         texts = _as_texts(texts)
         out = np.zeros((len(texts), len(self.vocab)), dtype=np.float64)
         for r, t in enumerate(texts):
+            known = 0
             for w, c in Counter(tokenize(t)).items():
                 j = self._index.get(w)
                 if j is not None:
                     out[r, j] = c
+                    known += 1
+            if strict and not known:
+                self._refuse(t, r, len(texts))
         out *= self.idf
         norms = np.sqrt((out * out).sum(axis=1, keepdims=True))
         np.divide(out, norms, out=out, where=norms > 0)
         return out.astype(np.float32)
 
-    def fit_transform(self, texts) -> np.ndarray:
+    def _refuse(self, text: str, row: int, n: int) -> None:
+        which = f"text {row + 1} of {n}" if n > 1 else "the text"
+        if not tokenize(text):
+            raise ValueError(f"{which} is empty (no words): give some words to encode")
+        examples = ", ".join(repr(w) for w in self.vocab[:5])
+        raise ValueError(
+            f"{which} {text[:60]!r} has no word the model knows (its vocabulary has {len(self.vocab)} "
+            f"words, e.g. {examples}): it cannot be encoded meaningfully; use other words"
+        )
+
+    def fit_transform(self, texts, *, strict: bool = False) -> np.ndarray:
         texts = _as_texts(texts)
-        return self.fit(texts).transform(texts)
+        return self.fit(texts).transform(texts, strict=strict)
 
     def state(self) -> dict:
         return {

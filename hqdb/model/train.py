@@ -29,7 +29,7 @@ from .. import quantize as raw_quantize
 from ..errors import TrainingError
 from ..kernels import MAX_BITS
 from . import METHODS, aq, ranking
-from .featurize import FEATURIZERS, make_featurizer
+from .featurize import FEATURIZERS, TfidfFeaturizer, make_featurizer
 from .methods import method_class
 from .model import FORMAT, TrainedModel
 
@@ -49,9 +49,17 @@ def _load(data) -> dict:
     if isinstance(data, dict):
         return data
     if isinstance(data, (str, os.PathLike)):
-        with np.load(data, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    raise TypeError("data must be a dict of arrays or the path of an .npz file")
+        path = os.fspath(data)
+        if not os.path.isfile(path):
+            raise TrainingError(f"no such file {path!r}: give an .npz of image, text and labels (or a dict of arrays)")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if not hasattr(z, "files"):
+                    raise ValueError("a single array, not an .npz archive of named arrays")
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError) as e:
+            raise TrainingError(f"cannot read {path!r} as an .npz of image, text and labels: {e}") from None
+    raise TrainingError("data must be a dict of arrays or the path of an .npz file")
 
 
 def _is_text(values) -> bool:
@@ -153,7 +161,7 @@ def train(
     import torch
 
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r} (available: {', '.join(METHODS)})")
+        raise TrainingError(f"unknown method {method!r} (available: {', '.join(METHODS)})")
     if method == "c+d":
         return _train_c_plus_d(
             data,
@@ -183,27 +191,27 @@ def train(
         )
     cls = method_class(method)
     if not isinstance(bits, int) or bits < 8 or bits % 8 or bits > MAX_BITS:
-        raise ValueError(f"bits must be a multiple of 8 in 8..{MAX_BITS}, got {bits!r}")
+        raise TrainingError(f"bits must be a multiple of 8 in 8..{MAX_BITS}, got {bits!r}")
     if books is not None and cls.books(bits, None) == 0 and books != 0:
-        raise ValueError(f"method {method!r} has no quantizer (Hamming or float search): leave books unset")
+        raise TrainingError(f"method {method!r} has no quantizer (Hamming or float search): leave books unset")
     if (
         books is not None
         and (isinstance(books, bool) or not isinstance(books, int) or books < 1)
         and cls.books(bits, None)
     ):
-        raise ValueError(f"books must be an integer >= 1, got {books!r}")
+        raise TrainingError(f"books must be an integer >= 1, got {books!r}")
     books = cls.books(bits, books)
     if not isinstance(codewords, int) or not 1 <= codewords <= 65536:
-        raise ValueError("books must be >= 1 and codewords in 1..65536")
+        raise TrainingError("books must be >= 1 and codewords in 1..65536")
     if not 0 <= val_fraction < 1:
-        raise ValueError("val_fraction must be in [0, 1)")
+        raise TrainingError("val_fraction must be in [0, 1)")
     if text_featurizer not in FEATURIZERS:
-        raise ValueError(f"unknown text featurizer {text_featurizer!r} (known: {', '.join(FEATURIZERS)})")
+        raise TrainingError(f"unknown text featurizer {text_featurizer!r} (known: {', '.join(FEATURIZERS)})")
     lam = dict(cls.lambdas)
     if lambdas:
         unknown = set(lambdas) - set(lam)
         if unknown:
-            raise ValueError(f"unknown lambdas {sorted(unknown)} for {method} (known: {', '.join(lam)})")
+            raise TrainingError(f"unknown lambdas {sorted(unknown)} for {method} (known: {', '.join(lam)})")
         lam.update({k: float(v) for k, v in lambdas.items()})
     opt_cfg = {**DEFAULT_TRAIN, **cls.train_defaults}
     epochs = opt_cfg["epochs"] if epochs is None else epochs
@@ -217,7 +225,7 @@ def train(
     if set(hidden) != {"image", "text"} or not all(
         isinstance(w, int) and not isinstance(w, bool) and w >= 1 for ws in hidden.values() for w in ws
     ):
-        raise ValueError(
+        raise TrainingError(
             f"hidden must be a list of positive widths or {{'image': [...], 'text': [...]}}, got {hidden!r}"
         )
     for name, value in (
@@ -229,22 +237,27 @@ def train(
         ("threads", threads),
     ):
         if not isinstance(value, int) or value < (0 if name in ("aq_rounds", "aq_iters") else 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise TrainingError(f"{name} must be a positive integer, got {value!r}")
     if not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+        raise TrainingError(f"lr must be positive, got {lr!r}")
 
     d = _load(data)
     for key in (image_key, text_key, "labels"):
         if key not in d:
-            raise KeyError(f"data has no {key!r} (keys: {sorted(d)})")
-    labels = metrics.as_multihot(np.asarray(d["labels"]))
+            raise TrainingError(
+                f"data has no {key!r} (keys: {sorted(d)}): give image, text (or text_key=...) and labels"
+            )
+    try:
+        labels = metrics.as_multihot(np.asarray(d["labels"]))
+    except (TypeError, ValueError) as e:
+        raise TrainingError(f"bad labels: {e}") from None
     n_items = len(labels)
     raw = {"image": d[image_key], "text": d[text_key]}
     for m, v in raw.items():
         if len(v) != n_items:
-            raise ValueError(f"{m!r} has {len(v)} items but there are {n_items} labels")
+            raise TrainingError(f"{m!r} has {len(v)} items but there are {n_items} labels")
     if n_items < 2:
-        raise ValueError("need at least 2 items to train")
+        raise TrainingError("need at least 2 items to train")
 
     rng = np.random.default_rng(seed)
     order = rng.permutation(n_items)
@@ -260,11 +273,13 @@ def train(
             texts = [str(t) for t in v]
             fz = make_featurizer(text_featurizer, vocab_size).fit([texts[i] for i in tr_idx])  # train part only
             featurizers[m] = fz
-            X[m] = fz.transform(texts)
+            # strict=False: a training caption without a vocabulary word is harmless (a query or
+            # an inserted item without one is refused: model.featurize uses the strict default).
+            X[m] = fz.transform(texts, strict=False) if isinstance(fz, TfidfFeaturizer) else fz.transform(texts)
         else:
             x = np.asarray(v)
             if x.ndim != 2 or x.dtype.kind not in "fiu" or not np.isfinite(x).all():
-                raise ValueError(f"{m!r} must be a finite 2-D float array (or raw strings for text)")
+                raise TrainingError(f"{m!r} must be a finite 2-D float array (or raw strings for text)")
             X[m] = np.ascontiguousarray(x, dtype=np.float32)
 
     t_start = time.perf_counter()
@@ -386,7 +401,7 @@ def _train_c_plus_d(data, *, books, lambdas, **kw) -> TrainedModel:
     as ``hash.*`` towers) and whose search vectors and codebooks come from CDQ; two-stage search
     (DCMH Hamming prefilter, CDQ AQD re-rank). ``books`` defaults to 4 like HQ."""
     if lambdas:
-        raise ValueError("c+d trains dcmh and cdq with their own defaults; lambdas are not supported")
+        raise TrainingError("c+d trains dcmh and cdq with their own defaults; lambdas are not supported")
     t0 = time.perf_counter()
     dcmh = train(data, method="dcmh", **kw)
     cdq = train(data, method="cdq", books=4 if books is None else books, **kw)
@@ -401,11 +416,11 @@ def combine_c_plus_d(dcmh: TrainedModel, cdq: TrainedModel) -> TrainedModel:
     config_h, tensors_h = dcmh.state()
     config, tensors = cdq.state()
     if config_h.get("method") != "dcmh" or config.get("method") != "cdq":
-        raise ValueError("combine_c_plus_d needs a dcmh model and a cdq model")
+        raise TrainingError("combine_c_plus_d needs a dcmh model and a cdq model")
     if config_h["bits"] != config["bits"] or any(
         config_h["towers"][m]["input_dim"] != config["towers"][m]["input_dim"] for m in config["modalities"]
     ):
-        raise ValueError("the dcmh and cdq models must have the same bits and input dimensions")
+        raise TrainingError("the dcmh and cdq models must have the same bits and input dimensions")
     config = {k: v for k, v in config.items() if k not in ("metrics", "history")}
     config.update(
         method="c+d",
