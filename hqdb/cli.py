@@ -42,9 +42,27 @@ def _demo(args) -> int:
     return 0
 
 
+def _check_destination(path: str) -> None:
+    """Fail before a long job (training) if its result could not be stored in ``path``."""
+    if path == ":memory:":
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UserError(f"cannot store anything in {path!r}: the directory {parent!r} does not exist")
+    if os.path.isdir(path):
+        raise UserError(f"cannot store anything in {path!r}: it is a directory")
+    target = path if os.path.exists(path) else parent
+    if not os.access(target, os.W_OK):
+        raise UserError(f"cannot store anything in {path!r}: {target!r} is not writable")
+
+
 def _train(args) -> int:
     import hqdb
 
+    from .model.store import check_name
+
+    check_name(args.name)
+    _check_destination(args.db)
     if not args.replace and os.path.exists(args.db):  # fail before training, not after
         names = [m["name"] for m in hqdb.list_models(_connect(args.db, readonly=True))]
         if args.name in names:
@@ -107,6 +125,22 @@ def _models(args) -> int:
 
 
 _OPEN: list = []  # connections of the running command, closed when it ends
+
+
+def _free_table_name(db, base: str) -> str:
+    """``base``, or ``base_2``, ``base_3``, ...: a table name the database does not use yet (nor
+    any of its shadow tables' names), so a command's scratch table never replaces a user's."""
+    taken = {str(r[0]).lower() for r in db.execute("SELECT name FROM main.sqlite_master")}
+    name, i = base, 1
+    while name.lower() in taken or any(t.startswith(name.lower() + "_") for t in taken):
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
+def _sql_string(value: str) -> str:
+    """``value`` as an SQL string literal (embedded quotes doubled)."""
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _connect(path: str, *, readonly: bool = False):
@@ -392,7 +426,7 @@ def _eval(args) -> int:
     bar = _bar(len(args.model) * (2 if args.plot else 1), "eval", not args.quiet and not args.json)
     try:
         for name in args.model:
-            table = f"hqdb_eval_{name}".replace("-", "_").replace(".", "_")
+            table = _free_table_name(db, f"hqdb_eval_{name}".replace("-", "_").replace(".", "_"))
             result = evaluate(
                 db,
                 name,
@@ -476,13 +510,17 @@ def _bench(args) -> int:
 
     from . import metrics
     from .collections import Collection
+    from .engine.catalog import quote_ident
     from .evaluate import modality_inputs
+    from .model.store import check_name
 
     quiet = args.quiet or args.json
     if args.db:
         if not (args.model and args.queries and args.database):
             raise UserError("with --db, also give --model, --queries and --database")
+        check_name(args.model)
         db = _open(args.db)
+        hqdb.load_model(db, args.model)  # a missing model fails before the data is read
         name = args.model
         queries, database = _load_data(args.queries), _load_data(args.database)
     else:
@@ -501,9 +539,8 @@ def _bench(args) -> int:
         db = _connect(":memory:")
         name = "bench"
         hqdb.save_model(db, name, model)
-    table = "hqdb_bench"
-    db.execute(f'DROP TABLE IF EXISTS "{table}"')
-    db.execute(f"CREATE VIRTUAL TABLE \"{table}\" USING hq(model='{name}')")
+    table = _free_table_name(db, "hqdb_bench")  # never a user's table: it is dropped at the end
+    db.execute(f"CREATE VIRTUAL TABLE {quote_ident(table)} USING hq(model={_sql_string(name)})")
     try:
         coll = Collection(db, table)
         db_in = modality_inputs(coll.model, database)
@@ -536,7 +573,7 @@ def _bench(args) -> int:
             bar.update(1)
         bar.close()
     finally:
-        db.execute(f'DROP TABLE IF EXISTS "{table}"')
+        db.execute(f"DROP TABLE IF EXISTS {quote_ident(table)}")
     result = {
         "model": name,
         "direction": args.direction,
@@ -622,15 +659,40 @@ def _bar(total: int, desc: str, enabled: bool, unit: str = "step"):
     return progress_bar(total, desc, enabled and sys.stderr.isatty(), unit=unit)
 
 
+def _check_ranges(args) -> None:
+    """Integer options within what the engine accepts, checked before any work (a huge -k
+    would otherwise overflow deep inside a search)."""
+    from .engine.query import MAX_CANDIDATES, MAX_K
+
+    ranges = {
+        "k": ("k", 1, MAX_K),
+        "candidates": ("candidates", 1, MAX_CANDIDATES),
+        "precision_k": ("--precision-k", 1, MAX_K),
+        "batch_size": ("--batch-size", 1, 1 << 20),
+        "row": ("--row", 0, (1 << 63) - 1),
+        "items": ("--items", 2, 10_000_000),
+        "n_queries": ("--n-queries", 1, 1_000_000),
+    }
+    for attr, (name, lo, hi) in ranges.items():
+        value = getattr(args, attr, None)
+        if isinstance(value, int) and not lo <= value <= hi:
+            raise UserError(f"{name} must be between {lo} and {hi}, got {value}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .engine.query import MAX_K
 
     parser = argparse.ArgumentParser(prog="hqdb", description="Cross-modal search over compact codes in SQLite.")
     parser.add_argument("--version", action="version", version=f"hqdb {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="train a small model, index items and search them from SQL")
-    demo.add_argument("--db", default="demo.db", help="database file to (re)create the demo tables in")
+    demo.add_argument(
+        "--db",
+        default="demo.db",
+        help="database file to (re)create the demo tables in (a new file, or one an earlier demo made)",
+    )
     demo.add_argument("--data", help=".npz with image, text, labels (default: a generated synthetic set)")
     demo.add_argument("--bits", type=int, default=64)
     demo.add_argument("--seed", type=int, default=0)
@@ -676,8 +738,12 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--row", type=int, default=0, help="row of a 2-D --image array (default 0)")
     se.add_argument("--key", default="image", help="array of an --image .npz (default image)")
     se.add_argument("--target", help="modality to search (default: the other one)")
-    se.add_argument("-k", type=int, default=10, help="results (default 10)")
-    se.add_argument("--candidates", type=int, help="Hamming shortlist re-ranked by AQD (default max(1000, 10k))")
+    se.add_argument("-k", type=int, default=10, help=f"results (default 10, at most {MAX_K})")
+    se.add_argument(
+        "--candidates",
+        type=int,
+        help="Hamming shortlist re-ranked by AQD (default max(1000, 10k))",
+    )
     se.add_argument("--mode", choices=MODES, help="default: the model's own search")
     se.add_argument("--where", help='SQL condition on the columns, e.g. "year > ?"')
     se.add_argument("--arg", action="append", default=[], help="value for a ? in --where (repeatable)")
@@ -706,7 +772,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="50,100,200,500,1000,2000,5000",
         help="comma-separated candidate counts (default 50,...,5000; capped at the items)",
     )
-    be.add_argument("-k", type=int, default=50, help="results per query; MAP@k is reported (default 50)")
+    be.add_argument(
+        "-k",
+        type=int,
+        default=50,
+        help=f"results per query; MAP@k is reported (default 50, at most {MAX_K})",
+    )
     be.add_argument("--direction", choices=("i2t", "t2i"), default="i2t")
     be.add_argument("--items", type=int, default=5000, help="synthetic database items (default 5000)")
     be.add_argument("--n-queries", type=int, default=200, help="synthetic queries (default 200)")
@@ -765,10 +836,24 @@ def _user_errors() -> tuple:
     return (UserError, HqdbError, apsw.Error, ValueError, KeyError, OSError)
 
 
+def _database_error(e: BaseException, args) -> BaseException:
+    """An apsw error about the command's database file (locked, read-only, cannot open) as the
+    hqdb error that names the file and what to do."""
+    import apsw
+
+    from .sql.connection import database_error
+
+    path = getattr(args, "db", None)
+    if isinstance(e, apsw.Error) and isinstance(path, str):
+        return database_error(e, path)
+    return e
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         try:
+            _check_ranges(args)
             return COMMANDS[args.command](args)
         finally:
             while _OPEN:
@@ -779,6 +864,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hqdb: error: {e}{hint}", file=sys.stderr)
         return EXIT_USER_ERROR
     except _user_errors() as e:
+        e = _database_error(e, args)
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"hqdb: error: {' '.join(str(msg).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
