@@ -18,7 +18,23 @@ from contextlib import contextmanager
 
 import apsw
 
+from .errors import DatabaseBusyError, DatabaseReadOnlyError
+
 _savepoints = itertools.count(1)
+
+
+def _begin_immediate(conn: apsw.Connection) -> None:
+    """BEGIN IMMEDIATE; a lock or permission failure as the hqdb error that says what to do."""
+    where = f"database {conn.filename!r}" if conn.filename else "the database"
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except apsw.BusyError:
+        raise DatabaseBusyError(
+            f"{where} is locked: another connection held the write lock longer than the busy timeout; "
+            "try again when it has finished, or connect with a longer timeout"
+        ) from None
+    except apsw.ReadOnlyError:
+        raise DatabaseReadOnlyError(f"{where} cannot be written (read-only file, directory or connection)") from None
 
 
 def _finish(conn: apsw.Connection, sql: str) -> None:
@@ -36,7 +52,7 @@ def write_transaction(conn: apsw.Connection) -> Iterator[None]:
     """All-or-nothing write: ``BEGIN IMMEDIATE`` .. ``COMMIT`` when no transaction is open
     (waiting for the write lock up to the busy timeout), else a savepoint in the caller's."""
     if conn.get_autocommit():
-        conn.execute("BEGIN IMMEDIATE")
+        _begin_immediate(conn)
         try:
             yield
         except BaseException:

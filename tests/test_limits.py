@@ -50,3 +50,22 @@ def test_evaluate_never_drops_a_users_table(db, tmp_path):
     result = evaluate(db, "m", data, data, table="scratch")
     assert 0 <= result["i2t"]["two_stage"]["map@50"] <= 1
     assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'scratch'").fetchone() == (0,)
+
+
+def test_a_writer_that_cannot_get_the_lock_gets_an_hqdb_error(db_path):
+    import apsw
+
+    a = hqdb.connect(db_path)
+    b = hqdb.connect(db_path, timeout=0.1)
+    try:
+        a.execute("CREATE VIRTUAL TABLE t USING hq(dim=64, books=0)")
+        a.execute("BEGIN IMMEDIATE")
+        with pytest.raises(hqdb.DatabaseBusyError, match="is locked") as info:
+            hqdb.insert_codes(b, "t", np.zeros((3, 8), np.uint8))
+        assert isinstance(info.value, apsw.BusyError)  # code written for apsw keeps working
+        a.execute("COMMIT")
+        hqdb.insert_codes(b, "t", np.zeros((3, 8), np.uint8))
+        assert b.execute("SELECT count(*) FROM t").fetchone() == (3,)
+    finally:
+        a.close()
+        b.close()
