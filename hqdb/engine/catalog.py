@@ -106,15 +106,35 @@ def new_generation() -> int:
 
 
 def _entry(row, schema: str) -> Entry:
+    """A catalog row as an :class:`Entry`, every field checked first (the file may come from
+    anyone): :class:`CorruptTableError` naming the table and the field otherwise."""
     name, dim, books, codewords, chunk_size, options, generation = row
-    try:
-        opts = TableOptions.from_catalog(dim, books, codewords, chunk_size, options)
-    except (TypeError, ValueError, KeyError, RecursionError) as e:
-        raise CorruptTableError(f"hq table {name!r}: its catalog entry in {schema}.{TABLE} is invalid: {e}") from None
-    return Entry(name, opts, int(generation) if isinstance(generation, int) else 0)
+    where = f"{schema}.{TABLE}"
+    if isinstance(name, bytes):  # read as BLOB: TEXT that is not UTF-8 is reported, not a crash
+        try:
+            name = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptTableError(f"an hq table's name in {where} is not UTF-8 text: {name[:60]!r}") from None
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise CorruptTableError(f"an hq table's name in {where} is not a table name: {name!r:.60}")
+    opts = TableOptions.from_catalog(dim, books, codewords, chunk_size, options, table=name, where=where)
+    if not isinstance(generation, int):  # hqdb always writes one (a random 63-bit integer)
+        raise CorruptTableError(
+            f"hq table {name!r}: its entry in {where} is invalid: field 'generation' is not an integer"
+        )
+    return Entry(name, opts, generation)
 
 
-_ENTRY_COLS = "name, dim, books, codewords, chunk_size, options, generation"
+# name and options as BLOBs, decoded (and refused if not UTF-8) by _entry, not by the driver; a
+# shape column holding TEXT (perhaps not UTF-8) comes as a BLOB too, refused as not an integer.
+_ENTRY_COLS = (
+    "CAST(name AS BLOB), "
+    + ", ".join(
+        f"CASE WHEN typeof({c}) = 'text' THEN CAST({c} AS BLOB) ELSE {c} END"
+        for c in ("dim", "books", "codewords", "chunk_size")
+    )
+    + ", CAST(options AS BLOB), CASE WHEN typeof(generation) = 'integer' THEN generation END"
+)
 
 
 def read_entry(conn: apsw.Connection, schema: str, name: str) -> Entry | None:
@@ -186,7 +206,12 @@ def write_generation(conn: apsw.Connection, schema: str, name: str) -> int:
 
 
 def read_codebooks(conn: apsw.Connection, schema: str, name: str):
-    row = conn.execute(f"SELECT codebooks FROM {_catalog(schema)} WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+    # TEXT (perhaps not UTF-8) is not decoded: the caller sees a str and refuses it as not a BLOB.
+    row = conn.execute(
+        f"SELECT CASE WHEN typeof(codebooks) = 'text' THEN 'TEXT' ELSE codebooks END FROM {_catalog(schema)} "
+        "WHERE name = ? COLLATE NOCASE",
+        (name,),
+    ).fetchone()
     return None if row is None else row[0]
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import apsw
 import numpy as np
 
-from ..errors import HqError, ModelError, RebuildError
+from ..errors import HqdbError, HqError, ModelError, RebuildError
 from ..txn import write_transaction
 from . import catalog
 from .catalog import quote_ident
@@ -68,10 +68,14 @@ class _Slots:
     qcodes: np.ndarray
 
 
+class _NoSuchTable(HqError):
+    """The table asked for is not in the catalog (a user error, not a problem of the file)."""
+
+
 def _entry(conn, schema: str, name: str) -> catalog.Entry:
     entry = catalog.read_entry(conn, schema, name)
     if entry is None:
-        raise HqError(f"no hq table named {name!r} in the catalog")
+        raise _NoSuchTable(f"no hq table named {name!r} in the catalog")
     return entry
 
 
@@ -127,9 +131,14 @@ def _read_slots(conn, schema: str, name: str, opts: TableOptions, cset: CodeSet,
 
 
 def _read_rows(conn, schema: str, name: str, opts: TableOptions) -> list[tuple]:
-    locs = [col for c in opts.code_sets for col in (c.chunk_col, c.slot_col)]
+    # A locator that is not an integer (TEXT, perhaps not even UTF-8) points nowhere: -1.
+    locs = [
+        f"CASE WHEN typeof({q}) IN ('integer', 'null') THEN {q} ELSE -1 END"
+        for c in opts.code_sets
+        for q in (quote_ident(c.chunk_col), quote_ident(c.slot_col))
+    ]
     return conn.execute(
-        f"SELECT rowid, {', '.join(map(quote_ident, locs))} FROM {catalog.qualified(schema, catalog.rows_name(name))}"
+        f"SELECT rowid, {', '.join(locs)} FROM {catalog.qualified(schema, catalog.rows_name(name))}"
     ).fetchall()
 
 
@@ -148,8 +157,9 @@ def _match(rows: list[tuple], i: int, slots: _Slots):
 
 def check_table(conn: apsw.Connection, name: str, schema: str = "main") -> list[str]:
     """Problems of hq table ``name`` (an empty list when it is consistent)."""
+    entry = _entry(conn, schema, name)
+    name, opts = entry.name, entry.opts
     problems = _Problems(name)
-    opts = _entry(conn, schema, name).opts
     rows = _read_rows(conn, schema, name, opts)
     rowids = np.asarray([r[0] for r in rows], dtype=np.int64)
     for i, cset in enumerate(opts.code_sets):
@@ -195,9 +205,15 @@ def _check_model(conn, schema, name, opts, rowids, problems) -> None:
         model = load_model(conn, opts.model)
     except ModelError as e:
         problems.add(f"model {opts.model!r}: {e}")
+    except Exception as e:  # a check reports what it cannot load; it does not stop at it
+        problems.add(f"model {opts.model!r} cannot be loaded: {type(e).__name__}: {e}")
     else:
         if (model.bits, model.books, model.codewords) != (opts.dim, opts.books, opts.codewords):
             problems.add(f"model {opts.model!r} no longer matches the table's shape")
+        elif tuple(model.modalities) != opts.modalities:
+            problems.add(
+                f"model {opts.model!r} has modalities {list(model.modalities)} but the table {list(opts.modalities)}"
+            )
         elif model.metric != opts.metric:
             problems.add(f"model {opts.model!r} has metric {model.metric!r} but the table {opts.metric!r}")
 
@@ -205,7 +221,17 @@ def _check_model(conn, schema, name, opts, rowids, problems) -> None:
 def check(conn: apsw.Connection, table: str | None = None, schema: str = "main") -> dict:
     """Check one hq table or all of them: ``{"ok": bool, "tables": {name: [problems]}}``."""
     names = [table] if table is not None else catalog.list_names(conn, schema)
-    report = {name: check_table(conn, name, schema) for name in names}
+    report = {}
+    for name in names:
+        if not isinstance(name, str):  # the catalog's name column holds a number or a BLOB
+            report[str(name)] = [f"hq table {name!r}: its name in the catalog is not text"]
+            continue
+        try:
+            report[name] = check_table(conn, name, schema)
+        except _NoSuchTable:
+            raise
+        except (HqdbError, apsw.Error) as e:  # a catalog entry or shadow table hqdb cannot read
+            report[name] = [f"hq table {name}: cannot be checked: {e}"]
     return {"ok": not any(report.values()), "tables": report}
 
 

@@ -15,16 +15,21 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from ..errors import OptionError
+from ..errors import CorruptTableError, OptionError
 from ..kernels import MAX_BITS
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_OPTION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$", re.S)
+# Patterns are used with fullmatch() and anchored with \Z, never $ (which lets a trailing newline
+# through): a name that reaches SQL is an identifier and nothing more.
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+_OPTION = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*\Z", re.S)
 # A column name may be written bare or in double quotes (for names that are SQL keywords).
-_COLUMN = re.compile(r'^\s*("[^"]*"|[A-Za-z_][A-Za-z0-9_]*)\s+([A-Za-z]+)((?:\s+[A-Za-z]+)*)\s*$', re.S)
+_COLUMN = re.compile(r'\s*("[^"]*"|[A-Za-z_][A-Za-z0-9_]*)\s+([A-Za-z]+)((?:\s+[A-Za-z]+)*)\s*\Z', re.S)
+# A stored model's name (as hqdb.model.store allows it).
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}\Z")
 
 METADATA_TYPES = ("TEXT", "INTEGER", "REAL", "BLOB")
-# Column names the table itself uses; a metadata column may not take them.
+# Column names the table itself uses; a metadata column may not take them (nor may a modality:
+# hqdb.model.model.RESERVED_NAMES is the same set).
 RESERVED = frozenset({"rowid", "oid", "_rowid_", "code", "qcode", "distance", "hamming", "k", "candidates", "mode"})
 
 MAX_DIM = MAX_BITS
@@ -35,6 +40,10 @@ DEFAULT_CHUNK_SIZE = 1024
 METRICS = ("ip", "l2")
 # rerank=: raw tables keep each row's vector in this form and re-rank the shortlist exactly
 RERANKS = ("float32", "float16", "int8")
+# A model-bound table takes books and codewords from its model, whose own ranges are wider
+# (hqdb.model.model.TrainedModel.from_state): books 0..MAX_BITS, codewords 1..65536.
+MODEL_BOOKS = (0, MAX_BITS)
+MODEL_CODEWORDS = (1, MAX_CODEWORDS)
 
 
 @dataclass(frozen=True)
@@ -107,25 +116,147 @@ class TableOptions:
         )
 
     @classmethod
-    def from_catalog(cls, dim: int, books: int, codewords: int, chunk_size: int, options: str) -> TableOptions:
+    def from_catalog(
+        cls, dim, books, codewords, chunk_size, options, *, table: str = "?", where: str = "the catalog"
+    ) -> TableOptions:
+        """Options from a catalog row, every field checked with the ranges CREATE applies (a
+        file may come from anyone): :class:`CorruptTableError` naming the table and the field."""
+        try:
+            return _from_catalog(dim, books, codewords, chunk_size, options)
+        except _Invalid as e:
+            raise CorruptTableError(
+                f"hq table {table!r}: its entry in {where} is invalid: field {e.field!r}: {e.message}"
+            ) from None
+
+
+class _Invalid(Exception):
+    """A value outside what hqdb itself would write: ``field`` and a message."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _stored_int(field: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _Invalid(field, f"must be an integer between {lo} and {hi}, got {_show(value)}")
+    return value
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_shape(dim, books, codewords, chunk_size, model: bool) -> None:
+    """The table shape's ranges (CREATE and the catalog): :class:`_Invalid` naming the field."""
+    _stored_int("dim", dim, 8, MAX_DIM)
+    if dim % 8:
+        raise _Invalid("dim", f"must be a multiple of 8, got {dim}")
+    _stored_int("books", books, *(MODEL_BOOKS if model else (0, MAX_BOOKS)))
+    _stored_int("codewords", codewords, *(MODEL_CODEWORDS if model else (2, MAX_CODEWORDS)))
+    _stored_int("chunk_size", chunk_size, 8, MAX_CHUNK_SIZE)
+
+
+def is_identifier(name) -> bool:
+    """Whether ``name`` may name a column or modality: ``[A-Za-z_][A-Za-z0-9_]*``, at most 128
+    characters (no quotes, semicolons, spaces or newlines)."""
+    return isinstance(name, str) and _IDENT.fullmatch(name) is not None
+
+
+def check_layout(columns: tuple[Column, ...], model: str | None, modalities: tuple[str, ...]) -> None:
+    """Column and modality names: identifiers, none reserved, no two alike (SQLite compares
+    column names case-insensitively), none taking a column of the table's own (a modality's
+    input / code / qcode columns, or the chunk / slot locators of ``<table>_rows``)."""
+    if model is not None and not (isinstance(model, str) and _MODEL_NAME.fullmatch(model)):
+        raise _Invalid("model", f"must be a model name (1-128 letters, digits, '_', '.', '-'), got {_show(model)}")
+    if model is None and modalities:
+        raise _Invalid("modalities", "a raw table (no model) has no modalities")
+    if model is not None and not modalities:
+        raise _Invalid("modalities", "a model-bound table needs at least one modality")
+    owner: dict[str, str] = {}
+    for m in modalities:
+        if not is_identifier(m):
+            raise _Invalid("modalities", f"modality name {_show(m)} is not an identifier")
+        if m.lower() in RESERVED:
+            raise _Invalid("modalities", f"modality name {m!r} is reserved by hq tables")
+        for col in (m, f"{m}_code", f"{m}_qcode", f"{m}_chunk", f"{m}_slot"):
+            if col.lower() in owner:
+                raise _Invalid(
+                    "modalities", f"modality {m!r} needs column {col!r}, already used by {owner[col.lower()]}"
+                )
+            owner[col.lower()] = f"modality {m!r}"
+    if model is None:
+        owner.update({c: f"the table's locator column {c!r} (in <table>_rows)" for c in ("chunk", "slot")})
+    keys = 0
+    for c in columns:
+        if not is_identifier(c.name):
+            raise _Invalid("columns", f"column name {_show(c.name)} is not an identifier")
+        if c.name.lower() in RESERVED:
+            raise _Invalid("columns", f"column name {c.name!r} is reserved by hq tables")
+        if c.name.lower() in owner:
+            raise _Invalid("columns", f"column {c.name!r} is used by {owner[c.name.lower()]}")
+        owner[c.name.lower()] = f"column {c.name!r}"
+        if c.type not in METADATA_TYPES:
+            raise _Invalid("columns", f"column {c.name!r}: type {_show(c.type)} not one of {', '.join(METADATA_TYPES)}")
+        keys += bool(c.key)
+    if keys > 1:
+        raise _Invalid("columns", "only one column may be a key (PRIMARY KEY / UNIQUE)")
+
+
+def _from_catalog(dim, books, codewords, chunk_size, options) -> TableOptions:
+    if isinstance(options, bytes):
+        try:
+            options = options.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Invalid("options", "is not UTF-8 text") from None
+    if not isinstance(options, str):
+        raise _Invalid("options", f"must be JSON text, got {type(options).__name__}")
+    try:
         doc = json.loads(options)
-        cols = tuple(Column(n, t, bool(k)) for n, t, k in doc.get("columns", []))
-        return cls(
-            dim=dim,
-            books=books,
-            codewords=codewords,
-            chunk_size=chunk_size,
-            columns=cols,
-            model=doc.get("model"),
-            modalities=tuple(doc.get("modalities", ())),
-            metric=doc.get("metric", "ip"),
-            rerank=doc.get("rerank"),
-        )
+    except (ValueError, RecursionError) as e:
+        raise _Invalid("options", f"is not valid JSON ({str(e)[:80]})") from None
+    if not isinstance(doc, dict):
+        raise _Invalid("options", f"must be a JSON object, got {type(doc).__name__}")
+    model = doc.get("model")
+    check_shape(dim, books, codewords, chunk_size, model is not None)
+    raw_cols = doc.get("columns", [])
+    if not isinstance(raw_cols, list):
+        raise _Invalid("columns", "must be a list of [name, type, key]")
+    cols = []
+    for c in raw_cols:
+        if not isinstance(c, list) or len(c) != 3 or not isinstance(c[2], (bool, int)) or c[2] not in (0, 1):
+            raise _Invalid("columns", f"each column must be [name, type, key], got {_show(c)}")
+        cols.append(Column(c[0], c[1], bool(c[2])))
+    modalities = doc.get("modalities", [])
+    if not isinstance(modalities, list):
+        raise _Invalid("modalities", "must be a list of names")
+    check_layout(tuple(cols), model, tuple(modalities))
+    metric = doc.get("metric", "ip")
+    if metric not in METRICS:
+        raise _Invalid("metric", f"must be one of {', '.join(METRICS)}, got {_show(metric)}")
+    rerank = doc.get("rerank")
+    if rerank is not None and (rerank not in RERANKS or model is not None):
+        raise _Invalid("rerank", f"must be one of {', '.join(RERANKS)} on a raw table, got {_show(rerank)}")
+    if rerank is not None and any(c.name.lower() == "vector" for c in cols):
+        raise _Invalid("columns", "a rerank table's column 'vector' holds its vectors")
+    return TableOptions(
+        dim=dim,
+        books=books,
+        codewords=codewords,
+        chunk_size=chunk_size,
+        columns=tuple(cols),
+        model=model,
+        modalities=tuple(modalities),
+        metric=metric,
+        rerank=rerank,
+    )
 
 
 def _int_option(name: str, raw: str, lo: int, hi: int) -> int:
     raw = raw.strip().strip("'\"")
-    if not re.fullmatch(r"[+]?\d+", raw):
+    if not re.fullmatch(r"[+]?\d+\Z", raw):
         raise OptionError(f"hq option {name}={raw!r}: expected an integer")
     value = int(raw)
     if not lo <= value <= hi:
@@ -147,7 +278,7 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
     seen: set[str] = set()
     for arg in args:
         text = str(arg)
-        m = _OPTION.match(text)
+        m = _OPTION.fullmatch(text)
         if m:
             name = m.group(1).lower()
             if name in opts:
@@ -190,11 +321,11 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
                     f"unknown hq option {name!r} (known: dim, books, codewords, chunk_size, metric, rerank, model)"
                 )
             continue
-        m = _COLUMN.match(text)
+        m = _COLUMN.fullmatch(text)
         if not m:
             raise OptionError(f"cannot parse hq argument {text!r}: expected option=value or 'name TYPE'")
         name, ctype, rest = m.group(1).strip('"'), m.group(2).upper(), m.group(3).split()
-        if not _IDENT.match(name):
+        if not is_identifier(name):
             raise OptionError(f"invalid column name {name!r}")
         if name.lower() in RESERVED:
             raise OptionError(f"column name {name!r} is reserved by hq tables")
@@ -225,6 +356,11 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
             for col in (mod, f"{mod}_code", f"{mod}_qcode"):
                 if col.lower() in taken:
                     raise OptionError(f"column {col!r} is used by the model's {mod!r} modality")
+        try:  # what the catalog will be checked against when the table is opened
+            check_shape(dim, books, codewords, chunk_size, True)
+            check_layout(tuple(columns), model, tuple(modalities))
+        except _Invalid as e:
+            raise OptionError(f"hq table with model={model!r}: {e}") from None
         return TableOptions(
             dim=dim,
             books=books,
@@ -237,6 +373,10 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
         )
     if "dim" not in opts:
         raise OptionError("hq table needs dim=N (code length in bits, a multiple of 8) or model='name'")
+    try:
+        check_layout(tuple(columns), None, ())
+    except _Invalid as e:
+        raise OptionError(str(e.message)) from None
     if rerank and any(c.name.lower() == "vector" for c in columns):
         raise OptionError("column name 'vector' is taken by rerank= (it holds each row's vector)")
     return TableOptions(

@@ -30,7 +30,7 @@ import apsw
 import numpy as np
 
 from ..errors import CorruptTableError
-from .catalog import VECTORS, chunks_name, qualified, scalar
+from .catalog import VECTORS, chunks_name, qualified, quote_ident, scalar
 from .options import CodeSet, TableOptions
 
 # How a rerank table stores each row's vector: numpy dtype of one value. int8 rows also keep a
@@ -136,12 +136,17 @@ class CodeStore:
 
     def load(self) -> None:
         """Read every chunk into the arrays, one chunk at a time (the arrays are sized from a
-        count first, so loading needs no second copy of the codes in memory)."""
+        count first, so loading needs no second copy of the codes in memory).
+
+        The count is trusted only as far as the file can back it: a chunk of this table's shape
+        takes at least ``chunk_bytes`` bytes of the database, so the arrays start at no more
+        chunks than the file could hold and grow (geometrically) only as chunks of the right
+        size are actually read. No stored value makes the cache allocate far beyond the file."""
         o = self.opts
         cs = self.cs
         expected = scalar(self.conn, f"SELECT count(*) FROM {self.chunks_table}")
         self._empty()
-        self._alloc(expected)
+        self._alloc(min(expected, self._chunks_the_file_can_hold()))
         # Only BLOBs are read as such: a chunk column overwritten with TEXT is reported as
         # corrupt below (wrong kind) instead of failing to decode as UTF-8.
         cursor = self.conn.execute(
@@ -211,6 +216,13 @@ class CodeStore:
             self.vectors.dtype.kind == "f" and not np.isfinite(self.vectors[:n]).all()
         ):
             raise CorruptTableError(f"hq table {self.name}: stored vectors contain NaN or infinity")
+
+    def _chunks_the_file_can_hold(self) -> int:
+        o = self.opts
+        chunk_bytes = self.cs * (1 + 8 + o.code_bytes + o.qcode_bytes)
+        schema = quote_ident(self.schema)
+        file_bytes = scalar(self.conn, f"PRAGMA {schema}.page_count") * scalar(self.conn, f"PRAGMA {schema}.page_size")
+        return int(file_bytes) // chunk_bytes
 
     def _grow(self, n_chunks: int) -> None:
         """Reallocate the arrays for ``n_chunks`` chunks, keeping what they hold."""

@@ -21,6 +21,8 @@ reconstruction), ``epsilon`` (CQ's constant inter-dictionary product, added to l
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from numba import njit
 
@@ -33,6 +35,16 @@ ACTIVATIONS = ("relu",)
 OUTPUTS = ("linear", "tanh", "normalize")
 METRICS = ("ip", "l2")
 SEARCHES = ("two_stage", "hamming", "aqd", "float")
+MAX_BOOKS = MAX_BITS  # more books than bits quantize nothing more
+MAX_AQ_ITERS = 100  # ICM rounds per encode (a stored config cannot make every query crawl)
+# Modality names become SQL column names (input ``m``, codes ``m_code``/``m_qcode``, locators
+# ``m_chunk``/``m_slot``): identifiers of at most 128 characters, anchored with \Z (``$`` would
+# let a trailing newline through), none of the names an hq table uses itself
+# (hqdb.engine.options.RESERVED, the same set).
+_MODALITY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+RESERVED_NAMES = frozenset(
+    {"rowid", "oid", "_rowid_", "code", "qcode", "distance", "hamming", "k", "candidates", "mode"}
+)
 
 
 def _int(cfg, key, lo, hi=None, where="config"):
@@ -41,6 +53,23 @@ def _int(cfg, key, lo, hi=None, where="config"):
         rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
         raise ValueError(f"{where}: {key!r} must be an integer {rng}, got {v!r}")
     return v
+
+
+def _check_modality_names(mods: list[str]) -> None:
+    """Modality names are SQL column names: identifiers, not reserved, and no two modalities'
+    columns alike (SQLite compares column names case-insensitively)."""
+    owner: dict[str, str] = {}
+    for m in mods:
+        if not _MODALITY.fullmatch(m):
+            raise ValueError(f"config: modality name {m!r:.60} is not an identifier ([A-Za-z_][A-Za-z0-9_]*)")
+        if m.lower() in RESERVED_NAMES:
+            raise ValueError(f"config: modality name {m!r} is reserved by hq tables")
+        for col in (m, f"{m}_code", f"{m}_qcode", f"{m}_chunk", f"{m}_slot"):
+            if col.lower() in owner:
+                raise ValueError(
+                    f"config: modality {m!r} needs column {col!r}, already used by modality {owner[col.lower()]!r}"
+                )
+            owner[col.lower()] = m
 
 
 @njit(cache=True)
@@ -120,8 +149,9 @@ class TrainedModel:
         bits = _int(config, "bits", 8, MAX_BITS)
         if bits % 8:
             raise ValueError(f"config: 'bits' must be a multiple of 8, got {bits}")
-        _int(config, "books", 0)
+        _int(config, "books", 0, MAX_BOOKS)
         _int(config, "codewords", 1, 65536)
+        _int({"aq_iters": config.get("aq_iters", 3)}, "aq_iters", 0, MAX_AQ_ITERS)
         if config.get("metric", "ip") not in METRICS:
             raise ValueError(f"config: 'metric' must be one of {METRICS}, got {config.get('metric')!r}")
         if config.get("search", "two_stage") not in SEARCHES:
@@ -136,7 +166,8 @@ class TrainedModel:
             or not all(isinstance(m, str) and m for m in mods)
             or len(set(mods)) != len(mods)
         ):
-            raise ValueError(f"config: 'modalities' must be a non-empty list of distinct names, got {mods!r}")
+            raise ValueError(f"config: 'modalities' must be a non-empty list of distinct names, got {mods!r:.200}")
+        _check_modality_names(mods)
         towers, feats = config.get("towers"), config.get("featurizers")
         if not isinstance(towers, dict) or set(towers) != set(mods):
             raise ValueError(f"config: 'towers' must describe exactly the modalities {mods}")
@@ -151,6 +182,13 @@ class TrainedModel:
             if not isinstance(t, dict):
                 raise ValueError(f"{where} must be a dict")
             d = _int(t, "input_dim", 1, where=where)
+            if t is not towers[m] and d != towers[m].get("input_dim"):
+                # encode() feeds the hash tower the main tower's input: another size would make
+                # the dense kernel read past the hash tower's weights.
+                raise ValueError(
+                    f"{where}: input_dim is {d} but the {m!r} tower takes {towers[m].get('input_dim')!r} "
+                    "inputs (both towers read the same features)"
+                )
             layers = t.get("layers")
             if (
                 not isinstance(layers, list)
@@ -272,6 +310,18 @@ class TrainedModel:
 
     def _forward(self, x, layers, tower) -> np.ndarray:
         for i, (wt, b) in enumerate(layers):
+            # from_state() made these agree; checked again here because the numba kernel trusts them.
+            if (
+                x.ndim != 2
+                or wt.ndim != 2
+                or x.shape[1] != wt.shape[0]
+                or b.shape != (wt.shape[1],)
+                or not (x.dtype == wt.dtype == b.dtype == np.float32)
+                or not (x.flags.c_contiguous and wt.flags.c_contiguous)
+            ):
+                raise ValueError(
+                    f"layer {i}: inputs of shape {x.shape} do not fit weights {wt.shape} and bias {b.shape}"
+                )
             x = _dense(x, wt, b, i < len(layers) - 1)
         x = x[:, : self.bits]  # private units (SPDQ) only matter in training
         out = tower.get("output", "linear")
