@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -177,3 +179,21 @@ def test_rerank_tables_refuse_rows_without_vectors(db):
     with pytest.raises(hqdb.OptionError, match="vector"):
         db.execute("CREATE VIRTUAL TABLE bad USING hq(dim=64, rerank='int8', vector TEXT)")
     assert db.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+def test_check_and_rebuild_keep_a_rerank_tables_vectors(db):
+    x = _clustered(300, seed=4)
+    db.execute("CREATE VIRTUAL TABLE t USING hq(dim=64, books=2, codewords=16, rerank='float16', chunk_size=64)")
+    hqdb.fit_table(db, "t", x)
+    hqdb.insert_vectors(db, "t", x)
+    db.execute("DELETE FROM t WHERE rowid % 3 = 0")
+    q = _clustered(1, seed=8)[0].tobytes()
+    sql = "SELECT rowid, distance FROM t WHERE hq_match(t.code, ?) AND k = 10 AND candidates = 300"
+    before = db.execute(sql, (q,)).fetchall()
+    assert db.execute("SELECT hq_check()").fetchone() == ("ok",)
+    stats = json.loads(db.execute("SELECT hq_rebuild('t')").fetchone()[0])
+    assert stats["chunks_after"]["code"] == 4  # 200 rows packed 64 to a chunk
+    assert db.execute(sql, (q,)).fetchall() == before
+    assert db.execute("SELECT hq_check()").fetchone() == ("ok",)
+    db.execute("DELETE FROM t_vectors WHERE chunk = 2")  # damage: codes whose vectors are gone
+    assert "no stored vectors" in db.execute("SELECT hq_check()").fetchone()[0]

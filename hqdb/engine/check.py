@@ -66,6 +66,8 @@ class _Slots:
     rowid: np.ndarray
     codes: np.ndarray
     qcodes: np.ndarray
+    vectors: np.ndarray | None = None  # a rerank table's stored vectors of those slots
+    scales: np.ndarray | None = None
 
 
 class _NoSuchTable(HqError):
@@ -127,7 +129,45 @@ def _read_slots(conn, schema: str, name: str, opts: TableOptions, cset: CodeSet,
             np.zeros((0, cb), np.uint8),
             np.zeros((0, opts.books), opts.qcode_dtype),
         )
-    return _Slots(*(np.concatenate(a) for a in zip(*parts)))
+    slots = _Slots(*(np.concatenate(a) for a in zip(*parts)))
+    if opts.rerank:
+        _attach_vectors(conn, schema, name, opts, slots, problems)
+    return slots
+
+
+def _attach_vectors(conn, schema: str, name: str, opts: TableOptions, slots: _Slots, problems: _Problems) -> None:
+    """A rerank table's stored vectors, one ``<t>_vectors`` row per chunk of codes: checked,
+    and attached to the occupied slots (slots whose chunk has none are dropped as lost)."""
+    cs = opts.chunk_size
+    dtype = np.dtype({"float32": "<f4", "float16": "<f2", "int8": "i1"}[str(opts.rerank)])
+    found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for chunk, types, vectors, scales in conn.execute(
+        "SELECT chunk, typeof(vectors) || typeof(scales), CAST(vectors AS BLOB), CAST(scales AS BLOB) "
+        f"FROM {catalog.qualified(schema, name + catalog.VECTORS)} ORDER BY chunk"
+    ):
+        where = f"{name}{catalog.VECTORS} chunk {chunk}"
+        if types != "blob" * 2 or len(vectors) != cs * opts.dim * dtype.itemsize or len(scales) != 4 * cs:
+            problems.add(f"{where}: wrong BLOB types or sizes")
+            continue
+        v = np.frombuffer(vectors, dtype=dtype).reshape(cs, opts.dim)
+        s = np.frombuffer(scales, dtype="<f4")
+        if not np.isfinite(s).all() or (dtype.kind == "f" and not np.isfinite(v).all()):
+            problems.add(f"{where}: vectors contain NaN or infinity")
+            continue
+        found[int(chunk)] = (v, s)
+    chunks = set(slots.chunk.tolist())
+    for chunk in sorted(set(found) - chunks)[:MAX_PROBLEMS]:
+        problems.add(f"{name}{catalog.VECTORS} chunk {chunk}: vectors of a chunk that has no codes")
+    keep = np.array([int(c) in found for c in slots.chunk], dtype=bool)
+    for chunk in sorted(chunks - set(found))[:MAX_PROBLEMS]:
+        problems.add(f"{name + opts.code_sets[0].chunks_suffix} chunk {chunk}: no stored vectors")
+    for name_, arr in (("chunk", slots.chunk), ("slot", slots.slot), ("rowid", slots.rowid)):
+        setattr(slots, name_, arr[keep])
+    slots.codes, slots.qcodes = slots.codes[keep], slots.qcodes[keep]
+    slots.vectors = np.array([found[int(c)][0][s] for c, s in zip(slots.chunk, slots.slot)], dtype=dtype).reshape(
+        -1, opts.dim
+    )
+    slots.scales = np.array([found[int(c)][1][s] for c, s in zip(slots.chunk, slots.slot)], dtype=np.float32)
 
 
 def _read_rows(conn, schema: str, name: str, opts: TableOptions) -> list[tuple]:
@@ -293,7 +333,11 @@ def rebuild_table(conn: apsw.Connection, name: str, schema: str = "main", *, dro
             sel = keep_row & (found >= 0)
             order = np.argsort(rowids[sel], kind="stable")
             src = found[sel][order]
-            per_set.append((rowids[sel][order], slots.codes[src], slots.qcodes[src]))
+            kept: tuple = (rowids[sel][order], slots.codes[src], slots.qcodes[src])
+            if slots.vectors is not None:
+                assert slots.scales is not None
+                kept += (slots.vectors[src], slots.scales[src])
+            per_set.append(kept)
             n = len(src)
             stats["kept"][cset.name] = n
             stats["lost"][cset.name] = int(len(lost))

@@ -819,15 +819,17 @@ class Table:
         self._flushes += 1
         return len(found)
 
-    def rewrite(self, per_set: list[tuple[np.ndarray, np.ndarray, np.ndarray]], drop: np.ndarray) -> None:
-        """Rewrite every chunk densely: ``per_set[i] = (rowids, codes, qcodes)`` sorted by rowid
-        are the codes that code set keeps; rows in ``drop`` are deleted; a model-bound row not in
-        a set's rowids loses that modality. The caller holds a transaction (``rebuild``)."""
+    def rewrite(self, per_set: list[tuple], drop: np.ndarray) -> None:
+        """Rewrite every chunk densely: ``per_set[i] = (rowids, codes, qcodes[, vectors, scales])``
+        sorted by rowid are the codes (and a rerank table's stored vectors) that code set keeps;
+        rows in ``drop`` are deleted; a model-bound row not in a set's rowids loses that modality.
+        The caller holds a transaction (``rebuild``)."""
         self._clear_buffer()
         cs, o = self.opts.chunk_size, self.opts
         if len(drop):
             self.conn.executemany(self._delete_sql, [(int(r),) for r in drop])
-        for cset, st, (ids, codes, qcodes) in zip(self.sets, self.stores, per_set):
+        for cset, st, kept in zip(self.sets, self.stores, per_set):
+            ids, codes, qcodes = kept[:3]
             n = len(ids)
             n_chunks = (n + cs - 1) // cs
             valid = np.zeros(n_chunks * cs, np.uint8)
@@ -839,6 +841,19 @@ class Table:
             allq = np.zeros((n_chunks * cs, o.books), o.qcode_dtype)
             allq[:n] = qcodes
             self.conn.execute(f"DELETE FROM {st.chunks_table}")
+            if o.rerank:
+                vecs = np.zeros((n_chunks * cs, o.dim), st.vectors.dtype)
+                vecs[:n] = kept[3]
+                scales = np.zeros(n_chunks * cs, "<f4")
+                scales[:n] = kept[4]
+                self.conn.execute(f"DELETE FROM {st.vectors_table}")
+                self.conn.executemany(
+                    f"INSERT INTO {st.vectors_table}(chunk, vectors, scales) VALUES (?, ?, ?)",
+                    [
+                        (c + 1, vecs[c * cs : (c + 1) * cs].tobytes(), scales[c * cs : (c + 1) * cs].tobytes())
+                        for c in range(n_chunks)
+                    ],
+                )
             self.conn.executemany(
                 f"INSERT INTO {st.chunks_table}(chunk, valid, rowids, codes, qcodes) VALUES (?, ?, ?, ?, ?)",
                 [
