@@ -6,6 +6,8 @@
     python bench/search.py --sizes 1000000 --bits 128 --books 4 --queries 500
     python bench/search.py --writes              # write throughput only: 1M rows, +100k (~2 min today)
     python bench/search.py --writes --rows 20000 --add 5000 --autocommit 500   # a small check
+    python bench/search.py --isa                 # each Hamming scan path this CPU has (~2 min)
+    python bench/search.py --isa avx2 scalar     # only these paths
 
 One run measures, on the same seeded synthetic vectors and the same queries:
 
@@ -29,6 +31,15 @@ on both: executemany INSERT of ``--add`` rows between BEGIN and COMMIT, one set-
 and the first search after each (it pays any pending flush). rows/s, hq / sqlite-vec and the
 >= 0.5x goal go to stdout and to the "Write throughput" section of ``bench/RESULTS.md`` (default
 sizes; else ``bench/.cache/writes/RESULTS.md``, or ``--out``). count(*) is checked after each step.
+
+``--isa [PATH ...]`` runs only the per-CPU-path comparison instead (issue 15): 1M uniform random
+128-bit codes (``--isa-rows``), m = 4, one thread, k = 10; each Hamming scan path (scalar, avx2,
+avx512, neon: those this CPU and build have, or the ones named) forced in turn with
+``hqdb.kernels._tune("isa", path)``: hqdb two-stage c = 1000 and Hamming-only p50 through SQL and
+as bare kernel calls, against FAISS IndexBinaryFlat (before and after the paths), sqlite-vec
+bit[128] KNN and the memory floor measured in the same run. It writes a summary section and one
+section per path of ``bench/RESULTS.md`` (default sizes; else ``bench/.cache/isa/RESULTS.md``, or
+``--out``), each with the lscpu model and flags and ``hqdb.info()`` while that path ran.
 
 Results: a table on stdout, ``bench/RESULTS.md`` and ``bench/search.png`` (``--quick`` writes to
 ``bench/.cache/quick/`` instead unless ``--out`` is given). The exit status is non-zero if hqdb's
@@ -1297,6 +1308,278 @@ def run_writes(a, argv) -> int:
 
 
 # ------------------------------------------------------------------------------------------
+# --isa: the headline searches on each Hamming scan path (issue 15)
+# ------------------------------------------------------------------------------------------
+ISA_SECTION = "cpu-paths"         # the summary table of a run
+ISA_PATH_SECTION = "cpu-path-{}"  # one section per path, rewritten only when that path runs
+ISA_BITS, ISA_BOOKS, ISA_C = 128, 4, 1000
+
+
+def isa_measure(a, paths: list[str]) -> dict:
+    """One run: FAISS IndexBinaryFlat, sqlite-vec bit[128] and the memory floor once, and for
+    each path (forced with ``hqdb.kernels._tune("isa", path)``) hqdb two-stage c = 1000 and
+    Hamming-only through SQL and as bare kernel calls, all on the same seeded uniform codes,
+    one thread, k = 10. FAISS runs before and after the hqdb paths (the machine is shared)."""
+    hqdb, _ = import_hqdb()
+    kern = hqdb.kernels
+    faiss, faiss_reason = import_faiss()
+    n, bits, m, c = a.isa_rows, ISA_BITS, ISA_BOOKS, ISA_C
+    nq, wu, nb = a.queries, a.warmup, ISA_BITS // 8
+    rng = np.random.default_rng([0, 15])
+    log(f"data: {n:,} uniform random {bits}-bit codes, m = {m}, {nq} queries (+{wu} warm-up) ...")
+    codes = rng.integers(0, 256, (n, nb), dtype=np.uint8)
+    qcodes = rng.integers(0, 256, (n, m), dtype=np.uint8)
+    cbs = (0.1 * rng.standard_normal((m, 256, bits))).astype(np.float32)
+    q = rng.standard_normal((nq, bits)).astype(np.float32)
+    qbits = pack(q)
+    qblobs = [v.tobytes() for v in q]
+    rid = np.arange(1, n + 1, dtype=np.int64)
+    ref = [np.sort(np_hamming(codes.view(np.uint64), qbits[i]))[:K].tolist() for i in range(nq)]
+    out: dict = {"n": n, "bits": bits, "m": m, "c": c, "queries": nq, "warmup": wu, "paths": {},
+                 "failures": [], "skipped": [], "load_start": tuple(round(x, 2) for x in os.getloadavg())}
+
+    def p(lat):
+        return {"p50": float(np.percentile(lat, 50) * 1e3), "p95": float(np.percentile(lat, 95) * 1e3)}
+
+    log("memory bandwidth, 1 thread ...")
+    bw, bw_how = measure_bandwidth(256 << 20, 1)
+    cache_bw, _ = measure_bandwidth(n * nb, 1)
+    out["floor"] = {"bytes": n * nb, "bw": bw, "how": bw_how, "ms": n * nb / bw * 1e3,
+                    "cache_bw": cache_bw, "cache_ms": n * nb / cache_bw * 1e3}
+    log(f"  {bw / 1e9:.1f} GB/s ({bw_how}): floor {out['floor']['ms']:.3f} ms; "
+        f"a buffer the size of the codes {cache_bw / 1e9:.1f} GB/s: {out['floor']['cache_ms']:.3f} ms")
+
+    index = None
+    if faiss is not None:
+        index = faiss.IndexBinaryFlat(bits)
+        index.add(codes)
+        faiss.omp_set_num_threads(1)
+        out["faiss_version"] = faiss.__version__
+    else:
+        out["skipped"].append(f"FAISS: {faiss_reason}")
+
+    def run_faiss(key):
+        if index is None:
+            return
+
+        def fs(i):
+            D, _ = index.search(qbits[i:i + 1], K)
+            return sorted(D[0].tolist())
+
+        lat, res = time_queries(fs, nq, wu)
+        out[key] = p(lat)
+        log(f"  FAISS IndexBinaryFlat ({key}): p50 {out[key]['p50']:.3f} ms")
+        if res != ref:
+            out["failures"].append(f"FAISS distances differ from numpy ({key})")
+
+    run_faiss("faiss_before")
+
+    # sqlite-vec 0.1.9 bit[128]
+    import sqlite_vec
+
+    vpath = CACHE / "vec_isa.db"
+    vpath.unlink(missing_ok=True)
+    vc = vec_connect(str(vpath))
+    out["vec_version"] = vc.execute("select vec_version()").fetchone()[0].lstrip("v")
+    vc.execute(f"create virtual table v using vec0(embedding bit[{bits}])")
+    with vc:
+        vc.executemany("insert into v(rowid, embedding) values (?, vec_bit(?))",
+                       ((i + 1, codes[i].tobytes()) for i in range(n)))
+    vsql = "select rowid, distance from v where embedding match vec_quantize_binary(?) and k = ?"
+    lat, res = time_queries(lambda i: [r[1] for r in vc.execute(vsql, (qblobs[i], K)).fetchall()], nq, wu)
+    out["vec"] = p(lat)
+    log(f"  sqlite-vec {out['vec_version']} bit[{bits}]: p50 {out['vec']['p50']:.3f} ms")
+    if [sorted(r) for r in res] != [[float(d) for d in r] for r in ref]:
+        out["failures"].append("sqlite-vec bit distances differ from numpy")
+    vc.close()
+    vpath.unlink(missing_ok=True)
+    for suffix in ("-wal", "-shm"):
+        Path(str(vpath) + suffix).unlink(missing_ok=True)
+    del sqlite_vec
+
+    # hqdb, one database, each path in turn
+    hpath = CACHE / "hq_isa.db"
+    for f in (hpath, Path(str(hpath) + "-journal"), Path(str(hpath) + "-wal"), Path(str(hpath) + "-shm")):
+        f.unlink(missing_ok=True)
+    db = hqdb.connect(str(hpath), threads=1)
+    db.execute(f"CREATE VIRTUAL TABLE t USING hq(dim={bits}, books={m}, codewords=256)")
+    hqdb.set_codebooks(db, "t", cbs)
+    hqdb.insert_codes(db, "t", codes, qcodes)
+    two = "SELECT rowid, distance, hamming FROM t WHERE hq_match(t.code, ?) AND k = ? AND candidates = ?"
+    ham = "SELECT rowid, distance, hamming FROM t WHERE hq_match(t.code, ?) AND k = ? AND mode = ?"
+    first = None
+    try:
+        for path in paths:
+            kern._tune("isa", path)
+            info = hqdb.info()
+            if info.get("hamming_path") != path:
+                out["failures"].append(f"isa={path}: hqdb.info() says {info.get('hamming_path')!r}")
+            r: dict = {"info": info}
+            log(f"== path {path}: {info['hamming_impl']}")
+            lat, two_res = time_queries(lambda i: db.execute(two, (qblobs[i], K, c)).fetchall(), nq, wu)
+            r["sql_two"] = p(lat)
+            lat, ham_res = time_queries(lambda i: db.execute(ham, (qblobs[i], K, "hamming")).fetchall(), nq, wu)
+            r["sql_ham"] = p(lat)
+
+            def kh(i):
+                return kern.search(codes, None, rid, None, kern.pack_bits(q[i]), None, k=K, candidates=K,
+                                   mode="hamming", threads=1)[2].tolist()
+
+            def k2(i):
+                lut = kern.aqd_lut(q[i], cbs)
+                return kern.search(codes, qcodes, rid, None, kern.pack_bits(q[i]), lut, k=K, candidates=c,
+                                   mode="two_stage", threads=1)[0].tolist()
+
+            lat, kh_res = time_queries(kh, nq, wu)
+            r["kernel_ham"] = p(lat)
+            lat, k2_res = time_queries(k2, nq, wu)
+            r["kernel_two"] = p(lat)
+            log("  " + "  ".join(f"{key} p50 {r[key]['p50']:.3f} ms" for key in
+                                 ("sql_two", "sql_ham", "kernel_ham", "kernel_two")))
+            if [[x[2] for x in rows] for rows in ham_res] != ref or kh_res != ref:
+                out["failures"].append(f"isa={path}: Hamming top-10 distances differ from numpy")
+            if [[x[0] for x in rows] for rows in two_res] != k2_res:
+                out["failures"].append(f"isa={path}: SQL two-stage differs from kernels.search")
+            if first is None:
+                first = (path, two_res, ham_res)
+            elif (two_res, ham_res) != first[1:]:
+                out["failures"].append(f"isa={path}: SQL results differ from isa={first[0]}")
+            out["paths"][path] = r
+    finally:
+        kern._tune("isa", "auto")
+        db.close()
+        for f in (hpath, Path(str(hpath) + "-wal"), Path(str(hpath) + "-shm")):
+            f.unlink(missing_ok=True)
+    run_faiss("faiss_after")
+    out["load_end"] = tuple(round(x, 2) for x in os.getloadavg())
+    return out
+
+
+def isa_goals(res: dict, path: str) -> list[tuple[str, str, str]]:
+    """(goal, measured, verdict) for one path: the issue-15 goals for an AVX2 CPU."""
+    r, fl = res["paths"][path], res["floor"]
+    out = []
+    fa = [res[k]["p50"] for k in ("faiss_before", "faiss_after") if k in res]
+    if fa:
+        f = min(fa)  # the faster FAISS run: the stricter goal
+        x = r["sql_two"]["p50"] / f
+        out.append(("two-stage c=1000 through SQL ≤ 1.0× FAISS IndexBinaryFlat",
+                    f"{x:.2f}× ({r['sql_two']['p50']:.3f} ms vs FAISS {f:.3f} ms, the faster of its two runs)",
+                    verdict(x <= 1.0)))
+    x = r["sql_ham"]["p50"] / fl["ms"]
+    out.append(("Hamming stage ≤ 1.5× the memory floor",
+                f"SQL mode='hamming' {x:.2f}× ({r['sql_ham']['p50']:.3f} ms vs DRAM floor {fl['ms']:.3f} ms); "
+                f"kernel alone {r['kernel_ham']['p50'] / fl['ms']:.2f}×; against the cache floor "
+                f"({fl['cache_ms']:.3f} ms: codes of {fl['bytes'] / 2**20:.1f} MiB can stay in cache) SQL {r['sql_ham']['p50'] / fl['cache_ms']:.2f}×",
+                verdict(x <= TARGET_FLOOR_X)))
+    x = res["vec"]["p50"] / r["sql_two"]["p50"]
+    out.append(("two-stage SQL ≥ 10× faster than sqlite-vec bit[128] KNN",
+                f"{x:.1f}× ({res['vec']['p50']:.2f} ms vs {r['sql_two']['p50']:.3f} ms)", verdict(x >= TARGET_VS_VEC_BIT)))
+    return out
+
+
+def isa_report(res: dict, cmd: str, elapsed: float) -> tuple[list[str], dict[str, list[str]]]:
+    """The summary section's lines and each path's section lines."""
+    mi = machine_info()
+    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    flags = cpu_flags_summary()
+    fl = res["floor"]
+    head = [f"Generated by `{cmd}` on {when} ({elapsed / 60:.1f} min), git HEAD {git_head()}; "
+            f"{mi['cpu']}, {mi['cores']} cores, {mi['memory']} RAM; lscpu flags: {flags}. "
+            f"Load average at start / end: {res['load_start']} / {res['load_end']} (a shared machine). "
+            f"Data: {res['n']:,} uniform random {res['bits']}-bit codes (seeded), m = {res['m']} uniform random "
+            f"quantization codes, {res['queries']} queries (+{res['warmup']} warm-up), k = 10, one thread, "
+            f"p50 over the queries; every method in this one run. Memory floor = {fl['bytes'] / 2**20:.1f} MiB ÷ "
+            f"1-thread read bandwidth ({fl['bw'] / 1e9:.1f} GB/s, numpy {fl['how']} over 256 MB: "
+            f"{fl['ms']:.3f} ms; a buffer the size of the codes: {fl['cache_bw'] / 1e9:.1f} GB/s, {fl['cache_ms']:.3f} ms). "
+            "Each path is forced with `hqdb.kernels._tune(\"isa\", path)` (the `isa` knob of `hq_knobs`, "
+            "native/hq_kernels.h); FAISS ran before and after the hqdb paths."]
+    fa = {k: res[k]["p50"] for k in ("faiss_before", "faiss_after") if k in res}
+    shared = (f"FAISS {res.get('faiss_version', '?')} IndexBinaryFlat p50 "
+              + " / ".join(f"{v:.3f} ms ({k.split('_')[1]})" for k, v in fa.items())
+              + f"; sqlite-vec {res['vec_version']} bit[{res['bits']}] KNN p50 {res['vec']['p50']:.2f} ms")
+    summary = ["## Search speed per Hamming scan path (`bench/search.py --isa`)", ""] + head + ["", shared, "",
+               "| path | two-stage c=1000 SQL ms | Hamming SQL ms | Hamming kernel ms | two-stage kernel ms | "
+               "two-stage SQL ÷ FAISS | Hamming SQL ÷ DRAM floor | sqlite-vec bit ÷ two-stage SQL |",
+               "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    per: dict[str, list[str]] = {}
+    for path, r in res["paths"].items():
+        f = min(fa.values()) if fa else float("nan")
+        summary.append(f"| {path} | {r['sql_two']['p50']:.3f} | {r['sql_ham']['p50']:.3f} | {r['kernel_ham']['p50']:.3f} | "
+                       f"{r['kernel_two']['p50']:.3f} | {r['sql_two']['p50'] / f:.2f}× | {r['sql_ham']['p50'] / fl['ms']:.2f}× | "
+                       f"{res['vec']['p50'] / r['sql_two']['p50']:.1f}× |")
+        L = [f"### Hamming scan path `{path}`", "",
+             f"Run of {when} (`{cmd}`), {mi['cpu']}; lscpu flags: {flags}. Path that ran: `{path}` — "
+             f"{r['info']['hamming_impl']}.", "",
+             f"`hqdb.info()` while it ran: `{json.dumps(r['info'])}`", "",
+             "| measurement (1 thread, k = 10) | p50 ms | p95 ms |", "|---|---:|---:|"]
+        for label, key in (("hqdb two-stage c=1000 (SQL)", "sql_two"), ("hqdb Hamming only, mode='hamming' (SQL)", "sql_ham"),
+                           ("hqdb Hamming only (kernels.search, no SQL)", "kernel_ham"),
+                           ("hqdb two-stage c=1000 (aqd_lut + kernels.search, no SQL)", "kernel_two")):
+            L.append(f"| {label} | {r[key]['p50']:.3f} | {r[key]['p95']:.3f} |")
+        for k in ("faiss_before", "faiss_after"):
+            if k in res:
+                L.append(f"| FAISS IndexBinaryFlat ({k.split('_')[1]} the hqdb paths) | {res[k]['p50']:.3f} | {res[k]['p95']:.3f} |")
+        L.append(f"| sqlite-vec {res['vec_version']} bit[{res['bits']}] KNN | {res['vec']['p50']:.3f} | {res['vec']['p95']:.3f} |")
+        L.append(f"| memory floor (DRAM / codes-sized buffer) | {fl['ms']:.3f} / {fl['cache_ms']:.3f} | |")
+        L += ["", "| goal (for an AVX2 CPU) | measured | verdict |", "|---|---|---|"]
+        L += [f"| {g} | {mv} | {vd} |" for g, mv, vd in isa_goals(res, path)]
+        per[path] = L
+    if res["failures"]:
+        summary += ["", "Correctness failures: " + "; ".join(res["failures"])]
+    else:
+        summary += ["", "Correctness: on every path hqdb's Hamming top-10 distances equal numpy's on every query, "
+                    "SQL two-stage equals kernels.search, and every path's SQL results equal the first path's."]
+    if res["skipped"]:
+        summary += ["", "Skipped: " + "; ".join(res["skipped"])]
+    return summary, per
+
+
+def run_isa(a, argv) -> int:
+    hqdb, reason = import_hqdb()
+    if hqdb is None or hqdb.kernels.BACKEND != "native":
+        log(f"--isa needs hqdb's native kernels: {reason or hqdb.kernels.FALLBACK_REASON}")
+        return 2
+    have = hqdb.kernels.info()["hamming_paths"]
+    paths = a.isa or have
+    missing = [x for x in paths if x not in have]
+    if missing:
+        log(f"path(s) {', '.join(missing)} not available on this CPU / build (it has {', '.join(have)})")
+        return 2
+    cmd = "python bench/search.py" + "".join(f" {x}" for x in (argv if argv is not None else sys.argv[1:]))
+    CACHE.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    res = isa_measure(a, paths)
+    elapsed = time.perf_counter() - t0
+    summary, per = isa_report(res, cmd, elapsed)
+    log("\n" + "=" * 100)
+    for line in summary:
+        log(line)
+    for path, lines in per.items():
+        log("")
+        for line in lines:
+            log(line)
+    if not a.no_report:
+        full = a.isa_rows == 1_000_000 and a.queries >= 200
+        out_md = a.out or (BENCH / "RESULTS.md" if full else CACHE / "isa" / "RESULTS.md")
+        out_md.parent.mkdir(parents=True, exist_ok=True)
+        sys.path.insert(0, str(BENCH))
+        from sections import replace_section
+
+        replace_section(out_md, ISA_SECTION, summary)
+        for path in have:  # in path order, after the summary
+            if path in per:
+                replace_section(out_md, ISA_PATH_SECTION.format(path), per[path])
+        log(f"\nwrote the '{ISA_SECTION}' and per-path sections of {out_md}; total {elapsed / 60:.1f} min")
+    if res["failures"]:
+        log(f"{len(res['failures'])} correctness failure(s):")
+        for f in res["failures"]:
+            log(f"  - {f}")
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
 # Report
 # ------------------------------------------------------------------------------------------
 def git_head() -> str:
@@ -1708,7 +1991,18 @@ def main(argv=None):
     w.add_argument("--tmpdir", default=None, help="where the temporary database directory goes (default: $TMPDIR or /tmp)")
     w.add_argument("--no-report", action="store_true", help="print only; write no Markdown")
     w.add_argument("--label", default="", help="a note for the report (e.g. which snapshot of hqdb ran)")
+    i = p.add_argument_group("Hamming scan paths (--isa: only this part runs)")
+    i.add_argument("--isa", nargs="*", default=None, metavar="PATH",
+                   help="force each Hamming scan path in turn (scalar, avx2, avx512, neon; none given: every "
+                        "path this CPU has) and measure two-stage and Hamming-only p50 at 1M x 128-bit uniform "
+                        "codes, one thread, with FAISS IndexBinaryFlat, sqlite-vec bit[128] and the memory floor "
+                        "in the same run; writes the per-path sections of bench/RESULTS.md (default sizes; else "
+                        "bench/.cache/isa/RESULTS.md, or --out)")
+    i.add_argument("--isa-rows", type=int, default=1_000_000, help="rows for --isa")
     a = p.parse_args(argv)
+    if a.isa is not None:
+        QUIET["enabled"] = not a.no_wait_quiet
+        return run_isa(a, argv)
     if a.writes:
         QUIET["enabled"] = not a.no_wait_quiet
         return run_writes(a, argv)

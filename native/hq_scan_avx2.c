@@ -4,11 +4,14 @@
  * scan keeps.
  *
  * AVX2 has no popcount instruction: the bytes' popcounts come from two VPSHUFB lookups in a
- * 16-entry table, one per nibble (Mula, Kurz and Lemire, "Faster population counts using AVX2
- * instructions", 2018), and VPSADBW against zero adds each 8 bytes into a 64-bit lane. A row of
- * 4 or more words adds its byte counts (at most 32 each) before the one VPSADBW; shorter codes
- * fit 2 or 4 rows in a vector. The lanes are then gathered into the 8 rows' distances, one
- * 32-bit lane each. Distances are exact integers: every path gives the same results. */
+ * 16-entry table, one per nibble, and VPSADBW adds each 8 bytes into a 64-bit lane (Mula, Kurz
+ * and Lemire, "Faster population counts using AVX2 instructions", 2018). The two lookups use
+ * offset tables, 4 + popcount(low nibble) and 4 - popcount(high nibble), so one VPSADBW of the
+ * two, sum |(4 + a) - (4 - b)| = sum (a + b), adds them as it sums the bytes: no VPADDB, no zero
+ * operand. A row of 4 or more words adds its lookups (each side at most 8 x 4 bytes) before
+ * the one VPSADBW; shorter codes fit 2 or 4 rows in a vector. The lanes are then gathered into
+ * the 8 rows' distances, one 32-bit lane each. Distances are exact integers: every path gives
+ * the same results. */
 #include "hq_common.h"
 
 #ifdef HQ_HAVE_AVX2
@@ -16,27 +19,26 @@
 
 #define HQ_AVX2 __attribute__((target("avx2,popcnt")))
 
-/* The popcount of each byte of v (0..8). */
-HQ_AVX2 static inline __m256i avx2_popcnt_bytes(__m256i v)
+/* The nibble lookups of v XOR qv (the 32 bytes at p): lo[i] = 4 + popcount(low nibble of byte
+ * i), hi[i] = 4 - popcount(high nibble), so popcount(byte i) = lo[i] - hi[i] >= 0. */
+HQ_AVX2 static inline void avx2_nibbles(const uint8_t *p, __m256i qv, __m256i *lo, __m256i *hi)
 {
-    const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, /**/
-                                           0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i plus = _mm256_setr_epi8(4, 5, 5, 6, 5, 6, 6, 7, 5, 6, 6, 7, 6, 7, 7, 8, /**/
+                                          4, 5, 5, 6, 5, 6, 6, 7, 5, 6, 6, 7, 6, 7, 7, 8);
+    const __m256i minus = _mm256_setr_epi8(4, 3, 3, 2, 3, 2, 2, 1, 3, 2, 2, 1, 2, 1, 1, 0, /**/
+                                           4, 3, 3, 2, 3, 2, 2, 1, 3, 2, 2, 1, 2, 1, 1, 0);
     const __m256i low4 = _mm256_set1_epi8(0x0F);
-    const __m256i lo = _mm256_and_si256(v, low4);
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
-    return _mm256_add_epi8(_mm256_shuffle_epi8(table, lo), _mm256_shuffle_epi8(table, hi));
+    const __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)p), qv);
+    *lo = _mm256_shuffle_epi8(plus, _mm256_and_si256(v, low4));
+    *hi = _mm256_shuffle_epi8(minus, _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
 }
 
-/* Byte popcounts of the 32 bytes at p XOR the query vector qv. */
-HQ_AVX2 static inline __m256i avx2_xcnt(const uint8_t *p, __m256i qv)
+/* The popcount of v XOR qv (the 32 bytes at p), summed per 8 bytes into 4 64-bit lanes. */
+HQ_AVX2 static inline __m256i avx2_count4(const uint8_t *p, __m256i qv)
 {
-    return avx2_popcnt_bytes(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)p), qv));
-}
-
-/* Each 8 bytes of c summed into its 64-bit lane. */
-HQ_AVX2 static inline __m256i avx2_sad(__m256i c)
-{
-    return _mm256_sad_epu8(c, _mm256_setzero_si256());
+    __m256i lo, hi;
+    avx2_nibbles(p, qv, &lo, &hi);
+    return _mm256_sad_epu8(lo, hi);
 }
 
 /* a's 64-bit lanes in the low halves, b's in the high halves (every lane holds < 2^32). */
@@ -50,8 +52,8 @@ HQ_AVX2 static inline __m256i avx2_interleave(__m256i a, __m256i b)
 HQ_AVX2 static inline __m256i avx2_dist8(const uint8_t *rows, const __m256i *qv, int nw)
 {
     if (nw == 1) { /* 4 rows a vector: one row per 64-bit lane after the VPSADBW */
-        const __m256i s0 = avx2_sad(avx2_xcnt(rows, qv[0]));      /* rows 0 1 2 3 */
-        const __m256i s1 = avx2_sad(avx2_xcnt(rows + 32, qv[0])); /* rows 4 5 6 7 */
+        const __m256i s0 = avx2_count4(rows, qv[0]);      /* rows 0 1 2 3 */
+        const __m256i s1 = avx2_count4(rows + 32, qv[0]); /* rows 4 5 6 7 */
         /* dwords: 0 4 1 5 2 6 3 7 */
         return _mm256_permutevar8x32_epi32(avx2_interleave(s0, s1),
                                            _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
@@ -59,23 +61,28 @@ HQ_AVX2 static inline __m256i avx2_dist8(const uint8_t *rows, const __m256i *qv,
     if (nw == 2) { /* 2 rows a vector, one per 128-bit half: two 64-bit lanes each */
         __m256i s[4];
         for (int v = 0; v < 4; v++)
-            s[v] = avx2_sad(avx2_xcnt(rows + 32 * v, qv[0])); /* rows 2v, 2v+1: a b | a b */
+            s[v] = avx2_count4(rows + 32 * v, qv[0]); /* rows 2v, 2v+1: a b | a b */
         const __m256i u01 = avx2_interleave(s[0], s[1]); /* 0a 2a 0b 2b | 1a 3a 1b 3b */
         const __m256i u23 = avx2_interleave(s[2], s[3]); /* 4a 6a 4b 6b | 5a 7a 5b 7b */
         const __m256i sum = _mm256_add_epi32(_mm256_unpacklo_epi64(u01, u23),
                                              _mm256_unpackhi_epi64(u01, u23)); /* 0 2 4 6 | 1 3 5 7 */
         return _mm256_permutevar8x32_epi32(sum, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     }
-    /* nw >= 4: a row is nw / 4 vectors; their byte counts add up before one VPSADBW, which
-     * leaves 4 partial sums a row (r.0 .. r.3) */
+    /* nw >= 4: a row is nw / 4 vectors; their lookups add up (lo <= 32, hi <= 16 a byte)
+     * before one VPSADBW, which leaves 4 partial sums a row (r.0 .. r.3) */
     const int nv = nw / 4;
     const int64_t stride = 8 * (int64_t)nw;
     __m256i s[8];
     for (int r = 0; r < 8; r++) {
-        __m256i cnt = avx2_xcnt(rows + r * stride, qv[0]);
-        for (int j = 1; j < nv; j++)
-            cnt = _mm256_add_epi8(cnt, avx2_xcnt(rows + r * stride + 32 * j, qv[j]));
-        s[r] = avx2_sad(cnt);
+        __m256i lo, hi;
+        avx2_nibbles(rows + r * stride, qv[0], &lo, &hi);
+        for (int j = 1; j < nv; j++) {
+            __m256i l2, h2;
+            avx2_nibbles(rows + r * stride + 32 * j, qv[j], &l2, &h2);
+            lo = _mm256_add_epi8(lo, l2);
+            hi = _mm256_add_epi8(hi, h2);
+        }
+        s[r] = _mm256_sad_epu8(lo, hi);
     }
     __m256i p[2];
     for (int g = 0; g < 2; g++) { /* rows 4g .. 4g+3 */
@@ -107,10 +114,11 @@ HQ_AVX2 static inline unsigned avx2_invalid8(const uint8_t *valid, __m256i *bad)
     return (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(*bad));
 }
 
-/* Lanes of d at most `bound` (a vector of it), as 8 bits. Distances and bounds are < 2^31. */
-HQ_AVX2 static inline unsigned avx2_le8(__m256i d, __m256i vbound)
+/* Lanes of d below `limit` (a vector of it), as 8 bits: d <= bound with limit = bound + 1.
+ * Signed compares: distances and limits are < 2^31. */
+HQ_AVX2 static inline unsigned avx2_lt8(__m256i d, __m256i vlimit)
 {
-    return ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(d, vbound))) & 0xFFu;
+    return (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(vlimit, d)));
 }
 
 #define HQ_AVX2_DISPATCH(nw, ...)                                       \
@@ -137,7 +145,7 @@ HQ_AVX2 HQ_INTERNAL int64_t ham_pass1_avx2(const hq_search_args *a, const hq_que
     HQ_AVX2_DISPATCH(q->nw, {
         while (i + 8 <= hi) {
             const int64_t stop = hi - i > HQ_BOUND_BLOCK ? i + HQ_BOUND_BLOCK : hi;
-            const __m256i vbound = _mm256_set1_epi32((int)bound);
+            const __m256i vlimit = _mm256_set1_epi32((int)bound + 1);
             for (; i + 8 <= stop; i += 8) {
                 __m256i d = avx2_dist8(codes + i * (int64_t)nb, qv, NW);
                 if (valid) {
@@ -148,7 +156,7 @@ HQ_AVX2 HQ_INTERNAL int64_t ham_pass1_avx2(const hq_search_args *a, const hq_que
                 const __m128i d16 = _mm_packus_epi32(_mm256_castsi256_si128(d),
                                                      _mm256_extracti128_si256(d, 1));
                 _mm_storeu_si128((__m128i *)(dist + i), d16);
-                unsigned near = avx2_le8(d, vbound);
+                unsigned near = avx2_lt8(d, vlimit);
                 if (near) { /* rare once the bound has tightened */
                     /* lanes via GPRs: reloading the stored vector would stall on forwarding */
                     const uint64_t w[2] = {(uint64_t)_mm_cvtsi128_si64(d16),
@@ -196,10 +204,10 @@ HQ_AVX2 HQ_INTERNAL int64_t ham_collect_avx2(const hq_search_args *a, const hq_q
     HQ_AVX2_DISPATCH(q->nw, {
         while (i + 8 <= hi) {
             const int64_t stop = hi - i > HQ_BOUND_BLOCK ? i + HQ_BOUND_BLOCK : hi;
-            const __m256i vbound = _mm256_set1_epi32((int)bound);
+            const __m256i vlimit = _mm256_set1_epi32((int)bound + 1);
             for (; i + 8 <= stop; i += 8) {
                 const __m256i d = avx2_dist8(codes + i * (int64_t)nb, qv, NW);
-                unsigned near = avx2_le8(d, vbound);
+                unsigned near = avx2_lt8(d, vlimit);
                 if (valid) {
                     __m256i bad;
                     const unsigned ok = ~avx2_invalid8(valid + i, &bad) & 0xFFu;
@@ -249,11 +257,11 @@ HQ_AVX2 HQ_INTERNAL void ham_heap_avx2(const hq_search_args *a, const hq_query *
     uint32_t thr = n == cap ? (uint32_t)h[0].ham : UINT32_MAX;
     int64_t i = lo;
     HQ_AVX2_DISPATCH(q->nw, {
-        /* signed compares: a threshold past every distance (UINT32_MAX) is INT32_MAX */
-        __m256i vthr = _mm256_set1_epi32(thr > INT32_MAX ? INT32_MAX : (int)thr);
+        /* signed compares: a threshold past every distance (UINT32_MAX) gives INT32_MAX */
+        __m256i vlim = _mm256_set1_epi32(thr >= INT32_MAX ? INT32_MAX : (int)thr + 1);
         for (; i + 8 <= hi; i += 8) {
             const __m256i d = avx2_dist8(codes + i * (int64_t)nb, qv, NW);
-            unsigned near = avx2_le8(d, vthr);
+            unsigned near = avx2_lt8(d, vlim);
             if (!near) /* almost always, once the heap is full */
                 continue;
             uint32_t dl[8];
@@ -269,7 +277,7 @@ HQ_AVX2 HQ_INTERNAL void ham_heap_avx2(const hq_search_args *a, const hq_query *
                 if (n == cap)
                     thr = (uint32_t)h[0].ham;
             } while (near);
-            vthr = _mm256_set1_epi32(thr > INT32_MAX ? INT32_MAX : (int)thr);
+            vlim = _mm256_set1_epi32(thr >= INT32_MAX ? INT32_MAX : (int)thr + 1);
         }
     })
     *n_io = n;
