@@ -41,8 +41,9 @@ float vectors a re-rank needs; serialized: the index's serialized size), build t
 
 Output: a table on stdout; at the default size the "Peers on raw vectors" section of
 bench/RESULTS.md (between ``<!-- peers.py begin/end -->``) and bench/peers.png (recall against
-p50 latency); other sizes go to bench/.cache/peers/ unless ``--out`` is given. Also a JSON dump
-of every row next to the report. Times are never asserted.
+p50 latency); other sizes go to bench/.cache/peers/ unless ``--out`` is given. Every row also goes
+to bench/.cache/peers/peers_<n>.json, from which ``--from-json`` rewrites the report and plot
+without measuring. Times are never asserted.
 """
 
 from __future__ import annotations
@@ -195,6 +196,7 @@ class Row:
     recall: float | None = None
     other_cpu: float | None = None
     note: str = ""
+    short: str = ""  # the point's label in the plot
 
 
 def time_queries(fn: Callable[[int], object], nq: int, warmup: int = WARMUP):
@@ -251,11 +253,11 @@ class Run:
         return self._codes
 
     def measure(self, system: str, config: str, fn: Callable[[int], object], *, bytes_item=None,
-                where: str = "", build_s=None, note: str = "") -> Row:
+                where: str = "", build_s=None, note: str = "", short: str = "") -> Row:
         """Time fn(i) -> 0-based ids of query i's top-10 over every query; append the row."""
         lat, res, other = time_queries(fn, len(self.q))
         row = Row(self.name, system, config, bytes_item, where, build_s, float(np.median(lat) * 1e3),
-                  float(np.percentile(lat, 95) * 1e3), recall_at_k(res, self.truth), other, note)
+                  float(np.percentile(lat, 95) * 1e3), recall_at_k(res, self.truth), other, note, short)
         self.rows.append(row)
         log(f"    {system:<26} {config:<34} p50 {row.p50_ms:8.3f} ms  p95 {row.p95_ms:8.3f} ms  "
             f"recall@10 {row.recall:.3f}  ({bytes_item or 0:.1f} B/item {where})")
@@ -288,11 +290,11 @@ def measure_hq(run: Run, system: str, db, path: Path, rowids, build_s: float, se
     row_of = np.zeros(int(rowids.max()) + 1, dtype=np.int64)
     row_of[rowids] = np.arange(run.n)
     qblobs = [v.tobytes() for v in run.q]
-    for config, cand, mode in searches:
+    for config, short, cand, mode in searches:
         def one(i, cand=cand, mode=mode):
             return row_of[[r[0] for r in db.execute(HQ_SQL, (qblobs[i], cand, mode))]]
 
-        run.measure(system, config, one, bytes_item=size, where="disk", build_s=build_s, note=note)
+        run.measure(system, config, one, bytes_item=size, where="disk", build_s=build_s, note=note, short=short)
 
 
 def run_hqdb(run: Run) -> None:
@@ -311,8 +313,8 @@ def run_hqdb(run: Run) -> None:
             return db, hqdb.insert_codes(db, "t", run.codes, qc)
 
         (db, rowids), build_s = timed(build)
-        searches = [(f"books={books}, candidates {c}" if m == "two_stage" else f"books={books}, mode='{m}'", c, m)
-                    for c, m in plan]
+        searches = [(f"books={books}, candidates {c}", f"B{books} c{c}", c, m) if m == "two_stage"
+                    else (f"books={books}, mode='{m}'", f"B{books} {m}", c, m) for c, m in plan]
         measure_hq(run, "hqdb raw table", db, path, rowids, build_s, searches, "fit_codebooks + encode + insert_codes")
         db.close()
 
@@ -322,7 +324,8 @@ def run_hqdb_rerank(run: Run) -> None:
     have_api = all(hasattr(hqdb, f) for f in ("insert_vectors", "fit_table"))
     sample = run.x[np.random.default_rng(run.seed).choice(run.n, min(run.n, 20000), replace=False)]
     for books, kind, cands in HQ_RERANK:
-        searches = [(f"books={books}, rerank='{kind}', candidates {c}", c, "two_stage") for c in cands]
+        searches = [(f"books={books}, rerank='{kind}', candidates {c}", f"B{books} {kind} c{c}", c, "two_stage")
+                    for c in cands]
         path = run.tmp / f"hq_rerank_{books}_{kind}.db"
         db = hqdb.connect(str(path), threads=1)
         try:
@@ -338,10 +341,10 @@ def run_hqdb_rerank(run: Run) -> None:
             rowids, build_s = timed(build)
             measure_hq(run, "hqdb rerank table", db, path, rowids, build_s, searches, "fit_table + insert_vectors")
         except hqdb.OptionError as exc:
-            for config, _, _ in searches:
+            for config, *_ in searches:
                 run.missing("hqdb rerank table", config, f"{NOT_IN_HQDB} ({exc})")
         except Exception as exc:  # the option is new: one kind failing must not lose the others
-            for config, _, _ in searches:
+            for config, *_ in searches:
                 run.missing("hqdb rerank table", config, f"failed: {type(exc).__name__}: {exc}")
         finally:
             db.close()
@@ -372,7 +375,7 @@ def run_faiss_binary(run: Run, shortlist: int = 1000) -> None:
 
     run.measure("FAISS IndexBinaryFlat", f"top-{shortlist} + exact float re-rank", one,
                 bytes_item=DIM / 8 + 4 * DIM, where="mem", build_s=build_s,
-                note="16 B of bits + the float32 vector for the re-rank")
+                note="16 B of bits + the float32 vector for the re-rank", short=f"bits top-{shortlist} + re-rank")
 
 
 def run_faiss_ivfpq(run: Run, nlist: int = 1000, m: int = 16, nprobe: int = 10, factor: int = 10) -> None:
@@ -399,9 +402,10 @@ def run_faiss_ivfpq(run: Run, nlist: int = 1000, m: int = 16, nprobe: int = 10, 
 
     base = f"IVF{nlist},PQ{m} nprobe {nprobe}"
     run.measure("FAISS IVF-PQ", base, plain, bytes_item=size, where="serialized", build_s=build_s,
-                note="trained on 100k rows, no polysemous training")
+                note="trained on 100k rows, no polysemous training", short="PQ16")
     run.measure("FAISS IVF-PQ", f"{base}, x{factor} float re-rank", refined, bytes_item=size + 4 * DIM,
-                where="serialized + float32", build_s=build_s, note="trained on 100k rows, no polysemous training")
+                where="serialized + float32", build_s=build_s, note="trained on 100k rows, no polysemous training",
+                short=f"PQ16 + x{factor} re-rank")
 
 
 def run_usearch(run: Run, m: int = 16, efs=(16, 64, 128)) -> None:
@@ -422,7 +426,7 @@ def run_usearch(run: Run, m: int = 16, efs=(16, 64, 128)) -> None:
             return np.asarray(index.search(run.q[i], K, threads=1).keys, dtype=np.int64)
 
         run.measure("usearch HNSW", f"f32, M {m}, ef {ef}", one, bytes_item=size, where="mem", build_s=build_s,
-                    note=f"expansion_add {index.expansion_add}")
+                    note=f"expansion_add {index.expansion_add}", short=f"ef {ef}")
 
 
 def run_lancedb(run: Run, partitions: int = 1000, subvectors: int = 16, nprobes: int = 10, refine: int = 10) -> None:
@@ -448,7 +452,8 @@ def run_lancedb(run: Run, partitions: int = 1000, subvectors: int = 16, nprobes:
         return np.asarray(r["id"].to_numpy(), dtype=np.int64)
 
     run.measure("LanceDB IVF_PQ", f"{partitions}/{subvectors}, nprobes {nprobes}, refine {refine}", one,
-                bytes_item=size, where="disk", build_s=build_s, note=f"lancedb {lancedb.__version__}")
+                bytes_item=size, where="disk", build_s=build_s, note=f"lancedb {lancedb.__version__}",
+                short=f"nprobes {nprobes}, refine {refine}")
 
 
 def run_sqlite_vec(run: Run) -> None:
@@ -477,7 +482,7 @@ def run_sqlite_vec(run: Run) -> None:
         return np.array([r[0] - 1 for r in c.execute(sql, (run.q[i].tobytes(),))], dtype=np.int64)
 
     run.measure(f"sqlite-vec {ver.lstrip('v')}", f"bit[{DIM}] top-{K}", one, bytes_item=size, where="disk",
-                build_s=build_s, note="executemany INSERT")
+                build_s=build_s, note="executemany INSERT", short=f"bit[{DIM}]")
     c.close()
 
 
@@ -549,22 +554,24 @@ def plot(rows: list[Row], datasets: list[str], n: int, out_png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 5.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7.5 * len(datasets), 6.5), squeeze=False)
     systems = list(dict.fromkeys(r.system for r in rows if r.p50_ms is not None))
     colours = {s: plt.cm.tab10(i % 10) for i, s in enumerate(systems)}
+    markers = dict(zip(systems, "osDv^P*Xh<>"))
     for ax, name in zip(axes[0], datasets):
         for s in systems:
             pts = [r for r in rows if r.dataset == name and r.system == s and r.p50_ms is not None]
             if not pts:
                 continue
-            ax.scatter([r.p50_ms for r in pts], [r.recall for r in pts], color=colours[s], label=s, s=30)
+            ax.scatter([r.p50_ms for r in pts], [r.recall for r in pts], color=colours[s], marker=markers[s],
+                       label=s, s=30)
             for r in pts:
-                ax.annotate(f"{r.config} · {r.bytes_item:.0f} B", (r.p50_ms, r.recall), fontsize=6,
+                ax.annotate(f"{r.short} ({r.bytes_item:.0f} B)", (r.p50_ms, r.recall), fontsize=6, rotation=20,
                             xytext=(3, 2), textcoords="offset points", color=colours[s])
         ax.set_xscale("log")
         ax.set_xlabel("p50 latency per query, ms (1 thread, log scale)")
         ax.set_ylabel("recall@10 (exact inner product)")
-        ax.set_ylim(-0.02, 1.05)
+        ax.set_ylim(-0.02, 1.08)
         ax.grid(alpha=0.3)
         ax.set_title(f"{name}: N = {n:,}, {DIM} dims, top-{K}")
         ax.legend(fontsize=7, loc="lower right")
@@ -606,6 +613,15 @@ def load_avg() -> str:
         return "?"
 
 
+def write_report(rows: list[Row], meta: dict, out_md: Path) -> None:
+    """The section of ``out_md`` and the plot next to it (bench/peers.png for bench/RESULTS.md)."""
+    out_png = out_md.parent / "peers.png"
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    plot(rows, meta["datasets"], meta["n"], out_png)
+    replace_section(out_md, SECTION, report(rows, meta, out_md, out_png))
+    log(f"wrote {out_md}, {out_png}")
+
+
 # ------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -620,13 +636,20 @@ def main(argv=None) -> int:
                     "(default: bench/RESULTS.md at the default size and systems, else bench/.cache/peers/RESULTS.md)")
     ap.add_argument("--no-report", action="store_true", help="print only")
     ap.add_argument("--max-wait", type=float, default=10.0, help="seconds to wait for a quiet CPU before each timing")
+    ap.add_argument("--from-json", type=Path, help="measure nothing: rewrite the report and plot from a run's JSON "
+                    "(bench/.cache/peers/peers_<n>.json; the section goes to bench/RESULTS.md at 1M rows)")
     a = ap.parse_args(argv)
+    if a.from_json:
+        doc = json.loads(a.from_json.read_text())
+        rows, meta = [Row(**r) for r in doc["rows"]], doc["meta"]
+        full = meta["n"] == 1_000_000
+        write_report(rows, meta, a.out or (BENCH / "RESULTS.md" if full else CACHE / "RESULTS.md"))
+        return 0
     if a.quick:
         a.n, a.queries = 50_000, 100
     sb.QUIET["max_wait"] = a.max_wait
     full = a.n == 1_000_000 and a.queries == 200 and a.systems == list(SYSTEMS) and a.datasets == list(DATASETS)
     out_md = a.out or (BENCH / "RESULTS.md" if full else CACHE / "RESULTS.md")
-    out_png = BENCH / "peers.png" if out_md == BENCH / "RESULTS.md" else out_md.parent / "peers.png"
     command = "python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
     t0 = time.perf_counter()
@@ -672,12 +695,10 @@ def main(argv=None) -> int:
         log("\n".join(table_lines([r for r in rows if r.dataset == name])))
     if a.no_report:
         return 1 if failed else 0
-    out_md.parent.mkdir(parents=True, exist_ok=True)
-    (out_md.parent / "peers.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]},
-                                                         indent=1, default=str))
-    plot(rows, a.datasets, a.n, out_png)
-    replace_section(out_md, SECTION, report(rows, meta, out_md, out_png))
-    log(f"\nwrote {out_md}, {out_png}")
+    dump = CACHE / f"peers_{a.n}.json"
+    dump.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1, default=str))
+    log(f"\nrows in {dump}")
+    write_report(rows, meta, out_md)
     return 1 if failed else 0
 
 
