@@ -31,9 +31,9 @@ def test_photo_library(tmp_path, capsys):
     # Re-adding a path updates that photo instead of duplicating it.
     n = len(library)
     first = next(iter(library.photos))
-    again = app.Photo(first["path"], "renamed caption", first["album"], 1999, image=held_out["image"][0])
+    again = app.Photo(first["path"], "an old photo near the big tower", first["album"], 1999, image=held_out["image"][0])
     assert library.add([again]) == [first["rowid"]] and len(library) == n
-    assert library.photos.get(first["rowid"])["caption"] == "renamed caption"
+    assert library.photos.get(first["rowid"])["caption"] == "an old photo near the big tower"
     library.close()
     # The script's main() reopens the same file: the model is trained once per library.
     app.main(["--db", str(db)])
