@@ -166,6 +166,50 @@ def test_dense_layers_refuse_mismatched_shapes_before_the_kernel():
         model.encode("image", np.zeros((1, 6), np.float32))
 
 
+def test_weights_that_overflow_float32_are_refused_not_encoded_to_nan():
+    """Found by the fuzzer: finite float32 weights whose folded input standardisation overflows
+    (weight 1e30 x scale 1e30) gave inf/NaN codes; pack_bits then raised a bare ValueError."""
+    config, tensors = hand_state()
+    tensors["image.input_scale"] = np.full(6, 1e30, np.float32)
+    tensors["image.layer0.weight"] = np.full((7, 6), 1e30, np.float32)
+    with pytest.raises(ValueError, match="overflow float32"):
+        TrainedModel.from_state(config, tensors)
+    config, tensors = hand_state()
+    tensors["image.layer0.weight"] = np.full((7, 6), 1e20, np.float32)  # finite, folds fine,
+    tensors["image.layer1.weight"] = np.full((16, 7), 1e20, np.float32)  # but 1e20 x 1e20 is not
+    model = TrainedModel.from_state(config, tensors)
+    with pytest.raises(ValueError, match="overflows float32"):
+        model.encode("image", np.ones((1, 6), np.float32))
+
+
+def test_overflowing_model_in_a_file_is_an_hqdb_error(tmp_path):
+    path = tmp_path / "downloaded.db"
+    model_file(path, raw=False)
+    edit(path, ("UPDATE hqdb_model_tensors SET data = ? WHERE model = 'm' AND name = 'image.layer0.weight'",
+                (np.full((7, 6), 1e20, "<f4").tobytes(),)),
+         ("UPDATE hqdb_model_tensors SET data = ? WHERE model = 'm' AND name = 'image.layer1.weight'",
+          (np.full((16, 7), 1e20, "<f4").tobytes(),)))
+    out = probe(path, [IMAGE_QUERY, ("INSERT INTO docs(image, text) VALUES (?, 'blue sky')", {"f32": [1.0] * 6})])
+    assert [k for k, _ in out] == ["hqdb", "hqdb"] and all("overflows float32" in m for _, m in out), out
+
+
+def test_missing_shadow_tables_are_problems_of_the_check(tmp_path):
+    """Found by the fuzzer: with t_rows dropped, PRAGMA integrity_check and hq_rebuild failed with
+    SQLite's 'no such table' instead of naming the damage."""
+    path = tmp_path / "downloaded.db"
+    db = hqdb.connect(path)
+    random_table(db, n=20, dim=64, books=2, codewords=16, chunk_size=16)
+    db.close()
+    edit(path, "DROP TABLE t_rows")
+    db = hqdb.connect(path)
+    assert check(db)["tables"]["t"] == ["hq table t: shadow table t_rows is missing"]
+    (text,) = db.execute("SELECT hq_check('t')").fetchone()
+    assert "t_rows is missing" in text
+    with pytest.raises(hqdb.CorruptTableError, match="t_rows"):
+        db.execute("SELECT hq_rebuild('t')")
+    db.close()
+
+
 # ----------------------------------------------------------------------------- 2 + 6: names
 BAD_MODALITIES = ["rowid", "ROWID", "oid", "_rowid_", "code", "qcode", "distance", "hamming", "k", "candidates",
                   "mode", "text\n", "te xt", 'te"xt', "te;xt", "te'xt", "", "1text", "t" * 200, "text_code"]
@@ -401,3 +445,19 @@ def test_hostile_file_fuzzer_small_budget(tmp_path):
     summary = json.loads(p.stdout.strip().splitlines()[-1])
     assert summary["cases"] == 60 and summary["crashes"] == 0 and summary["escaped"] == 0, summary
     assert summary["max_rss_growth_mb"] <= 200, summary
+
+
+def test_check_survives_a_table_name_that_is_not_utf8(tmp_path):
+    """Found by the fuzzer: hq_check() failed with UnicodeDecodeError listing the catalog."""
+    path = tmp_path / "downloaded.db"
+    db = hqdb.connect(path)
+    random_table(db, n=20, dim=64, books=2, codewords=16, chunk_size=16)
+    random_table(db, name="u", n=20, dim=64, books=2, codewords=16, chunk_size=16)
+    db.close()
+    edit(path, "UPDATE hqdb_tables SET name = CAST(x'75ff' AS TEXT) WHERE name = 'u'")
+    db = hqdb.connect(path)
+    report = check(db)
+    assert report["tables"]["t"] == [] and not report["ok"]
+    assert any("not UTF-8" in p for ps in report["tables"].values() for p in ps), report
+    assert db.execute("SELECT count(*) FROM t").fetchone() == (20,)
+    db.close()

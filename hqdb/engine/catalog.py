@@ -149,7 +149,11 @@ def read_entry(conn: apsw.Connection, schema: str, name: str) -> Entry | None:
 def list_names(conn: apsw.Connection, schema: str = "main") -> list[str]:
     if not exists(conn, schema):
         return []
-    return [r[0] for r in conn.execute(f"SELECT name FROM {_catalog(schema)} ORDER BY name")]
+    # As BLOBs: a name that is not UTF-8 (a hostile file) is listed with U+FFFD, not a decode error.
+    return [
+        bytes(r[0]).decode("utf-8", "replace") if r[0] is not None else ""
+        for r in conn.execute(f"SELECT CAST(name AS BLOB) FROM {_catalog(schema)} ORDER BY name")
+    ]
 
 
 def list_entries(conn: apsw.Connection, schema: str = "main") -> list[Entry]:

@@ -29,7 +29,7 @@ from typing import Any
 import apsw
 import numpy as np
 
-from ..errors import HqdbError, HqError, ModelError, RebuildError
+from ..errors import CorruptTableError, HqdbError, HqError, ModelError, RebuildError
 from ..txn import write_transaction
 from . import catalog
 from .catalog import quote_ident
@@ -170,6 +170,19 @@ def _attach_vectors(conn, schema: str, name: str, opts: TableOptions, slots: _Sl
     slots.scales = np.array([found[int(c)][1][s] for c, s in zip(slots.chunk, slots.slot)], dtype=np.float32)
 
 
+def _missing_shadows(conn, schema: str, name: str, opts: TableOptions) -> list[str]:
+    """The shadow tables the table needs (rows, chunks per code set) that the schema lacks."""
+    need = [catalog.rows_name(name)] + [catalog.chunks_name(name, c) for c in opts.code_sets]
+    have = {  # as BLOBs: a name that is not UTF-8 must not stop the check
+        bytes(r[0]).decode("utf-8", "replace").lower()
+        for r in conn.execute(
+            f"SELECT CAST(name AS BLOB) FROM {quote_ident(schema)}.sqlite_master WHERE type = 'table'"
+        )
+        if r[0] is not None
+    }
+    return [t for t in need if t.lower() not in have]
+
+
 def _read_rows(conn, schema: str, name: str, opts: TableOptions) -> list[tuple]:
     # A locator that is not an integer (TEXT, perhaps not even UTF-8) points nowhere: -1.
     locs = [
@@ -200,6 +213,11 @@ def check_table(conn: apsw.Connection, name: str, schema: str = "main") -> list[
     entry = _entry(conn, schema, name)
     name, opts = entry.name, entry.opts
     problems = _Problems(name)
+    missing = _missing_shadows(conn, schema, name, opts)
+    if missing:
+        for table in missing:
+            problems.add(f"shadow table {table} is missing")
+        return problems.result()
     rows = _read_rows(conn, schema, name, opts)
     rowids = np.asarray([r[0] for r in rows], dtype=np.int64)
     for i, cset in enumerate(opts.code_sets):
@@ -263,13 +281,12 @@ def check(conn: apsw.Connection, table: str | None = None, schema: str = "main")
     names = [table] if table is not None else catalog.list_names(conn, schema)
     report = {}
     for name in names:
-        if not isinstance(name, str):  # the catalog's name column holds a number or a BLOB
-            report[str(name)] = [f"hq table {name!r}: its name in the catalog is not text"]
-            continue
         try:
             report[name] = check_table(conn, name, schema)
         except _NoSuchTable:
-            raise
+            if table is not None:
+                raise
+            report[name] = [f"hq table {name!r}: its name in the catalog cannot be read (not UTF-8 text?)"]
         except (HqdbError, apsw.Error) as e:  # a catalog entry or shadow table hqdb cannot read
             report[name] = [f"hq table {name}: cannot be checked: {e}"]
     return {"ok": not any(report.values()), "tables": report}
@@ -287,6 +304,9 @@ def rebuild_table(conn: apsw.Connection, name: str, schema: str = "main", *, dro
     entry = _entry(conn, schema, name)
     opts = entry.opts
     cs = opts.chunk_size
+    missing = _missing_shadows(conn, schema, entry.name, opts)
+    if missing:
+        raise CorruptTableError(f"hq table {entry.name}: shadow table(s) {', '.join(missing)} missing: cannot rebuild")
     stats: dict[str, Any] = {
         "table": name,
         "rows": 0,

@@ -229,7 +229,16 @@ class TrainedModel:
             if not np.isfinite(arr).all():
                 raise ValueError(f"tensor {name!r} contains NaN or infinity")
             clean[name] = np.ascontiguousarray(arr, dtype=np.float32)
-        return cls(config, clean)
+        model = cls(config, clean)
+        for prefix, folded in (("", model._layers), ("hash.", model._hash_layers)):
+            for m, layers in folded.items():
+                for i, (wt, b) in enumerate(layers):
+                    if not (np.isfinite(wt).all() and np.isfinite(b).all()):
+                        raise ValueError(
+                            f"tensors {prefix}{m}.layer{i}.*: the weights overflow float32 once the input "
+                            "standardisation is folded in"
+                        )
+        return model
 
     def _fold(self, m: str, prefix: str = "") -> list[tuple[np.ndarray, np.ndarray]]:
         """(Wᵀ, b) per layer, float32, with the input standardisation (x − mean)·scale folded
@@ -244,7 +253,8 @@ class TrainedModel:
                 scale = t[f"{prefix}{m}.input_scale"].astype(np.float64)
                 b = b - w @ (t[f"{prefix}{m}.input_mean"].astype(np.float64) * scale)
                 w = w * scale
-            layers.append((np.ascontiguousarray(w.T, dtype=np.float32), b.astype(np.float32)))
+            with np.errstate(over="ignore", invalid="ignore"):  # from_state() refuses what overflows
+                layers.append((np.ascontiguousarray(w.T, dtype=np.float32), b.astype(np.float32)))
         return layers
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
@@ -304,9 +314,14 @@ class TrainedModel:
         array unless the model has hash towers (c+d)."""
         x = self.featurize(modality, X)  # checks shape and NaN; strings work too
         f = self._forward(x, self._layers[modality], self.config["towers"][modality])
+        bitf = f
         if modality in self._hash_layers:
-            return self._forward(x, self._hash_layers[modality], self.config["hash_towers"][modality]), f
-        return f, f
+            bitf = self._forward(x, self._hash_layers[modality], self.config["hash_towers"][modality])
+        if not (np.isfinite(f).all() and np.isfinite(bitf).all()):
+            raise ValueError(
+                f"the model's {modality!r} tower overflows float32 on this input (its weights are too large)"
+            )
+        return bitf, f
 
     def _forward(self, x, layers, tower) -> np.ndarray:
         for i, (wt, b) in enumerate(layers):
