@@ -108,6 +108,17 @@ static inline uint64_t load_tail(const uint8_t *p, int32_t n)
     return x;
 }
 
+/* Bit j set iff byte j of the 8 at p is nonzero (a validity mask's 8 rows), in plain integer
+ * ops: bit 7 of each byte of t is "byte != 0", gathered by one multiply (no carries: every
+ * product term lands on its own bit). */
+static inline unsigned nonzero8(const uint8_t *p)
+{
+    const uint64_t x = load64(p);
+    const uint64_t t =
+        (((x & 0x7F7F7F7F7F7F7F7FULL) + 0x7F7F7F7F7F7F7F7FULL) | x) & 0x8080808080808080ULL;
+    return (unsigned)(((t >> 7) * 0x0102040810204080ULL) >> 56);
+}
+
 /* The query split the same way as a row, so XOR + popcount compares like with like. */
 typedef struct {
     uint64_t w[HQ_MAX_CODE_BYTES / 8];

@@ -121,6 +121,21 @@ HQ_AVX2 static inline unsigned avx2_lt8(__m256i d, __m256i vlimit)
     return (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(vlimit, d)));
 }
 
+/* Nonzero bytes among the n (a multiple of 8) at p: the valid rows of a block, counted apart
+ * from the scan so that its loop reads the mask only for the rare rows within the bound. */
+HQ_AVX2 static int64_t avx2_count_valid(const uint8_t *p, int64_t n)
+{
+    const __m256i zero = _mm256_setzero_si256();
+    int64_t zeros = 0, j = 0;
+    for (; j + 32 <= n; j += 32) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(p + j));
+        zeros += _mm_popcnt_u32((unsigned)_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, zero)));
+    }
+    for (; j < n; j += 8)
+        zeros += 8 - _mm_popcnt_u32(nonzero8(p + j));
+    return n - zeros;
+}
+
 #define HQ_AVX2_DISPATCH(nw, ...)                                       \
     switch (nw) {                                                       \
     case 1: { const int NW = 1; __VA_ARGS__; } break;                   \
@@ -205,18 +220,14 @@ HQ_AVX2 HQ_INTERNAL int64_t ham_collect_avx2(const hq_search_args *a, const hq_q
         while (i + 8 <= hi) {
             const int64_t stop = hi - i > HQ_BOUND_BLOCK ? i + HQ_BOUND_BLOCK : hi;
             const __m256i vlimit = _mm256_set1_epi32((int)bound + 1);
+            const int64_t rows8 = (stop - i) & ~(int64_t)7; /* the rows this block scans */
+            nvalid += valid ? avx2_count_valid(valid + i, rows8) : rows8;
             for (; i + 8 <= stop; i += 8) {
                 const __m256i d = avx2_dist8(codes + i * (int64_t)nb, qv, NW);
                 unsigned near = avx2_lt8(d, vlimit);
-                if (valid) {
-                    __m256i bad;
-                    const unsigned ok = ~avx2_invalid8(valid + i, &bad) & 0xFFu;
-                    nvalid += _mm_popcnt_u32(ok);
-                    near &= ok;
-                } else {
-                    nvalid += 8;
-                }
-                if (near) { /* rare once the bound is tight */
+                if (near && valid) /* rare once the bound is tight: only then the mask */
+                    near &= nonzero8(valid + i);
+                if (near) {
                     if (n + 8 > kp->cap) {
                         kp->overflow = 1;
                         goto out;

@@ -49,6 +49,20 @@ HQ_AVX512 static void avx512_query(const hq_query *q, __m512i *qv)
     qv[1] = _mm512_loadu_si512((const void *)(pat + 8));
 }
 
+/* Nonzero bytes among the n (a multiple of 8) at p: the valid rows of a block, counted apart
+ * from the scan so that its loop reads the mask only for the rare rows within the bound. */
+HQ_AVX512 static int64_t avx512_count_valid(const uint8_t *p, int64_t n)
+{
+    int64_t ok = 0, j = 0;
+    for (; j + 64 <= n; j += 64) {
+        const __m512i v = _mm512_loadu_si512((const void *)(p + j));
+        ok += _mm_popcnt_u64(_mm512_test_epi8_mask(v, v));
+    }
+    for (; j < n; j += 8)
+        ok += _mm_popcnt_u32(nonzero8(p + j));
+    return ok;
+}
+
 #define HQ_AVX512_DISPATCH(nw, ...)                                     \
     switch (nw) {                                                       \
     case 1: { const int NW = 1; __VA_ARGS__; } break;                   \
@@ -134,18 +148,14 @@ HQ_AVX512 HQ_INTERNAL int64_t ham_collect_avx512(const hq_search_args *a, const 
         while (i + 8 <= hi) {
             const int64_t stop = hi - i > HQ_BOUND_BLOCK ? i + HQ_BOUND_BLOCK : hi;
             const __m128i vbound = _mm_set1_epi16((short)bound);
+            const int64_t rows8 = (stop - i) & ~(int64_t)7; /* the rows this block scans */
+            nvalid += valid ? avx512_count_valid(valid + i, rows8) : rows8;
             for (; i + 8 <= stop; i += 8) {
                 const __m128i d = _mm512_cvtepi64_epi16(avx512_dist8(codes + i * (int64_t)nb, qv, NW));
-                __mmask8 near = _mm_cmple_epu16_mask(d, vbound);
-                if (valid) {
-                    const __m128i v = _mm_loadl_epi64((const __m128i *)(valid + i));
-                    const __mmask8 ok = _mm_test_epi8_mask(v, v);
-                    nvalid += _mm_popcnt_u32((unsigned)ok);
-                    near &= ok;
-                } else {
-                    nvalid += 8;
-                }
-                if (near) { /* rare once the bound is tight */
+                unsigned near = _mm_cmple_epu16_mask(d, vbound);
+                if (near && valid) /* rare once the bound is tight: only then the mask */
+                    near &= nonzero8(valid + i);
+                if (near) {
                     if (n + 8 > kp->cap) {
                         kp->overflow = 1;
                         goto out;

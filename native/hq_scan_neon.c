@@ -75,6 +75,18 @@ static inline uint16x8_t neon_invalid8(const uint8_t *valid)
     return vceqzq_u16(vmovl_u8(vld1_u8(valid)));
 }
 
+/* Nonzero bytes among the n (a multiple of 8) at p: the valid rows of a block, counted apart
+ * from the scan so that its loop reads the mask only for the rare rows within the bound. */
+static int64_t neon_count_valid(const uint8_t *p, int64_t n)
+{
+    int64_t zeros = 0, j = 0;
+    for (; j + 16 <= n; j += 16)
+        zeros += vaddvq_u8(vandq_u8(vceqzq_u8(vld1q_u8(p + j)), vdupq_n_u8(1)));
+    for (; j < n; j += 8)
+        zeros += 8 - __builtin_popcount(nonzero8(p + j));
+    return n - zeros;
+}
+
 #define HQ_NEON_DISPATCH(nw, ...)                                       \
     switch (nw) {                                                       \
     case 1: { const int NW = 1; __VA_ARGS__; } break;                   \
@@ -159,18 +171,14 @@ HQ_INTERNAL int64_t ham_collect_neon(const hq_search_args *a, const hq_query *q,
         while (i + 8 <= hi) {
             const int64_t stop = hi - i > HQ_BOUND_BLOCK ? i + HQ_BOUND_BLOCK : hi;
             const uint16x8_t vbound = vdupq_n_u16((uint16_t)bound);
+            const int64_t rows8 = (stop - i) & ~(int64_t)7; /* the rows this block scans */
+            nvalid += valid ? neon_count_valid(valid + i, rows8) : rows8;
             for (; i + 8 <= stop; i += 8) {
                 const uint16x8_t d = neon_dist8(codes + i * (int64_t)nb, qv, NW);
-                uint16x8_t le = vcleq_u16(d, vbound);
-                if (valid) {
-                    const uint16x8_t bad = neon_invalid8(valid + i);
-                    nvalid += 8 - __builtin_popcount(neon_bits8(bad));
-                    le = vbicq_u16(le, bad);
-                } else {
-                    nvalid += 8;
-                }
-                unsigned near = neon_bits8(le);
-                if (near) { /* rare once the bound is tight */
+                unsigned near = neon_bits8(vcleq_u16(d, vbound));
+                if (near && valid) /* rare once the bound is tight: only then the mask */
+                    near &= nonzero8(valid + i);
+                if (near) {
                     if (n + 8 > kp->cap) {
                         kp->overflow = 1;
                         goto out;
