@@ -8,10 +8,17 @@ m indices (uint8 when k <= 256, else uint16). Both steps of the paper's §4.3 al
   codewords with the other books held fixed (iterated conditional modes), started from a greedy
   residual assignment.
 
-Everything is deterministic: float64 sums in a fixed order, no fastmath, ties to the lower index.
+Everything is deterministic: sums in a fixed order (codeword scores ⟨f, C^l_j⟩ in float32, the
+rest in float64), no fastmath, ties to the lower index; a row's codes do not depend on the
+batch it is encoded in or on the thread count. Speed (issue 14): encode scores each row against
+the m·k codewords once and then runs ICM on a precomputed codeword-pair table (m·k ≤ MAX_TABLE),
+splitting large batches over threads (the kernels release the GIL).
 """
 
 from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numba import njit
@@ -37,14 +44,38 @@ def _check_features(F, what="F"):
     return F
 
 
+@njit(cache=True, nogil=True)
+def _reconstruct(codes, C64, out):
+    n = C64.shape[2]
+    acc = np.empty(n)
+    for i in range(codes.shape[0]):
+        for d in range(n):
+            acc[d] = 0.0
+        for l in range(C64.shape[0]):
+            b = codes[i, l]
+            for d in range(n):
+                acc[d] += C64[l, b, d]
+        for d in range(n):
+            out[i, d] = acc[d]
+
+
 def reconstruct(codes, C) -> np.ndarray:
     """Σ_l C^l b^l for every row of ``codes`` (float64 sum, books in order), as float32 (N, n)."""
-    C = np.asarray(C)
-    codes = np.asarray(codes).astype(np.int64)
-    out = np.zeros((codes.shape[0], C.shape[2]), dtype=np.float64)
-    for l in range(C.shape[0]):
-        out += C[l].astype(np.float64)[codes[:, l]]
-    return out.astype(np.float32)
+    C64 = np.ascontiguousarray(C, dtype=np.float64)
+    codes = np.ascontiguousarray(codes, dtype=np.int64)
+    out = np.empty((codes.shape[0], C64.shape[2]), dtype=np.float32)
+    _reconstruct(codes, C64, out)
+    return out
+
+
+@njit(cache=True)
+def _assigned_sums(F, codes, rhs):
+    """rhs[l, j] += F[i] for every row i with codes[i, l] == j, rows in order (= np.add.at)."""
+    for i in range(F.shape[0]):
+        for l in range(codes.shape[1]):
+            b = codes[i, l]
+            for d in range(F.shape[1]):
+                rhs[l, b, d] += F[i, d]
 
 
 def quantization_error(F, codes, C) -> float:
@@ -75,8 +106,7 @@ def update_codebooks(
         raise ValueError(f"prev must have shape {(m, k, n)}, got {prev64.shape}")
     # Bᵀ F: per codeword, the sum of the features assigned to it (np.add.at adds in row order).
     rhs = np.zeros((m, k, n))
-    for l in range(m):
-        np.add.at(rhs[l], codes[:, l], F)
+    _assigned_sums(F, codes, rhs)
     if m * k <= max_exact:
         gram = np.zeros((m * k, m * k))
         for a in range(m):
@@ -99,6 +129,67 @@ def update_codebooks(
             C[l] = (acc + ridge * prev64[l]) / (counts[l] + ridge)[:, None]
             recon = others + C[l][codes[:, l]]
     return C.astype(np.float32)
+
+
+MAX_TABLE = 2048  # largest m*k whose codeword-pair table (m*k)^2 float64 is precomputed (32 MB)
+PARALLEL_MIN = 8192  # rows from which encode splits the work over threads
+
+
+@njit(cache=True, nogil=True)
+def _encode_table(F, CT, norms, P, codes, greedy, iters, lo, hi):
+    """Rows lo..hi of :func:`encode` with the codeword-pair table P[l, l2, b, j] = 2⟨C^l_j, C^l2_b⟩:
+    ‖f − Σ_l C^l b_l‖² = ‖f‖² + Σ_l (‖C^l_{b_l}‖² − 2⟨f, C^l_{b_l}⟩) + Σ_{l<l2} 2⟨C^l_{b_l}, C^l2_{b_l2}⟩,
+    so a book's exhaustive step costs k·m table reads once the m·k scores ⟨f, C^l_j⟩ are known.
+    Each row's sums run in a fixed order (d, then books ascending): a row's codes never depend
+    on the batch or the thread it is computed in."""
+    n = F.shape[1]
+    m, k = norms.shape
+    unary = np.empty((m, k))
+    acc = np.empty(k)
+    dots = np.empty(k, dtype=np.float32)
+    for i in range(lo, hi):
+        for l in range(m):
+            for j in range(k):
+                dots[j] = 0.0
+            for d in range(n):
+                fd = F[i, d]
+                for j in range(k):
+                    dots[j] += fd * CT[l, d, j]
+            for j in range(k):
+                unary[l, j] = norms[l, j] - 2.0 * np.float64(dots[j])
+        if greedy:
+            # Greedy residual start: book l quantizes what books 0..l-1 left over.
+            for l in range(m):
+                for j in range(k):
+                    acc[j] = unary[l, j]
+                for l2 in range(l):
+                    b2 = codes[i, l2]
+                    for j in range(k):
+                        acc[j] += P[l, l2, b2, j]
+                best = 0
+                for j in range(1, k):
+                    if acc[j] < acc[best]:
+                        best = j
+                codes[i, l] = best
+        for _ in range(iters):
+            changed = False
+            for l in range(m):
+                for j in range(k):
+                    acc[j] = unary[l, j]
+                for l2 in range(m):
+                    if l2 != l:
+                        b2 = codes[i, l2]
+                        for j in range(k):
+                            acc[j] += P[l, l2, b2, j]
+                best = 0
+                for j in range(1, k):
+                    if acc[j] < acc[best]:
+                        best = j
+                if best != codes[i, l]:
+                    codes[i, l] = best
+                    changed = True
+            if not changed:
+                break
 
 
 @njit(cache=True)
@@ -124,14 +215,15 @@ def _best(r, CT, norms, l, scores):
     return best
 
 
-@njit(cache=True)
-def _encode(F, C, CT, norms, codes, greedy, iters):
-    N, n = F.shape
+@njit(cache=True, nogil=True)
+def _encode(F, C, CT, norms, codes, greedy, iters, lo, hi):
+    """Rows lo..hi of :func:`encode` by residuals (used when the pair table would be too big)."""
+    n = F.shape[1]
     m = C.shape[0]
     k = C.shape[1]
     r = np.empty(n)
     scores = np.empty(k)
-    for i in range(N):
+    for i in range(lo, hi):
         if greedy:
             # Greedy residual start: book l quantizes what books 0..l-1 left over.
             for d in range(n):
@@ -185,9 +277,42 @@ def encode(F, C, init=None, iters: int = 3) -> np.ndarray:
     norms = np.zeros((m, k))
     for d in range(n):  # Σ_d in order, as in _best
         norms += C64[:, :, d] * C64[:, :, d]
+    N = F.shape[0]
     if init is None:
-        codes = np.zeros((F.shape[0], m), dtype=np.int64)
+        codes = np.zeros((N, m), dtype=np.int64)
     else:
-        codes = _check_codes(init, F.shape[0], m, k).copy()
-    _encode(np.ascontiguousarray(F, dtype=np.float64), C64, CT, norms, codes, init is None, int(iters))
+        codes = _check_codes(init, N, m, k).copy()
+    greedy, iters = init is None, int(iters)
+    if m * k <= MAX_TABLE:
+        flat = C64.reshape(m * k, n)
+        P = np.ascontiguousarray((2.0 * (flat @ flat.T)).reshape(m, k, m, k).transpose(0, 2, 3, 1))
+        F32, CT32 = np.ascontiguousarray(F, dtype=np.float32), CT.astype(np.float32)
+
+        def run(lo, hi):
+            _encode_table(F32, CT32, norms, P, codes, greedy, iters, lo, hi)
+    else:
+
+        def run(lo, hi):
+            _encode(np.ascontiguousarray(F, dtype=np.float64), C64, CT, norms, codes, greedy, iters, lo, hi)
+
+    workers = _threads() if N >= PARALLEL_MIN else 1
+    if workers <= 1:
+        run(0, N)
+    else:  # rows are independent and the kernels release the GIL: same codes, more cores
+        bounds = np.linspace(0, N, 4 * workers + 1).astype(np.int64)
+        with ThreadPoolExecutor(workers) as pool:
+            for f in [pool.submit(run, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
+                f.result()
     return codes.astype(np.uint8 if k <= 256 else np.uint16)
+
+
+def _threads() -> int:
+    """Threads for large encodes: HQDB_AQ_THREADS, else the CPUs this process may use (at most 8)."""
+    env = os.environ.get("HQDB_AQ_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return min(cpus, 8)

@@ -86,7 +86,7 @@ def total_loss(terms: dict[str, torch.Tensor], lambdas: dict[str, float]) -> tor
     return cast(torch.Tensor, sum(lambdas[t] * terms[t] for t in TERMS))  # non-empty: a tensor, not 0
 
 
-from .methods import Method  # noqa: E402  (methods imports this module lazily)
+from .methods import Method, pair_contrastive  # noqa: E402  (methods imports this module lazily)
 
 
 class HQ(Method):
@@ -99,8 +99,17 @@ class HQ(Method):
     # See train.DEFAULT_LAMBDAS for how these were chosen.
     lambdas = {"sim": 1.0, "h": 0.3, "b": 0.01, "q": 0.01}
 
+    # Label-free training (no ``labels``): "contrastive" replaces L_sim by the symmetric InfoNCE
+    # of :func:`methods.pair_contrastive` on θ_ij = ⟨f_i, g_j⟩ / (τ n) (n = bits: the logits of
+    # ±1 codes lie in [−1/τ, 1/τ]); "logistic" keeps Eq. 3 with s = I.
+    pair_loss = "contrastive"
+    temperature = 0.1
+
     def loss_terms(self, f, g, s, labels, qf, qg, pos):
-        return loss_terms(f, g, s, qf, qg)
+        terms = loss_terms(f, g, s, qf, qg)
+        if labels is None and self.pair_loss == "contrastive":
+            terms["sim"] = pair_contrastive((f @ g.T) / (self.temperature * f.shape[1]))
+        return terms
 
 
 class Lossless(HQ):

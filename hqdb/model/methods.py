@@ -34,6 +34,13 @@ class Method:
         self.n_classes = n_classes
         self.lam = lambdas
 
+    @classmethod
+    def label_free(cls) -> bool:
+        """Whether it trains from the pairs alone (data without ``labels``): the trainer then
+        passes s = I (item i's image and text similar, every other pair in the batch not) and
+        labels None. A method with a label-prediction term (SPDQ) cannot."""
+        return not {"label", "qlabel"} & set(cls.terms)
+
     # -- shape
     @classmethod
     def books(cls, bits: int, books: int | None) -> int:
@@ -54,7 +61,8 @@ class Method:
 
     def loss_terms(self, f, g, s, labels, qf, qg, pos) -> dict[str, torch.Tensor]:
         """Mean loss terms over a batch: f, g (B, bits + private) image / text outputs after
-        :meth:`activate`, s (B, B) cross-modal similarity, labels (B, C) multi-hot float,
+        :meth:`activate`, s (B, B) cross-modal similarity, labels (B, C) multi-hot float (None
+        when training from the pairs alone: s is then the identity),
         qf, qg (B, bits) current quantized reconstructions (None without quantizer), pos (B,)
         the items' positions in the training set."""
         raise NotImplementedError
@@ -89,6 +97,15 @@ def pairwise_logistic(theta: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     σ(θ) shared by HQ Eq. 3 and DCMH), computed without overflow."""
     softplus = torch.clamp(theta, min=0) + torch.log1p(torch.exp(-theta.abs()))
     return (softplus - s * theta).mean()
+
+
+def pair_contrastive(theta: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over a batch's (B, B) pair logits θ_ij (image i, text j) when the pairs
+    are the only supervision: −log softmax_j θ_ij at j = i for each image, the same over the
+    images for each text, averaged. The softmax form of Eq. 3 with s = I: each positive pair is
+    pushed above the batch's other pairs instead of every pair being classified on its own."""
+    target = torch.arange(theta.shape[0])
+    return 0.5 * (torch.nn.functional.cross_entropy(theta, target) + torch.nn.functional.cross_entropy(theta.T, target))
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,10 @@ DEFAULT_LAMBDAS = {"sim": 1.0, "h": 0.3, "b": 0.01, "q": 0.01}  # = hq.HQ.lambda
 # Generic optimiser defaults (HQ's, tuned as above); a method may override them (train_defaults).
 DEFAULT_TRAIN = {"epochs": 50, "batch_size": 32, "lr": 3e-3, "aq_rounds": 2}
 DEFAULT_HIDDEN = {"image": [512], "text": [512]}
+# Per-epoch validation (early stopping) looks at a seeded sample of at most this many queries
+# and training items, so its cost does not grow with the data (Wiki: its 348 and 1,390 are all used).
+VAL_QUERIES = 500
+VAL_DATABASE = 10000
 
 
 def _load(data) -> dict:
@@ -78,28 +82,35 @@ def _standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Progress:
-    """tqdm when installed, else one stderr line rewritten per epoch."""
+    """A tqdm bar over the training items of all epochs (so its ETA is meaningful inside a long
+    epoch; early stopping ends it sooner), the last epoch's losses and validation scores as its
+    postfix; without tqdm, one stderr line rewritten per epoch."""
 
-    def __init__(self, total: int, enabled: bool):
-        self.enabled, self.total, self.bar = enabled, total, None
+    def __init__(self, epochs: int, n_items: int, enabled: bool):
+        self.enabled, self.epochs, self.bar = enabled, epochs, None
         if enabled:
             try:
                 from tqdm.auto import tqdm
 
-                self.bar = tqdm(total=total, desc="train", unit="epoch", file=sys.stderr)
+                self.bar = tqdm(
+                    total=epochs * n_items, desc="train", unit="item", unit_scale=True, file=sys.stderr, mininterval=0.5
+                )
             except ImportError:
                 pass
 
-    def update(self, epoch: int, info: dict) -> None:
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def end_epoch(self, epoch: int, info: dict) -> None:
         if not self.enabled:
             return
         text = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in info.items()}
         if self.bar is not None:
-            self.bar.set_postfix(text, refresh=False)
-            self.bar.update(1)
+            self.bar.set_postfix({"epoch": f"{epoch}/{self.epochs}", **text}, refresh=True)
         else:
             cells = " ".join(f"{k} {v}" for k, v in text.items())
-            print(f"\rtrain epoch {epoch}/{self.total} {cells}", end="", file=sys.stderr, flush=True)
+            print(f"\rtrain epoch {epoch}/{self.epochs} {cells}", end="", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -242,20 +253,28 @@ def train(
         raise TrainingError(f"lr must be positive, got {lr!r}")
 
     d = _load(data)
-    for key in (image_key, text_key, "labels"):
+    for key in (image_key, text_key):
         if key not in d:
             raise TrainingError(
-                f"data has no {key!r} (keys: {sorted(d)}): give image, text (or text_key=...) and labels"
+                f"data has no {key!r} (keys: {sorted(d)}): give image and text (or text_key=...), and labels if any"
             )
-    try:
-        labels = metrics.as_multihot(np.asarray(d["labels"]))
-    except (TypeError, ValueError) as e:
-        raise TrainingError(f"bad labels: {e}") from None
-    n_items = len(labels)
+    labels: np.ndarray | None = None
+    if "labels" in d:
+        try:
+            labels = metrics.as_multihot(np.asarray(d["labels"]))
+        except (TypeError, ValueError) as e:
+            raise TrainingError(f"bad labels: {e}") from None
+    elif not cls.label_free():
+        raise TrainingError(
+            f"method {method!r} needs labels (data has no 'labels'); methods that train from the pairs "
+            f"alone: {', '.join(m for m in METHODS if m == 'c+d' or method_class(m).label_free())}"
+        )
     raw = {"image": d[image_key], "text": d[text_key]}
+    n_items = len(labels) if labels is not None else len(raw["image"])
     for m, v in raw.items():
         if len(v) != n_items:
-            raise TrainingError(f"{m!r} has {len(v)} items but there are {n_items} labels")
+            what = "labels" if labels is not None else "images"
+            raise TrainingError(f"{m!r} has {len(v)} items but there are {n_items} {what}")
     if n_items < 2:
         raise TrainingError("need at least 2 items to train")
 
@@ -290,7 +309,7 @@ def train(
         torch.use_deterministic_algorithms(True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            meth = cls(bits, labels.shape[1], lam)
+            meth = cls(bits, 0 if labels is None else labels.shape[1], lam)
             result = _fit(
                 torch,
                 meth,
@@ -376,12 +395,19 @@ def train(
         **{k: round(v, 6) for k, v in extra.items() if k != "epsilon"},
     }
     if n_val:
-        # Validation scores of the model as it will run (numpy inference, fresh quantization).
-        q = {m: X[m][val_idx] for m in X}
-        db = {m: X[m][tr_idx] for m in X}
-        train_metrics["validation"] = ranking.cross_modal(
-            model, q, db, labels[val_idx], labels[tr_idx], candidates=candidates
-        )
+        # Validation scores of the model as it will run (numpy inference, fresh quantization),
+        # on the same bounded sample as the per-epoch validation (all of it on small data).
+        q_rows, db_pos = _validation_sample(val_idx, len(tr_idx), labels is not None, seed)
+        q = {m: X[m][q_rows] for m in X}
+        if labels is not None:
+            db_rows = tr_idx[db_pos]
+            db = {m: X[m][db_rows] for m in X}
+            train_metrics["validation"] = ranking.cross_modal(
+                model, q, db, labels[q_rows], labels[db_rows], candidates=candidates
+            )
+        else:  # label-free: each validation item's own pair among the validation items
+            train_metrics["validation"] = ranking.cross_modal(model, q, q, None, None, candidates=candidates)
+        train_metrics["validation_sample"] = {"queries": int(len(q_rows)), "database": int(len(db_pos) or len(q_rows))}
     config["metrics"] = train_metrics
     config["history"] = history["curve"]  # per epoch: mean loss terms, validation MAP@50
     return model
@@ -448,6 +474,19 @@ def combine_c_plus_d(dcmh: TrainedModel, cdq: TrainedModel) -> TrainedModel:
 VALIDATION_KIND = {"two_stage": "two_stage", "hamming": "hamming", "aqd": "aqd", "float": "lossless"}
 
 
+def _validation_sample(val_idx, n_tr, labeled, seed) -> tuple[np.ndarray, np.ndarray]:
+    """(query rows of the data, database positions among the training items) for per-epoch
+    validation: at most VAL_QUERIES queries and VAL_DATABASE items, seeded, so an epoch's
+    validation costs the same at any data size. Label-free validation retrieves each query's own
+    pair among the validation items themselves, so it needs no training-item database."""
+    vrng = np.random.default_rng([seed, 7])  # its own stream: the batch order is unchanged
+    q = val_idx if len(val_idx) <= VAL_QUERIES else np.sort(vrng.choice(val_idx, VAL_QUERIES, replace=False))
+    if not labeled:
+        return q, np.zeros(0, dtype=np.int64)
+    db = np.arange(n_tr) if n_tr <= VAL_DATABASE else np.sort(vrng.choice(n_tr, VAL_DATABASE, replace=False))
+    return q, db
+
+
 def _fit(
     torch,
     meth,
@@ -477,19 +516,24 @@ def _fit(
     from .hq import Tower, similarity
 
     mods = ("image", "text")
+    labeled = labels is not None
     towers = {}
     for m in mods:
         mean, scale = _standardizer(X[m][tr_idx])
         towers[m] = Tower(X[m].shape[1], list(hidden[m]), bits + meth.private(), mean, scale, dropout)
     extras = meth.modules()
     params = [p for t in (*towers.values(), *extras) for p in t.parameters()]
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    # foreach: one multi-tensor kernel per Adam step instead of one per parameter (1.7x faster
+    # steps on the 2-core machine; the same update rule).
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
     # Cosine decay over the epoch budget: big steps early, small ones to settle at the end.
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1)) if cosine else None
     Xt = {m: torch.from_numpy(X[m]) for m in mods}
-    Lt = torch.from_numpy(labels.astype(np.float32))
+    Lt = torch.from_numpy(labels.astype(np.float32)) if labeled else None
+    tr_t = torch.from_numpy(tr_idx)
     n_tr = len(tr_idx)
     kind = VALIDATION_KIND[meth.search]
+    q_rows, db_pos = _validation_sample(val_idx, n_tr, labeled, seed)
 
     def search_vectors(idx) -> dict[str, np.ndarray]:
         """What the stored model will search with (TrainedModel.embed): the first ``bits``
@@ -497,10 +541,13 @@ def _fit(
         with torch.no_grad():
             out = {}
             for m in mods:
-                v = meth.activate(towers[m](Xt[m][idx]))[:, :bits]
-                if meth.output == "normalize":
-                    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
-                out[m] = v.numpy()
+                parts = []
+                for s in range(0, len(idx), 65536):  # bounded activations at any data size
+                    v = meth.activate(towers[m](Xt[m][idx[s : s + 65536]]))[:, :bits]
+                    if meth.output == "normalize":
+                        v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                    parts.append(v.numpy())
+                out[m] = np.concatenate(parts) if parts else np.zeros((0, bits), np.float32)
             return out
 
     def requantize(C, codes):
@@ -521,20 +568,24 @@ def _fit(
         return C, codes, f
 
     def validate(C, codes, f_tr) -> tuple[float, float]:
-        """MAP@50 of (I→T, T→I) with the method's search: validation queries against the training items."""
-        f_val = search_vectors(val_idx)
+        """MAP@50 of (I→T, T→I) with the method's search: validation queries against the training
+        items (with labels), or against the validation items' other modality, relevant = the
+        query's own pair (label-free)."""
+        f_val = search_vectors(q_rows)
         maps = []
-        for src, dst, rows in (("image", "text", slice(n_tr, None)), ("text", "image", slice(0, n_tr))):
-            r = ranking.rankings(
-                f_val[src],
-                f_tr[dst],
-                None if codes is None else codes[rows],
-                C,
-                candidates=candidates,
-                kinds=(kind,),
-                metric=meth.metric,
+        for src, dst, off in (("image", "text", n_tr), ("text", "image", 0)):
+            if labeled:
+                db, db_codes = f_tr[dst][db_pos], None if codes is None else codes[off + db_pos]
+            else:
+                db = f_val[dst]
+                db_codes = None if C is None else aq.encode(db, C, iters=aq_iters)
+            top = ranking.top_rankings(
+                f_val[src], db, db_codes, C, R=50, candidates=candidates, kind=kind, metric=meth.metric
             )
-            rel = metrics.relevance(labels[val_idx], labels[tr_idx], r[kind])
+            if labeled:
+                rel = metrics.relevance(labels[q_rows], labels[tr_idx[db_pos]], top)
+            else:
+                rel = top == np.arange(len(q_rows))[:, None]
             maps.append(metrics.mean_average_precision(rel, 50))
         return maps[0], maps[1]
 
@@ -542,26 +593,33 @@ def _fit(
     meth.end_epoch(f_tr["image"], f_tr["text"])
     best: tuple[float, int, tuple | None] = (-1.0, 0, None)  # score, epoch, (tower states, C, codes)
     history: dict[str, Any] = {"epochs_run": 0, "best_epoch": 0, "curve": []}
-    bar = _Progress(epochs, progress)
+    bar = _Progress(epochs, n_tr, progress)
     stale = 0
     modules = [*towers.values(), *extras]
+    eye = torch.eye(batch_size)
     try:
         for epoch in range(1, epochs + 1):
+            t_epoch = time.perf_counter()
             if books:
                 recon = torch.from_numpy(aq.reconstruct(codes, C))
                 q_img, q_txt = recon[:n_tr], recon[n_tr:]  # row r of each = training item tr_idx[r]
             perm = rng.permutation(n_tr)
             for t in modules:
                 t.train()
-            sums = dict.fromkeys(meth.terms, 0.0)
+            sums = {k: torch.zeros(()) for k in meth.terms}
             for s in range(0, n_tr, batch_size):
                 pos = torch.from_numpy(perm[s : s + batch_size])
-                items = torch.from_numpy(tr_idx)[pos]
+                items = tr_t[pos]
                 f = meth.activate(towers["image"](Xt["image"][items]))
                 g = meth.activate(towers["text"](Xt["text"][items]))
-                sim = similarity(Lt[items], Lt[items])
+                if Lt is not None:
+                    lab = Lt[items]
+                    sim = similarity(lab, lab)
+                else:  # the pairs are the supervision: item i's image and text, nothing else
+                    lab = None
+                    sim = eye[: len(pos), : len(pos)]
                 terms = meth.loss_terms(
-                    f, g, sim, Lt[items], q_img[pos] if books else None, q_txt[pos] if books else None, pos
+                    f, g, sim, lab, q_img[pos] if books else None, q_txt[pos] if books else None, pos
                 )
                 loss = meth.total(terms)
                 if not bool(torch.isfinite(loss)):
@@ -573,8 +631,10 @@ def _fit(
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                for k in sums:
-                    sums[k] += float(terms[k].detach()) * len(pos) / n_tr
+                with torch.no_grad():
+                    for k in sums:
+                        sums[k] += terms[k].detach() * (len(pos) / n_tr)
+                bar.advance(len(pos))
             if sched is not None:
                 sched.step()
             for t in modules:
@@ -582,7 +642,7 @@ def _fit(
             C, codes, f_tr = requantize(C, codes)
             meth.end_epoch(f_tr["image"], f_tr["text"])
             history["epochs_run"] = epoch
-            info = {k: sums[k] for k in meth.terms}
+            info: dict[str, Any] = {k: float(v) for k, v in sums.items()}
             if len(val_idx):
                 i2t, t2i = validate(C, codes, f_tr)
                 score = metrics.harmonic_mean(i2t, t2i)  # the paper's balanced summary of both tasks
@@ -597,8 +657,11 @@ def _fit(
                     stale = 0
                 else:
                     stale += 1
-            history["curve"].append({"epoch": epoch, **{k: round(v, 6) for k, v in info.items()}})
-            bar.update(epoch, info)
+            seconds = time.perf_counter() - t_epoch
+            history["curve"].append(
+                {"epoch": epoch, **{k: round(v, 6) for k, v in info.items()}, "seconds": round(seconds, 3)}
+            )
+            bar.end_epoch(epoch, info)
             if len(val_idx) and stale >= patience:
                 break
     finally:
