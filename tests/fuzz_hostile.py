@@ -548,6 +548,9 @@ KNOWN = [
      "codebooks whose inner products overflow float32: the kernel refuses them with a ValueError (table.py)"),
     (r"^IndexError: only integers, slices .* @ (storage|table)\.py",
      "a rows locator (chunk / slot) that is REAL, not INTEGER, used as an index (table.py, CodeStore.holds)"),
+    (r"^(ValueError: invalid literal for int\(\)|IndexError: index -?\d+ is out of bounds) .*@ table\.py:\d+ filter_mask",
+     "a rows locator that is REAL or out of range, met by a filtered search (Table.filter_mask: "
+     "group_concat(chunk * 65536 + slot) parsed with int(), slot not checked against chunk_size)"),
 ]
 
 
