@@ -236,8 +236,8 @@ class CodeStore:
     # ---------------------------------------------------------------- slots
     def position(self, chunk: int, slot: int) -> int:
         """Cache index of (chunk, slot); :class:`CorruptTableError` if no such slot."""
-        idx = self.chunk_index.get(chunk)
-        if idx is None or not 0 <= slot < self.cs:
+        idx = self.chunk_index.get(chunk) if type(chunk) is int else None
+        if idx is None or type(slot) is not int or not 0 <= slot < self.cs:
             raise CorruptTableError(
                 f"hq table {self.name}: a row points at chunk {chunk} slot {slot}, which does not exist"
             )
@@ -245,8 +245,8 @@ class CodeStore:
 
     def holds(self, chunk: int, slot: int, rowid: int) -> int | None:
         """Cache index of (chunk, slot) if it holds ``rowid``'s codes, else None."""
-        idx = self.chunk_index.get(chunk)
-        if idx is None or not 0 <= slot < self.cs:
+        idx = self.chunk_index.get(chunk) if type(chunk) is int else None
+        if idx is None or type(slot) is not int or not 0 <= slot < self.cs:
             return None
         pos = idx * self.cs + slot
         return pos if pos < self.size and self.valid[pos] and self.rowids[pos] == rowid else None

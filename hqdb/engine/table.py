@@ -103,6 +103,20 @@ class Table:
         entry = catalog.read_entry(conn, schema, name)
         if entry is None:
             raise HqError(f"hq table {name!r} is missing from the hqdb catalog ({schema}.{catalog.TABLE})")
+        missing = [
+            entry.name + s
+            for s in catalog.shadow_suffixes(entry.opts)
+            if s != catalog.LEGACY_PENDING
+            and not conn.execute(
+                f"SELECT 1 FROM {quote_ident(schema)}.sqlite_master WHERE type = 'table' AND name = ? COLLATE NOCASE",
+                (entry.name + s,),
+            ).fetchone()
+        ]
+        if missing:
+            raise CorruptTableError(
+                f"hq table {entry.name}: its shadow table(s) {', '.join(missing)} are missing; the table cannot be "
+                "used (drop it, or restore the file from a backup)"
+            )
         return cls(conn, schema, entry.name, entry.opts)
 
     def destroy(self) -> None:
@@ -240,9 +254,22 @@ class Table:
             if self.opts.model is None:
                 raise HqError(f"hq table {self.name} is a raw table: it has no model")
             try:
-                self._model = load_model(self.conn, self.opts.model)
+                model = load_model(self.conn, self.opts.model)
             except ModelError as e:
                 raise HqError(f"hq table {self.name}: {e}") from None
+            o = self.opts
+            if (model.bits, model.books, model.codewords, model.metric, tuple(model.modalities)) != (
+                o.dim,
+                o.books,
+                o.codewords,
+                o.metric,
+                tuple(o.modalities),
+            ):
+                raise CorruptTableError(
+                    f"hq table {self.name}: model {o.model!r} no longer has the table's shape ({o.dim} bits, "
+                    f"{o.books} books of {o.codewords}, metric {o.metric!r}, modalities {list(o.modalities)})"
+                )
+            self._model = model
         return self._model
 
     def default_mode(self) -> str:
@@ -908,15 +935,25 @@ class Table:
         self.flush()
         where, params = self._where(conds, skip_in=True)
         sql = self._select_rows + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY rowid"
-        return self.conn.execute(sql, params).fetchall()
+        return self._fetch(sql, tuple(params))
 
     def rows_by_id(self, rowids: Sequence[int]) -> dict[Any, tuple]:
         """{rowid: (chunk, slot per code set..., metadata...)} of the rows that exist."""
         self.flush()
-        got = self.conn.execute(
+        got = self._fetch(
             self._select_rows + " WHERE rowid IN (SELECT value FROM json_each(?))", (json.dumps(list(rowids)),)
-        ).fetchall()
+        )
         return {r[0]: r[1:] for r in got}
+
+    def _fetch(self, sql: str, params: tuple) -> list[tuple]:
+        """Rows of the rows table; TEXT that is not UTF-8 (written by another program) is a
+        :class:`CorruptTableError` naming the table, not a decoding crash."""
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except UnicodeDecodeError:
+            raise CorruptTableError(
+                f"hq table {self.name}: a row's metadata is TEXT that is not UTF-8 (written outside hqdb?)"
+            ) from None
 
     def codes_of(self, set_idx: int, rowid: int) -> tuple[bytes, bytes | None] | None:
         """(bit code, qcode or None) of a row as the file holds them now, or None if the row
@@ -1024,8 +1061,14 @@ class Table:
                 f"SELECT hq_set_codebooks('{self.name}', :blob), or search with mode = 'hamming'"
             )
         luts = np.empty((len(vecs), cb.shape[0], cb.shape[1]), dtype=np.float32)
-        for j, vec in enumerate(vecs):
-            luts[j] = kernels.aqd_lut(vec, cb)
+        try:
+            for j, vec in enumerate(vecs):
+                luts[j] = kernels.aqd_lut(vec, cb)
+        except ValueError:  # the only way a finite query and finite codebooks fail here
+            raise HqError(
+                f"hq_match on {self.name}: the query's products with the codebooks overflow float32 "
+                "(query or codebook values too large)"
+            ) from None
         offsets = np.zeros(len(vecs), dtype=np.float64)
         if self.opts.metric == "l2":
             if self._cb_norms is None or self._cb_norms[0] is not cb:
@@ -1049,7 +1092,8 @@ class Table:
         packed = catalog.scalar(
             self.conn,
             f"SELECT group_concat({chunk} * 65536 + {slot}) FROM {self.rows_table} "
-            f"WHERE {chunk} IS NOT NULL AND {' AND '.join(where)}",
+            f"WHERE typeof({chunk}) = 'integer' AND typeof({slot}) = 'integer' AND {slot} BETWEEN 0 AND {st.cs - 1} "
+            f"AND {' AND '.join(where)}",
             tuple(params),
         )
         sel = np.zeros(st.size, dtype=np.uint8)
