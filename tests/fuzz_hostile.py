@@ -534,23 +534,10 @@ DIRECT_ONLY = "unsafe use of hq_"
 # in docs/reliability.md, "Threat model"): counted apart as "known", listed by pattern, so that a
 # new kind of escape still fails the run. Matched against "<Type>: <message> @ <innermost frames>".
 KNOWN = [
-    (r"^SQLError: no such table: \S+\.\S+_(rows|chunks)\b",
-     "a shadow table the catalog names is missing: SQLite's error, not an HqdbError (Table.open does not check)"),
     (r"^SQLError: table \S+\.\S+_rows has no column named ",
-     "the rows shadow table lacks a column the catalog names (Table.open does not check)"),
+     "the rows shadow table lacks a column the catalog names: SQLite's error about hqdb's own insert"),
     (r"^SQLError: (no such column: |table \w+ has no column named )",
      "the probe's own SQL names a column the file's table does not declare: SQLite's error about the statement"),
-    (r"^UnicodeDecodeError: .* @ table\.py:\d+ (scan|rows_by_id|_row|row)\b",
-     "metadata TEXT that is not UTF-8, decoded by the driver when a row is read (table.py)"),
-    (r"^ValueError: could not broadcast .* @ table\.py:\d+ parse_quer",
-     "a model whose bits differ from the table's: Table.model() does not compare them as hq_check does"),
-    (r"^ValueError: .* @ __init__\.py:\d+ _aqd_lut",
-     "codebooks whose inner products overflow float32: the kernel refuses them with a ValueError (table.py)"),
-    (r"^IndexError: only integers, slices .* @ (storage|table)\.py",
-     "a rows locator (chunk / slot) that is REAL, not INTEGER, used as an index (table.py, CodeStore.holds)"),
-    (r"^(ValueError: invalid literal for int\(\)|IndexError: index -?\d+ is out of bounds) .*@ table\.py:\d+ filter_mask",
-     "a rows locator that is REAL or out of range, met by a filtered search (Table.filter_mask: "
-     "group_concat(chunk * 65536 + slot) parsed with int(), slot not checked against chunk_size)"),
 ]
 
 
