@@ -3,8 +3,9 @@
 Arguments are either options ``name=value`` (``dim=128``, ``books=4``, ``codewords=256``,
 ``chunk_size=1024``, ``metric='ip'`` or ``'l2'`` — how AQD compares a query with a quantized
 item: inner product, the HQ paper's, or squared Euclidean distance, CQ's; ``rerank='int8'``,
-``'float16'`` or ``'float32'`` — a raw table keeps each row's vector and re-ranks exactly) or
-metadata column
+``'float16'`` or ``'float32'`` — a raw table keeps each row's vector and re-ranks exactly;
+``index='mih'`` and ``mih_m=N`` — an in-memory multi-index hash for exact Hamming search,
+:mod:`hqdb.engine.mih`) or metadata column
 declarations ``name TYPE [PRIMARY KEY]`` with TYPE one of TEXT, INTEGER, REAL, BLOB. Anything
 else is refused with a message naming the argument.
 """
@@ -40,10 +41,20 @@ DEFAULT_CHUNK_SIZE = 1024
 METRICS = ("ip", "l2")
 # rerank=: raw tables keep each row's vector in this form and re-rank the shortlist exactly
 RERANKS = ("float32", "float16", "int8")
+# index=: an in-memory search index over the bit codes (hqdb.engine.mih); mih_m= its substrings
+INDEXES = ("mih",)
+
 # A model-bound table takes books and codewords from its model, whose own ranges are wider
 # (hqdb.model.model.TrainedModel.from_state): books 0..MAX_BITS, codewords 1..65536.
 MODEL_BOOKS = (0, MAX_BITS)
 MODEL_CODEWORDS = (1, MAX_CODEWORDS)
+
+
+def mih_m_range(dim: int) -> tuple[int, int]:
+    """The substring counts mih_m= allows for ``dim``-bit codes: substrings of 8..32 bits
+    (at least one substring)."""
+    lo = -(-dim // 32)
+    return lo, max(lo, dim // 8)
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,8 @@ class TableOptions:
     modalities: tuple[str, ...] = ()
     metric: str = "ip"
     rerank: str | None = None  # raw tables: how each row's vector is kept for the exact re-rank
+    index: str | None = None  # 'mih': multi-index hashing for 'hamming' / 'two_stage' searches
+    mih_m: int | None = None  # MIH substrings per code (None: chosen from the code length and rows)
 
     @property
     def code_sets(self) -> tuple[CodeSet, ...]:
@@ -112,6 +125,9 @@ class TableOptions:
                 "metric": self.metric,
                 # only when set: tables created before rerank existed keep their catalog JSON
                 **({"rerank": self.rerank} if self.rerank else {}),
+                # likewise: tables without an index keep their catalog JSON
+                **({"index": self.index} if self.index else {}),
+                **({"mih_m": self.mih_m} if self.mih_m is not None else {}),
             }
         )
 
@@ -241,6 +257,14 @@ def _from_catalog(dim, books, codewords, chunk_size, options) -> TableOptions:
         raise _Invalid("rerank", f"must be one of {', '.join(RERANKS)} on a raw table, got {_show(rerank)}")
     if rerank is not None and any(c.name.lower() == "vector" for c in cols):
         raise _Invalid("columns", "a rerank table's column 'vector' holds its vectors")
+    index = doc.get("index")
+    if index is not None and index not in INDEXES:
+        raise _Invalid("index", f"must be one of {', '.join(INDEXES)}, got {_show(index)}")
+    mih_m = doc.get("mih_m")
+    if mih_m is not None:
+        if index != "mih":
+            raise _Invalid("mih_m", "is only for index='mih'")
+        _stored_int("mih_m", mih_m, *mih_m_range(dim))
     return TableOptions(
         dim=dim,
         books=books,
@@ -251,6 +275,8 @@ def _from_catalog(dim, books, codewords, chunk_size, options) -> TableOptions:
         modalities=tuple(modalities),
         metric=metric,
         rerank=rerank,
+        index=index,
+        mih_m=mih_m,
     )
 
 
@@ -273,6 +299,7 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
     opts: dict[str, int] = {}
     metric = "ip"
     rerank: str | None = None
+    index: str | None = None
     model: str | None = None
     columns: list[Column] = []
     seen: set[str] = set()
@@ -316,9 +343,18 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
                         "kept for the exact re-rank)"
                     )
                 opts[name] = 1
+            elif name == "index":
+                raw = m.group(2).strip()
+                index = raw[1:-1] if len(raw) >= 2 and raw[0] in "'\"" and raw[-1] == raw[0] else raw
+                if index not in INDEXES:
+                    raise OptionError(f"hq option index={raw}: must be 'mih' (multi-index hashing)")
+                opts[name] = 1
+            elif name == "mih_m":
+                opts[name] = _int_option(name, m.group(2), 1, MAX_DIM)
             else:
                 raise OptionError(
-                    f"unknown hq option {name!r} (known: dim, books, codewords, chunk_size, metric, rerank, model)"
+                    f"unknown hq option {name!r} (known: dim, books, codewords, chunk_size, metric, rerank, index, "
+                    "mih_m, model)"
                 )
             continue
         m = _COLUMN.fullmatch(text)
@@ -342,6 +378,9 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
         seen.add(name.lower())
         columns.append(Column(name, ctype, key))
     chunk_size = opts.get("chunk_size", DEFAULT_CHUNK_SIZE)
+    mih_m = opts.get("mih_m")
+    if mih_m is not None and index != "mih":
+        raise OptionError("hq option mih_m= needs index='mih'")
     if model is not None:
         if rerank:
             raise OptionError("hq option rerank= is for raw tables (a model-bound table has no vectors to keep)")
@@ -361,6 +400,7 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
             check_layout(tuple(columns), model, tuple(modalities))
         except _Invalid as e:
             raise OptionError(f"hq table with model={model!r}: {e}") from None
+        _check_mih_m(mih_m, dim)
         return TableOptions(
             dim=dim,
             books=books,
@@ -370,6 +410,8 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
             model=model,
             modalities=tuple(modalities),
             metric=metric,
+            index=index,
+            mih_m=mih_m,
         )
     if "dim" not in opts:
         raise OptionError("hq table needs dim=N (code length in bits, a multiple of 8) or model='name'")
@@ -379,6 +421,7 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
         raise OptionError(str(e.message)) from None
     if rerank and any(c.name.lower() == "vector" for c in columns):
         raise OptionError("column name 'vector' is taken by rerank= (it holds each row's vector)")
+    _check_mih_m(mih_m, opts["dim"])
     return TableOptions(
         dim=opts["dim"],
         books=opts.get("books", 4),
@@ -387,4 +430,16 @@ def parse_args(args: tuple, resolve_model=None) -> TableOptions:
         columns=tuple(columns),
         metric=metric,
         rerank=rerank,
+        index=index,
+        mih_m=mih_m,
     )
+
+
+def _check_mih_m(mih_m: int | None, dim: int) -> None:
+    if mih_m is None:
+        return
+    lo, hi = mih_m_range(dim)
+    if not lo <= mih_m <= hi:
+        raise OptionError(
+            f"hq option mih_m={mih_m}: {dim}-bit codes split into {lo}..{hi} substrings (of 8..32 bits each)"
+        )

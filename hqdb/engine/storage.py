@@ -26,6 +26,8 @@ than the cache's, and the cache reloads. A random value cannot come back the way
 
 from __future__ import annotations
 
+from typing import Any
+
 import apsw
 import numpy as np
 
@@ -77,6 +79,7 @@ class CodeStore:
         self.vectors_table = qualified(schema, self.vectors_name)
         self.loaded = False
         self.generation: int | None = None  # catalog generation the arrays reflect
+        self.index: Any = None  # an in-memory index over the codes (hqdb.engine.mih), told of every change
         self._empty()
 
     # ---------------------------------------------------------------- shadow table
@@ -190,6 +193,8 @@ class CodeStore:
             self._load_vectors()
         self.reset_allocator()
         self.loaded = True
+        if self.index is not None:
+            self.index.reset()
 
     def _load_vectors(self) -> None:
         """A rerank table's vectors, one row of ``<t>_vectors`` per chunk of codes."""
@@ -384,6 +389,8 @@ class CodeStore:
         self.n_rows += (0 if overwrite else len(pos)) - len(cpos)
         if self._free is not None:  # freed slots are free for the next rows
             self._freed.extend(sorted(cpos.tolist(), reverse=True))
+        if self.index is not None:
+            self.index.touched(both)
         self._write_back(both)
 
     def _write_back(self, changed: np.ndarray) -> None:

@@ -19,6 +19,7 @@ Searches (:meth:`Table.search`, :meth:`Table.search_many`) run on the per-connec
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ import numpy as np
 from .. import kernels, quantize
 from ..errors import ConstraintError, CorruptTableError, HqError, ModelError, StaleTableError
 from ..model.store import load_model
-from . import catalog
+from . import catalog, mih
 from .catalog import qualified, quote_ident
 from .options import TableOptions
 from .query import Params, decode_query, resolve
@@ -71,6 +72,9 @@ class Table:
         self.name = name
         self.rows_table = qualified(self.schema, catalog.rows_name(name))
         self.stores = [CodeStore(self.conn, self.schema, name, self.opts, c) for c in self.sets]
+        if self.opts.index == "mih":
+            for st in self.stores:
+                st.index = mih.MIHIndex(st, self.opts.mih_m)
         locs = [col for c in self.sets for col in (c.chunk_col, c.slot_col)]
         names = ["rowid", *locs, *self.meta_names]
         self._row_cols = names
@@ -306,7 +310,7 @@ class Table:
         if self._slot_ids is None or len(self._slot_ids) != n:
             self._slot_ids = np.arange(n, dtype=np.int64)  # the kernel ranks slots: it returns where they are
         luts = self.luts(vecs)[0] if stage == "aqd" else None
-        slots, _, hams = kernels.search_many(
+        slots, _, hams = self._kernel(set_idx, conds, many=True)(
             codes, qcodes, self._slot_ids, valid, bits, luts, k=c, candidates=c, mode=stage, threads=threads
         )
         out = []
@@ -1113,6 +1117,17 @@ class Table:
         valid = self.filter_mask(set_idx, conds) if conds else st.valid[:n]
         return generation, st.codes[:n], (st.qcodes[:n] if self.opts.books else None), st.rowids[:n], valid
 
+    def _kernel(self, set_idx: int, conds: Sequence[Cond] | None, *, many: bool = False):
+        """:func:`kernels.search` (or ``search_many``), or on an ``index='mih'`` table the same call
+        through the code set's multi-index hash (:mod:`hqdb.engine.mih`: same results, 'aqd' and
+        small tables still scan)."""
+        st = self.stores[set_idx]
+        if st.index is None:
+            return kernels.search_many if many else kernels.search
+        # Without conditions the mask is the cache's own, whose count the store keeps.
+        run = mih.search_many if many else mih.search
+        return functools.partial(run, st.index, n_valid=None if conds else st.n_rows)
+
     def search(self, set_idx: int, query, params: Params, conds: Sequence[Cond] | None = None, *, threads: int = 1):
         """One query (as :meth:`parse_query` takes it): (rowids, distances, hamming), best first."""
         mode = params.run_mode
@@ -1121,7 +1136,7 @@ class Table:
             return self._reranked(set_idx, bits[None, :], vec[None, :], params, conds, threads)[0]
         _, codes, qcodes, rowids, valid = self._arrays(set_idx, conds)
         lut, offset = (None, None) if mode == "hamming" or vec is None else self.luts(vec[None, :])
-        out = kernels.search(
+        out = self._kernel(set_idx, conds)(
             codes,
             qcodes,
             rowids,
@@ -1157,7 +1172,7 @@ class Table:
         arrays = (codes, qcodes, rowids, valid, bits, luts)
         kw: dict[str, Any] = {"k": params.k, "candidates": params.candidates, "mode": mode}
         if device is None:
-            out = kernels.search_many(*arrays, threads=threads, **kw)
+            out = self._kernel(set_idx, conds, many=True)(*arrays, threads=threads, **kw)
         else:
             from ..kernels import torch_backend
 
