@@ -8,6 +8,7 @@
     python bench/search.py --writes --rows 20000 --add 5000 --autocommit 500   # a small check
     python bench/search.py --isa                 # each Hamming scan path this CPU has (~2 min)
     python bench/search.py --isa avx2 scalar     # only these paths
+    python bench/search.py --mih                 # index='mih' vs the scan, clustered codes (bench/mih.py)
 
 One run measures, on the same seeded synthetic vectors and the same queries:
 
@@ -1316,17 +1317,21 @@ ISA_BITS, ISA_BOOKS, ISA_C = 128, 4, 1000
 
 
 def isa_measure(a, paths: list[str]) -> dict:
-    """One run: FAISS IndexBinaryFlat, sqlite-vec bit[128] and the memory floor once, and for
-    each path (forced with ``hqdb.kernels._tune("isa", path)``) hqdb two-stage c = 1000 and
-    Hamming-only through SQL and as bare kernel calls, all on the same seeded uniform codes,
-    one thread, k = 10. FAISS runs before and after the hqdb paths (the machine is shared)."""
+    """One run: FAISS IndexBinaryFlat, sqlite-vec bit[128] and the memory floor, and for each path
+    (forced with ``hqdb.kernels._tune("isa", path)``) hqdb two-stage c = 1000 and Hamming-only
+    through SQL and as bare kernel calls, all on the same seeded uniform codes, one thread, k = 10.
+
+    The methods take turns: ``--isa-rounds`` rounds, each running every method on its share of
+    the queries (after 2 warm-up queries, so its data is back in cache), so that the load of
+    other jobs on this shared machine falls on every method alike instead of on whichever ran
+    during a busy minute."""
     hqdb, _ = import_hqdb()
     kern = hqdb.kernels
     faiss, faiss_reason = import_faiss()
     n, bits, m, c = a.isa_rows, ISA_BITS, ISA_BOOKS, ISA_C
-    nq, wu, nb = a.queries, a.warmup, ISA_BITS // 8
+    nq, nb, rounds = a.queries, ISA_BITS // 8, max(1, min(a.isa_rounds, a.queries))
     rng = np.random.default_rng([0, 15])
-    log(f"data: {n:,} uniform random {bits}-bit codes, m = {m}, {nq} queries (+{wu} warm-up) ...")
+    log(f"data: {n:,} uniform random {bits}-bit codes, m = {m}, {nq} queries in {rounds} rounds ...")
     codes = rng.integers(0, 256, (n, nb), dtype=np.uint8)
     qcodes = rng.integers(0, 256, (n, m), dtype=np.uint8)
     cbs = (0.1 * rng.standard_normal((m, 256, bits))).astype(np.float32)
@@ -1335,69 +1340,48 @@ def isa_measure(a, paths: list[str]) -> dict:
     qblobs = [v.tobytes() for v in q]
     rid = np.arange(1, n + 1, dtype=np.int64)
     ref = [np.sort(np_hamming(codes.view(np.uint64), qbits[i]))[:K].tolist() for i in range(nq)]
-    out: dict = {"n": n, "bits": bits, "m": m, "c": c, "queries": nq, "warmup": wu, "paths": {},
+    out: dict = {"n": n, "bits": bits, "m": m, "c": c, "queries": nq, "rounds": rounds, "paths": {},
                  "failures": [], "skipped": [], "load_start": tuple(round(x, 2) for x in os.getloadavg())}
 
-    def p(lat):
-        return {"p50": float(np.percentile(lat, 50) * 1e3), "p95": float(np.percentile(lat, 95) * 1e3)}
+    def floor():
+        bw, how = measure_bandwidth(256 << 20, 1)
+        cache_bw, _ = measure_bandwidth(n * nb, 1)
+        return bw, how, cache_bw
 
     log("memory bandwidth, 1 thread ...")
-    bw, bw_how = measure_bandwidth(256 << 20, 1)
-    cache_bw, _ = measure_bandwidth(n * nb, 1)
-    out["floor"] = {"bytes": n * nb, "bw": bw, "how": bw_how, "ms": n * nb / bw * 1e3,
-                    "cache_bw": cache_bw, "cache_ms": n * nb / cache_bw * 1e3}
-    log(f"  {bw / 1e9:.1f} GB/s ({bw_how}): floor {out['floor']['ms']:.3f} ms; "
-        f"a buffer the size of the codes {cache_bw / 1e9:.1f} GB/s: {out['floor']['cache_ms']:.3f} ms")
+    bw0 = floor()
 
-    index = None
+    # every method: name -> (path or None, fn(i) -> result to check)
+    methods: dict[str, tuple[str | None, object]] = {}
+    cleanup = []
     if faiss is not None:
         index = faiss.IndexBinaryFlat(bits)
         index.add(codes)
         faiss.omp_set_num_threads(1)
         out["faiss_version"] = faiss.__version__
-    else:
-        out["skipped"].append(f"FAISS: {faiss_reason}")
-
-    def run_faiss(key):
-        if index is None:
-            return
 
         def fs(i):
             D, _ = index.search(qbits[i:i + 1], K)
             return sorted(D[0].tolist())
 
-        lat, res = time_queries(fs, nq, wu)
-        out[key] = p(lat)
-        log(f"  FAISS IndexBinaryFlat ({key}): p50 {out[key]['p50']:.3f} ms")
-        if res != ref:
-            out["failures"].append(f"FAISS distances differ from numpy ({key})")
-
-    run_faiss("faiss_before")
-
-    # sqlite-vec 0.1.9 bit[128]
-    import sqlite_vec
+        methods["faiss"] = (None, fs)
+    else:
+        out["skipped"].append(f"FAISS: {faiss_reason}")
 
     vpath = CACHE / "vec_isa.db"
-    vpath.unlink(missing_ok=True)
+    for f in (vpath, Path(str(vpath) + "-wal"), Path(str(vpath) + "-shm")):
+        f.unlink(missing_ok=True)
     vc = vec_connect(str(vpath))
     out["vec_version"] = vc.execute("select vec_version()").fetchone()[0].lstrip("v")
     vc.execute(f"create virtual table v using vec0(embedding bit[{bits}])")
+    log(f"sqlite-vec {out['vec_version']}: loading {n:,} rows ...")
     with vc:
         vc.executemany("insert into v(rowid, embedding) values (?, vec_bit(?))",
                        ((i + 1, codes[i].tobytes()) for i in range(n)))
     vsql = "select rowid, distance from v where embedding match vec_quantize_binary(?) and k = ?"
-    lat, res = time_queries(lambda i: [r[1] for r in vc.execute(vsql, (qblobs[i], K)).fetchall()], nq, wu)
-    out["vec"] = p(lat)
-    log(f"  sqlite-vec {out['vec_version']} bit[{bits}]: p50 {out['vec']['p50']:.3f} ms")
-    if [sorted(r) for r in res] != [[float(d) for d in r] for r in ref]:
-        out["failures"].append("sqlite-vec bit distances differ from numpy")
-    vc.close()
-    vpath.unlink(missing_ok=True)
-    for suffix in ("-wal", "-shm"):
-        Path(str(vpath) + suffix).unlink(missing_ok=True)
-    del sqlite_vec
+    methods["vec"] = (None, lambda i: sorted(r[1] for r in vc.execute(vsql, (qblobs[i], K)).fetchall()))
+    cleanup.append(vc.close)
 
-    # hqdb, one database, each path in turn
     hpath = CACHE / "hq_isa.db"
     for f in (hpath, Path(str(hpath) + "-journal"), Path(str(hpath) + "-wal"), Path(str(hpath) + "-shm")):
         f.unlink(missing_ok=True)
@@ -1405,52 +1389,92 @@ def isa_measure(a, paths: list[str]) -> dict:
     db.execute(f"CREATE VIRTUAL TABLE t USING hq(dim={bits}, books={m}, codewords=256)")
     hqdb.set_codebooks(db, "t", cbs)
     hqdb.insert_codes(db, "t", codes, qcodes)
+    cleanup.append(db.close)
     two = "SELECT rowid, distance, hamming FROM t WHERE hq_match(t.code, ?) AND k = ? AND candidates = ?"
     ham = "SELECT rowid, distance, hamming FROM t WHERE hq_match(t.code, ?) AND k = ? AND mode = ?"
-    first = None
+
+    def kh(i):
+        return kern.search(codes, None, rid, None, kern.pack_bits(q[i]), None, k=K, candidates=K,
+                           mode="hamming", threads=1)[2].tolist()
+
+    def k2(i):
+        lut = kern.aqd_lut(q[i], cbs)
+        return kern.search(codes, qcodes, rid, None, kern.pack_bits(q[i]), lut, k=K, candidates=c,
+                           mode="two_stage", threads=1)[0].tolist()
+
+    for path in paths:
+        methods[f"{path}:sql_two"] = (path, lambda i: db.execute(two, (qblobs[i], K, c)).fetchall())
+        methods[f"{path}:sql_ham"] = (path, lambda i: db.execute(ham, (qblobs[i], K, "hamming")).fetchall())
+        methods[f"{path}:kernel_ham"] = (path, kh)
+        methods[f"{path}:kernel_two"] = (path, k2)
+        kern._tune("isa", path)
+        info = hqdb.info()
+        if info.get("hamming_path") != path:
+            out["failures"].append(f"isa={path}: hqdb.info() says {info.get('hamming_path')!r}")
+        out["paths"][path] = {"info": info}
+    kern._tune("isa", "auto")
+
+    lat: dict[str, list[float]] = {name: [] for name in methods}
+    res: dict[str, list] = {name: [None] * nq for name in methods}
+    other: list[float] = []
     try:
-        for path in paths:
-            kern._tune("isa", path)
-            info = hqdb.info()
-            if info.get("hamming_path") != path:
-                out["failures"].append(f"isa={path}: hqdb.info() says {info.get('hamming_path')!r}")
-            r: dict = {"info": info}
-            log(f"== path {path}: {info['hamming_impl']}")
-            lat, two_res = time_queries(lambda i: db.execute(two, (qblobs[i], K, c)).fetchall(), nq, wu)
-            r["sql_two"] = p(lat)
-            lat, ham_res = time_queries(lambda i: db.execute(ham, (qblobs[i], K, "hamming")).fetchall(), nq, wu)
-            r["sql_ham"] = p(lat)
-
-            def kh(i):
-                return kern.search(codes, None, rid, None, kern.pack_bits(q[i]), None, k=K, candidates=K,
-                                   mode="hamming", threads=1)[2].tolist()
-
-            def k2(i):
-                lut = kern.aqd_lut(q[i], cbs)
-                return kern.search(codes, qcodes, rid, None, kern.pack_bits(q[i]), lut, k=K, candidates=c,
-                                   mode="two_stage", threads=1)[0].tolist()
-
-            lat, kh_res = time_queries(kh, nq, wu)
-            r["kernel_ham"] = p(lat)
-            lat, k2_res = time_queries(k2, nq, wu)
-            r["kernel_two"] = p(lat)
-            log("  " + "  ".join(f"{key} p50 {r[key]['p50']:.3f} ms" for key in
-                                 ("sql_two", "sql_ham", "kernel_ham", "kernel_two")))
-            if [[x[2] for x in rows] for rows in ham_res] != ref or kh_res != ref:
-                out["failures"].append(f"isa={path}: Hamming top-10 distances differ from numpy")
-            if [[x[0] for x in rows] for rows in two_res] != k2_res:
-                out["failures"].append(f"isa={path}: SQL two-stage differs from kernels.search")
-            if first is None:
-                first = (path, two_res, ham_res)
-            elif (two_res, ham_res) != first[1:]:
-                out["failures"].append(f"isa={path}: SQL results differ from isa={first[0]}")
-            out["paths"][path] = r
+        for r in range(rounds):
+            share = range(r * nq // rounds, (r + 1) * nq // rounds)
+            for name, (path, fn) in methods.items():
+                kern._tune("isa", path or "auto")
+                wait_quiet()
+                for w in (1, 2):  # warm-up: back in cache after the other methods
+                    fn((share.start + w) % nq)
+                gc.collect()
+                gc.disable()
+                before = cpu_snapshot()
+                try:
+                    for i in share:
+                        t = time.perf_counter()
+                        res[name][i] = fn(i)
+                        lat[name].append(time.perf_counter() - t)
+                finally:
+                    gc.enable()
+                other.append(other_cpu(before, cpu_snapshot()))
+            log(f"  round {r + 1}/{rounds}: " + "  ".join(
+                f"{name} {np.median(v) * 1e3:.3f}" for name, v in lat.items() if name in ("faiss", f"{paths[0]}:sql_two")))
     finally:
         kern._tune("isa", "auto")
-        db.close()
-        for f in (hpath, Path(str(hpath) + "-wal"), Path(str(hpath) + "-shm")):
+        for fn in cleanup:
+            fn()
+        for f in (hpath, vpath, *(Path(str(x) + y) for x in (hpath, vpath) for y in ("-wal", "-shm"))):
             f.unlink(missing_ok=True)
-    run_faiss("faiss_after")
+
+    def pct(name):
+        v = np.array(lat[name])
+        return {"p50": float(np.percentile(v, 50) * 1e3), "p95": float(np.percentile(v, 95) * 1e3)}
+
+    bw1 = floor()
+    bw, how, cache_bw = max(bw0, bw1)  # the faster measurement: the stricter floor
+    out["floor"] = {"bytes": n * nb, "bw": bw, "how": how, "ms": n * nb / bw * 1e3, "cache_bw": max(bw0[2], bw1[2]),
+                    "cache_ms": n * nb / max(bw0[2], bw1[2]) * 1e3}
+    out["other_cpu"] = float(np.nanmean(other)) if other else float("nan")
+    if "faiss" in methods:
+        out["faiss"] = pct("faiss")
+        if res["faiss"] != ref:
+            out["failures"].append("FAISS distances differ from numpy")
+    out["vec"] = pct("vec")
+    if res["vec"] != [[float(d) for d in r] for r in ref]:
+        out["failures"].append("sqlite-vec bit distances differ from numpy")
+    first = None
+    for path in paths:
+        r = out["paths"][path]
+        for key in ("sql_two", "sql_ham", "kernel_ham", "kernel_two"):
+            r[key] = pct(f"{path}:{key}")
+        two_res, ham_res = res[f"{path}:sql_two"], res[f"{path}:sql_ham"]
+        if [[x[2] for x in rows] for rows in ham_res] != ref or res[f"{path}:kernel_ham"] != ref:
+            out["failures"].append(f"isa={path}: Hamming top-10 distances differ from numpy")
+        if [[x[0] for x in rows] for rows in two_res] != res[f"{path}:kernel_two"]:
+            out["failures"].append(f"isa={path}: SQL two-stage differs from kernels.search")
+        if first is None:
+            first = (path, two_res, ham_res)
+        elif (two_res, ham_res) != first[1:]:
+            out["failures"].append(f"isa={path}: SQL results differ from isa={first[0]}")
     out["load_end"] = tuple(round(x, 2) for x in os.getloadavg())
     return out
 
@@ -1459,13 +1483,11 @@ def isa_goals(res: dict, path: str) -> list[tuple[str, str, str]]:
     """(goal, measured, verdict) for one path: the issue-15 goals for an AVX2 CPU."""
     r, fl = res["paths"][path], res["floor"]
     out = []
-    fa = [res[k]["p50"] for k in ("faiss_before", "faiss_after") if k in res]
-    if fa:
-        f = min(fa)  # the faster FAISS run: the stricter goal
+    if "faiss" in res:
+        f = res["faiss"]["p50"]
         x = r["sql_two"]["p50"] / f
         out.append(("two-stage c=1000 through SQL ≤ 1.0× FAISS IndexBinaryFlat",
-                    f"{x:.2f}× ({r['sql_two']['p50']:.3f} ms vs FAISS {f:.3f} ms, the faster of its two runs)",
-                    verdict(x <= 1.0)))
+                    f"{x:.2f}× ({r['sql_two']['p50']:.3f} ms vs FAISS {f:.3f} ms)", verdict(x <= 1.0)))
     x = r["sql_ham"]["p50"] / fl["ms"]
     out.append(("Hamming stage ≤ 1.5× the memory floor",
                 f"SQL mode='hamming' {x:.2f}× ({r['sql_ham']['p50']:.3f} ms vs DRAM floor {fl['ms']:.3f} ms); "
@@ -1488,16 +1510,17 @@ def isa_report(res: dict, cmd: str, elapsed: float) -> tuple[list[str], dict[str
             f"{mi['cpu']}, {mi['cores']} cores, {mi['memory']} RAM; lscpu flags: {flags}. "
             f"Load average at start / end: {res['load_start']} / {res['load_end']} (a shared machine). "
             f"Data: {res['n']:,} uniform random {res['bits']}-bit codes (seeded), m = {res['m']} uniform random "
-            f"quantization codes, {res['queries']} queries (+{res['warmup']} warm-up), k = 10, one thread, "
-            f"p50 over the queries; every method in this one run. Memory floor = {fl['bytes'] / 2**20:.1f} MiB ÷ "
+            f"quantization codes, {res['queries']} queries, k = 10, one thread, p50 over the queries. Every "
+            f"method in this one run, taking turns: {res['rounds']} rounds, each running every method on its "
+            f"share of the queries after 2 warm-up queries, so other jobs' load falls on all of them alike "
+            f"(other processes used {res['other_cpu']:.2f} cores on average while they ran). Memory floor = {fl['bytes'] / 2**20:.1f} MiB ÷ "
             f"1-thread read bandwidth ({fl['bw'] / 1e9:.1f} GB/s, numpy {fl['how']} over 256 MB: "
             f"{fl['ms']:.3f} ms; a buffer the size of the codes: {fl['cache_bw'] / 1e9:.1f} GB/s, {fl['cache_ms']:.3f} ms). "
             "Each path is forced with `hqdb.kernels._tune(\"isa\", path)` (the `isa` knob of `hq_knobs`, "
-            "native/hq_kernels.h); FAISS ran before and after the hqdb paths."]
-    fa = {k: res[k]["p50"] for k in ("faiss_before", "faiss_after") if k in res}
-    shared = (f"FAISS {res.get('faiss_version', '?')} IndexBinaryFlat p50 "
-              + " / ".join(f"{v:.3f} ms ({k.split('_')[1]})" for k, v in fa.items())
-              + f"; sqlite-vec {res['vec_version']} bit[{res['bits']}] KNN p50 {res['vec']['p50']:.2f} ms")
+            "native/hq_kernels.h). Floors: the faster of two measurements, before and after."]
+    fa = {"faiss": res["faiss"]["p50"]} if "faiss" in res else {}
+    shared = ((f"FAISS {res.get('faiss_version', '?')} IndexBinaryFlat p50 {res['faiss']['p50']:.3f} ms; " if fa else "")
+              + f"sqlite-vec {res['vec_version']} bit[{res['bits']}] KNN p50 {res['vec']['p50']:.2f} ms")
     summary = ["## Search speed per Hamming scan path (`bench/search.py --isa`)", ""] + head + ["", shared, "",
                "| path | two-stage c=1000 SQL ms | Hamming SQL ms | Hamming kernel ms | two-stage kernel ms | "
                "two-stage SQL ÷ FAISS | Hamming SQL ÷ DRAM floor | sqlite-vec bit ÷ two-stage SQL |",
@@ -1517,9 +1540,8 @@ def isa_report(res: dict, cmd: str, elapsed: float) -> tuple[list[str], dict[str
                            ("hqdb Hamming only (kernels.search, no SQL)", "kernel_ham"),
                            ("hqdb two-stage c=1000 (aqd_lut + kernels.search, no SQL)", "kernel_two")):
             L.append(f"| {label} | {r[key]['p50']:.3f} | {r[key]['p95']:.3f} |")
-        for k in ("faiss_before", "faiss_after"):
-            if k in res:
-                L.append(f"| FAISS IndexBinaryFlat ({k.split('_')[1]} the hqdb paths) | {res[k]['p50']:.3f} | {res[k]['p95']:.3f} |")
+        if "faiss" in res:
+            L.append(f"| FAISS {res.get('faiss_version', '')} IndexBinaryFlat | {res['faiss']['p50']:.3f} | {res['faiss']['p95']:.3f} |")
         L.append(f"| sqlite-vec {res['vec_version']} bit[{res['bits']}] KNN | {res['vec']['p50']:.3f} | {res['vec']['p95']:.3f} |")
         L.append(f"| memory floor (DRAM / codes-sized buffer) | {fl['ms']:.3f} / {fl['cache_ms']:.3f} | |")
         L += ["", "| goal (for an AVX2 CPU) | measured | verdict |", "|---|---|---|"]
@@ -1962,6 +1984,11 @@ def print_summary(b: Bench):
 
 
 def main(argv=None):
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--mih" in args:  # multi-index hashing: bench/mih.py takes its own options
+        import mih
+
+        return mih.main([x for x in args if x != "--mih"])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -1999,9 +2026,11 @@ def main(argv=None):
                         "in the same run; writes the per-path sections of bench/RESULTS.md (default sizes; else "
                         "bench/.cache/isa/RESULTS.md, or --out)")
     i.add_argument("--isa-rows", type=int, default=1_000_000, help="rows for --isa")
+    i.add_argument("--isa-rounds", type=int, default=10, help="rounds the --isa methods take turns in")
     a = p.parse_args(argv)
     if a.isa is not None:
-        QUIET["enabled"] = not a.no_wait_quiet
+        # the methods take turns: a short wait for a quiet machine before each one's share
+        QUIET["enabled"], QUIET["max_wait"] = not a.no_wait_quiet, 3.0
         return run_isa(a, argv)
     if a.writes:
         QUIET["enabled"] = not a.no_wait_quiet
