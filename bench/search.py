@@ -1436,8 +1436,9 @@ def isa_measure(a, paths: list[str]) -> dict:
                 finally:
                     gc.enable()
                 other.append(other_cpu(before, cpu_snapshot()))
-            log(f"  round {r + 1}/{rounds}: " + "  ".join(
-                f"{name} {np.median(v) * 1e3:.3f}" for name, v in lat.items() if name in ("faiss", f"{paths[0]}:sql_two")))
+            shown = ("faiss", f"{paths[0]}:sql_two")
+            log(f"  round {r + 1}/{rounds}: "
+                + "  ".join(f"{name} {np.median(v) * 1e3:.3f}" for name, v in lat.items() if name in shown))
     finally:
         kern._tune("isa", "auto")
         for fn in cleanup:
@@ -1492,11 +1493,13 @@ def isa_goals(res: dict, path: str) -> list[tuple[str, str, str]]:
     out.append(("Hamming stage ≤ 1.5× the memory floor",
                 f"SQL mode='hamming' {x:.2f}× ({r['sql_ham']['p50']:.3f} ms vs DRAM floor {fl['ms']:.3f} ms); "
                 f"kernel alone {r['kernel_ham']['p50'] / fl['ms']:.2f}×; against the cache floor "
-                f"({fl['cache_ms']:.3f} ms: codes of {fl['bytes'] / 2**20:.1f} MiB can stay in cache) SQL {r['sql_ham']['p50'] / fl['cache_ms']:.2f}×",
+                f"({fl['cache_ms']:.3f} ms: codes of {fl['bytes'] / 2**20:.1f} MiB can stay in cache) SQL "
+                f"{r['sql_ham']['p50'] / fl['cache_ms']:.2f}×",
                 verdict(x <= TARGET_FLOOR_X)))
     x = res["vec"]["p50"] / r["sql_two"]["p50"]
     out.append(("two-stage SQL ≥ 10× faster than sqlite-vec bit[128] KNN",
-                f"{x:.1f}× ({res['vec']['p50']:.2f} ms vs {r['sql_two']['p50']:.3f} ms)", verdict(x >= TARGET_VS_VEC_BIT)))
+                f"{x:.1f}× ({res['vec']['p50']:.2f} ms vs {r['sql_two']['p50']:.3f} ms)",
+                verdict(x >= TARGET_VS_VEC_BIT)))
     return out
 
 
@@ -1513,13 +1516,16 @@ def isa_report(res: dict, cmd: str, elapsed: float) -> tuple[list[str], dict[str
             f"quantization codes, {res['queries']} queries, k = 10, one thread, p50 over the queries. Every "
             f"method in this one run, taking turns: {res['rounds']} rounds, each running every method on its "
             f"share of the queries after 2 warm-up queries, so other jobs' load falls on all of them alike "
-            f"(other processes used {res['other_cpu']:.2f} cores on average while they ran). Memory floor = {fl['bytes'] / 2**20:.1f} MiB ÷ "
+            f"(other processes used {res['other_cpu']:.2f} cores on average while they ran). "
+            f"Memory floor = {fl['bytes'] / 2**20:.1f} MiB ÷ "
             f"1-thread read bandwidth ({fl['bw'] / 1e9:.1f} GB/s, numpy {fl['how']} over 256 MB: "
-            f"{fl['ms']:.3f} ms; a buffer the size of the codes: {fl['cache_bw'] / 1e9:.1f} GB/s, {fl['cache_ms']:.3f} ms). "
+            f"{fl['ms']:.3f} ms; a buffer the size of the codes: {fl['cache_bw'] / 1e9:.1f} GB/s, "
+            f"{fl['cache_ms']:.3f} ms). "
             "Each path is forced with `hqdb.kernels._tune(\"isa\", path)` (the `isa` knob of `hq_knobs`, "
             "native/hq_kernels.h). Floors: the faster of two measurements, before and after."]
     fa = {"faiss": res["faiss"]["p50"]} if "faiss" in res else {}
-    shared = ((f"FAISS {res.get('faiss_version', '?')} IndexBinaryFlat p50 {res['faiss']['p50']:.3f} ms; " if fa else "")
+    shared = ((f"FAISS {res.get('faiss_version', '?')} IndexBinaryFlat p50 {res['faiss']['p50']:.3f} ms; "
+               if fa else "")
               + f"sqlite-vec {res['vec_version']} bit[{res['bits']}] KNN p50 {res['vec']['p50']:.2f} ms")
     summary = ["## Search speed per Hamming scan path (`bench/search.py --isa`)", ""] + head + ["", shared, "",
                "| path | two-stage c=1000 SQL ms | Hamming SQL ms | Hamming kernel ms | two-stage kernel ms | "
@@ -1528,21 +1534,25 @@ def isa_report(res: dict, cmd: str, elapsed: float) -> tuple[list[str], dict[str
     per: dict[str, list[str]] = {}
     for path, r in res["paths"].items():
         f = min(fa.values()) if fa else float("nan")
-        summary.append(f"| {path} | {r['sql_two']['p50']:.3f} | {r['sql_ham']['p50']:.3f} | {r['kernel_ham']['p50']:.3f} | "
-                       f"{r['kernel_two']['p50']:.3f} | {r['sql_two']['p50'] / f:.2f}× | {r['sql_ham']['p50'] / fl['ms']:.2f}× | "
+        summary.append(f"| {path} | {r['sql_two']['p50']:.3f} | {r['sql_ham']['p50']:.3f} | "
+                       f"{r['kernel_ham']['p50']:.3f} | {r['kernel_two']['p50']:.3f} | "
+                       f"{r['sql_two']['p50'] / f:.2f}× | {r['sql_ham']['p50'] / fl['ms']:.2f}× | "
                        f"{res['vec']['p50'] / r['sql_two']['p50']:.1f}× |")
         L = [f"### Hamming scan path `{path}`", "",
              f"Run of {when} (`{cmd}`), {mi['cpu']}; lscpu flags: {flags}. Path that ran: `{path}` — "
              f"{r['info']['hamming_impl']}.", "",
              f"`hqdb.info()` while it ran: `{json.dumps(r['info'])}`", "",
              "| measurement (1 thread, k = 10) | p50 ms | p95 ms |", "|---|---:|---:|"]
-        for label, key in (("hqdb two-stage c=1000 (SQL)", "sql_two"), ("hqdb Hamming only, mode='hamming' (SQL)", "sql_ham"),
+        for label, key in (("hqdb two-stage c=1000 (SQL)", "sql_two"),
+                           ("hqdb Hamming only, mode='hamming' (SQL)", "sql_ham"),
                            ("hqdb Hamming only (kernels.search, no SQL)", "kernel_ham"),
                            ("hqdb two-stage c=1000 (aqd_lut + kernels.search, no SQL)", "kernel_two")):
             L.append(f"| {label} | {r[key]['p50']:.3f} | {r[key]['p95']:.3f} |")
         if "faiss" in res:
-            L.append(f"| FAISS {res.get('faiss_version', '')} IndexBinaryFlat | {res['faiss']['p50']:.3f} | {res['faiss']['p95']:.3f} |")
-        L.append(f"| sqlite-vec {res['vec_version']} bit[{res['bits']}] KNN | {res['vec']['p50']:.3f} | {res['vec']['p95']:.3f} |")
+            L.append(f"| FAISS {res.get('faiss_version', '')} IndexBinaryFlat | {res['faiss']['p50']:.3f} | "
+                     f"{res['faiss']['p95']:.3f} |")
+        L.append(f"| sqlite-vec {res['vec_version']} bit[{res['bits']}] KNN | {res['vec']['p50']:.3f} | "
+                 f"{res['vec']['p95']:.3f} |")
         L.append(f"| memory floor (DRAM / codes-sized buffer) | {fl['ms']:.3f} / {fl['cache_ms']:.3f} | |")
         L += ["", "| goal (for an AVX2 CPU) | measured | verdict |", "|---|---|---|"]
         L += [f"| {g} | {mv} | {vd} |" for g, mv, vd in isa_goals(res, path)]
@@ -1577,7 +1587,7 @@ def run_isa(a, argv) -> int:
     log("\n" + "=" * 100)
     for line in summary:
         log(line)
-    for path, lines in per.items():
+    for lines in per.values():
         log("")
         for line in lines:
             log(line)
