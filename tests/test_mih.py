@@ -247,7 +247,18 @@ def test_fallback_to_the_scan_is_exact(db, monkeypatch):
     monkeypatch.setattr(mih, "BUDGET", 0.001)  # probes "cost" more than a scan at once
     for q in queries(rng, codes, 3):
         same(db, q, 10)
-    assert index_of(db).stats["scans"] > 0
+    ix = index_of(db)
+    assert ix.stats["scans"] > 0
+    # give-ups in a row: the next searches scan without trying, then the index is tried again
+    ix.misses = ix.skip = 0
+    ix.stats.update(scans=0, skipped=0)
+    for q in queries(rng, codes, 8)[: mih.MISSES + mih.SKIP + 1]:
+        same(db, q, 10)
+    assert ix.stats["scans"] == mih.MISSES + 1 and ix.stats["skipped"] == mih.SKIP
+    monkeypatch.setattr(mih, "BUDGET", 50)
+    ix.skip = 0
+    same(db, codes[0].tobytes(), 10)
+    assert ix.misses == 0 and ix.stats["searches"] > 0
     monkeypatch.setattr(mih, "MIN_ROWS", 10**9)  # small tables: the scan, never the index
     before = dict(index_of(db).stats)
     same(db, queries(rng, codes, 1)[0], 10)

@@ -26,7 +26,9 @@ One :class:`MIHIndex` per code set and connection, attached to its
 The cache arrays are the truth: every row a probe or the recent list brings up is scored from
 the current ``codes`` and kept only if ``valid`` (the search's mask, metadata filters included)
 says so. When the probes would cost about as much as a scan (:data:`BUDGET`), or fewer rows
-pass the mask than are asked for, the linear kernel runs instead: the answer is the same.
+pass the mask than are asked for, the linear kernel runs instead: the answer is the same. After
+:data:`MISSES` such give-ups in a row (codes without clusters: the index cannot help) the next
+:data:`SKIP` searches scan without trying. Tables under :data:`MIN_ROWS` slots always scan.
 
 :func:`search` and :func:`search_many` return exactly what :func:`hqdb.kernels.search` /
 :func:`~hqdb.kernels.search_many` return for mode 'hamming' and 'two_stage' (the two-stage
@@ -43,8 +45,9 @@ import numpy as np
 
 from .. import kernels
 
-MIN_ROWS = 4096  # a table with fewer slots is scanned (the scan takes microseconds there)
-BUDGET = 1 / 16  # probes + rows looked at, as a fraction of the slots, before the scan is cheaper
+MIN_ROWS = 65536  # a table with fewer slots is scanned (the scan takes microseconds there)
+BUDGET = 1 / 256  # probes + rows looked at, per slot, beyond which the scan is cheaper (~70 ns vs ~0.3 ns)
+MISSES, SKIP = 8, 15  # after MISSES give-ups in a row, SKIP searches scan straight away (random codes)
 DIRECT_MAX_BITS = 24  # substrings up to this width may get a direct-addressed offset table
 DIRECT_LOAD = 1  # ... when it has at most this many buckets per indexed row (else sorted values)
 MIN_WIDTH, MAX_WIDTH = 8, 32  # substring widths the automatic choice of m aims for
@@ -92,7 +95,9 @@ class MIHIndex:
         self.recent = np.zeros(0, dtype=np.int64)  # changed slots since the build, sorted, distinct
         self._pending: list[np.ndarray] = []
         self._seen = np.zeros(0, dtype=np.uint8)  # scratch of the probes: slots already looked at
-        self.stats: dict[str, Any] = {"builds": 0, "build_s": 0.0, "searches": 0, "scans": 0}
+        self.stats: dict[str, Any] = {"builds": 0, "build_s": 0.0, "searches": 0, "scans": 0, "skipped": 0}
+        self.misses = 0  # searches in a row that gave up for the scan
+        self.skip = 0  # searches left that scan without trying the index
 
     # ---------------------------------------------------------------- upkeep
     @property
@@ -200,11 +205,19 @@ def search(
         n_valid = int(np.count_nonzero(valid))
     if n_valid <= t:
         return _scan(codes, qcodes, rowids, valid, bits, lut, k, candidates, mode, threads)
+    if index.skip > 0:  # the index kept giving up lately: scan, and try it again now and then
+        index.skip -= 1
+        index.stats["skipped"] += 1
+        return _scan(codes, qcodes, rowids, valid, bits, lut, k, candidates, mode, threads)
     got = index.shortlist(codes, valid, bits, t)
     if got is None:
         index.stats["scans"] += 1
+        index.misses += 1
+        if index.misses >= MISSES:
+            index.skip = SKIP
         return _scan(codes, qcodes, rowids, valid, bits, lut, k, candidates, mode, threads)
     index.stats["searches"] += 1
+    index.misses = 0
     pos, d = got
     rid = rowids[pos]
     if mode == "hamming":
