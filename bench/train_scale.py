@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -112,7 +113,9 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ns = [r["n"] for r in rows]
     ax.plot(ns, [r["items_per_s"] for r in rows], "o-", label="training items/s per epoch")
-    ax.plot(ns, [r["encode"]["image"]["encode_quantize_per_s"] for r in rows], "s--", label="encode+quantize (image) /s")
+    ax.plot(
+        ns, [r["encode"]["image"]["encode_quantize_per_s"] for r in rows], "s--", label="encode+quantize (image) /s"
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("synthetic pairs")
@@ -126,28 +129,27 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def section(rows: list[dict], args, seconds: float) -> list[str]:
-    from sections import markers  # noqa: F401  (same marker convention)
-
+def section(rows: list[dict], command: str, seconds: float) -> list[str]:
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
         "## Training time vs data size (bench/train_scale.py)",
         "",
-        f"- Command: `python bench/train_scale.py {' '.join(sys.argv[1:])}`".rstrip() + f"; {seconds:.0f} s; "
+        f"- Command: `{command}`; {seconds:.0f} s; "
         f"{platform.machine()}, {os.cpu_count()} cores, load average at the end {load} (the machine is shared).",
         "- HQ, 64 bits, 4 × 256 codebooks, `hqdb.datasets.synthetic_pairs(n)` (128-d image vectors, raw captions "
         "→ tf-idf), 20% held out for validation, fixed epochs (no early stop). Items/s = training items / median "
-        "epoch wall time (Adam steps + re-quantizing every training item twice + validation on ≤ 1,000 queries × "
+        "epoch wall time (Adam steps + re-quantizing every training item twice + validation on ≤ 500 queries × "
         "≤ 10,000 items). Peak RSS = `resource.getrusage` of the training process. Encode = "
         "`TrainedModel.encode` + `quantize` of 100,000 unseen items.",
         "",
-        "| pairs | train items | epochs | batch | items/s per epoch | median epoch s | train wall s (setup + final val) "
+        "| pairs | train items | epochs | batch | items/s per epoch | median epoch s "
+        "| train wall s (setup + final val) "
         "| peak RSS MB | encode+quantize image /s | encode+quantize text /s (featurize /s) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         e = r["encode"]
-        med = sorted(r["epoch_seconds"])[len(r["epoch_seconds"]) // 2]
+        med = statistics.median(r["epoch_seconds"])
         lines.append(
             f"| {r['n']:,} | {r['n_train']:,} | {r['epochs']} | {r['batch_size']} | **{r['items_per_s']:,}** | "
             f"{med:.1f} | {r['train_wall_s']:.0f} ({r['setup_and_final_s']:.0f}) | {r['peak_rss_mb']:,} | "
@@ -170,6 +172,9 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="default: train()'s")
     ap.add_argument("--progress", action="store_true", help="show the training progress bar (stderr)")
     ap.add_argument("--out", type=Path, default=HERE / "QUALITY.md")
+    ap.add_argument(
+        "--render", action="store_true", help="rewrite the section and plot from bench/.cache/train_scale.json"
+    )
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one is not None:
@@ -177,6 +182,11 @@ def main(argv=None) -> None:
         return
     from sections import replace_section
 
+    if args.render:
+        cached = json.loads((HERE / ".cache" / "train_scale.json").read_text())
+        plot(cached["rows"], HERE / "train_scale.png")
+        replace_section(args.out, "train_scale.py", section(cached["rows"], cached["command"], cached["seconds"]))
+        return
     t0 = time.perf_counter()
     rows = []
     for n in args.sizes:
@@ -185,11 +195,18 @@ def main(argv=None) -> None:
     if args.million:
         rows.append(run_size(MILLION, 2, args.batch_size, True))
         print(json.dumps(rows[-1]), flush=True)
+    elif args.keep_million:  # re-measure the small sizes, keep the cached 1M row
+        old = json.loads((HERE / ".cache" / "train_scale.json").read_text())
+        rows += [r for r in old["rows"] if r["n"] == MILLION]
     cache = HERE / ".cache"
     cache.mkdir(exist_ok=True)
-    (cache / "train_scale.json").write_text(json.dumps(rows, indent=1))
+    command = " ".join(["python bench/train_scale.py", *sys.argv[1:]])
+    seconds = time.perf_counter() - t0
+    (cache / "train_scale.json").write_text(
+        json.dumps({"command": command, "seconds": seconds, "rows": rows}, indent=1)
+    )
     plot(rows, HERE / "train_scale.png")
-    replace_section(args.out, "train_scale.py", section(rows, args, time.perf_counter() - t0))
+    replace_section(args.out, "train_scale.py", section(rows, command, seconds))
 
 
 if __name__ == "__main__":
