@@ -3,7 +3,7 @@
 
     python bench/train_scale.py                       # 5k, 20k, 100k pairs → section of bench/QUALITY.md
     python bench/train_scale.py --sizes 5000 20000 --epochs 3
-    python bench/train_scale.py --million             # also the 1M-pair run (few epochs, ~1 h on 2 cores)
+    python bench/train_scale.py --million             # also the 1M-pair run (2 epochs, ~20 min on 2 cores)
 
 Each size trains in its own subprocess (``--one N``) so peak memory (``resource.getrusage``
 ru_maxrss of that process) belongs to that size alone. Items/s per epoch = training items /
@@ -160,6 +160,17 @@ def section(rows: list[dict], command: str, seconds: float) -> list[str]:
     if 5000 in by and 20000 in by:
         ratio = by[20000]["items_per_s"] / by[5000]["items_per_s"]
         lines += ["", f"Items/s at 20k / at 5k: **{ratio:.2f}** (linear cost: ≥ 0.8)."]
+    if MILLION in by:
+        r = by[MILLION]
+        lines += [
+            "",
+            f"1,000,000 pairs (`--million`; kept from an earlier run by `--keep-million`): epochs of "
+            f"{', '.join(f'{x:.0f}' for x in r['epoch_seconds'])} s (the load of other jobs varies; "
+            f"{r['n_train'] / min(r['epoch_seconds']):,.0f} items/s in the faster epoch); setup + final validation "
+            f"{r['setup_and_final_s']:.0f} s (featurizing 1M captions, standardising, first codebooks, the "
+            f"bounded final validation); generating the data {r['generate_s']:.0f} s (not included); peak RSS "
+            f"{r['peak_rss_mb']:,} MB.",
+        ]
     lines += ["", "![throughput vs data size](train_scale.png)"]
     return lines
 
@@ -169,6 +180,7 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     ap.add_argument("--epochs", type=int, default=3, help="epochs per size (default 3)")
     ap.add_argument("--million", action="store_true", help="add the 1,000,000-pair run (2 epochs)")
+    ap.add_argument("--keep-million", action="store_true", help="keep the cached 1M row (measured earlier)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: train()'s")
     ap.add_argument("--progress", action="store_true", help="show the training progress bar (stderr)")
     ap.add_argument("--out", type=Path, default=HERE / "QUALITY.md")
