@@ -50,6 +50,9 @@ __all__ = [
     "save_model",
     "load_model",
     "list_models",
+    "delete_model",
+    "rename_model",
+    "backup",
     "Collection",
     "CollectionError",
     "Hit",
@@ -104,6 +107,33 @@ def load_model(conn, name: str):
 def list_models(conn) -> list[dict]:
     """The models stored in the database: name, method, bits, books, codewords, modalities."""
     return _list_models(conn)
+
+
+def delete_model(conn, name: str, *, force: bool = False) -> list[str]:
+    """Delete a stored model. Refused (:class:`ModelError` naming them) while hq tables use it,
+    unless ``force``: they keep their rows but cannot insert or search until a model of that
+    name is saved again. Returns the tables that used it."""
+    from .engine.catalog import tables_using_model
+    from .model.store import delete
+
+    return delete(conn, name, users=tables_using_model, force=force)
+
+
+def rename_model(conn, name: str, new_name: str) -> None:
+    """Store model ``name`` as ``new_name``. Refused while hq tables use it (their definitions
+    name the model) or when ``new_name`` is taken."""
+    from .engine.catalog import tables_using_model
+    from .model.store import rename
+
+    rename(conn, name, new_name, users=tables_using_model)
+
+
+def backup(conn, path, *, overwrite: bool = False) -> dict:
+    """Copy the database of ``conn`` to the file ``path`` as one consistent snapshot, while
+    other connections keep writing (SQLite's online backup API); see :func:`hqdb.manage.backup`."""
+    from .manage import backup as _backup
+
+    return _backup(conn, path, overwrite=overwrite)
 
 
 def info() -> dict:

@@ -106,22 +106,99 @@ def _train(args) -> int:
 
 
 def _models(args) -> int:
+    """``hqdb models [list|rm NAME|rename OLD NEW] --db DB``."""
+    wanted = {"list": 0, "rm": 1, "rename": 2}[args.action]
+    if len(args.names) != wanted:
+        usage = {"list": "hqdb models list --db DB", "rm": "hqdb models rm NAME --db DB",
+                 "rename": "hqdb models rename OLD NEW --db DB"}[args.action]  # fmt: skip
+        raise UserError(f"models {args.action} takes {wanted} name(s), got {len(args.names)}: {usage}")
+    if args.force and args.action != "rm":
+        raise UserError("--force goes with models rm")
+    if args.action == "rm":
+        return _models_rm(args)
+    if args.action == "rename":
+        return _models_rename(args)
+    return _models_list(args)
+
+
+def _models_list(args) -> int:
     import hqdb
+
+    from .engine.catalog import tables_using_model
 
     db = _open(args.db, readonly=True)
     models = hqdb.list_models(db)
+    for m in models:
+        m["tables"] = tables_using_model(db, m["name"])
     if args.json:
         print(json.dumps(models, indent=2))
     elif not models:
         print(f"no models in {args.db}")
     else:
-        for m in models:
-            mods = ",".join(m.get("modalities") or [])
-            print(
-                f"{m['name']:<20} {m.get('method') or '?':<6} {m.get('bits')} bits  "
-                f"{m.get('books')}x{m.get('codewords')}  [{mods}]  {m['created_at']}"
-            )
+        rows = [
+            [
+                m["name"],
+                m.get("method") or "?",
+                str(m.get("bits")),
+                f"{m.get('books')}x{m.get('codewords')}",
+                ",".join(m.get("modalities") or []),
+                ",".join(m["tables"]) or "-",
+                m["created_at"],
+            ]
+            for m in models
+        ]
+        header = ["name", "method", "bits", "books", "modalities", "tables", "created"]
+        print(_table(header, rows, right={2}))
     return 0
+
+
+def _models_rm(args) -> int:
+    import hqdb
+
+    from .model.store import check_name
+
+    (name,) = args.names
+    check_name(name)
+    db = _open(args.db)
+    orphaned = hqdb.delete_model(db, name, force=args.force)
+    if args.json:
+        print(json.dumps({"deleted": name, "tables_left_without_model": orphaned}))
+        return 0
+    print(f"deleted model {name!r} from {args.db}")
+    if orphaned:
+        print(
+            f"warning: hq table(s) {', '.join(orphaned)} used it: they keep their rows but cannot insert or "
+            f"search until a model named {name!r} of the same shape is saved again (or hqdb drop them)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _models_rename(args) -> int:
+    import hqdb
+
+    from .model.store import check_name
+
+    old, new = args.names
+    check_name(old)
+    check_name(new)
+    db = _open(args.db)
+    hqdb.rename_model(db, old, new)
+    if args.json:
+        print(json.dumps({"renamed": old, "to": new}))
+    else:
+        print(f"renamed model {old!r} to {new!r} in {args.db}")
+    return 0
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:  # type: ignore[assignment]
+    """Rows of cells as aligned text columns (columns in ``right`` right-aligned), header first."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for r in [header, *rows]:
+        cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
 
 
 _OPEN: list = []  # connections of the running command, closed when it ends
@@ -603,6 +680,124 @@ def _bench(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------
+# shell / drop / backup
+# ------------------------------------------------------------------------------------------
+def _shell(args) -> int:
+    """apsw's SQL shell on an hqdb connection: the hq module and the hq_* functions are there."""
+    import apsw
+    import apsw.shell
+
+    from .errors import HqdbError
+
+    db = _open(args.db, readonly=args.readonly)
+    # Shadow tables read-only, as SQLite's defensive mode makes them once it knows them: the schema
+    # was read before the hq module was registered, so it is re-read (with the module's
+    # xShadowName) first. Statements on hq tables still write them; a stray DELETE cannot.
+    db.execute("PRAGMA writable_schema = RESET")
+    db.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
+    shell = apsw.shell.Shell(db=db, stdout=sys.stdout, stderr=sys.stderr)
+    shell.header = args.header
+    if args.mode:
+        shell.command_mode([args.mode])
+    if args.sql:
+        for sql in args.sql:
+            try:
+                shell.process_complete_line(sql)
+            except (apsw.Error, apsw.shell.Shell.Error, HqdbError):
+                shell.handle_exception()  # prints the error unless the shell already has
+                return EXIT_USER_ERROR  # the statements after it are not run
+        return 0
+    if sys.stdin.isatty():
+        print(
+            f"hqdb shell on {args.db}: SQL with hq tables and the hq_* functions; .help lists the dot "
+            "commands, .quit (or Ctrl-D) leaves",
+            file=sys.stderr,
+        )
+    shell.cmdloop()
+    return 0
+
+
+def _owner_of_shadow(db, name: str, hq_tables) -> str | None:
+    """The hq table whose shadow table ``name`` is, if any."""
+    from .engine.catalog import is_shadow_suffix
+
+    for t in hq_tables:
+        if name.lower().startswith(t.lower() + "_") and is_shadow_suffix(name[len(t) + 1 :].lower()):
+            return t
+    return None
+
+
+def _drop(args) -> int:
+    """Drop an hq table (a collection through the collections API) with its shadow tables and
+    catalog row; anything else is refused with what it is."""
+    from .engine.catalog import model_of_tables, quote_ident, rows_name
+
+    db = _open(args.db)
+    tables = model_of_tables(db)
+    match = next((n for n in tables if n.lower() == args.table.lower()), None)
+    if match is None:
+        row = db.execute(
+            "SELECT type, name FROM main.sqlite_master WHERE name = ? COLLATE NOCASE", (args.table,)
+        ).fetchone()
+        if row is None:
+            if args.if_exists:
+                if not args.json:
+                    print(f"no table {args.table!r} in {args.db}: nothing to drop")
+                else:
+                    print(json.dumps({"dropped": None}))
+                return 0
+            raise UserError(f"no table {args.table!r} in {args.db} (hq tables: {', '.join(tables) or 'none'})")
+        kind, name = row
+        owner = _owner_of_shadow(db, name, tables)
+        if owner is not None:
+            raise UserError(f"{name} is a shadow table of the hq table {owner!r}: drop {owner!r} instead")
+        raise UserError(
+            f"{name} is not an hq table but a plain SQLite {kind}: hqdb drop removes hq tables only "
+            f"(drop it with SQL, e.g. hqdb shell {args.db} 'DROP {kind.upper()} {quote_ident(name)}')"
+        )
+    model = tables[match]
+    (rows,) = db.execute(f"SELECT count(*) FROM {quote_ident(rows_name(match))}").fetchone()
+    if model:
+        db.drop_collection(match)
+    else:
+        db.execute(f"DROP TABLE {quote_ident(match)}")
+    kind = "collection" if model else "raw hq table"
+    if args.json:
+        print(json.dumps({"dropped": match, "kind": kind, "model": model, "rows": rows}))
+    else:
+        print(
+            f"dropped {kind} {match!r} ({rows} rows) with its shadow tables from {args.db}"
+            + (f"; model {model!r} stays stored" if model else "")
+        )
+    return 0
+
+
+def _backup(args) -> int:
+    import hqdb
+
+    from .engine.check import check
+
+    db = _open(args.db, readonly=True)
+    result = hqdb.backup(db, args.out, overwrite=args.overwrite)
+    status = 0
+    if args.check:
+        copy = _open(args.out)  # our own new file: read-write, so closing it leaves no -wal/-shm behind
+        report = check(copy)
+        result["check"] = report
+        status = 0 if report["ok"] else EXIT_INCONSISTENT
+    if args.json:
+        print(json.dumps(result))
+        return status
+    print(f"backed up {args.db} to {args.out}: {result['bytes']:,} bytes in {result['seconds']:.2f}s")
+    if args.check:
+        for name, problems in result["check"]["tables"].items():
+            print(f"  {name}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+            for p in problems:
+                print(f"    {p}")
+    return status
+
+
+# ------------------------------------------------------------------------------------------
 # check / rebuild
 # ------------------------------------------------------------------------------------------
 
@@ -788,9 +983,43 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("-q", "--quiet", action="store_true")
     be.add_argument("--json", action="store_true")
 
-    mo = sub.add_parser("models", help="list the models stored in a database")
+    mo = sub.add_parser(
+        "models",
+        help="list, delete or rename the models stored in a database",
+        description="hqdb models [list] --db DB | hqdb models rm NAME --db DB | hqdb models rename OLD NEW --db DB",
+    )
+    mo.add_argument("action", nargs="?", choices=("list", "rm", "rename"), default="list", help="default list")
+    mo.add_argument("names", nargs="*", metavar="NAME", help="rm: the model; rename: its name and the new name")
     mo.add_argument("--db", required=True)
+    mo.add_argument(
+        "--force",
+        action="store_true",
+        help="rm a model even if hq tables use it (they keep their rows but cannot insert or search)",
+    )
     mo.add_argument("--json", action="store_true")
+
+    sh = sub.add_parser(
+        "shell",
+        help="SQL shell (apsw's) on a database with hq tables; with SQL arguments, runs them and exits",
+    )
+    sh.add_argument("db", help="database file (must exist)")
+    sh.add_argument("sql", nargs="*", metavar="SQL", help="statements or dot commands to run instead of a prompt")
+    sh.add_argument("--readonly", action="store_true", help="open the database read-only")
+    sh.add_argument("--header", action="store_true", help="print column names above results")
+    sh.add_argument("--mode", help="output mode: list (default off a terminal), csv, json, box, table, line, ...")
+
+    dr = sub.add_parser("drop", help="drop an hq table (or collection) with its shadow tables and catalog row")
+    dr.add_argument("db", help="database file")
+    dr.add_argument("table", help="the hq table or collection")
+    dr.add_argument("--if-exists", action="store_true", help="a missing table is not an error")
+    dr.add_argument("--json", action="store_true")
+
+    bk = sub.add_parser("backup", help="consistent copy of a database while other processes keep writing")
+    bk.add_argument("db", help="database file to copy")
+    bk.add_argument("out", help="the copy (a new file)")
+    bk.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    bk.add_argument("--check", action="store_true", help="run hqdb check on the copy (exit status 3 on problems)")
+    bk.add_argument("--json", action="store_true")
 
     ck = sub.add_parser("check", help="consistency check of hq tables (exit status 3 if problems are found)")
     ck.add_argument("db", help="database file")
@@ -822,6 +1051,9 @@ COMMANDS = {
     "eval": _eval,
     "bench": _bench,
     "models": _models,
+    "shell": _shell,
+    "drop": _drop,
+    "backup": _backup,
     "info": _info,
     "check": _check,
     "rebuild": _rebuild,
@@ -850,7 +1082,12 @@ def _database_error(e: BaseException, args) -> BaseException:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `hqdb shell DB --header "SQL"`: SQL after an option is still SQL
+        if args.command != "shell" or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.sql += extra
     try:
         try:
             _check_ranges(args)

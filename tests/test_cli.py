@@ -19,7 +19,8 @@ from hqdb.evaluate import evaluate
 
 torch = pytest.importorskip("torch")
 
-SUBCOMMANDS = ["demo", "train", "index", "search", "eval", "bench", "models", "info", "check", "rebuild"]
+SUBCOMMANDS = ["demo", "train", "index", "search", "eval", "bench", "models", "info", "check", "rebuild", "shell", "drop",
+               "backup"]
 
 
 @pytest.fixture(scope="module")

@@ -170,16 +170,74 @@ def list_models(conn: apsw.Connection) -> list[dict]:
     return out
 
 
+def _known(conn: apsw.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT name FROM hqdb_models ORDER BY name")] if _has_store(conn) else []
+
+
+def _require(conn: apsw.Connection, name: str) -> None:
+    """:class:`ModelError` naming the stored models unless ``name`` is one of them."""
+    if not _has_store(conn) or conn.execute("SELECT 1 FROM hqdb_models WHERE name = ?", (name,)).fetchone() is None:
+        raise ModelError(f"no model named {name!r} in this database (models: {_known(conn) or 'none'})")
+
+
 def delete(
-    conn: apsw.Connection, name: str, *, users: Callable[[apsw.Connection, str], list[str]] | None = None
-) -> None:
-    if not _has_store(conn):
-        return
+    conn: apsw.Connection,
+    name: str,
+    *,
+    users: Callable[[apsw.Connection, str], list[str]] | None = None,
+    force: bool = False,
+) -> list[str]:
+    """Delete a stored model; return the hq tables bound to it (``users(conn, name)``).
+
+    A model that tables use is refused (:class:`ModelError` naming them) unless ``force``: the
+    tables then keep their rows and codes but cannot encode (insert, search) until a model of
+    that name and shape is saved again, or they are dropped."""
+    _check_name(name)
     with write_transaction(conn):
+        _require(conn, name)
+        in_use = users(conn, name) if users is not None else []
+        if in_use and not force:
+            raise ModelError(
+                f"model {name!r} is used by hq table(s) {', '.join(in_use)}: drop them first, or delete with "
+                "force=True (hqdb models rm --force), after which they keep their rows but cannot insert or search"
+            )
+        conn.execute("DELETE FROM hqdb_model_tensors WHERE model = ?", (name,))
+        conn.execute("DELETE FROM hqdb_models WHERE name = ?", (name,))
+    return in_use
+
+
+def rename(
+    conn: apsw.Connection,
+    name: str,
+    new_name: str,
+    *,
+    users: Callable[[apsw.Connection, str], list[str]] | None = None,
+) -> None:
+    """Store the model ``name`` under ``new_name`` (config, tensors and creation time unchanged).
+
+    Refused when a table is bound to the model (the table's definition names it) or
+    ``new_name`` is taken."""
+    _check_name(name)
+    _check_name(new_name)
+    with write_transaction(conn):
+        _require(conn, name)
+        if new_name == name:
+            return
+        if conn.execute("SELECT 1 FROM hqdb_models WHERE name = ?", (new_name,)).fetchone() is not None:
+            raise ModelError(f"a model named {new_name!r} already exists")
         in_use = users(conn, name) if users is not None else []
         if in_use:
-            raise ModelError(f"model {name!r} is used by hq table(s) {in_use}")
-        conn.execute("DELETE FROM hqdb_model_tensors WHERE model = ?", (name,))
+            raise ModelError(
+                f"model {name!r} is used by hq table(s) {', '.join(in_use)}: a table's definition names its "
+                "model, so a model in use keeps its name"
+            )
+        # New row first, then the tensors, then the old row: valid even with PRAGMA foreign_keys on.
+        conn.execute(
+            "INSERT INTO hqdb_models(name, config, created_at) SELECT ?, config, created_at FROM hqdb_models "
+            "WHERE name = ?",
+            (new_name, name),
+        )
+        conn.execute("UPDATE hqdb_model_tensors SET model = ? WHERE model = ?", (new_name, name))
         conn.execute("DELETE FROM hqdb_models WHERE name = ?", (name,))
 
 
