@@ -495,6 +495,8 @@ def _eval(args) -> int:
 
     from .evaluate import evaluate
 
+    if args.csv and args.json:
+        raise UserError("give --json or --csv, not both")
     db = _open(args.db)
     queries, database = (_load_data(p) for p in (args.queries, args.database))
     for name in args.model:
@@ -531,6 +533,9 @@ def _eval(args) -> int:
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results))
         return 0
+    if args.csv:
+        _write_eval_csv(results, sys.stdout)
+        return 0
     for result in results:
         print(
             f"model {result['model']}: {result['bits']} bits + {result['books']}x{result['codewords']} "
@@ -545,6 +550,27 @@ def _eval(args) -> int:
     if args.plot:
         print(f"wrote {args.plot}")
     return 0
+
+
+EVAL_CSV_FIELDS = ["model", "method", "bits", "books", "codewords", "bytes_per_item", "n_queries", "n_database",
+                   "candidates", "direction", "ranking"]  # fmt: skip
+
+
+def _write_eval_csv(results: list[dict], out) -> None:
+    """``hqdb eval --csv``: one row per model, direction (i2t, t2i, harmonic) and ranking, with
+    the model's settings and one column per measure (map@all, map@50, p@k)."""
+    rows = []
+    for r in results:
+        for direction in ("i2t", "t2i", "harmonic"):
+            for ranking, scores in (r.get(direction) or {}).items():
+                rows.append(
+                    ({k: r.get(k) for k in EVAL_CSV_FIELDS} | {"direction": direction, "ranking": ranking}, scores)
+                )
+    measures = list(dict.fromkeys(k for _, scores in rows for k in scores))
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(EVAL_CSV_FIELDS + measures)
+    for fields, scores in rows:
+        w.writerow([fields[k] for k in EVAL_CSV_FIELDS] + [scores.get(m, "") for m in measures])
 
 
 def _load_data(path: str) -> dict:
@@ -956,6 +982,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.add_argument("--json", action="store_true")
+    ev.add_argument(
+        "--csv", action="store_true", help="print the results as CSV: a row per model, direction and ranking"
+    )
 
     be = sub.add_parser("bench", help="search latency and MAP against the number of candidates")
     be.add_argument("--db", help="database with the model (default: train one on a synthetic set in memory)")

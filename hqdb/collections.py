@@ -76,8 +76,28 @@ class Hit:
         return f"Hit(rowid={self.rowid}, distance={self.distance:.4g}, hamming={self.hamming}{cols})"
 
 
+def _optional(module: str, what: str):
+    """Import an optional dependency, or an ImportError naming the pip extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f"{what} needs {module}, which is not installed: pip install -e '.[pandas]' (the pandas extra)",
+            name=module,
+        ) from e
+
+
 class Hits(list):
-    """The results of one search, best first (a list of :class:`Hit`)."""
+    """The results of one search, best first (a list of :class:`Hit`). ``columns`` maps the
+    collection's column names to their SQL types (so an empty result still has them)."""
+
+    def __init__(self, hits: Iterable = (), columns: Mapping[str, str] | None = None):
+        super().__init__(hits)
+        self.columns: dict[str, str] = (
+            dict(columns) if columns is not None else (dict.fromkeys(self[0].values, "") if self else {})
+        )
 
     @property
     def rowids(self) -> np.ndarray:
@@ -113,6 +133,42 @@ class Hits(list):
         for n, vals in columns.items():
             out[n] = vals
         return out
+
+    def to_arrow(self):
+        """A ``pyarrow.Table`` with columns rowid (int64), distance (float64), hamming (int64) and
+        the collection's columns typed by their SQL type (TEXT string, INTEGER int64, REAL
+        float64, BLOB binary; NULL is null). Needs pyarrow (the ``pandas`` extra)."""
+        pa = _optional("pyarrow", "Hits.to_arrow")
+        types = {"TEXT": pa.string(), "INTEGER": pa.int64(), "REAL": pa.float64(), "BLOB": pa.binary()}
+        arrays = {
+            "rowid": pa.array([h.rowid for h in self], pa.int64()),
+            "distance": pa.array([h.distance for h in self], pa.float64()),
+            "hamming": pa.array([h.hamming for h in self], pa.int64()),
+        }
+        for c, sql_type in self.columns.items():
+            arrays[c] = pa.array([h.values[c] for h in self], types.get(sql_type))
+        return pa.table(arrays)
+
+    def to_pandas(self):
+        """A ``pandas.DataFrame``, one row per hit in rank order: rowid, distance, hamming and the
+        collection's columns (an INTEGER column with NULLs is pandas' nullable ``Int64``; REAL
+        NULLs are NaN). Needs pandas (the ``pandas`` extra)."""
+        pd = _optional("pandas", "Hits.to_pandas")
+        data = {
+            "rowid": pd.Series([h.rowid for h in self], dtype="int64"),
+            "distance": pd.Series([h.distance for h in self], dtype="float64"),
+            "hamming": pd.Series([h.hamming for h in self], dtype="int64"),
+        }
+        for c, sql_type in self.columns.items():
+            values = [h.values[c] for h in self]
+            if sql_type == "INTEGER":
+                dtype = "Int64" if None in values else "int64"
+            elif sql_type == "REAL":
+                dtype = "float64"
+            else:
+                dtype = None  # text and bytes as pandas infers them
+            data[c] = pd.Series(values, dtype=dtype)
+        return pd.DataFrame(data)
 
 
 # ------------------------------------------------------------------------------------------
@@ -328,10 +384,15 @@ class Collection:
 
         Each item is a dict or typed object with any of the columns, the model's modalities
         (numpy array or list of floats, or ``str`` where the model has a text featurizer) and
-        optionally ``rowid``. Inputs are encoded ``batch_size`` items at a time through
-        ``hqdb.insert_items``; ``progress`` shows a bar (default: from 5000 items on)."""
+        optionally ``rowid``. ``items`` may also be a pandas DataFrame or a pyarrow Table (one
+        item per row; a missing value, NaN or null, means the item lacks that field). Inputs are
+        encoded ``batch_size`` items at a time through ``hqdb.insert_items``; ``progress`` shows
+        a bar (default: from 5000 items on)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise CollectionError(f"{self.name}: batch_size must be a positive integer, got {batch_size!r}")
+        table = self._table_rows(items)
+        if table is not None:
+            items = table
         rows = [self._split_item(_as_dict(self.name, it, i), f" (item {i})") for i, it in enumerate(items)]
         n = len(rows)
         if n == 0:
@@ -368,6 +429,38 @@ class Collection:
         finally:
             bar.close()
         return rowids
+
+    def _table_rows(self, items) -> list[dict] | None:
+        """The rows of a pandas DataFrame or a pyarrow Table / RecordBatch as dicts, missing
+        values (None, NaN, pandas.NA, NaT, null) left out; None for any other ``items``. A float
+        in an INTEGER column that is a whole number (pandas turns an integer column with gaps
+        into floats) becomes an int."""
+        library = type(items).__module__.split(".")[0]
+        if library == "pandas" and hasattr(items, "to_dict") and hasattr(items, "columns"):
+            names = list(items.columns)
+            bad = [n for n in names if not isinstance(n, str)]
+            if bad or len(set(names)) != len(names):
+                raise CollectionError(
+                    f"{self.name}: a DataFrame's column names must be distinct strings, got {names!r:.120}"
+                )
+            rows = items.to_dict("records")
+        elif library == "pyarrow" and hasattr(items, "to_pylist"):
+            rows = items.to_pylist()
+        else:
+            return None
+        out = []
+        for row in rows:
+            item = {}
+            for k, v in row.items():
+                if v is None or type(v).__name__ in ("NAType", "NaTType") or (isinstance(v, float) and v != v):
+                    continue
+                if isinstance(v, np.generic):
+                    v = v.item()
+                if self.columns.get(k) == "INTEGER" and isinstance(v, float) and v.is_integer():
+                    v = int(v)
+                item[k] = v
+            out.append(item)
+        return out
 
     def _write_batch(self, rows: list, rowids: list[int]) -> None:
         """Insert rows through hqdb.insert_items, one call per shape of input (which modalities,
@@ -570,7 +663,7 @@ class Collection:
 
     def _hits(self, rows) -> Hits:
         cols = list(self.columns)
-        return Hits(Hit(r[0], r[1], r[2], dict(zip(cols, r[3:]))) for r in rows)
+        return Hits((Hit(r[0], r[1], r[2], dict(zip(cols, r[3:]))) for r in rows), self.columns)
 
     def search(
         self,
@@ -675,7 +768,10 @@ def _search_kernel_batch(coll: Collection, source: str, values: list, target: st
     # A hit whose row has no columns (cannot happen within one snapshot) is left out rather than
     # surfacing as a KeyError.
     return [
-        Hits(Hit(int(r), float(d), int(h), dict(meta[int(r)])) for r, d, h in zip(rr, dd, hh) if int(r) in meta)
+        Hits(
+            (Hit(int(r), float(d), int(h), dict(meta[int(r)])) for r, d, h in zip(rr, dd, hh) if int(r) in meta),
+            coll.columns,
+        )
         for rr, dd, hh in zip(rowids, dist, ham)
     ]
 
