@@ -191,7 +191,7 @@ def _models_rename(args) -> int:
     return 0
 
 
-def _table(header: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:  # type: ignore[assignment]
+def _table(header: list[str], rows: list[list[str]], right: set[int] | frozenset[int] = frozenset()) -> str:
     """Rows of cells as aligned text columns (columns in ``right`` right-aligned), header first."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = []
@@ -480,11 +480,36 @@ def _search(args) -> int:
     if args.json:
         print(json.dumps(hits.to_dicts()))
         return 0
-    cols = list(coll.columns)
-    print(f"{'rowid':>8} {'distance':>10} {'hamming':>7}  " + "  ".join(cols))
-    for h in hits:
-        print(f"{h.rowid:>8} {h.distance:>10.4f} {h.hamming:>7}  " + "  ".join(str(h.values[c]) for c in cols))
+    mode = coll.db.hq.table(coll.name).params(args.k, args.candidates, args.mode).run_mode
+    print(_hits_table(hits, coll.columns, hamming_distance=mode == "hamming"))
     return 0
+
+
+def _cell(value, sql_type: str) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, float) and sql_type == "REAL":
+        return f"{value:g}"
+    return str(value)
+
+
+def _hits_table(hits, columns: dict[str, str], *, hamming_distance: bool) -> str:
+    """Search hits as aligned columns: rowid, distance (an integer when it is the Hamming
+    distance, else 4 decimals), hamming, then the collection's columns (numbers right-aligned)."""
+    header = ["rowid", "distance", "hamming", *columns]
+    rows = [
+        [
+            str(h.rowid),
+            str(round(h.distance)) if hamming_distance else f"{h.distance:.4f}",
+            str(int(h.hamming)),
+            *(_cell(h.values[c], t) for c, t in columns.items()),
+        ]
+        for h in hits
+    ]
+    right = {0, 1, 2} | {3 + i for i, t in enumerate(columns.values()) if t in ("INTEGER", "REAL")}
+    return _table(header, rows, right=right)
 
 
 # ------------------------------------------------------------------------------------------
@@ -497,6 +522,10 @@ def _eval(args) -> int:
 
     if args.csv and args.json:
         raise UserError("give --json or --csv, not both")
+    if args.plot:
+        from .plots import require
+
+        require()  # a missing matplotlib fails before the evaluation, not after
     db = _open(args.db)
     queries, database = (_load_data(p) for p in (args.queries, args.database))
     for name in args.model:
@@ -618,6 +647,10 @@ def _bench(args) -> int:
     from .model.store import check_name
 
     quiet = args.quiet or args.json
+    if args.plot:
+        from .plots import require
+
+        require()  # a missing matplotlib fails before training and timing, not after
     if args.db:
         if not (args.model and args.queries and args.database):
             raise UserError("with --db, also give --model, --queries and --database")
@@ -1110,13 +1143,25 @@ def _database_error(e: BaseException, args) -> BaseException:
     return e
 
 
+EXTRAS = {"torch": "train", "matplotlib": "plot", "pandas": "pandas", "pyarrow": "pandas"}
+
+
+def _install_hint(e: ImportError) -> str:
+    """The message of a missing optional dependency with, once, the command that installs its
+    extra (the README's form: ``pip install -e '.[extra]'`` in a checkout)."""
+    extra = EXTRAS.get((e.name or "").split(".")[0])
+    if extra is None or "pip install" in str(e):
+        return str(e)
+    return f"{e} (the {extra} extra: pip install -e '.[{extra}]')"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:  # `hqdb shell DB --header "SQL"`: SQL after an option is still SQL
-        if args.command != "shell" or any(e.startswith("-") for e in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.sql += extra
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # `hqdb shell DB --header "SQL"`: SQL after an option is still SQL
+        if args.command != "shell" or any(u.startswith("-") for u in unknown):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.sql += unknown
     try:
         try:
             _check_ranges(args)
@@ -1125,9 +1170,7 @@ def main(argv: list[str] | None = None) -> int:
             while _OPEN:
                 _OPEN.pop().close()
     except ImportError as e:
-        extra = {"torch": "train", "matplotlib": "plot"}.get((e.name or "").split(".")[0])
-        hint = f" (pip install 'hqdb[{extra}]')" if extra else ""
-        print(f"hqdb: error: {e}{hint}", file=sys.stderr)
+        print(f"hqdb: error: {_install_hint(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except _user_errors() as e:
         e = _database_error(e, args)
