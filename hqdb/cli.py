@@ -1172,6 +1172,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as e:
         print(f"hqdb: error: {_install_hint(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # `hqdb eval --csv | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except _user_errors() as e:
         e = _database_error(e, args)
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
