@@ -757,7 +757,10 @@ def _shell(args) -> int:
     shell = apsw.shell.Shell(db=db, stdout=sys.stdout, stderr=sys.stderr)
     shell.header = args.header
     if args.mode:
-        shell.command_mode([args.mode])
+        try:
+            shell.command_mode([args.mode])
+        except apsw.shell.Shell.Error as e:
+            raise UserError(f"--mode {args.mode!r}: {str(e).splitlines()[0]}") from None
     if args.sql:
         for sql in args.sql:
             try:
@@ -790,6 +793,7 @@ def _drop(args) -> int:
     """Drop an hq table (a collection through the collections API) with its shadow tables and
     catalog row; anything else is refused with what it is."""
     from .engine.catalog import model_of_tables, quote_ident, rows_name
+    from .model.store import list_models
 
     db = _open(args.db)
     tables = model_of_tables(db)
@@ -815,6 +819,7 @@ def _drop(args) -> int:
             f"(drop it with SQL, e.g. hqdb shell {args.db} 'DROP {kind.upper()} {quote_ident(name)}')"
         )
     model = tables[match]
+    stored = model is not None and model in {m["name"] for m in list_models(db)}
     (rows,) = db.execute(f"SELECT count(*) FROM {quote_ident(rows_name(match))}").fetchone()
     if model:
         db.drop_collection(match)
@@ -826,7 +831,7 @@ def _drop(args) -> int:
     else:
         print(
             f"dropped {kind} {match!r} ({rows} rows) with its shadow tables from {args.db}"
-            + (f"; model {model!r} stays stored" if model else "")
+            + (f"; model {model!r} stays stored" if stored else "")
         )
     return 0
 

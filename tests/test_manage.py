@@ -259,3 +259,17 @@ def test_other_clients_read_plain_and_shadow_tables_only(media):
                 plain.execute(sql)
     with closing(hqdb.connect(media)) as db:
         assert hqdb.check.check(db)["ok"] and len(db.collection("photos")) == 300
+
+
+def test_drop_a_table_whose_model_was_force_deleted(media, capsys):
+    assert run(capsys, "models", "rm", "m", "--force", "--db", media)[0] == 0
+    rc, out, err = run(capsys, "drop", media, "photos")
+    assert rc == 0 and out.strip() == f"dropped collection 'photos' (300 rows) with its shadow tables from {media}"
+    with closing(hqdb.connect(media)) as db:
+        assert db.collections() == [] and hqdb.check.check(db)["ok"]
+
+
+def test_shell_bad_mode_is_one_line(media, capsys):
+    rc, _, err = run(capsys, "shell", media, "--mode", "bogus", "SELECT 1")
+    assert rc == 1 and err.startswith("hqdb: error: --mode 'bogus': Expected a valid output mode") and \
+        err.count("\n") == 1
