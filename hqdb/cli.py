@@ -775,7 +775,12 @@ def _shell(args) -> int:
             "commands, .quit (or Ctrl-D) leaves",
             file=sys.stderr,
         )
-    shell.cmdloop()
+    else:
+        shell.bail = True  # SQL piped in (a script): stop at the first error, exit status 1
+    try:
+        shell.cmdloop()
+    except (apsw.Error, apsw.shell.Shell.Error, HqdbError):
+        return EXIT_USER_ERROR  # printed by the shell
     return 0
 
 

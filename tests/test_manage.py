@@ -224,6 +224,11 @@ def test_shell_reads_sql_from_stdin(media):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["300", "4"]  # 32-bit codes: 4 bytes
+    # A script stops at its first error, with exit status 1.
+    done = subprocess.run([sys.executable, "-m", "hqdb", "shell", str(media)], capture_output=True, text=True,
+                          input="SELECT 1;\nSELECT * FROM nowhere;\nSELECT 2;\n",
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 1 and done.stdout.split() == ["1"] and "no such table: nowhere" in done.stderr
 
 
 # ---------------------------------------------------------------- drop
