@@ -15,7 +15,6 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import hqdb
@@ -180,9 +179,8 @@ def test_backup_errors(media, tmp_path, capsys):
             hqdb.backup(db, tmp_path / "one.db")
         with pytest.raises(hqdb.DatabaseError, match="onto itself"):
             hqdb.backup(db, media, overwrite=True)
-        with db.transaction():
-            with pytest.raises(hqdb.DatabaseError, match="open transaction"):
-                hqdb.backup(db, tmp_path / "two.db")
+        with db.transaction(), pytest.raises(hqdb.DatabaseError, match="open transaction"):
+            hqdb.backup(db, tmp_path / "two.db")
         assert hqdb.backup(db, tmp_path / "one.db", overwrite=True)["bytes"] > 0
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
     rc, _, err = run(capsys, "backup", media, tmp_path / "one.db")
