@@ -657,8 +657,10 @@ class Collection:
             sql += " AND mode = ?"
             extra.append(mode)
         if where is not None:
-            # Any condition, exactly: the table ranks only the rows it selects.
-            sql += f" AND rowid IN ({self._matching(where, 'search')})"
+            # Any condition, exactly: the table ranks only the rows it selects. The NULL keeps the
+            # set non-empty (apsw 3.54 fails an empty IN set on a virtual table with SQLError
+            # '<NULL>'); rowid = NULL never holds, so it selects nothing.
+            sql += f" AND rowid IN ({self._matching(where, 'search')} UNION ALL SELECT NULL)"
         return sql, extra
 
     def _hits(self, rows) -> Hits:

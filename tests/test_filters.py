@@ -97,6 +97,29 @@ def test_collection_search_with_any_condition_is_exact(photos, where):
     assert many[0] == hits
 
 
+def test_a_condition_no_row_matches_gives_no_hits(photos):
+    assert list(photos.search(text="a castle on a hill", k=5, where="year > 3000")) == []
+    assert [list(h) for h in photos.search_many(text=["castle", "surf"], k=5, where="year > ?",
+                                                where_args=[3000])] == [[], []]
+
+
+def test_an_empty_in_set_with_the_null_guard(table):
+    # apsw 3.54 raises SQLError('<NULL>') for an IN whose set is empty on a virtual table; the
+    # documented guard (UNION ALL SELECT NULL) gives the empty result instead.
+    db = table
+    q = np.random.default_rng(5).standard_normal(64).astype(np.float32).tobytes()
+    for sql in ["SELECT rowid FROM t WHERE hq_match(t.code, ?) AND k = 5 "
+                "AND rowid IN (SELECT rowid FROM t WHERE year > 3000 UNION ALL SELECT NULL)",
+                "SELECT rowid FROM t WHERE rowid IN (SELECT rowid FROM t WHERE year > 3000 UNION ALL SELECT NULL) "
+                "AND ? IS NOT NULL"]:
+        assert db.execute(sql, (q,)).fetchall() == []
+    got = db.execute("SELECT rowid FROM t WHERE hq_match(t.code, ?) AND k = 5 "
+                     "AND rowid IN (SELECT rowid FROM t WHERE year = 2003 UNION ALL SELECT NULL)", (q,)).fetchall()
+    want = db.execute("SELECT rowid FROM t WHERE hq_match(t.code, ?) AND k = 5 "
+                      "AND rowid IN (SELECT rowid FROM t WHERE year = 2003)", (q,)).fetchall()
+    assert got == want and len(got) == 5
+
+
 @pytest.mark.parametrize("where", ["1); DROP TABLE victim; --", "year > 0; DELETE FROM photos_rows",
                                    "year > (SELECT 1); DROP TABLE victim"])
 def test_where_runs_no_second_statement(photos, where):
