@@ -1084,7 +1084,7 @@ def _fused(
         )
     try:
         k = int_arg("k", k, 1, MAX_K)
-        depth = int_arg("depth", max(100, 10 * k) if depth is None else depth, k, MAX_K)
+        depth = int_arg("depth", min(MAX_K, max(100, 10 * k)) if depth is None else depth, k, MAX_K)
     except HqError as e:
         raise CollectionError(f"{coll.name}.{what}: {e}") from None
     if isinstance(k0, bool) or not isinstance(k0, (int, float)) or not (0 <= k0 < float("inf")):
