@@ -399,6 +399,7 @@ def _search(args) -> int:
         where=args.where,
         where_args=where_args,
         mode=args.mode,
+        hybrid=args.hybrid,
     )
     if args.json:
         print(json.dumps(hits.to_dicts()))
@@ -406,7 +407,8 @@ def _search(args) -> int:
     cols = list(coll.columns)
     print(f"{'rowid':>8} {'distance':>10} {'hamming':>7}  " + "  ".join(cols))
     for h in hits:
-        print(f"{h.rowid:>8} {h.distance:>10.4f} {h.hamming:>7}  " + "  ".join(str(h.values[c]) for c in cols))
+        hamming = "-" if h.hamming is None else h.hamming  # --hybrid: a hit only the keywords found
+        print(f"{h.rowid:>8} {h.distance:>10.4f} {hamming:>7}  " + "  ".join(str(h.values[c]) for c in cols))
     return 0
 
 
@@ -748,6 +750,12 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--where", help='SQL condition on the columns, e.g. "year > ?"')
     se.add_argument("--arg", action="append", default=[], help="value for a ? in --where (repeatable)")
     se.add_argument("--json", action="store_true")
+    se.add_argument(
+        "--hybrid",
+        action="store_true",
+        help="fuse the code search with the collection's keyword index (FTS5) over the --text words, "
+        "by reciprocal-rank fusion (distance = minus the fused score)",
+    )
 
     ev = sub.add_parser("eval", help="MAP of stored models, measured through SQL search")
     ev.add_argument("--db", required=True)

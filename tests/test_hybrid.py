@@ -310,3 +310,43 @@ def test_text_query_is_both_code_query_and_keywords(db):
         db.execute(
             "SELECT * FROM photos_fts WHERE photos_fts MATCH 'NEAR('"
         ).fetchall()  # raw MATCH: the user's own SQL
+
+
+# ---------------------------------------------------------------- SQL function and CLI
+def test_hq_keywords_sql_function(db, docs):
+    kw = db.execute("SELECT hq_keywords(?), hq_keywords('!!'), hq_keywords(NULL)", ('castle" OR NEAR(',)).fetchone()
+    assert kw == ('"castle" OR "OR" OR "NEAR"', '""', '""')
+    for text in ['castle" OR NEAR(', "!!", "red*", "title:red"]:
+        rows = db.execute(
+            "SELECT rowid FROM docs_fts WHERE docs_fts MATCH hq_keywords(?) ORDER BY rank, rowid", (text,)
+        ).fetchall()
+        assert [r[0] for r in rows] == docs.search(keywords=text, k=1000).rowids.tolist()
+    with pytest.raises(apsw.SQLError, match="hq_keywords expects TEXT"):
+        db.execute("SELECT hq_keywords(1)").fetchall()
+
+
+def test_cli_search_hybrid(db_path, capsys):
+    pytest.importorskip("torch")
+    import json
+
+    import hqdb.cli
+    from hqdb import datasets
+
+    pairs = datasets.synthetic_pairs(300, seed=6)
+    with hqdb.connect(db_path) as db:
+        hqdb.save_model(db, "m", hqdb.train(pairs, bits=32, books=2, codewords=16, seed=0, progress=False, epochs=2))
+        c = db.create_collection("c", model="m", columns={"caption": str})
+        c.insert_all({"image": pairs["image"][i], "caption": str(pairs["text"][i])} for i in range(200))
+    argv = ["search", "--db", str(db_path), "--collection", "c", "--text", "castle tower", "-k", "4", "--hybrid"]
+    assert hqdb.cli.main(argv) == 1
+    assert "keywords need a keyword index: c.enable_fts" in capsys.readouterr().err
+    with hqdb.connect(db_path) as db:
+        db.collection("c").enable_fts("caption")
+        want = db.collection("c").search(text="castle tower", hybrid=True, k=4)
+    assert hqdb.cli.main([*argv, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert [h["rowid"] for h in got] == want.rowids.tolist()
+    assert [h["distance"] for h in got] == pytest.approx(want.distances.tolist())
+    assert hqdb.cli.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 and lines[1].split()[0] == str(want[0].rowid)
