@@ -777,16 +777,11 @@ class RawCollection(Collection):
         nb = self.dim // 8
         if isinstance(value, (bytes, bytearray, memoryview)):
             x = np.frombuffer(bytes(value), dtype=np.uint8)
+            got = f"{len(x)} bytes"
         else:
             x = np.asarray(value)
-            if x.dtype != np.uint8:
-                x = None  # type: ignore[assignment]
-        if x is None or x.shape != (nb,):
-            got = (
-                f"{len(value)} bytes"
-                if isinstance(value, (bytes, bytearray, memoryview))
-                else (f"{np.asarray(value).dtype} shape {np.asarray(value).shape}" if x is None else f"shape {x.shape}")
-            )
+            got = f"{x.dtype} shape {x.shape}"
+        if x.dtype != np.uint8 or x.shape != (nb,):
             raise CollectionError(
                 f"{self.name}.code{where}: expected {nb} packed bytes (dim={self.dim} bits, "
                 f"hqdb.kernels.pack_bits; bytes or uint8 shape ({nb},)), got {got}"
