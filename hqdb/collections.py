@@ -100,7 +100,7 @@ class Hits(list):
         dtypes = []
         for n, vals in columns.items():
             dt: type  # a numpy scalar type, or object
-            if n == "rowid" or n == "hamming":
+            if n == "rowid" or (n == "hamming" and None not in vals):  # None: a hit found by keywords alone
                 dt = np.int64
             elif n == "distance":
                 dt = np.float64

@@ -350,3 +350,14 @@ def test_cli_search_hybrid(db_path, capsys):
     assert hqdb.cli.main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 5 and lines[1].split()[0] == str(want[0].rowid)
+
+
+def test_keyword_hits_convert(db, docs):
+    words = docs.search(keywords="castle", k=5)
+    arr = words.to_numpy()
+    assert arr["hamming"].dtype == object and arr["hamming"].tolist() == [None] * 5
+    assert arr["rowid"].tolist() == words.rowids.tolist() and [d["hamming"] for d in words.to_dicts()] == [None] * 5
+    fused = docs.search(vector=docs.x[0], keywords="castle", hybrid=True, k=50, depth=50)
+    assert None in [h.hamming for h in fused] and fused.to_numpy()["hamming"].dtype == object
+    codes_only = docs.search(vector=docs.x[0], keywords="", hybrid=True, k=5)  # no word: every hit has codes
+    assert codes_only.to_numpy()["hamming"].dtype == np.int64
