@@ -1072,6 +1072,10 @@ def _fused(
         )
     if hybrid and code_query is None:
         raise CollectionError(f"{coll.name}.{what}: hybrid=True fuses a code search with keywords: give a query too")
+    if code_query is None and (candidates is not None or mode is not None):
+        raise CollectionError(
+            f"{coll.name}.{what}: candidates and mode apply to a code search; a keyword search has none"
+        )
     if not hybrid and code_query is not None:
         raise CollectionError(
             f"{coll.name}.{what}: keywords with a query: pass hybrid=True to fuse them (or drop the query "

@@ -252,6 +252,7 @@ def test_bad_hybrid_calls_are_named(db, docs):
         (dict(vector=q, keywords="red", hybrid=True, k0=float("nan")), "k0 must be"),
         (dict(vector=q, keywords="red", hybrid=True, k=10, depth=5), "depth must be between 10"),
         (dict(keywords="red", k=0), "k must be between 1"),
+        (dict(keywords="red", mode="hamming"), "candidates and mode apply to a code search"),
         (dict(keywords=b"red"), "keywords must be a str"),
         (dict(keywords="red", where_args=[1]), "where_args given without a where"),
         (dict(keywords="red", where="1; DROP TABLE docs"), "is not a condition"),
