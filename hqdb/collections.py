@@ -7,6 +7,11 @@ objects. Everything runs through the SQL layer underneath (``hqdb.insert_items``
 ``INSERT``/``UPDATE``/``DELETE`` and ``hq_match`` for the rest), so a table created in SQL is a
 collection too, and a collection is an ordinary table to SQL.
 
+A raw hq table (your own vectors or codes, no model) is a :class:`RawCollection`: the same API,
+with ``vector=`` / ``code=`` inputs. Either kind may keep a keyword index (FTS5,
+:mod:`hqdb.engine.fts`) over TEXT columns, for keyword search and for hybrid search, which fuses
+the code ranking with the keyword ranking by reciprocal-rank fusion.
+
 >>> photos = db.create_collection("photos", model="wiki64", columns={"title": str, "year": int})
 >>> photos.insert({"title": "castle", "year": 2021, "image": img_features})
 >>> photos.search(text="a castle on a hill", k=5, where="year > ?", where_args=[2020])
