@@ -387,6 +387,11 @@ def _load_vector(path: str, row: int, key: str | None) -> np.ndarray:
 def _search(args) -> int:
     db = _open(args.db, readonly=True)
     coll = db.collection(args.collection)
+    if coll.model_name is None:  # a raw collection (hqdb.RawCollection): vectors or codes, no model
+        raise UserError(
+            f"{coll.name} is a raw hq table (no model to encode --text or --image): search it with "
+            "SQL hq_match or from Python, db.collection(name).search(vector=...)"
+        )
     if (args.text is None) == (args.image is None):
         raise UserError("give --text 'words' or --image FILE (.npy, or .npz with --key)")
     query = {"text": args.text} if args.text is not None else {"image": _load_vector(args.image, args.row, args.key)}

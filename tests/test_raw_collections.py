@@ -246,3 +246,12 @@ def test_hybrid_on_a_raw_collection(items, vecs):
     assert {8, 78} <= set(hits.rowids.tolist())  # rows 8 and 78 hold titles v7 and v77
     codes = set(items.search(vector=vecs[5], k=100).rowids.tolist())
     assert all(r in codes or r in (8, 78) for r in hits.rowids.tolist())
+
+
+def test_cli_search_names_a_raw_collection(db_path, capsys):
+    import hqdb.cli
+
+    with hqdb.connect(db_path) as db:
+        db.create_collection("raw", dim=DIM, books=0)
+    assert hqdb.cli.main(["search", "--db", str(db_path), "--collection", "raw", "--text", "x"]) == 1
+    assert "raw is a raw hq table (no model to encode --text or --image)" in capsys.readouterr().err
