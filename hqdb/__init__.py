@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from . import kernels, metrics  # noqa: F401  (hqdb.kernels, hqdb.metrics: public modules)
 from .bulk import delete_rows, fit_table, insert_codes, insert_items, insert_vectors, set_codebooks
-from .collections import Collection, Hit, Hits
+from .collections import Collection, Hit, Hits, RawCollection
 from .connection import Connection, connect
 from .engine import check
 from .engine.schema import latest_version as schema_version
@@ -54,6 +54,7 @@ __all__ = [
     "rename_model",
     "backup",
     "Collection",
+    "RawCollection",
     "CollectionError",
     "Hit",
     "Hits",

@@ -464,6 +464,11 @@ def _load_vector(path: str, row: int, key: str | None) -> np.ndarray:
 def _search(args) -> int:
     db = _open(args.db, readonly=True)
     coll = db.collection(args.collection)
+    if coll.model_name is None:  # a raw collection (hqdb.RawCollection): vectors or codes, no model
+        raise UserError(
+            f"{coll.name} is a raw hq table (no model to encode --text or --image): search it with "
+            "SQL hq_match or from Python, db.collection(name).search(vector=...)"
+        )
     if (args.text is None) == (args.image is None):
         raise UserError("give --text 'words' or --image FILE (.npy, or .npz with --key)")
     query = {"text": args.text} if args.text is not None else {"image": _load_vector(args.image, args.row, args.key)}
@@ -476,12 +481,13 @@ def _search(args) -> int:
         where=args.where,
         where_args=where_args,
         mode=args.mode,
+        hybrid=args.hybrid,
     )
     if args.json:
         print(json.dumps(hits.to_dicts()))
         return 0
     mode = coll.db.hq.table(coll.name).params(args.k, args.candidates, args.mode).run_mode
-    print(_hits_table(hits, coll.columns, hamming_distance=mode == "hamming"))
+    print(_hits_table(hits, coll.columns, hamming_distance=mode == "hamming" and not args.hybrid))
     return 0
 
 
@@ -503,7 +509,7 @@ def _hits_table(hits, columns: dict[str, str], *, hamming_distance: bool) -> str
         [
             str(h.rowid),
             str(round(h.distance)) if hamming_distance else f"{h.distance:.4f}",
-            str(int(h.hamming)),
+            "-" if h.hamming is None else str(int(h.hamming)),  # --hybrid: found by the keywords only
             *(_cell(h.values[c], t) for c, t in columns.items()),
         ]
         for h in hits
@@ -754,6 +760,18 @@ def _shell(args) -> int:
     # xShadowName) first. Statements on hq tables still write them; a stray DELETE cannot.
     db.execute("PRAGMA writable_schema = RESET")
     db.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+    except apsw.Error:
+        # A keyword index (Collection.enable_fts) keeps itself in sync by triggers on a shadow
+        # table, which defensive mode cannot even parse: this session leaves shadow tables writable.
+        db.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 0)
+        db.execute("PRAGMA writable_schema = RESET")
+        print(
+            f"hqdb shell: {args.db} has a keyword index (triggers on shadow tables), so SQLite's defensive "
+            "mode is off in this session: shadow tables are writable here — do not write them",
+            file=sys.stderr,
+        )
     shell = apsw.shell.Shell(db=db, stdout=sys.stdout, stderr=sys.stderr)
     shell.header = args.header
     if args.mode:
@@ -1012,6 +1030,12 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--where", help='SQL condition on the columns, e.g. "year > ?"')
     se.add_argument("--arg", action="append", default=[], help="value for a ? in --where (repeatable)")
     se.add_argument("--json", action="store_true")
+    se.add_argument(
+        "--hybrid",
+        action="store_true",
+        help="fuse the code search with the collection's keyword index (FTS5) over the --text words, "
+        "by reciprocal-rank fusion (distance = minus the fused score)",
+    )
 
     ev = sub.add_parser("eval", help="MAP of stored models, measured through SQL search")
     ev.add_argument("--db", required=True)

@@ -7,6 +7,11 @@ objects. Everything runs through the SQL layer underneath (``hqdb.insert_items``
 ``INSERT``/``UPDATE``/``DELETE`` and ``hq_match`` for the rest), so a table created in SQL is a
 collection too, and a collection is an ordinary table to SQL.
 
+A raw hq table (your own vectors or codes, no model) is a :class:`RawCollection`: the same API,
+with ``vector=`` / ``code=`` inputs. Either kind may keep a keyword index (FTS5,
+:mod:`hqdb.engine.fts`) over TEXT columns, for keyword search and for hybrid search, which fuses
+the code ranking with the keyword ranking by reciprocal-rank fusion.
+
 >>> photos = db.create_collection("photos", model="wiki64", columns={"title": str, "year": int})
 >>> photos.insert({"title": "castle", "year": 2021, "image": img_features})
 >>> photos.search(text="a castle on a hill", k=5, where="year > ?", where_args=[2020])
@@ -27,18 +32,20 @@ import apsw.ext
 import numpy as np
 
 from .bulk import insert_items
+from .engine import fts
 from .engine.catalog import model_of_tables, qualified, quote_ident, rows_name
 from .engine.options import METADATA_TYPES, parse_args
 from .errors import CollectionError, HqError, NotFoundError, OptionError
 from .progress import progress_bar
 from .txn import read_transaction, write_transaction
 
-__all__ = ["Collection", "CollectionError", "Hit", "Hits", "NotFoundError"]
+__all__ = ["Collection", "CollectionError", "Hit", "Hits", "NotFoundError", "RawCollection"]
 
 # Python types a column may be declared with, and the SQL type each becomes.
 _SQL_TYPES = {str: "TEXT", int: "INTEGER", bool: "INTEGER", float: "REAL", bytes: "BLOB"}
 _PY_TYPES = {"TEXT": str, "INTEGER": int, "REAL": float, "BLOB": bytes}
 BATCH = 1024  # items encoded and written per insert_items call
+RRF_K0 = 60  # reciprocal-rank fusion: an item at rank r of a list scores 1 / (RRF_K0 + r)
 PROGRESS_MIN = 5000  # show a progress bar (progress=None) from this many items on
 
 
@@ -118,7 +125,7 @@ class Hits(list):
         dtypes = []
         for n, vals in columns.items():
             dt: type  # a numpy scalar type, or object
-            if n == "rowid" or n == "hamming":
+            if n == "rowid" or (n == "hamming" and None not in vals):  # None: a hit found by keywords alone
                 dt = np.int64
             elif n == "distance":
                 dt = np.float64
@@ -249,20 +256,21 @@ class Collection:
         self.db = conn
         self.name = name
         t = self._table()
-        if not t.opts.model:
-            raise CollectionError(
-                f"{name} is a raw hq table (codes, no model): use hqdb.insert_codes and SQL; "
-                "collections are model-bound tables"
-            )
-        self.model_name: str = t.opts.model
-        self.modalities: tuple[str, ...] = tuple(c.name for c in t.sets)
+        self._init_inputs(t)
         self.columns: dict[str, str] = {c.name: c.type for c in t.opts.columns}
         key = t.opts.key_column
         self.key: str | None = key.name if key is not None else None
         self._q = quote_ident(name)
 
-    def _table(self):
+    def _init_inputs(self, t) -> None:
+        if not t.opts.model:
+            raise CollectionError(
+                f"{self.name} is a raw hq table (no model): open it with db.collection({self.name!r})"
+            )
+        self.model_name: str | None = t.opts.model
+        self.modalities: tuple[str, ...] = tuple(c.name for c in t.sets)
 
+    def _table(self):
         try:
             return self.db.hq.table(self.name)
         except HqError:
@@ -399,10 +407,7 @@ class Collection:
             return []
         empty = [i for i, (_, inputs, _) in enumerate(rows) if not inputs]
         if empty:
-            raise CollectionError(
-                f"{self.name} (item {empty[0]}): an item needs at least one of "
-                f"{', '.join(self.modalities)} to be searchable"
-            )
+            raise CollectionError(f"{self.name} (item {empty[0]}): an item needs {self._needs()} to be searchable")
         t = self._table()
         given = [r for r, _, _ in rows if r is not None]
         if len(set(given)) != len(given):
@@ -461,6 +466,9 @@ class Collection:
                 item[k] = v
             out.append(item)
         return out
+
+    def _needs(self) -> str:
+        return f"at least one of {', '.join(self.modalities)}"
 
     def _write_batch(self, rows: list, rowids: list[int]) -> None:
         """Insert rows through hqdb.insert_items, one call per shape of input (which modalities,
@@ -617,6 +625,49 @@ class Collection:
             )
         return args
 
+    # -------------------------------------------------------------- keyword index
+    @property
+    def keyword_columns(self) -> list[str] | None:
+        """The TEXT columns the collection's keyword index (FTS5) covers, or None without one."""
+        return fts.columns(self.db, "main", self.name)
+
+    def enable_fts(self, columns, *, tokenize: str = "unicode61") -> None:
+        """Build a keyword index (SQLite FTS5) over one TEXT column or a list of them, for
+        ``search(keywords=...)`` and ``search(..., hybrid=True)``. It indexes the rows already
+        there, and triggers keep it in step with every later write (collection methods, SQL,
+        ``hqdb.insert_*``) inside the writer's transaction. ``tokenize``: an FTS5 tokenizer
+        ('unicode61', 'porter unicode61', 'trigram', ...)."""
+        cols = [columns] if isinstance(columns, str) else list(columns) if columns is not None else []
+        if not cols:
+            raise CollectionError(f"{self.name}.enable_fts: give a TEXT column or a list of them")
+        names = []
+        for c in cols:
+            match = next((n for n in self.columns if isinstance(c, str) and n.lower() == c.lower()), None)
+            if match is None:
+                raise CollectionError(f"{self.name}.enable_fts: no column {c!r} (columns: {list(self.columns)})")
+            if self.columns[match] != "TEXT":
+                raise CollectionError(
+                    f"{self.name}.enable_fts: column {match!r} is {self.columns[match]}; a keyword index needs TEXT"
+                )
+            if match in names:
+                raise CollectionError(f"{self.name}.enable_fts: column {match!r} given twice")
+            names.append(match)
+        with write_transaction(self.db):
+            have = self.keyword_columns
+            if have is not None:
+                raise CollectionError(
+                    f"{self.name} already has a keyword index over {have}: disable_fts() first to change it"
+                )
+            try:
+                fts.create(self.db, "main", self.name, names, tokenize)
+            except (HqError, apsw.SQLError) as e:
+                raise CollectionError(f"{self.name}.enable_fts: {e}") from None
+
+    def disable_fts(self) -> bool:
+        """Drop the keyword index; False if there was none."""
+        with write_transaction(self.db):
+            return fts.drop(self.db, "main", self.name)
+
     # -------------------------------------------------------------- search
     def _query(self, image, text, target):
         given = {m: v for m, v in (("image", image), ("text", text)) if v is not None}
@@ -641,13 +692,24 @@ class Collection:
         x = self._check_input(source, value, where)
         return x if isinstance(x, str) else x.astype("<f4").tobytes()
 
+    def _match_sql(self, target: str) -> str:
+        return f"hq_match({self._q}.{quote_ident(target)}, hq_query(?, ?))"
+
+    def _query_params(self, source: str, value) -> tuple:
+        return (source, value)
+
+    def _kernel_query(self, source: str, value):
+        from .engine.query import encode_query
+
+        return encode_query(source, value)
+
     def search_sql(self, target: str, k, candidates=None, mode=None, where=None) -> tuple[str, list]:
         """(SQL, extra parameters) of the statement :meth:`search` runs: its parameters are
-        ``(query modality, query value, *extra, *where_args)``; each row is (rowid, distance,
-        hamming, columns...)."""
+        ``(query modality, query value, *extra, *where_args)`` (a raw collection's: ``(query
+        value, *extra, *where_args)``); each row is (rowid, distance, hamming, columns...)."""
         sql = (
             f"SELECT rowid, distance, hamming{''.join(', ' + quote_ident(c) for c in self.columns)} "
-            f"FROM {self._q} WHERE hq_match({self._q}.{quote_ident(target)}, hq_query(?, ?)) AND k = ?"
+            f"FROM {self._q} WHERE {self._match_sql(target)} AND k = ?"
         )
         extra = [k]
         if candidates is not None:
@@ -678,6 +740,10 @@ class Collection:
         where: str | None = None,
         where_args: Sequence = (),
         mode: str | None = None,
+        keywords: str | None = None,
+        hybrid: bool = False,
+        k0: float = RRF_K0,
+        depth: int | None = None,
     ) -> Hits:
         """The ``k`` items nearest to a query, best first.
 
@@ -686,7 +752,32 @@ class Collection:
         the Hamming shortlist re-ranked by AQD (default: the table's, ``max(1000, 10·k)``);
         ``where`` an SQL condition on the columns with ``?`` for ``where_args``, applied during
         the search; ``mode`` 'two_stage', 'hamming' or 'aqd' (default: the model's own search,
-        :meth:`hqdb.engine.table.Table.default_mode`)."""
+        :meth:`hqdb.engine.table.Table.default_mode`).
+
+        Keywords (with a keyword index, :meth:`enable_fts`): ``keywords=`` alone ranks by FTS5's
+        bm25 over the words of the text (``distance`` is the bm25 score, smaller is better;
+        ``hamming`` None). ``hybrid=True`` fuses the code search with the keyword search of
+        ``keywords`` (default: ``text`` when it is a string) by reciprocal-rank fusion: each
+        list's top ``depth`` (default ``max(100, 10·k)``) give an item ``1 / (k0 + rank)``, summed;
+        ties go to the smaller rowid; ``distance`` is minus that score and ``hamming`` the code
+        search's (None for an item only the keywords found). ``where`` filters both lists."""
+        if keywords is not None or hybrid:
+            if image is None and text is None:
+                return _fused(self, None, [keywords], k, candidates, where, where_args, mode, k0, depth, hybrid)[0]
+            source, value, target = self._query(image, text, target)
+            return _fused(
+                self,
+                (source, [self.query_value(source, value, "")], target),
+                [keywords if keywords is not None or not isinstance(value, str) else value],
+                k,
+                candidates,
+                where,
+                where_args,
+                mode,
+                k0,
+                depth,
+                hybrid,
+            )[0]
         source, value, target = self._query(image, text, target)
         return _search_batch(
             self, source, [self.query_value(source, value, "")], target, k, candidates, where, where_args, mode
@@ -703,14 +794,442 @@ class Collection:
         where: str | None = None,
         where_args: Sequence = (),
         mode: str | None = None,
+        keywords: Sequence[str] | None = None,
+        hybrid: bool = False,
+        k0: float = RRF_K0,
+        depth: int | None = None,
     ) -> list[Hits]:
         """:meth:`search` for a batch of queries (``image`` an (N, d) array or list of vectors;
-        ``text`` a list of strings or an (N, d) array); one :class:`Hits` per query, in order."""
+        ``text`` a list of strings or an (N, d) array; ``keywords`` a list of strings, one per
+        query); one :class:`Hits` per query, in order."""
+        if (keywords is not None or hybrid) and image is None and text is None:
+            kws = _keyword_list(self, keywords, None)
+            return _fused(self, None, kws, k, candidates, where, where_args, mode, k0, depth, hybrid)
         source, values, target = self._query(image, text, target)
         if isinstance(values, str):
             raise CollectionError(f"{self.name}.search_many: give a list of queries, not one string")
         encoded = [self.query_value(source, v, f" (query {i})") for i, v in enumerate(values)]
+        if keywords is not None or hybrid:
+            kws = _keyword_list(self, keywords, values if keywords is None else None, len(encoded))
+            return _fused(
+                self, (source, encoded, target), kws, k, candidates, where, where_args, mode, k0, depth, hybrid
+            )
         return _search_batch(self, source, encoded, target, k, candidates, where, where_args, mode)
+
+
+class RawCollection(Collection):
+    """A raw hq table (your own codes or vectors, no model) with the collections API: items carry
+    ``vector=`` (float, ``dim`` values: codes computed from it, as :func:`hqdb.insert_vectors`
+    does) or ``code=`` (``dim/8`` packed bytes, :func:`hqdb.kernels.pack_bits`) with ``qcode=``
+    (``books`` indices) when the table has books; searches take ``vector=`` or ``code=``
+    (Hamming only). A table with books needs codebooks before vectors go in: :meth:`fit`."""
+
+    INPUTS = ("code", "qcode", "vector")
+
+    def _init_inputs(self, t) -> None:
+        self.model_name = None
+        self.modalities = ()
+        o = t.opts
+        self.dim: int = o.dim
+        self.books: int = o.books
+        self.codewords: int = o.codewords
+        self.rerank: str | None = o.rerank
+
+    @property
+    def model(self):
+        """None: a raw collection has no model."""
+        return None
+
+    def __repr__(self) -> str:
+        cols = ", ".join(f"{k} {v}" for k, v in self.columns.items())
+        rr = f", rerank={self.rerank!r}" if self.rerank else ""
+        return f"RawCollection({self.name!r}, dim={self.dim}, books={self.books}{rr}, columns=[{cols}])"
+
+    def fit(self, sample, *, iters: int = 8, seed: int = 0) -> np.ndarray:
+        """Fit the codebooks to ``sample`` (vectors like the ones you will insert, (N, dim)) with
+        :func:`hqdb.fit_table`; return them."""
+        from .bulk import fit_table
+
+        try:
+            return fit_table(self.db, self.name, sample, iters=iters, seed=seed)
+        except HqError as e:
+            raise CollectionError(f"{self.name}.fit: {e}") from None
+
+    def _needs(self) -> str:
+        return "vector=..." if self.rerank else "vector=... or code=..."
+
+    # -------------------------------------------------------------- validation
+    def _vector(self, value, where: str) -> np.ndarray:
+        try:
+            x = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            x = None
+        if x is None or x.shape not in ((self.dim,), (1, self.dim)) or isinstance(value, (str, bytes)):
+            got = f"shape {x.shape}" if x is not None and not isinstance(value, (str, bytes)) else type(value).__name__
+            raise CollectionError(
+                f"{self.name}.vector{where}: expected {self.dim} floats (shape ({self.dim},)), got {got}"
+            )
+        if not np.isfinite(x).all():
+            raise CollectionError(f"{self.name}.vector{where}: contains NaN or infinity")
+        return np.ascontiguousarray(x.reshape(self.dim))
+
+    def _code(self, value, where: str) -> np.ndarray:
+        nb = self.dim // 8
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            x = np.frombuffer(bytes(value), dtype=np.uint8)
+            got = f"{len(x)} bytes"
+        else:
+            x = np.asarray(value)
+            got = f"{x.dtype} shape {x.shape}"
+        if x.dtype != np.uint8 or x.shape != (nb,):
+            raise CollectionError(
+                f"{self.name}.code{where}: expected {nb} packed bytes (dim={self.dim} bits, "
+                f"hqdb.kernels.pack_bits; bytes or uint8 shape ({nb},)), got {got}"
+            )
+        return np.ascontiguousarray(x)
+
+    def _qcode(self, value, where: str) -> np.ndarray | None:
+        if self.books == 0:
+            if value is not None:
+                raise CollectionError(f"{self.name}.qcode{where}: the collection has books=0: give no qcode")
+            return None
+        if value is None:
+            raise CollectionError(
+                f"{self.name}.qcode{where}: the collection has books={self.books}: give qcode "
+                f"({self.books} indices in [0, {self.codewords})) with code, or give vector instead"
+            )
+        x = np.asarray(value)
+        if x.shape != (self.books,) or x.dtype.kind not in "iu":
+            raise CollectionError(
+                f"{self.name}.qcode{where}: expected {self.books} integers in [0, {self.codewords}), "
+                f"got {x.dtype} shape {x.shape}"
+            )
+        if int(x.min()) < 0 or int(x.max()) >= self.codewords:
+            raise CollectionError(f"{self.name}.qcode{where}: indices must lie in [0, {self.codewords})")
+        return x.astype(np.int64)
+
+    def _split_item(self, item: dict, where: str) -> tuple[int | None, dict, dict]:
+        unknown = set(item) - set(self.columns) - set(self.INPUTS) - {"rowid"}
+        if unknown:
+            raise CollectionError(
+                f"{self.name}{where}: unknown field(s) {sorted(unknown)}; columns: {list(self.columns)}, "
+                f"inputs: vector, code, qcode"
+            )
+        rowid, _, meta = super()._split_item({k: v for k, v in item.items() if k not in self.INPUTS}, where)
+        inputs = self._inputs(item, where)
+        return rowid, inputs, meta
+
+    def _inputs(self, item: Mapping, where: str) -> dict:
+        """{"vector": array} or {"code": array, "qcode": array or None}, or {} when neither."""
+        code, qcode, vec = (item.get(n) for n in self.INPUTS)
+        if vec is not None:
+            if code is not None or qcode is not None:
+                raise CollectionError(
+                    f"{self.name}{where}: give vector or code/qcode, not both (codes are computed from the vector)"
+                )
+            return {"vector": self._vector(vec, where)}
+        if code is None:
+            if qcode is not None:
+                raise CollectionError(f"{self.name}.qcode{where}: given without code")
+            return {}
+        if self.rerank:
+            raise CollectionError(
+                f"{self.name}{where}: the collection keeps vectors for its re-rank (rerank={self.rerank!r}): "
+                "give vector=..., not code="
+            )
+        return {"code": self._code(code, where), "qcode": self._qcode(qcode, where)}
+
+    # -------------------------------------------------------------- writing
+    def _write_batch(self, rows: list, rowids: list[int]) -> None:
+        from .bulk import insert_codes, insert_vectors
+
+        for kind in ("vector", "code"):
+            idx = [i for i, (_, inputs, _) in enumerate(rows) if kind in inputs]
+            if not idx:
+                continue
+            meta = {c: [rows[i][2].get(c) for i in idx] for c in self.columns}
+            ids = np.array([rowids[i] for i in idx], dtype=np.int64)
+            try:
+                if kind == "vector":
+                    insert_vectors(
+                        self.db, self.name, np.stack([rows[i][1]["vector"] for i in idx]), rowids=ids, metadata=meta
+                    )
+                else:
+                    codes = np.stack([rows[i][1]["code"] for i in idx])
+                    q = None if self.books == 0 else np.stack([rows[i][1]["qcode"] for i in idx])
+                    insert_codes(self.db, self.name, codes, q, rowids=ids, metadata=meta)
+            except apsw.ConstraintError as e:
+                raise CollectionError(f"{self.name}: {e}") from None
+            except HqError as e:
+                raise CollectionError(f"{self.name}: {e}") from None
+
+    def update(self, rowid: int, values=None, **fields) -> None:
+        """Change some fields of row ``rowid``: columns, and ``vector=`` (codes recomputed) or
+        ``code=``/``qcode=``. A raw row always has codes: None for an input is refused."""
+        item = {**(_as_dict(self.name, values, 0) if values is not None else {}), **fields}
+        item.pop("rowid", None)
+        if not item:
+            return
+        unknown = set(item) - set(self.columns) - set(self.INPUTS)
+        if unknown:
+            raise CollectionError(
+                f"{self.name}: unknown field(s) {sorted(unknown)}; columns: {list(self.columns)}, "
+                "inputs: vector, code, qcode"
+            )
+        where = f" (row {rowid})"
+        given = {n: item[n] for n in self.INPUTS if n in item}
+        if any(v is None for v in given.values()):
+            raise CollectionError(f"{self.name}{where}: a raw row's codes cannot be removed (delete the row instead)")
+        sets, params = [], []
+        for name in self.columns:
+            if name in item:
+                sets.append(f"{quote_ident(name)} = ?")
+                params.append(self._check_value(name, item[name], where))
+        inputs = self._inputs(given, where) if given else {}
+        if "code" in inputs:
+            sets += ['"code" = ?', '"qcode" = ?']
+            q = inputs["qcode"]
+            params += [
+                inputs["code"].tobytes(),
+                None if q is None else q.astype(self._table().opts.qcode_dtype).tobytes(),
+            ]
+        with write_transaction(self.db):
+            if rowid not in self:
+                raise NotFoundError(f"{self.name} has no row with rowid {rowid!r}")
+            if "vector" in inputs:
+                x = inputs["vector"]
+                t = self._table()
+                q = None
+                if self.books:
+                    cb = t.codebooks()
+                    if cb is None:
+                        raise CollectionError(
+                            f"{self.name}: no codebooks yet to encode vectors: fit them with {self.name}.fit(sample)"
+                        )
+                    from . import quantize
+
+                    q = quantize.encode(x[None], cb)[0].astype(t.opts.qcode_dtype).tobytes()
+                from .kernels import pack_bits
+
+                sets += ['"code" = ?', '"qcode" = ?']
+                params += [pack_bits(x[None])[0].tobytes(), q]
+                if self.rerank:
+                    sets.append('"vector" = ?')
+                    params.append(x.astype("<f4").tobytes())
+            try:
+                self.db.execute(f"UPDATE {self._q} SET {', '.join(sets)} WHERE rowid = ?", (*params, rowid))
+            except apsw.ConstraintError as e:
+                raise CollectionError(f"{self.name}: {e}") from None
+            except HqError as e:
+                raise CollectionError(f"{self.name}: {e}") from None
+
+    # -------------------------------------------------------------- search
+    def _raw_query(self, vector, code, mode, what: str):
+        if (vector is None) == (code is None):
+            raise CollectionError(f"{self.name}.{what}: give exactly one of vector=... or code=...")
+        if code is not None and mode not in (None, "hamming"):
+            raise CollectionError(
+                f"{self.name}.{what}: a code query can only be searched by Hamming distance (mode='hamming'), "
+                f"not {mode!r}; give vector=... for {mode}"
+            )
+        return ("code", code, "hamming") if code is not None else ("vector", vector, mode)
+
+    def query_value(self, source: str, value, where: str = ""):
+        """A raw query as ``hq_match(t.code, ?)`` takes it: float32 bytes of a vector, or the
+        packed bytes of a code."""
+        if source == "code":
+            return self._code(value, where).tobytes()
+        return self._vector(value, where).astype("<f4").tobytes()
+
+    def _match_sql(self, target: str) -> str:
+        return f'hq_match({self._q}."code", ?)'
+
+    def _query_params(self, source: str, value) -> tuple:
+        return (value,)
+
+    def _kernel_query(self, source: str, value):
+        return value
+
+    def search(  # type: ignore[override]
+        self,
+        vector=None,
+        code=None,
+        *,
+        k: int = 10,
+        candidates: int | None = None,
+        where: str | None = None,
+        where_args: Sequence = (),
+        mode: str | None = None,
+        keywords: str | None = None,
+        hybrid: bool = False,
+        k0: float = RRF_K0,
+        depth: int | None = None,
+    ) -> Hits:
+        """The ``k`` rows nearest to ``vector=`` (``dim`` floats: two-stage search, re-ranked
+        exactly on a ``rerank`` collection) or ``code=`` (packed bits: Hamming), best first;
+        ``candidates``, ``where``/``where_args``, ``mode``, ``keywords``, ``hybrid``, ``k0`` and
+        ``depth`` as in :meth:`Collection.search`."""
+        if (keywords is not None or hybrid) and vector is None and code is None:
+            return _fused(self, None, [keywords], k, candidates, where, where_args, mode, k0, depth, hybrid)[0]
+        source, value, mode = self._raw_query(vector, code, mode, "search")
+        q = [self.query_value(source, value)]
+        if keywords is not None or hybrid:
+            return _fused(
+                self, (source, q, "code"), [keywords], k, candidates, where, where_args, mode, k0, depth, hybrid
+            )[0]
+        return _search_batch(self, source, q, "code", k, candidates, where, where_args, mode)[0]
+
+    def search_many(  # type: ignore[override]
+        self,
+        vector=None,
+        code=None,
+        *,
+        k: int = 10,
+        candidates: int | None = None,
+        where: str | None = None,
+        where_args: Sequence = (),
+        mode: str | None = None,
+        keywords: Sequence[str] | None = None,
+        hybrid: bool = False,
+        k0: float = RRF_K0,
+        depth: int | None = None,
+    ) -> list[Hits]:
+        """:meth:`search` for a batch: ``vector`` an (N, dim) array or ``code`` an (N, dim/8)
+        uint8 array (or lists of them); one :class:`Hits` per query, in order."""
+        if (keywords is not None or hybrid) and vector is None and code is None:
+            return _fused(
+                self,
+                None,
+                _keyword_list(self, keywords, None),
+                k,
+                candidates,
+                where,
+                where_args,
+                mode,
+                k0,
+                depth,
+                hybrid,
+            )
+        source, values, mode = self._raw_query(vector, code, mode, "search_many")
+        if isinstance(values, (str, bytes)):
+            raise CollectionError(f"{self.name}.search_many: give a list (or 2-D array) of queries")
+        q = [self.query_value(source, v, f" (query {i})") for i, v in enumerate(values)]
+        if keywords is not None or hybrid:
+            kws = _keyword_list(self, keywords, None, len(q))
+            return _fused(self, (source, q, "code"), kws, k, candidates, where, where_args, mode, k0, depth, hybrid)
+        return _search_batch(self, source, q, "code", k, candidates, where, where_args, mode)
+
+
+def _keyword_list(coll: Collection, keywords, texts, n: int | None = None) -> list:
+    """One keyword text per query: ``keywords`` (a list), else the text queries themselves."""
+    if keywords is None:
+        if texts is None or not all(isinstance(t, str) for t in texts):
+            raise CollectionError(
+                f"{coll.name}.search_many: hybrid=True needs keywords=[...] (one string per query) "
+                "unless the queries are texts"
+            )
+        return list(texts)
+    if isinstance(keywords, str):
+        raise CollectionError(f"{coll.name}.search_many: keywords must be a list of strings, one per query")
+    kws = list(keywords)
+    if n is not None and len(kws) != n:
+        raise CollectionError(f"{coll.name}.search_many: {len(kws)} keywords for {n} queries")
+    return kws
+
+
+def _keyword_ranking(coll: Collection, text, depth: int, where, args: tuple, what: str) -> list[tuple[int, float]]:
+    """[(rowid, bm25)] of the rows whose indexed columns hold any word of ``text``, best first
+    (ties by rowid), at most ``depth``, among the rows ``where`` selects."""
+    if not isinstance(text, str):
+        raise CollectionError(f"{coll.name}.{what}: keywords must be a str, got {type(text).__name__}")
+    match = fts.match_query(text)
+    if match is None:  # no word: nothing to look up
+        return []
+    name = quote_ident(fts.fts_name(coll.name))
+    sql = f"SELECT rowid, bm25({name}) FROM {qualified('main', fts.fts_name(coll.name))} WHERE {name} MATCH ?"
+    if where is not None:
+        sql += f" AND rowid IN ({coll._matching(where, what)})"
+    sql += f" ORDER BY bm25({name}), rowid LIMIT ?"
+    try:
+        return [(int(r), float(s)) for r, s in coll.db.execute(sql, (match, *args, depth))]
+    except apsw.SQLError as e:
+        raise CollectionError(f"{coll.name}.{what}: {e}") from None
+
+
+def _fused(
+    coll: Collection, code_query, keywords: list, k, candidates, where, where_args, mode, k0, depth, hybrid: bool
+) -> list[Hits]:
+    """Keyword search (``hybrid`` False) or reciprocal-rank fusion of the code search of
+    ``code_query`` = (source, encoded values, target) with the keyword search of ``keywords``
+    (one text per query); one :class:`Hits` per query."""
+    from .engine.query import MAX_K, int_arg
+
+    what = "search"
+    if coll.keyword_columns is None:
+        raise CollectionError(
+            f"{coll.name}.{what}: keywords need a keyword index: {coll.name}.enable_fts('<text column>') "
+            "or create_collection(..., fts='<text column>')"
+        )
+    if hybrid and code_query is None:
+        raise CollectionError(f"{coll.name}.{what}: hybrid=True fuses a code search with keywords: give a query too")
+    if code_query is None and (candidates is not None or mode is not None):
+        raise CollectionError(
+            f"{coll.name}.{what}: candidates and mode apply to a code search; a keyword search has none"
+        )
+    if not hybrid and code_query is not None:
+        raise CollectionError(
+            f"{coll.name}.{what}: keywords with a query: pass hybrid=True to fuse them (or drop the query "
+            "for a keyword-only search)"
+        )
+    try:
+        k = int_arg("k", k, 1, MAX_K)
+        depth = int_arg("depth", min(MAX_K, max(100, 10 * k)) if depth is None else depth, k, MAX_K)
+    except HqError as e:
+        raise CollectionError(f"{coll.name}.{what}: {e}") from None
+    if isinstance(k0, bool) or not isinstance(k0, (int, float)) or not (0 <= k0 < float("inf")):
+        raise CollectionError(f"{coll.name}.{what}: k0 must be a finite number >= 0, got {k0!r}")
+    if where is None:
+        if where_args:
+            raise CollectionError(f"{coll.name}.{what}: where_args given without a where condition")
+        args: tuple = ()
+    else:
+        args = coll._where_args(where, where_args, coll._matching(where, what), what)
+    with read_transaction(coll.db):  # both lists, and the hits' columns, from one snapshot
+        code_lists: list[Hits] = []
+        if code_query is not None:
+            source, values, target = code_query
+            code_lists = _search_batch(coll, source, values, target, depth, candidates, where, where_args, mode)
+        out = []
+        for i, text in enumerate(keywords):
+            if text is None:
+                if hybrid:
+                    raise CollectionError(
+                        f"{coll.name}.{what}: hybrid=True needs keywords=... (the text query is not a string)"
+                    )
+                raise CollectionError(f"{coll.name}.{what}: give keywords=... or a query")
+            ranked = _keyword_ranking(coll, text, depth, where, args, what)
+            if not hybrid:
+                meta = _hit_columns(coll, [r for r, _ in ranked[:k]])
+                out.append(Hits(Hit(r, s, None, dict(meta[r])) for r, s in ranked[:k] if r in meta))  # type: ignore[arg-type]
+                continue
+            codes = code_lists[i]
+            score: dict[int, float] = {}
+            for rank, h in enumerate(codes, 1):
+                score[h.rowid] = 1.0 / (k0 + rank)
+            for rank, (r, _) in enumerate(ranked, 1):
+                score[r] = score.get(r, 0.0) + 1.0 / (k0 + rank)
+            best = sorted(score, key=lambda r: (-score[r], r))[:k]
+            by_id = {h.rowid: h for h in codes}
+            meta = _hit_columns(coll, [r for r in best if r not in by_id])
+            hits = Hits()
+            for r in best:
+                h = by_id.get(r)
+                if h is not None:
+                    hits.append(Hit(r, -score[r], h.hamming, h.values))
+                elif r in meta:
+                    hits.append(Hit(r, -score[r], None, dict(meta[r])))  # type: ignore[arg-type]
+            out.append(hits)
+    return out
 
 
 def _search_batch(
@@ -740,7 +1259,7 @@ def _search_batch(
     try:
         with read_transaction(coll.db) if len(values) > 1 else contextlib.nullcontext():  # one snapshot per batch
             for v in values:
-                out.append(coll._hits(coll.db.execute(sql, (source, v, *extra, *args))))
+                out.append(coll._hits(coll.db.execute(sql, (*coll._query_params(source, v), *extra, *args))))
     except apsw.SQLError as e:
         raise CollectionError(f"{coll.name}.search: {e}") from None
     except apsw.BindingsError as e:
@@ -749,15 +1268,13 @@ def _search_batch(
 
 
 def _search_kernel_batch(coll: Collection, source: str, values: list, target: str, k, candidates, mode) -> list[Hits]:
-    from .engine.query import encode_query
-
     try:
         table = coll.db.hq.table(coll.name)
         names = [c.name for c in table.sets]
         if target not in names:
             raise CollectionError(f"{coll.name}.search: no modality {target!r} (it has: {', '.join(names)})")
         params = table.params(k, candidates, mode)
-        queries = [encode_query(source, v) for v in values]
+        queries = [coll._kernel_query(source, v) for v in values]
         # The kernel search and the read of the hits' columns see one snapshot: a row another
         # connection deletes meanwhile is still there for both.
         with read_transaction(coll.db):
@@ -801,57 +1318,108 @@ def _model_names(conn) -> dict[str, str | None]:
     return model_of_tables(conn)
 
 
-def create_collection(
-    conn, name: str, model: str, columns=None, *, key: str | None = None, exist_ok: bool = False
-) -> Collection:
+def _raw_args(name: str, dim, books, codewords, metric, rerank) -> list[str]:
+    """The options of a raw collection's ``CREATE VIRTUAL TABLE``, each checked here so that a
+    value never reaches the SQL unvalidated."""
+    out = []
+    for opt, value in (("dim", dim), ("books", books), ("codewords", codewords)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise CollectionError(f"{name}: {opt} must be an integer, got {value!r}")
+        out.append(f"{opt}={int(value)}")
+    for opt, value in (("metric", metric), ("rerank", rerank)):
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.isidentifier():
+            raise CollectionError(f"{name}: {opt} must be a name such as 'int8' or 'ip', got {value!r}")
+        out.append(f"{opt}='{value}'")
+    return out
 
+
+def create_collection(
+    conn,
+    name: str,
+    model: str | None = None,
+    columns=None,
+    *,
+    key: str | None = None,
+    exist_ok: bool = False,
+    fts=None,
+    dim: int | None = None,
+    books: int | None = None,
+    codewords: int | None = None,
+    metric: str | None = None,
+    rerank: str | None = None,
+) -> Collection:
     if not isinstance(name, str) or not name:
         raise CollectionError(f"collection name must be a non-empty string, got {name!r}")
-    if not isinstance(model, str):
+    raw = {"dim": dim, "books": books, "codewords": codewords, "metric": metric, "rerank": rerank}
+    if model is None:
+        if dim is None:
+            raise CollectionError(
+                f"{name}: give model='<stored model>' (items encoded by a trained model) or dim=... "
+                "(a raw collection of your own codes or vectors)"
+            )
+    elif not isinstance(model, str):
         raise CollectionError(
             f"{name}: model must be the name of a stored model (store a trained one with "
             "hqdb.save_model(db, 'name', model))"
+        )
+    elif any(v is not None for v in raw.values()):
+        given = [k for k, v in raw.items() if v is not None]
+        raise CollectionError(
+            f"{name}: {', '.join(given)} come(s) from model {model!r}; give them only without a model"
         )
     existing = _model_names(conn)
     match = next((n for n in existing if n.lower() == name.lower()), None)
     if match is not None:
         if exist_ok and existing[match] == model:
-            return Collection(conn, match)
+            found = get_collection(conn, match)
+            if model is None and found._table().opts.dim != dim:
+                raise CollectionError(f"{match} already exists with dim={found._table().opts.dim}, not {dim}")
+            return found
         raise CollectionError(
             f"a collection or hq table named {match!r} already exists"
-            + (f" (model {existing[match]!r})" if existing[match] else "")
+            + (f" (model {existing[match]!r})" if existing[match] else " (raw)")
         )
-    from .model.store import load_model
+    if model is not None:
+        from .model.store import load_model
 
-    modalities = load_model(conn, model).modalities  # ModelError names the missing model
+        modalities = load_model(conn, model).modalities  # ModelError names the missing model
+        options = [f"model='{model}'"]
+    else:
+        modalities = ("code", "qcode", "vector")  # a raw item's inputs: not columns
+        options = _raw_args(name, dim, books, codewords, metric, rerank)
     decl = _declared_columns(name, columns, modalities)
     if key is not None and key not in decl:
         raise CollectionError(f"{name}: key {key!r} is not one of the columns {list(decl)}")
-    args = [f"model='{model}'"] + [
-        f"{quote_ident(c)} {t}" + (" PRIMARY KEY" if c == key else "") for c, t in decl.items()
-    ]
-    try:
-        parse_args(("dim=8", *args[1:]))  # names and types checked before touching the database
+    cols = [f"{quote_ident(c)} {t}" + (" PRIMARY KEY" if c == key else "") for c, t in decl.items()]
+    try:  # names, types and options checked before touching the database
+        parse_args(("dim=8", *cols) if model is not None else (*options, *cols))
     except OptionError as e:
         raise CollectionError(f"{name}: {e}") from None
     try:
-        conn.execute(f"CREATE VIRTUAL TABLE {quote_ident(name)} USING hq({', '.join(args)})")
+        with write_transaction(conn):  # the table and its keyword index, or neither
+            conn.execute(f"CREATE VIRTUAL TABLE {quote_ident(name)} USING hq({', '.join(options + cols)})")
+            coll = get_collection(conn, name)
+            if fts is not None:
+                coll.enable_fts(fts)
     except (HqError, apsw.SQLError) as e:
         raise CollectionError(f"{name}: {e}") from None
-    return Collection(conn, name)
+    return coll
 
 
 def get_collection(conn, name: str) -> Collection:
     existing = _model_names(conn)
     match = next((n for n in existing if n.lower() == str(name).lower()), None)
     if match is None:
-        known = [n for n, m in existing.items() if m]
-        raise NotFoundError(f"no collection named {name!r} (collections: {', '.join(known) or 'none'})")
-    return Collection(conn, match)
+        raise NotFoundError(f"no collection named {name!r} (collections: {', '.join(existing) or 'none'})")
+    return Collection(conn, match) if existing[match] else RawCollection(conn, match)
 
 
 def list_collections(conn) -> list[str]:
-    return [n for n, m in _model_names(conn).items() if m]
+    return list(_model_names(conn))
 
 
 def drop_collection(conn, name: str, *, missing_ok: bool = False) -> None:

@@ -14,20 +14,49 @@ class Connection(_sql.Connection):
     """A database connection opened by :func:`connect` (an ``apsw.Connection``)."""
 
     def create_collection(
-        self, name: str, model: str, columns=None, *, key: str | None = None, exist_ok: bool = False
+        self,
+        name: str,
+        model: str | None = None,
+        columns=None,
+        *,
+        key: str | None = None,
+        exist_ok: bool = False,
+        fts=None,
+        dim: int | None = None,
+        books: int | None = None,
+        codewords: int | None = None,
+        metric: str | None = None,
+        rerank: str | None = None,
     ) -> _coll.Collection:
         """Create a collection: a model-bound hq table bound to the stored model ``model``, with
         ``columns`` a dict of name -> type (str, int, float, bytes) or a typed class (dataclass,
         NamedTuple, ...; fields named like a modality are inputs). ``key`` makes a column unique
-        (upsert matches on it). Returns the :class:`hqdb.Collection`."""
-        return _coll.create_collection(self, name, model, columns, key=key, exist_ok=exist_ok)
+        (upsert matches on it). ``fts`` names a TEXT column (or a list) to keep a keyword index
+        over (:meth:`hqdb.Collection.enable_fts`). Without a model, ``dim`` (and ``books``,
+        ``codewords``, ``metric``, ``rerank``: the raw table's options) make a
+        :class:`hqdb.RawCollection` of your own codes or vectors. Returns the collection."""
+        return _coll.create_collection(
+            self,
+            name,
+            model,
+            columns,
+            key=key,
+            exist_ok=exist_ok,
+            fts=fts,
+            dim=dim,
+            books=books,
+            codewords=codewords,
+            metric=metric,
+            rerank=rerank,
+        )
 
     def collection(self, name: str) -> _coll.Collection:
-        """The :class:`hqdb.Collection` of an existing model-bound hq table."""
+        """The collection of an existing hq table: a :class:`hqdb.Collection` (model-bound) or a
+        :class:`hqdb.RawCollection` (raw)."""
         return _coll.get_collection(self, name)
 
     def collections(self) -> list[str]:
-        """Names of the collections (model-bound hq tables) in the main database."""
+        """Names of the collections (every hq table, model-bound or raw) in the main database."""
         return _coll.list_collections(self)
 
     def drop_collection(self, name: str, *, missing_ok: bool = False) -> None:

@@ -48,15 +48,15 @@ def test_create_list_get_drop(db, model):
     c = db.create_collection("photos", model="m", columns={"title": str, "year": Optional[int], "blob": bytes})
     assert c.columns == {"title": "TEXT", "year": "INTEGER", "blob": "BLOB"}
     assert c.modalities == ("image", "text") and c.model_name == "m"
-    assert db.collections() == ["from_sql", "photos"]  # raw hq tables are not collections
+    assert db.collections() == ["from_sql", "photos", "raw"]  # raw hq tables are collections too
     assert db.collection("PHOTOS").name == "photos"
     assert db.collection("from_sql").columns == {"title": "TEXT"}
     with pytest.raises(hqdb.CollectionError, match="already exists"):
         db.create_collection("photos", model="m")
     assert db.create_collection("photos", model="m", exist_ok=True).name == "photos"
-    with pytest.raises(hqdb.CollectionError, match="raw is a raw hq table"):
-        db.collection("raw")
+    assert isinstance(db.collection("raw"), hqdb.RawCollection)  # tests/test_raw_collections.py
     db.drop_collection("photos")
+    db.drop_collection("raw")
     assert db.collections() == ["from_sql"]
     assert db.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE 'photos%'").fetchone() == (0,)
     with pytest.raises(hqdb.NotFoundError, match="collections: from_sql"):

@@ -31,7 +31,7 @@ import numpy as np
 from .. import kernels, quantize
 from ..errors import ConstraintError, CorruptTableError, HqError, ModelError, StaleTableError
 from ..model.store import load_model
-from . import catalog, mih
+from . import catalog, fts, mih
 from .catalog import qualified, quote_ident
 from .options import TableOptions
 from .query import Params, decode_query, resolve
@@ -132,11 +132,13 @@ class Table:
                 for s in catalog.shadow_suffixes(self.opts)
             )
         )
+        fts.drop_orphan(self.conn, self.schema, self.name)  # its triggers went with the rows table
         catalog.delete_entry(self.conn, self.schema, self.name)
 
     def rename(self, new: str) -> None:
         """ALTER TABLE ... RENAME TO: the shadow tables and the catalog entry follow."""
         self.flush()
+        keyword_cols = fts.columns(self.conn, self.schema, self.name)
         for suffix in catalog.shadow_suffixes(self.opts):
             exists = self.conn.execute(
                 f"SELECT 1 FROM {quote_ident(self.schema)}.sqlite_master WHERE type = 'table' "
@@ -147,6 +149,8 @@ class Table:
                 self.conn.execute(
                     f"ALTER TABLE {qualified(self.schema, self.name + suffix)} RENAME TO {quote_ident(new + suffix)}"
                 )
+        if keyword_cols is not None:
+            fts.rename(self.conn, self.schema, self.name, new, keyword_cols)
         catalog.rename_entry(self.conn, self.schema, self.name, new)
         self._set_name(new)
         self._codebooks_gen = None

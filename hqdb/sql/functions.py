@@ -15,6 +15,7 @@ import apsw
 import numpy as np
 
 from .. import kernels
+from ..engine import fts
 from ..engine.check import check, rebuild_table
 from ..engine.query import encode_query, resolve
 from ..engine.table import Table
@@ -25,6 +26,15 @@ DIRECT_ONLY = apsw.SQLITE_DIRECTONLY
 # hq_search_many answers with one JSON object per hit (~100 bytes); a group asking for more hits
 # than this (queries x k) is refused before any search runs.
 MAX_BATCH_HITS = 1_000_000
+
+
+def _keywords(text):
+    """hq_keywords(text): the words of ``text`` as a safe FTS5 MATCH expression (each word
+    quoted, joined by OR; :func:`hqdb.engine.fts.match_query`); a text without a word (or NULL)
+    gives ``""``, an empty phrase that matches no row (NULL would be an FTS5 syntax error)."""
+    if text is not None and not isinstance(text, str):
+        raise HqError(f"hq_keywords expects TEXT, got {type(text).__name__}")
+    return (fts.match_query(text) if text is not None else None) or '""'
 
 
 def check_threads(n) -> int:
@@ -175,6 +185,7 @@ def register_functions(conn: apsw.Connection, module: HqModule) -> None:
     scalar("hq_threads", hq_threads, -1, flags=DIRECT_ONLY)
     scalar("hq_bits", hq_bits, 1, deterministic=True)
     scalar("hq_query", encode_query, 2, deterministic=True)
+    scalar("hq_keywords", _keywords, 1, deterministic=True)
     scalar("hq_info", lambda: json.dumps(kernels.info()), 0)
     scalar("hq_check", hq_check, -1)
     for n_args in (4, 5, 6):
