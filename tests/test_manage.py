@@ -276,3 +276,15 @@ def test_shell_bad_mode_is_one_line(media, capsys):
     rc, _, err = run(capsys, "shell", media, "--mode", "bogus", "SELECT 1")
     assert rc == 1 and err.startswith("hqdb: error: --mode 'bogus': Expected a valid output mode") and \
         err.count("\n") == 1
+
+
+def test_shell_opens_a_database_with_a_keyword_index(media, capsys):
+    # The keyword index's sync triggers sit on a shadow table; SQLite's defensive mode cannot
+    # parse them, so the shell runs without it there and says so, instead of failing every query.
+    with closing(hqdb.connect(media)) as db:
+        db.collection("photos").enable_fts("title")
+    rc, out, err = run(capsys, "shell", media, "SELECT count(*) FROM photos WHERE year = 2003")
+    assert rc == 0 and out.strip() == "12"
+    assert "keyword index" in err and "defensive mode is off" in err
+    rc, out, err = run(capsys, "shell", media, "SELECT rowid FROM photos_fts WHERE photos_fts MATCH 'photo' LIMIT 1")
+    assert rc == 0 and out.strip()
