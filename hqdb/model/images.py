@@ -152,21 +152,17 @@ def _build(library: str, name: str, weights: str | None):
     _known(library, name)
     torch = _need("torch")
     if weights is None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the user's cache only
+        raise ValueError(f"the {library} backbone {name!r} needs a weights file")
     if library == "timm":
         import timm
 
         try:
-            module = timm.create_model(name, pretrained=weights is None, num_classes=0)
+            module = timm.create_model(name, pretrained=False, num_classes=0)
         except Exception as e:
-            raise ValueError(
-                f"cannot load timm's pretrained weights of {name!r} from the local cache ({type(e).__name__}: {e}); "
-                "give a weights file instead"
-            ) from None
-        if weights is not None:
-            head = module.pretrained_cfg.get("classifier") or "fc"
-            heads = tuple(f"{h}." for h in ([head] if isinstance(head, str) else head))
-            _load_weights(module, read_state_dict(weights), weights, heads)
+            raise ValueError(f"timm cannot build {name!r}: {type(e).__name__}: {e}") from None
+        head = module.pretrained_cfg.get("classifier") or "fc"
+        heads = tuple(f"{h}." for h in ([head] if isinstance(head, str) else head))
+        _load_weights(module, read_state_dict(weights), weights, heads)
     else:
         import open_clip
 
@@ -174,8 +170,6 @@ def _build(library: str, name: str, weights: str | None):
             model = open_clip.create_model(name, pretrained=None, device="cpu")
         except Exception as e:
             raise ValueError(f"open_clip cannot build {name!r}: {type(e).__name__}: {e}") from None
-        if weights is None:
-            raise ValueError("open_clip backbones need a weights file (weights=...)")
         _load_weights(model, read_state_dict(weights), weights, ())
         module = model.visual
     module.eval()
@@ -183,6 +177,30 @@ def _build(library: str, name: str, weights: str | None):
         p.requires_grad_(False)
     del torch
     return module
+
+
+def cached_weights(library: str, name: str) -> str:
+    """The local file of timm's pretrained weights for ``name`` in the user's Hugging Face cache
+    (``HF_HUB_CACHE``, default ~/.cache/huggingface/hub); never downloads."""
+    if library != "timm":
+        raise ValueError(f"{library} backbones need a weights file (weights=...)")
+    timm = _need("timm")
+    _known(library, name)
+    cfg = timm.models.get_pretrained_cfg(name)
+    repo_id = getattr(cfg, "hf_hub_id", None)
+    if not repo_id:
+        raise ValueError(f"timm's {name!r} has no Hugging Face weights to find in a cache: give a weights file")
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = os.environ.get("HF_HUB_CACHE") or None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=cache)
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    raise ValueError(
+        f"timm's pretrained weights of {name!r} ({repo_id}) are not in the Hugging Face cache here "
+        "(hqdb never downloads): fetch them once (e.g. timm.create_model(name, pretrained=True)) or give a weights file"
+    )
 
 
 def _backbone(library: str, name: str, weights: str | None, sha256: str | None):
@@ -304,10 +322,10 @@ class ImageFeaturizer:
         ``backbone`` 'timm:NAME' or 'open_clip:NAME', ``weights`` a local .safetensors / .pth
         state dict (None: timm's pretrained weights from the user's cache)."""
         library, name = parse_backbone(backbone)
-        path = None if weights is None else os.path.abspath(os.fspath(weights))
-        sha = None if path is None else (file_sha256(path) if os.path.isfile(path) else None)
-        if path is not None and sha is None:
+        path = cached_weights(library, name) if weights is None else os.path.abspath(os.fspath(weights))
+        if not os.path.isfile(path):
             raise ValueError(f"weights file {path!r} does not exist")
+        sha = file_sha256(path)
         module = _backbone(library, name, path, sha)
         if library == "timm":
             cfg = getattr(module, "pretrained_cfg", {}) or {}
@@ -401,17 +419,23 @@ class ImageFeaturizer:
     def _forward(self, images: list) -> np.ndarray:
         torch = _need("torch")
         module = _backbone(self.library, self.backbone, self.weights, self.sha256)
-        batch = np.stack([self._pixels(open_image(v, "image") if not _is_pil(v) else v) for v in images])
         prev = torch.get_num_threads()
+        rows = []
         try:
             torch.set_num_threads(self.threads)
             with torch.inference_mode():
-                out = module(torch.from_numpy(batch))
+                # One image per forward pass: an image's features (so its codes) must not depend on
+                # the batch it came in (batched convolutions differ in the last bits), and on a CPU
+                # a batch is not faster.
+                for v in images:
+                    x = self._pixels(open_image(v, "image") if not _is_pil(v) else v)
+                    y = module(torch.from_numpy(x[None]))
+                    if isinstance(y, (tuple, list)):
+                        y = y[0]
+                    rows.append(y.float().reshape(-1).numpy())
         finally:
             torch.set_num_threads(prev)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        out = out.float().reshape(len(images), -1).numpy()
+        out = np.stack(rows)
         if not np.isfinite(out).all():
             raise ValueError(f"the {self.library} backbone {self.backbone!r} produced NaN or infinite features")
         return np.ascontiguousarray(out, dtype=np.float32)
