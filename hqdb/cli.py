@@ -869,7 +869,9 @@ def _image_arguments(p) -> None:
     p.add_argument("--backbone", help="image backbone of a model trained from a folder: timm:NAME or open_clip:NAME")
     p.add_argument("--weights", help="the backbone's weights: a local .safetensors or .pth state dict")
     p.add_argument("--image-size", type=int, help="backbone input size in pixels (default: the backbone's)")
-    p.add_argument("--captions", help="captions CSV file,caption[,columns...] (default DIR/captions.csv, else DIR/*.txt)")
+    p.add_argument(
+        "--captions", help="captions CSV file,caption[,columns...] (default DIR/captions.csv, else DIR/*.txt)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

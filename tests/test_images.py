@@ -408,9 +408,16 @@ def test_folder_with_sidecar_captions(assets, tmp_path):
 # ------------------------------------------------------------------------------------------
 # the command line
 # ------------------------------------------------------------------------------------------
-def cli(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-m", "hqdb", *argv], capture_output=True, text=True, env=env, **kw)
+def cli(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``hqdb ARGV`` in this process (the image stack is imported once)."""
+    import contextlib
+
+    import hqdb.cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = hqdb.cli.main(list(argv))
+    p = subprocess.CompletedProcess(["hqdb", *argv], rc, out.getvalue(), err.getvalue())
     if check:
         assert p.returncode == 0, p.stderr
     return p
@@ -513,3 +520,33 @@ def test_pil_decompression_bombs_are_refused(stack):
     Image.new("1", (14000, 14000)).save(big, format="PNG")  # 196M pixels, a few KB compressed
     with pytest.raises(ValueError, match="item 0 .* is not a readable image"):
         open_image(big.getvalue(), "item 0")
+
+
+# ------------------------------------------------------------------------------------------
+# the documentation's image examples (skipped by tests/test_docs.py, which runs without the extra)
+# ------------------------------------------------------------------------------------------
+DOC_SKIP = "needs the images extra"
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/python.md", "docs/cli.md"])
+def test_docs_image_examples_run(page, assets, tmp_path, monkeypatch, capsys):
+    """Every block a page marks as needing the images extra runs here, in order, in a folder
+    holding `photos/` (generated captioned images) and `resnet10t.safetensors` (random weights)."""
+    from test_docs import blocks, run_sh
+
+    image_blocks = [b for b in blocks(ROOT / page) if b["skip"] and b["skip"].startswith(DOC_SKIP)]
+    assert image_blocks, f"{page} has no image examples"
+    shutil.copytree(assets / "photos", tmp_path / "photos")
+    shutil.copy(assets / "resnet10t.safetensors", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "hqdb_docs_images"}
+    for b in image_blocks:
+        where = f"{page}:{b['line']}"
+        if b["lang"] == "python":
+            exec(compile(b["code"], where, "exec"), namespace)
+        else:
+            assert b["lang"] == "sh", where
+            run_sh(b["code"], where)
+    for v in namespace.values():
+        if isinstance(v, hqdb.Connection):
+            v.close()

@@ -315,9 +315,7 @@ class ImageFeaturizer:
 
     # -------------------------------------------------------------- creation
     @classmethod
-    def create(
-        cls, backbone: str, weights=None, *, image_size: int | None = None, threads: int = 1
-    ) -> ImageFeaturizer:
+    def create(cls, backbone: str, weights=None, *, image_size: int | None = None, threads: int = 1) -> ImageFeaturizer:
         """Build the backbone once (checking the weights fit it) and return its featurizer:
         ``backbone`` 'timm:NAME' or 'open_clip:NAME', ``weights`` a local .safetensors / .pth
         state dict (None: timm's pretrained weights from the user's cache)."""
@@ -412,9 +410,9 @@ class ImageFeaturizer:
         im = im.resize((nw, nh), Image.Resampling.BICUBIC)
         left, top = (nw - s) // 2, (nh - s) // 2
         im = im.crop((left, top, left + s, top + s))
-        x = np.asarray(im, dtype=np.float32) / 255.0
-        x = (x - np.array(self.mean, dtype=np.float32)) / np.array(self.std, dtype=np.float32)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        pixels = np.asarray(im, dtype=np.float32) / np.float32(255.0)
+        x = (pixels - np.array(self.mean, dtype=np.float32)) / np.array(self.std, dtype=np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
     def _forward(self, images: list) -> np.ndarray:
         torch = _need("torch")
@@ -443,9 +441,8 @@ class ImageFeaturizer:
     def transform(self, values, *, progress=None) -> np.ndarray:
         """Images → float32 (N, dim), ``BATCH`` at a time. ``progress``: a callable told how many
         images each batch finished (a progress bar's ``update``)."""
-        if isinstance(values, (str, os.PathLike, bytes, bytearray)) or _is_pil(values):
-            values = [values]
-        elif isinstance(values, np.ndarray) and values.ndim in (2, 3) and is_image_value(values):
+        single = isinstance(values, (str, os.PathLike, bytes, bytearray)) or _is_pil(values)
+        if single or (isinstance(values, np.ndarray) and values.ndim in (2, 3) and is_image_value(values)):
             values = [values]
         values = list(values)
         n = len(values)

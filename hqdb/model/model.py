@@ -305,9 +305,14 @@ class TrainedModel:
         from .images import is_image_value
 
         d = self.input_dim(modality)
-        if isinstance(values, np.ndarray) and values.dtype.kind in "fiu" and values.ndim <= 2:
-            if values.shape[-1:] == (d,) and not (values.ndim == 2 and values.dtype == np.uint8):
-                return self._features(modality, values)
+        if (
+            isinstance(values, np.ndarray)
+            and values.dtype.kind in "fiu"
+            and values.ndim <= 2
+            and values.shape[-1:] == (d,)
+            and not (values.ndim == 2 and values.dtype == np.uint8)
+        ):
+            return self._features(modality, values)
         if is_image_value(values) or (isinstance(values, np.ndarray) and values.ndim == 4):
             return fz.transform(values)
         values = list(values)
