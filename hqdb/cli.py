@@ -112,14 +112,28 @@ def _image_options(args) -> dict:
         raise UserError(f"{args.data!r} is a folder of images: give --backbone timm:NAME and --weights FILE")
     if not args.backbone and (args.weights or args.image_size or args.captions):
         raise UserError("--weights, --image-size and --captions go with --backbone")
+    text = _text_options(args)
     if not args.backbone:
-        return {}
+        return text
     return {
         "image_featurizer": args.backbone,
         "weights": args.weights,
         "image_size": args.image_size,
         "captions": args.captions,
+        **text,
     }
+
+
+def _text_options(args) -> dict:
+    """hqdb.train's text featurizer from --text-featurizer / --text-weights (default: tf-idf)."""
+    if args.text_weights and not (args.text_featurizer or "").startswith("open_clip:"):
+        raise UserError("--text-weights goes with --text-featurizer open_clip:NAME")
+    out: dict = {}
+    if args.text_featurizer:
+        out["text_featurizer"] = args.text_featurizer
+    if args.text_weights:
+        out["text_weights"] = args.text_weights
+    return out
 
 
 def _models(args) -> int:
@@ -440,10 +454,12 @@ def _folder_model(args, db, items: list[dict]):
     model = hqdb.train(
         {"image": feats, "text": [it["caption"] for it in captioned]},
         image_featurizer=fz,
+        weights=args.weights,
         bits=args.bits,
         epochs=args.epochs,
         seed=args.seed,
         progress=_show_progress(args),
+        **_text_options(args),
     )
     hqdb.save_model(db, name, model)
     return name, model, {it["file"]: f for it, f in zip(captioned, feats)}
@@ -454,6 +470,8 @@ def _caption_input(model, caption):
     of a tf-idf vocabulary): it is still stored in the caption column."""
     if not caption:
         return None
+    if (model.config["featurizers"].get("text") or {}).get("type") != "tfidf":
+        return caption  # other text featurizers encode any text with words
     try:
         model.featurize("text", [caption])
     except ValueError:
@@ -872,6 +890,10 @@ def _image_arguments(p) -> None:
     p.add_argument(
         "--captions", help="captions CSV file,caption[,columns...] (default DIR/captions.csv, else DIR/*.txt)"
     )
+    p.add_argument(
+        "--text-featurizer", help="text featurizer of a new model: tfidf (default), minilm or open_clip:NAME"
+    )
+    p.add_argument("--text-weights", help="weights of an open_clip text featurizer (default: --weights)")
 
 
 def build_parser() -> argparse.ArgumentParser:

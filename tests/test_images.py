@@ -550,3 +550,88 @@ def test_docs_image_examples_run(page, assets, tmp_path, monkeypatch, capsys):
     for v in namespace.values():
         if isinstance(v, hqdb.Connection):
             v.close()
+
+
+# ------------------------------------------------------------------------------------------
+# open_clip: an image tower and a CLIP text tower as featurizers
+# ------------------------------------------------------------------------------------------
+CLIP_GOOD = {
+    "type": "clip_text",
+    "library": "open_clip",
+    "model": "ViT-S-32",
+    "weights": "/models/clip.safetensors",
+    "sha256": "a" * 64,
+    "dim": 384,
+}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"library": "timm"}, "'library' must be 'open_clip'"),
+        ({"model": "$(reboot)"}, "is not a open_clip model name"),
+        ({"weights": None}, "'weights' must be a file path"),
+        ({"dim": -1}, "'dim' must be an integer"),
+        ({"tokenizer": "hf:evil"}, "unknown keys"),
+    ],
+)
+def test_hostile_clip_text_states_are_refused(change, message):
+    assert featurizer_from_state(CLIP_GOOD).state() == CLIP_GOOD
+    with pytest.raises(ValueError, match=message):
+        featurizer_from_state({**CLIP_GOOD, **change})
+
+
+@pytest.fixture(scope="module")
+def clip_weights(assets):
+    pytest.importorskip("open_clip", reason=EXTRA)
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-S-32", pretrained=None)
+    sd = model.state_dict()
+    torch.save(sd, assets / "clip.pth")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in sd.items() if not k.startswith("visual.")}, str(assets / "clip_text.safetensors"))
+    return assets / "clip.pth"
+
+
+def test_open_clip_towers_train_store_and_search(clip_weights, assets, tmp_path):
+    from hqdb.model.images import ClipTextFeaturizer
+
+    model = hqdb.train(
+        assets / "photos",
+        image_featurizer="open_clip:ViT-S-32",
+        weights=clip_weights,
+        text_featurizer="open_clip:ViT-S-32",  # the same weights file serves the text tower
+        bits=32,
+        epochs=15,
+        hidden=[128],
+        progress=False,
+    )
+    feats = model.config["featurizers"]
+    assert feats["image"]["library"] == "open_clip" and feats["image"]["image_size"] == 224
+    assert feats["text"]["type"] == "clip_text" and feats["text"]["weights"] == str(clip_weights)
+    db = hqdb.connect(tmp_path / "clip.db")
+    hqdb.save_model(db, "clip", model)
+    photos = db.create_collection("photos", model="clip", columns={"file": str, "caption": str})
+    with open(assets / "photos" / "captions.csv") as f:
+        rows = list(csv.DictReader(f))
+    photos.insert_all({"file": r["file"], "caption": r["caption"], "image": assets / "photos" / r["file"]} for r in rows)
+    db.close()
+    fresh_backbones()
+    db = hqdb.connect(tmp_path / "clip.db")
+    photos = db.collection("photos")
+    hits = photos.search(text="a green square", k=10)  # CLIP text tower -> image codes
+    assert np.mean(["green" in h.caption for h in hits]) > 0.5, [h.caption for h in hits]
+    with pytest.raises(hqdb.CollectionError, match="empty"):
+        photos.search(text="  ...  ")
+    db.close()
+    # The text tower alone, from a file holding only its tensors, embeds exactly the same.
+    alone = ClipTextFeaturizer.create("open_clip:ViT-S-32", assets / "clip_text.safetensors")
+    np.testing.assert_array_equal(alone.transform(["a red circle"]), model.featurize("text", ["a red circle"]))
+    with pytest.raises(ValueError, match="cannot run on 64-pixel images"):
+        from hqdb.model.images import ImageFeaturizer
+
+        ImageFeaturizer.create("open_clip:ViT-S-32", clip_weights, image_size=64)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import math
 import os
 import re
@@ -126,12 +127,15 @@ def read_state_dict(path: str) -> dict:
     return sd
 
 
-def _load_weights(module, sd: dict, path: str, optional_prefixes: tuple[str, ...]) -> None:
-    """Load ``sd`` into ``module``: every parameter must be given; extra tensors are allowed only
-    under ``optional_prefixes`` (a classifier head the featurizer does not use)."""
-    own = module.state_dict()
+def _load_weights(
+    module, sd: dict, path: str, optional_prefixes: tuple[str, ...], unused: tuple[str, ...] = ()
+) -> None:
+    """Load ``sd`` into ``module``: every parameter must be given, except those under ``unused``
+    (a part of the model the featurizer does not run: CLIP's image tower for its text); extra
+    tensors are allowed only under ``optional_prefixes`` (a classifier head it does not use)."""
+    own = {k: v for k, v in module.state_dict().items() if not k.startswith(unused)} if unused else module.state_dict()
     missing = [k for k in own if k not in sd]
-    extra = [k for k in sd if k not in own and not k.startswith(optional_prefixes)]
+    extra = [k for k in sd if k not in own and not k.startswith(optional_prefixes + unused)]
     if missing or extra:
         what = (f"{len(missing)} missing, e.g. {missing[:3]}" if missing else "") + (
             f"{'; ' if missing else ''}{len(extra)} unexpected, e.g. {extra[:3]}" if extra else ""
@@ -144,11 +148,14 @@ def _load_weights(module, sd: dict, path: str, optional_prefixes: tuple[str, ...
             f"weights file {path!r} does not fit this backbone: {k} has shape {tuple(sd[k].shape)}, "
             f"the backbone needs {tuple(own[k].shape)}"
         )
-    module.load_state_dict({k: sd[k] for k in own}, strict=True)
+    result = module.load_state_dict({k: sd[k] for k in own}, strict=not unused)
+    if unused and (result.unexpected_keys or any(not k.startswith(unused) for k in result.missing_keys)):
+        raise ValueError(f"weights file {path!r} does not fit this model")
 
 
-def _build(library: str, name: str, weights: str | None):
-    """The backbone module in eval mode, its weights loaded (never downloaded)."""
+def _build(library: str, name: str, weights: str | None, part: str = "image"):
+    """The backbone module in eval mode, its weights loaded (never downloaded); ``part`` "text":
+    the whole open_clip model, of which only the text tower's weights are needed."""
     _known(library, name)
     torch = _need("torch")
     if weights is None:
@@ -166,12 +173,31 @@ def _build(library: str, name: str, weights: str | None):
     else:
         import open_clip
 
+        text_cfg = (open_clip.get_model_config(name) or {}).get("text_cfg") or {}
+        if part == "text" and (text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name")):
+            raise ValueError(
+                f"open_clip's {name!r} uses a Hugging Face text model or tokenizer, which hqdb does not fetch: "
+                "use a model with open_clip's own tokenizer (e.g. ViT-B-32)"
+            )
         try:
-            model = open_clip.create_model(name, pretrained=None, device="cpu")
+            logging.disable(logging.WARNING)  # "no pretrained weights loaded": they are loaded next
+            try:
+                model = open_clip.create_model(name, pretrained=None, device="cpu")
+            finally:
+                logging.disable(logging.NOTSET)
         except Exception as e:
             raise ValueError(f"open_clip cannot build {name!r}: {type(e).__name__}: {e}") from None
-        _load_weights(model, read_state_dict(weights), weights, ())
-        module = model.visual
+        sd = read_state_dict(weights)
+        if part == "text":
+            _load_weights(model, sd, weights, (), unused=("visual.",))
+            model.visual = torch.nn.Identity()  # not run: the text tower alone
+            module = model
+        else:
+            # Either the whole CLIP state dict or the image tower's own.
+            if any(k.startswith("visual.") for k in sd):
+                sd = {k[len("visual.") :]: v for k, v in sd.items() if k.startswith("visual.")}
+            _load_weights(model.visual, sd, weights, ())
+            module = model.visual
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -203,8 +229,8 @@ def cached_weights(library: str, name: str) -> str:
     )
 
 
-def _backbone(library: str, name: str, weights: str | None, sha256: str | None):
-    key = (library, name, weights, sha256)
+def _backbone(library: str, name: str, weights: str | None, sha256: str | None, part: str = "image"):
+    key = (library, name, weights, sha256, part)
     if key not in _BACKBONES:
         if weights is not None:
             if not os.path.isfile(weights):
@@ -217,7 +243,7 @@ def _backbone(library: str, name: str, weights: str | None, sha256: str | None):
                     f"weights file {weights!r} is not the one the model was trained with (SHA-256 differs): "
                     "its features, and so the codes, would not match"
                 )
-        _BACKBONES[key] = _build(library, name, weights)
+        _BACKBONES[key] = _build(library, name, weights, part)
     return _BACKBONES[key]
 
 
@@ -427,7 +453,13 @@ class ImageFeaturizer:
                 # a batch is not faster.
                 for v in images:
                     x = self._pixels(open_image(v, "image") if not _is_pil(v) else v)
-                    y = module(torch.from_numpy(x[None]))
+                    try:
+                        y = module(torch.from_numpy(x[None]))
+                    except (RuntimeError, ValueError, AssertionError) as e:
+                        raise ValueError(
+                            f"the {self.library} backbone {self.backbone!r} cannot run on {self.image_size}-pixel "
+                            f"images (a fixed-size backbone needs its own image_size): {e}"
+                        ) from None
                     if isinstance(y, (tuple, list)):
                         y = y[0]
                     rows.append(y.float().reshape(-1).numpy())
@@ -563,3 +595,109 @@ def read_folder(folder, captions=None) -> tuple[list[dict], dict[str, type]]:
                 raise ValueError(f"cannot read the caption file {side!r}: {e}") from None
         items.append({"file": name, "path": path, "caption": caption})
     return items, types
+
+
+class ClipTextFeaturizer:
+    """Raw text → an open_clip model's text embeddings (L2-normalised, float32 (N, dim)), a text
+    featurizer next to tf-idf and MiniLM. Stored as configuration like :class:`ImageFeaturizer`:
+    the open_clip model name, the weights file's path and SHA-256 (a whole CLIP state dict, or its
+    text tower's tensors alone), the embedding size. The tokenizer is open_clip's own BPE, which
+    ships with the package (models that need a Hugging Face tokenizer are refused)."""
+
+    kind = "text"
+
+    def __init__(self, model: str, weights: str, *, dim: int, sha256: str | None = None, threads: int = 1):
+        self.model, self.weights, self.sha256, self.dim, self.threads = model, weights, sha256, dim, threads
+
+    @classmethod
+    def create(cls, model: str, weights, *, threads: int = 1) -> ClipTextFeaturizer:
+        """``model`` 'open_clip:NAME' (or NAME); ``weights`` a local state dict."""
+        library, name = parse_backbone(model if ":" in model else f"open_clip:{model}")
+        if library != "open_clip":
+            raise ValueError(f"a CLIP text encoder comes from open_clip, got {model!r}")
+        if weights is None:
+            raise ValueError("an open_clip text encoder needs a weights file")
+        path = os.path.abspath(os.fspath(weights))
+        if not os.path.isfile(path):
+            raise ValueError(f"weights file {path!r} does not exist")
+        fz = cls(name, path, dim=1, sha256=file_sha256(path), threads=threads)
+        fz.dim = int(fz._encode(["a photo"]).shape[1])
+        _check_dim(fz.dim)
+        return fz
+
+    def state(self) -> dict:
+        return {
+            "type": "clip_text",
+            "library": "open_clip",
+            "model": self.model,
+            "weights": self.weights,
+            "sha256": self.sha256,
+            "dim": self.dim,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> ClipTextFeaturizer:
+        if not isinstance(state, dict) or state.get("type") != "clip_text":
+            raise ValueError("featurizer state must be a dict with type 'clip_text'")
+        known = {"type", "library", "model", "weights", "sha256", "dim"}
+        if set(state) - known:
+            raise ValueError(f"featurizer state: unknown keys {sorted(set(state) - known)}")
+        if state.get("library") != "open_clip":
+            raise ValueError(f"featurizer state: 'library' must be 'open_clip', got {state.get('library')!r:.60}")
+        _check_name(state.get("model"), "open_clip")
+        weights, sha = state.get("weights"), state.get("sha256")
+        if not isinstance(weights, str) or not weights or len(weights) > MAX_PATH or "\x00" in weights:
+            raise ValueError("featurizer state: 'weights' must be a file path")
+        if sha is not None and (not isinstance(sha, str) or not _SHA.match(sha)):
+            raise ValueError("featurizer state: 'sha256' must be 64 lowercase hex digits (or null)")
+        _check_dim(state.get("dim"))
+        return cls(state["model"], weights, dim=state["dim"], sha256=sha)
+
+    def fit(self, texts) -> ClipTextFeaturizer:
+        return self
+
+    def fit_transform(self, texts) -> np.ndarray:
+        return self.transform(texts)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        torch = _need("torch")
+        import open_clip
+
+        model = _backbone("open_clip", self.model, self.weights, self.sha256, part="text")
+        tokenizer = open_clip.get_tokenizer(self.model)
+        prev = torch.get_num_threads()
+        rows = []
+        try:
+            torch.set_num_threads(self.threads)
+            with torch.inference_mode():
+                for t in texts:  # one text per pass, as for images: a text's vector is its own
+                    y = model.encode_text(tokenizer([t]), normalize=True)
+                    rows.append(y.float().reshape(-1).numpy())
+        finally:
+            torch.set_num_threads(prev)
+        out = np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
+        if not np.isfinite(out).all():
+            raise ValueError(f"the open_clip text tower {self.model!r} produced NaN or infinite embeddings")
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def transform(self, texts, *, strict: bool = True) -> np.ndarray:
+        """Embeddings (N, dim); an empty text (no letters or digits) is refused: every such text
+        would get the same code."""
+        if isinstance(texts, str):
+            raise TypeError("expected a sequence of strings, got a single string")
+        texts = [str(t) for t in texts]
+        for i, t in enumerate(texts):
+            if strict and not any(c.isalnum() for c in t):
+                which = f"text {i + 1} of {len(texts)}" if len(texts) > 1 else "the text"
+                raise ValueError(f"{which} is empty (no words): give some words to encode")
+        out = self._encode(texts)
+        if out.shape[1] != self.dim:
+            raise ValueError(
+                f"open_clip {self.model!r} makes {out.shape[1]}-d embeddings, the model expects {self.dim}"
+            )
+        return out
+
+
+def _check_dim(v) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_DIM:
+        raise ValueError(f"featurizer state: 'dim' must be an integer in 1..{MAX_DIM}, got {v!r:.40}")

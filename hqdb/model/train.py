@@ -69,6 +69,31 @@ def _load(data) -> dict:
     raise TrainingError("data must be a dict of arrays or the path of an .npz file")
 
 
+def _configured_text_featurizer(spec, text_weights, image_spec, weights, threads):
+    """A text featurizer given as 'open_clip:NAME' (with its weights) or as an object; None for
+    the named ones (tfidf, minilm), which are made and fitted from the data."""
+    if isinstance(spec, str) and spec in FEATURIZERS:
+        if text_weights is not None:
+            raise TrainingError("text_weights goes with text_featurizer='open_clip:NAME'")
+        return None
+    if isinstance(spec, str) and spec.startswith(("open_clip:", "open-clip:")):
+        from .images import ClipTextFeaturizer
+
+        if text_weights is None and image_spec is not None:
+            # The same CLIP model for images: one weights file serves both towers.
+            if hasattr(image_spec, "state"):
+                image_spec, weights = f"{image_spec.library}:{image_spec.backbone}", image_spec.weights
+            if str(image_spec).replace("-", "_") == spec.replace("-", "_"):
+                text_weights = weights
+        try:
+            return ClipTextFeaturizer.create(spec, text_weights, threads=threads)
+        except ValueError as e:
+            raise TrainingError(f"text featurizer: {e}") from None
+    if not isinstance(spec, str) and hasattr(spec, "transform") and hasattr(spec, "state"):
+        return spec
+    return None
+
+
 def _is_folder(data) -> bool:
     return isinstance(data, (str, os.PathLike)) and os.path.isdir(os.fspath(data))
 
@@ -218,6 +243,7 @@ def train(
     weights=None,
     image_size: int | None = None,
     captions=None,
+    text_weights=None,
 ) -> TrainedModel:
     """Train ``method`` on ``data`` (dict or .npz path): ``image`` (N, d_i) floats, ``text_key``
     (N, d_t) floats or N raw strings, ``labels`` multi-hot (N, C) or class ids (N,). Returns a
@@ -254,7 +280,9 @@ def train(
     :class:`hqdb.model.images.ImageFeaturizer`; it is stored with the model and ``data``'s images
     (file paths, bytes, PIL images or image arrays) go through it. ``data`` may then be a folder
     of images with captions (``captions`` CSV ``file,caption,...``, default FOLDER/captions.csv,
-    else sidecar ``photo.txt`` files)."""
+    else sidecar ``photo.txt`` files). ``text_featurizer`` may also be 'open_clip:NAME', a CLIP
+    text tower with ``text_weights`` (default ``weights`` when the image backbone is the same
+    open_clip model), or a ready featurizer object."""
     import torch
 
     if method not in METHODS:
@@ -291,6 +319,7 @@ def train(
             weights=weights,
             image_size=image_size,
             captions=captions,
+            text_weights=text_weights,
         )
     cls = method_class(method)
     if not isinstance(bits, int) or bits < 8 or bits % 8 or bits > MAX_BITS:
@@ -308,8 +337,11 @@ def train(
         raise TrainingError("books must be >= 1 and codewords in 1..65536")
     if not 0 <= val_fraction < 1:
         raise TrainingError("val_fraction must be in [0, 1)")
-    if text_featurizer not in FEATURIZERS:
-        raise TrainingError(f"unknown text featurizer {text_featurizer!r} (known: {', '.join(FEATURIZERS)})")
+    text_fz = _configured_text_featurizer(text_featurizer, text_weights, image_featurizer, weights, threads)
+    if text_fz is None and text_featurizer not in FEATURIZERS:
+        raise TrainingError(
+            f"unknown text featurizer {text_featurizer!r} (known: {', '.join(FEATURIZERS)}, open_clip:NAME)"
+        )
     lam = dict(cls.lambdas)
     if lambdas:
         unknown = set(lambdas) - set(lam)
@@ -395,7 +427,8 @@ def train(
             featurizers[m] = image_fz
         elif _is_text(v):
             texts = [str(t) for t in v]
-            fz = make_featurizer(text_featurizer, vocab_size).fit([texts[i] for i in tr_idx])  # train part only
+            # fitted on the train part only
+            fz = text_fz or make_featurizer(text_featurizer, vocab_size).fit([texts[i] for i in tr_idx])
             featurizers[m] = fz
             # strict=False: a training caption without a vocabulary word is harmless (a query or
             # an inserted item without one is refused: model.featurize uses the strict default).
