@@ -353,6 +353,14 @@ def test_insert_items_and_collections_take_images(trained, assets, tmp_path):
     top = photos.search(image=feats[0], target="image", k=1)[0]
     assert top.file == "img000.png" and top.hamming == 0
     assert photos.search(image=str(folder / "img003.png"), target="image", k=1)[0].file == "img003.png"
+    # In SQL, TEXT for the image modality of such a model is a file path as well.
+    q = str(folder / "img003.png")
+    sql = "SELECT file FROM photos WHERE hq_match(photos.image, hq_query('image', ?)) AND k = 1"
+    assert db.execute(sql, (q,)).fetchall() == [("img003.png",)]
+    db.execute("INSERT INTO photos(file, image) VALUES ('sql.png', ?)", (str(folder / "img006.png"),))
+    assert db.execute(sql, (str(folder / "img006.png"),)).fetchall() == [("sql.png",)]
+    with pytest.raises(hqdb.HqError, match="nope.png"):
+        db.execute(sql, (str(tmp_path / "nope.png"),)).fetchall()
     db.close()
 
 
