@@ -65,6 +65,7 @@ def test_stored_image_featurizer_state_round_trips_without_building_anything():
         ({"backbone": "../../etc/passwd"}, "is not a timm model name"),
         ({"backbone": "os.system('rm -rf /')"}, "is not a timm model name"),
         ({"backbone": ""}, "is not a timm model name"),
+        ({"backbone": "hf-hub:someone/evil"}, "is not a timm model name"),
         ({"weights": 12}, "'weights' must be a file path"),
         ({"weights": "a\x00b"}, "'weights' must be a file path"),
         ({"weights": "x" * 5000}, "'weights' must be a file path"),

@@ -36,7 +36,7 @@ MIN_IMAGE_SIZE = 16
 MAX_DIM = 65536
 MAX_PATH = 4096
 BATCH = 32
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/@]{0,127}\Z")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}\Z")  # no path, no hub prefix
 _SHA = re.compile(r"[0-9a-f]{64}\Z")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
