@@ -429,10 +429,10 @@ def _folder_model(args, db, items: list[dict]):
         coll = db.collection(args.collection)
         if args.model and args.model != coll.model_name:
             raise UserError(f"collection {coll.name!r} uses model {coll.model_name!r}, not {args.model!r}")
-        return coll.model_name, coll.model, {}
+        return coll.model_name, _same_backbone(args, coll.model_name, coll.model), {}
     name = args.model or args.collection
     if name in [m["name"] for m in hqdb.list_models(db)]:
-        return name, hqdb.load_model(db, name), {}
+        return name, _same_backbone(args, name, hqdb.load_model(db, name)), {}
     if not args.backbone:
         raise UserError(
             f"{args.db} has no model {name!r}: give --backbone timm:NAME --weights FILE to train one from the folder"
@@ -463,6 +463,19 @@ def _folder_model(args, db, items: list[dict]):
     )
     hqdb.save_model(db, name, model)
     return name, model, {it["file"]: f for it, f in zip(captioned, feats)}
+
+
+def _same_backbone(args, name: str, model):
+    """An existing model, refused when --backbone names another backbone than its own."""
+    if args.backbone:
+        from .model.images import parse_backbone
+
+        library, backbone = parse_backbone(args.backbone)
+        state = model.config["featurizers"].get("image") or {}
+        if (state.get("library"), state.get("backbone")) != (library, backbone):
+            have = f"{state['library']}:{state['backbone']}" if state.get("backbone") else "no backbone"
+            raise UserError(f"model {name!r} already exists with {have}, not {args.backbone} (drop --backbone)")
+    return model
 
 
 def _caption_input(model, caption):

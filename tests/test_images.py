@@ -457,6 +457,9 @@ def test_cli_folder_to_search_in_two_commands(assets, tmp_path):
     (tmp_path / "junk.png").write_bytes(b"junk")
     bad = cli("search", "--db", str(db), "--collection", "photos", "--image", str(tmp_path / "junk.png"), check=False)
     assert bad.returncode == 1 and "junk.png" in bad.stderr and "not a readable image" in bad.stderr
+    other = cli("index", str(assets / "photos"), "--db", str(db), "--collection", "photos",
+                "--backbone", "timm:resnet14t", "--weights", str(assets / "resnet14t.safetensors"), check=False)
+    assert other.returncode == 1 and "already exists with timm:resnet10t, not timm:resnet14t" in other.stderr
     none = cli("index", str(assets / "photos"), "--db", str(tmp_path / "x.db"), "--collection", "p", check=False)
     assert none.returncode == 1 and "give --backbone timm:NAME --weights FILE" in none.stderr
 
