@@ -158,7 +158,9 @@ def insert_items(
     """Insert many items into a model-bound table, encoding each modality in one batch.
 
     ``inputs`` maps modality → feature matrix (N, input_dim) or list of N strings (for a
-    modality with a text featurizer); a modality left out (or None) is absent for these items.
+    modality with a text featurizer), or, for a modality with an image featurizer, N images
+    (file paths, bytes, PIL images or image arrays); a modality left out (or None) is absent
+    for these items.
     Returns the new rowids. All or nothing.
 
     >>> hqdb.insert_items(db, "docs", image=img_feats, text=texts, metadata={"title": titles})
@@ -181,9 +183,21 @@ def insert_items(
     encoded = {}
     for m, values in given.items():
         i = names.index(m)
+        values = _image_inputs(t.name, model, m, values)
         bitf, f = t.encode_inputs(i, values if isinstance(values, np.ndarray) else list(values))
         encoded[i] = (pack_bits(bitf), model.quantize(f) if model.books else None)
     return _write_rows(conn, t, n, rowids, metadata, encoded)
+
+
+def _image_inputs(table: str, model, modality: str, values):
+    """A modality with an image featurizer: image file paths, bytes, PIL images or image arrays
+    → the backbone's features (N, input_dim); feature arrays pass through unchanged."""
+    if not model.has_image_featurizer(modality):
+        return values
+    try:
+        return model.featurize(modality, values)
+    except (ValueError, TypeError) as e:
+        raise HqError(f"{table}.{modality}: {e}") from None
 
 
 def delete_rows(conn: apsw.Connection, table: str, rowids: Sequence[int] | np.ndarray) -> int:

@@ -78,6 +78,7 @@ def _train(args) -> int:
         val_fraction=args.val_fraction,
         seed=args.seed,
         progress=_show_progress(args),
+        **_image_options(args),
     )
     db = _connect(args.db)
     hqdb.save_model(db, args.name, model, replace=args.replace)
@@ -103,6 +104,36 @@ def _train(args) -> int:
         if val:
             print("validation: " + json.dumps(val))
     return 0
+
+
+def _image_options(args) -> dict:
+    """hqdb.train's image arguments from --backbone, --weights, --image-size, --captions."""
+    if os.path.isdir(args.data) and not args.backbone:
+        raise UserError(f"{args.data!r} is a folder of images: give --backbone timm:NAME and --weights FILE")
+    if not args.backbone and (args.weights or args.image_size or args.captions):
+        raise UserError("--weights, --image-size and --captions go with --backbone")
+    text = _text_options(args)
+    if not args.backbone:
+        return text
+    return {
+        "image_featurizer": args.backbone,
+        "weights": args.weights,
+        "image_size": args.image_size,
+        "captions": args.captions,
+        **text,
+    }
+
+
+def _text_options(args) -> dict:
+    """hqdb.train's text featurizer from --text-featurizer / --text-weights (default: tf-idf)."""
+    if args.text_weights and not (args.text_featurizer or "").startswith("open_clip:"):
+        raise UserError("--text-weights goes with --text-featurizer open_clip:NAME")
+    out: dict = {}
+    if args.text_featurizer:
+        out["text_featurizer"] = args.text_featurizer
+    if args.text_weights:
+        out["text_weights"] = args.text_weights
+    return out
 
 
 def _models(args) -> int:
@@ -387,6 +418,10 @@ def _parse_features(value: str, path: str, line: int, modality: str):
 def _index(args) -> int:
     import hqdb
 
+    if os.path.isdir(args.data):
+        return _index_folder(args)
+    if args.backbone or args.weights or args.captions:
+        raise UserError("--backbone, --weights and --captions go with a folder of images (hqdb index DIR)")
     db = _open(args.db)
     if args.collection in db.collections():
         coll = db.collection(args.collection)
@@ -441,6 +476,170 @@ def _index(args) -> int:
     return 0
 
 
+FOLDER_COLUMNS = ("file", "caption")  # a folder collection's key (path relative to DIR) and caption
+
+
+def _folder_items(args) -> tuple[list[dict], dict[str, type]]:
+    from .model.images import read_folder
+
+    items, types = read_folder(args.data, args.captions)
+    if not items:
+        raise UserError(f"{args.data!r} has no image files ({', '.join(_image_suffixes())})")
+    clash = [c for c in types if c.lower() in ("file", "caption", "image", "text", "rowid")]
+    if clash:
+        raise UserError(f"captions column(s) {clash} clash with the collection's own (file, caption, image, text)")
+    return items, types
+
+
+def _image_suffixes() -> tuple[str, ...]:
+    from .model.images import IMAGE_SUFFIXES
+
+    return IMAGE_SUFFIXES
+
+
+def _folder_model(args, db, items: list[dict]):
+    """(model name, model, features already computed {file: vector}) for a folder: the
+    collection's model, the stored model --model, or one trained from the folder now."""
+    import hqdb
+
+    if args.collection in db.collections():
+        coll = db.collection(args.collection)
+        if args.model and args.model != coll.model_name:
+            raise UserError(f"collection {coll.name!r} uses model {coll.model_name!r}, not {args.model!r}")
+        return coll.model_name, _same_backbone(args, coll.model_name, coll.model), {}
+    name = args.model or args.collection
+    if name in [m["name"] for m in hqdb.list_models(db)]:
+        return name, _same_backbone(args, name, hqdb.load_model(db, name)), {}
+    if not args.backbone:
+        raise UserError(
+            f"{args.db} has no model {name!r}: give --backbone timm:NAME --weights FILE to train one from the folder"
+        )
+    from .model.images import ImageFeaturizer
+    from .model.store import check_name
+
+    check_name(name)
+    captioned = [it for it in items if it["caption"]]
+    if len(captioned) < 2:
+        raise UserError(f"training a model from {args.data!r} needs captioned images: {len(captioned)} have captions")
+    fz = ImageFeaturizer.create(args.backbone, args.weights, image_size=args.image_size)
+    bar = _bar(len(captioned), "featurize", _show_progress(args), unit="image")
+    try:
+        feats = fz.transform([it["path"] for it in captioned], progress=bar.update)
+    finally:
+        bar.close()
+    print(f"training model {name!r} on {len(captioned)} captioned images of {args.data}", file=sys.stderr)
+    model = hqdb.train(
+        {"image": feats, "text": [it["caption"] for it in captioned]},
+        image_featurizer=fz,
+        weights=args.weights,
+        bits=args.bits,
+        epochs=args.epochs,
+        seed=args.seed,
+        progress=_show_progress(args),
+        **_text_options(args),
+    )
+    hqdb.save_model(db, name, model)
+    return name, model, {it["file"]: f for it, f in zip(captioned, feats)}
+
+
+def _same_backbone(args, name: str, model):
+    """An existing model, refused when --backbone names another backbone than its own."""
+    if args.backbone:
+        from .model.images import parse_backbone
+
+        library, backbone = parse_backbone(args.backbone)
+        state = model.config["featurizers"].get("image") or {}
+        if (state.get("library"), state.get("backbone")) != (library, backbone):
+            have = f"{state['library']}:{state['backbone']}" if state.get("backbone") else "no backbone"
+            raise UserError(f"model {name!r} already exists with {have}, not {args.backbone} (drop --backbone)")
+    return model
+
+
+def _caption_input(model, caption):
+    """A caption as the text input, or None when the text featurizer cannot encode it (no word
+    of a tf-idf vocabulary): it is still stored in the caption column."""
+    if not caption:
+        return None
+    if (model.config["featurizers"].get("text") or {}).get("type") != "tfidf":
+        return caption  # other text featurizers encode any text with words
+    try:
+        model.featurize("text", [caption])
+    except ValueError:
+        return None
+    return caption
+
+
+def _index_folder(args) -> int:
+    """Index a folder of images: resumable, one transaction per batch; a file already in the
+    collection (its ``file`` key) is skipped, so a rerun after a crash completes the work."""
+    if args.columns is not None:
+        raise UserError("--columns applies to .npz / .csv data; a folder keeps every captions column")
+    items, types = _folder_items(args)
+    _check_destination(args.db)
+    db = _connect(args.db)
+    name, model, known = _folder_model(args, db, items)
+    if "image" not in model.modalities or not model.has_image_featurizer("image"):
+        raise UserError(
+            f"model {name!r} takes image features, not image files: index a folder with a model trained "
+            "with a backbone (--backbone)"
+        )
+    with db.transaction():
+        if args.collection in db.collections():
+            coll = db.collection(args.collection)
+            created = False
+        else:
+            columns = {"file": str, "caption": str, **types}
+            coll = db.create_collection(args.collection, model=name, columns=columns, key="file")
+            created = True
+    if coll.key != "file":
+        raise UserError(f"collection {coll.name!r} has no key column 'file': it was not made by hqdb index DIR")
+    from .engine.catalog import quote_ident
+
+    q = quote_ident(coll.name)
+    present = {r[0] for r in db.execute(f"SELECT file FROM {q}")}
+    todo = [it for it in items if it["file"] not in present]
+    batch = min(args.batch_size, 64)  # a crash loses at most one batch of featurizing
+    t0 = time.perf_counter()
+    inserted = 0
+    bar = _bar(len(todo), f"index {coll.name}", _show_progress(args), unit="image")
+    try:
+        for start in range(0, len(todo), batch):
+            chunk = todo[start : start + batch]
+            with db.transaction():  # BEGIN IMMEDIATE; a concurrent indexer's files are skipped
+                done = {r[0] for r in db.execute(f"SELECT file FROM {q}")} if start else set()
+                chunk = [it for it in chunk if it["file"] not in done]
+                rows = []
+                for it in chunk:
+                    row = {c: it.get(c) for c in coll.columns if c in it}
+                    row["image"] = known[it["file"]] if it["file"] in known else it["path"]
+                    row["text"] = _caption_input(model, it["caption"])
+                    rows.append(row)
+                coll.insert_all(rows, progress=False)
+            inserted += len(chunk)
+            bar.update(len(todo[start : start + batch]))
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    result = {
+        "collection": coll.name,
+        "model": name,
+        "created": created,
+        "inserted": inserted,
+        "skipped": len(items) - len(todo),
+        "rows": len(coll),
+        "columns": coll.columns,
+        "seconds": round(seconds, 3),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"indexed {inserted} images into {'new ' if created else ''}collection {coll.name!r} (model {name!r}) "
+            f"in {seconds:.1f}s; {result['skipped']} already there; {result['rows']} rows"
+        )
+    return 0
+
+
 # ------------------------------------------------------------------------------------------
 # search
 # ------------------------------------------------------------------------------------------
@@ -461,6 +660,15 @@ def _load_vector(path: str, row: int, key: str | None) -> np.ndarray:
     return x
 
 
+def _image_query(args):
+    """--image: an .npy / .npz of features, or an image file for a model with an image featurizer."""
+    if args.image.endswith((".npy", ".npz")):
+        return _load_vector(args.image, args.row, args.key)
+    if not os.path.isfile(args.image):
+        raise UserError(f"no such file {args.image!r}")
+    return os.path.abspath(args.image)
+
+
 def _search(args) -> int:
     db = _open(args.db, readonly=True)
     coll = db.collection(args.collection)
@@ -471,8 +679,16 @@ def _search(args) -> int:
         )
     if (args.text is None) == (args.image is None):
         raise UserError("give --text 'words' or --image FILE (.npy, or .npz with --key)")
-    query = {"text": args.text} if args.text is not None else {"image": _load_vector(args.image, args.row, args.key)}
+    query = {"text": args.text} if args.text is not None else {"image": _image_query(args)}
     where_args = [_parse_scalar(a) for a in args.arg]
+    if (
+        isinstance(query.get("image"), str)
+        and "image" in coll.modalities
+        and not coll.model.has_image_featurizer("image")
+    ):
+        raise UserError(
+            f"model {coll.model_name!r} takes image features, not image files: give --image FILE.npy (or .npz)"
+        )
     hits = coll.search(
         **query,
         target=args.target,
@@ -954,11 +1170,25 @@ def _check_ranges(args) -> None:
         "row": ("--row", 0, (1 << 63) - 1),
         "items": ("--items", 2, 10_000_000),
         "n_queries": ("--n-queries", 1, 1_000_000),
+        "image_size": ("--image-size", 16, 1024),
     }
     for attr, (name, lo, hi) in ranges.items():
         value = getattr(args, attr, None)
         if isinstance(value, int) and not lo <= value <= hi:
             raise UserError(f"{name} must be between {lo} and {hi}, got {value}")
+
+
+def _image_arguments(p) -> None:
+    p.add_argument("--backbone", help="image backbone of a model trained from a folder: timm:NAME or open_clip:NAME")
+    p.add_argument("--weights", help="the backbone's weights: a local .safetensors or .pth state dict")
+    p.add_argument("--image-size", type=int, help="backbone input size in pixels (default: the backbone's)")
+    p.add_argument(
+        "--captions", help="captions CSV file,caption[,columns...] (default DIR/captions.csv, else DIR/*.txt)"
+    )
+    p.add_argument(
+        "--text-featurizer", help="text featurizer of a new model: tfidf (default), minilm or open_clip:NAME"
+    )
+    p.add_argument("--text-weights", help="weights of an open_clip text featurizer (default: --weights)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -981,7 +1211,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--raw", action="store_true", help="the engine-only demo: random codes, no model")
 
     tr = sub.add_parser("train", help="train an encoder on paired data and store it in a database")
-    tr.add_argument("data", help=".npz with image, text (or --text-key), labels")
+    tr.add_argument("data", help=".npz with image, text (or --text-key), labels; or a folder of captioned images")
     tr.add_argument("--db", required=True, help="database file to store the model in (created if missing)")
     tr.add_argument("--name", required=True, help="name to store the model under")
     tr.add_argument("--method", default="hq", choices=METHODS, help="training method (default hq; docs/methods.md)")
@@ -995,20 +1225,26 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-fraction", type=float, default=0.2)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--replace", action="store_true", help="overwrite a model of the same name")
+    _image_arguments(tr)
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     tr.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    ix = sub.add_parser("index", help="bulk-load items from an .npz or .csv into a collection")
+    ix = sub.add_parser("index", help="bulk-load items from an .npz, a .csv or a folder of images into a collection")
     ix.add_argument(
         "data",
-        help=".npz (arrays of N rows: the model's inputs and 1-D metadata) or .csv "
-        "(a row per item; a modality column holds text or a list of numbers)",
+        help=".npz (arrays of N rows: the model's inputs and 1-D metadata), .csv "
+        "(a row per item; a modality column holds text or a list of numbers), or a folder of images "
+        "(captions from captions.csv or sidecar .txt files; resumable)",
     )
     ix.add_argument("--db", required=True)
     ix.add_argument("--collection", required=True, help="collection to add to (created if --model is given)")
     ix.add_argument("--model", help="stored model of a new collection")
     ix.add_argument("--columns", help="comma-separated metadata fields to keep (default: all found)")
-    ix.add_argument("--batch-size", type=int, default=1024)
+    ix.add_argument("--batch-size", type=int, default=1024, help="items per transaction (a folder: at most 64)")
+    _image_arguments(ix)
+    ix.add_argument("--bits", type=int, default=64, help="code length of a model trained from a folder (default 64)")
+    ix.add_argument("--epochs", type=int, default=50, help="epochs of a model trained from a folder (default 50)")
+    ix.add_argument("--seed", type=int, default=0, help="seed of a model trained from a folder")
     ix.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ix.add_argument("--json", action="store_true")
 
@@ -1016,7 +1252,11 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--db", required=True)
     se.add_argument("--collection", required=True)
     se.add_argument("--text", help="query text (needs a model with a text featurizer)")
-    se.add_argument("--image", help="query features: a .npy vector (or matrix with --row), or an .npz with --key")
+    se.add_argument(
+        "--image",
+        help="query image file (a model with an image featurizer), or features: a .npy vector "
+        "(or matrix with --row), or an .npz with --key",
+    )
     se.add_argument("--row", type=int, default=0, help="row of a 2-D --image array (default 0)")
     se.add_argument("--key", default="image", help="array of an --image .npz (default image)")
     se.add_argument("--target", help="modality to search (default: the other one)")

@@ -339,9 +339,14 @@ class Collection:
             raise CollectionError(f"{self.name}.{column}{where}: NaN is not a value")
         return bytes(value) if isinstance(value, (bytearray, memoryview)) else value
 
-    def _check_input(self, modality: str, value, where: str):
-        """A modality input: raw text (when the model has a featurizer) or a float32 feature vector."""
+    def _check_input(self, modality: str, value, where: str, *, defer: bool = False):
+        """A modality input: raw text (when the model has a featurizer), an image (when it has an
+        image featurizer: featurized now, or left as an :class:`_Image` to batch when ``defer``)
+        or a float32 feature vector."""
         model = self.model
+        if _is_image_input(model, modality, value):
+            image = _Image(value, f"{self.name}.{modality}{where}")
+            return image if defer else self._featurize_images(modality, [image])[0]
         if isinstance(value, str):
             if not model.has_featurizer(modality):
                 raise CollectionError(
@@ -378,7 +383,9 @@ class Collection:
                 rowid = int(rowid)
             if isinstance(rowid, bool) or not isinstance(rowid, int):
                 raise CollectionError(f"{self.name}.rowid{where}: expected int, got {type(rowid).__name__}")
-        inputs = {m: self._check_input(m, item[m], where) for m in self.modalities if item.get(m) is not None}
+        inputs = {
+            m: self._check_input(m, item[m], where, defer=True) for m in self.modalities if item.get(m) is not None
+        }
         meta = {c: self._check_value(c, item[c], where) for c in self.columns if c in item}
         return rowid, inputs, meta
 
@@ -473,6 +480,7 @@ class Collection:
     def _write_batch(self, rows: list, rowids: list[int]) -> None:
         """Insert rows through hqdb.insert_items, one call per shape of input (which modalities,
         text or features), since each call encodes every given modality for all its items."""
+        rows = self._resolve_images(rows)
         groups: dict[tuple, list[int]] = {}
         for i, (_, inputs, _) in enumerate(rows):
             shape = tuple((m, isinstance(inputs[m], str)) for m in self.modalities if m in inputs)
@@ -493,6 +501,36 @@ class Collection:
                 )
             except apsw.ConstraintError as e:
                 raise CollectionError(f"{self.name}: {e}") from None
+
+    def _resolve_images(self, rows: list) -> list:
+        """Rows whose deferred image inputs (:class:`_Image`) are replaced by the backbone's
+        features, each modality's images featurized in one batch."""
+        out = [(r, dict(inputs), meta) for r, inputs, meta in rows]
+        for m in self.modalities:
+            idx = [i for i, (_, inputs, _) in enumerate(out) if isinstance(inputs.get(m), _Image)]
+            if idx:
+                feats = self._featurize_images(m, [out[i][1][m] for i in idx])
+                for i, f in zip(idx, feats):
+                    out[i][1][m] = f
+        return out
+
+    def _featurize_images(self, modality: str, images: list) -> np.ndarray:
+        """Deferred images → features (N, input_dim); an unreadable one is a CollectionError
+        naming its item."""
+        from .model.images import BATCH as IMAGE_BATCH
+        from .model.images import open_image
+
+        model = self.model
+        out = np.zeros((len(images), model.input_dim(modality)), dtype=np.float32)
+        try:
+            for start in range(0, len(images), IMAGE_BATCH):  # a few decoded images in memory at a time
+                chunk = images[start : start + IMAGE_BATCH]
+                out[start : start + len(chunk)] = model.featurize(
+                    modality, [open_image(im.value, im.where) for im in chunk]
+                )
+        except ValueError as e:
+            raise CollectionError(str(e)) from None
+        return out
 
     def _find(self, item: dict, key: str | None) -> int | None:
         """The rowid an upsert of ``item`` matches: by the key column, else by ``rowid``."""
@@ -1308,6 +1346,27 @@ def _hit_columns(coll: Collection, rowids: list[int]) -> dict[int, dict]:
             f"SELECT {select} FROM {rows_table} WHERE rowid IN (SELECT value FROM json_each(?))", (json.dumps(rowids),)
         )
     }
+
+
+class _Image:
+    """An image input waiting to be featurized in a batch, with the label its errors carry."""
+
+    __slots__ = ("value", "where")
+
+    def __init__(self, value, where: str):
+        self.value, self.where = value, where
+
+
+def _is_image_input(model, modality: str, value) -> bool:
+    """Whether ``value`` is an image for ``modality`` (path, bytes, PIL image or image array) of a
+    model with an image featurizer; features of the backbone's size are not."""
+    if not model.has_image_featurizer(modality):
+        return False
+    from .model.images import is_image_value
+
+    if isinstance(value, np.ndarray) and value.ndim <= 2 and value.shape[-1:] == (model.input_dim(modality),):
+        return value.dtype == np.uint8 and value.ndim == 2
+    return is_image_value(value)
 
 
 # ------------------------------------------------------------------------------------------

@@ -144,6 +144,10 @@ class TfidfFeaturizer:
 
 
 FEATURIZERS = ("tfidf", "minilm")
+IMAGE_FEATURIZERS = ("image",)  # a backbone of timm or open_clip (hqdb.model.images)
+# Text featurizers configured by name and weights file: train(text_featurizer="open_clip:NAME",
+# text_weights=FILE) (hqdb.model.images.ClipTextFeaturizer, state type "clip_text").
+CONFIGURED_TEXT = ("clip_text",)
 
 
 def make_featurizer(kind: str, vocab_size: int = 1000):
@@ -163,7 +167,21 @@ def featurizer_from_state(state: dict):
         return TfidfFeaturizer.from_state(state)
     if kind == "minilm":
         return _minilm().from_state(state)
-    raise ValueError(f"featurizer state has unknown type {kind!r} (known: {', '.join(FEATURIZERS)})")
+    if kind == "image":  # images.py imports numpy only: a model with an image featurizer loads without timm
+        from .images import ImageFeaturizer
+
+        return ImageFeaturizer.from_state(state)
+    if kind == "clip_text":
+        from .images import ClipTextFeaturizer
+
+        return ClipTextFeaturizer.from_state(state)
+    known = ", ".join((*FEATURIZERS, *CONFIGURED_TEXT, *IMAGE_FEATURIZERS))
+    raise ValueError(f"featurizer state has unknown type {kind!r} (known: {known})")
+
+
+def is_image_featurizer(fz) -> bool:
+    """Whether a featurizer takes images (paths, bytes, PIL images, image arrays), not text."""
+    return getattr(fz, "kind", "text") == "image"
 
 
 def _minilm():

@@ -28,7 +28,7 @@ from numba import njit
 
 from ..kernels import MAX_BITS
 from . import aq
-from .featurize import featurizer_from_state
+from .featurize import featurizer_from_state, is_image_featurizer
 
 FORMAT = "hqdb-model/1"
 ACTIVATIONS = ("relu",)
@@ -270,6 +270,11 @@ class TrainedModel:
         self._check_modality(modality)
         return self._featurizers[modality] is not None
 
+    def has_image_featurizer(self, modality: str) -> bool:
+        """Whether ``modality`` takes images (paths, bytes, PIL images, arrays) through a backbone."""
+        self._check_modality(modality)
+        return is_image_featurizer(self._featurizers[modality])
+
     def input_dim(self, modality: str) -> int:
         self._check_modality(modality)
         return self.config["towers"][modality]["input_dim"]
@@ -279,6 +284,8 @@ class TrainedModel:
         modality's tf-idf featurizer; feature arrays are checked for shape and NaN/inf."""
         self._check_modality(modality)
         fz = self._featurizers[modality]
+        if is_image_featurizer(fz):
+            return self._featurize_images(modality, fz, values)
         if isinstance(values, str):
             values = [values]
         is_text = (isinstance(values, np.ndarray) and values.dtype.kind in "UO") or (
@@ -291,6 +298,29 @@ class TrainedModel:
                     f"{self.input_dim(modality)} values per item"
                 )
             return fz.transform(list(values))
+        return self._features(modality, values)
+
+    def _featurize_images(self, modality: str, fz, values) -> np.ndarray:
+        """Images (or features of the backbone's size, as for any modality) → float32 (N, dim)."""
+        from .images import is_image_value
+
+        d = self.input_dim(modality)
+        if (
+            isinstance(values, np.ndarray)
+            and values.dtype.kind in "fiu"
+            and values.ndim <= 2
+            and values.shape[-1:] == (d,)
+            and not (values.ndim == 2 and values.dtype == np.uint8)
+        ):
+            return self._features(modality, values)
+        if is_image_value(values) or (isinstance(values, np.ndarray) and values.ndim == 4):
+            return fz.transform(values)
+        values = list(values)
+        if values and all(not is_image_value(v) for v in values):
+            return self._features(modality, np.asarray(values))  # a list of feature vectors
+        return fz.transform(values)
+
+    def _features(self, modality: str, values) -> np.ndarray:
         x = np.asarray(values)
         if x.dtype.kind not in "fiu":
             raise ValueError(f"{modality!r} features must be numbers, got {x.dtype}")

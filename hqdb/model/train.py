@@ -69,6 +69,94 @@ def _load(data) -> dict:
     raise TrainingError("data must be a dict of arrays or the path of an .npz file")
 
 
+def _configured_text_featurizer(spec, text_weights, image_spec, weights, threads):
+    """A text featurizer given as 'open_clip:NAME' (with its weights) or as an object; None for
+    the named ones (tfidf, minilm), which are made and fitted from the data."""
+    if isinstance(spec, str) and spec in FEATURIZERS:
+        if text_weights is not None:
+            raise TrainingError("text_weights goes with text_featurizer='open_clip:NAME'")
+        return None
+    if isinstance(spec, str) and spec.startswith(("open_clip:", "open-clip:")):
+        from .images import ClipTextFeaturizer
+
+        if text_weights is None and image_spec is not None:
+            # The same CLIP model for images: one weights file serves both towers.
+            if hasattr(image_spec, "state"):
+                image_spec, weights = f"{image_spec.library}:{image_spec.backbone}", image_spec.weights
+            if str(image_spec).replace("-", "_") == spec.replace("-", "_"):
+                text_weights = weights
+        try:
+            return ClipTextFeaturizer.create(spec, text_weights, threads=threads)
+        except ValueError as e:
+            raise TrainingError(f"text featurizer: {e}") from None
+    if not isinstance(spec, str) and hasattr(spec, "transform") and hasattr(spec, "state"):
+        return spec
+    return None
+
+
+def _is_folder(data) -> bool:
+    return isinstance(data, (str, os.PathLike)) and os.path.isdir(os.fspath(data))
+
+
+def _image_featurizer(spec, weights, image_size, threads):
+    """``image_featurizer`` as an ImageFeaturizer (None stays None)."""
+    if spec is None:
+        if weights is not None or image_size is not None:
+            raise TrainingError("weights and image_size go with image_featurizer='timm:NAME' (a backbone)")
+        return None
+    from .images import ImageFeaturizer
+
+    if isinstance(spec, ImageFeaturizer):
+        return spec
+    try:
+        return ImageFeaturizer.create(spec, weights, image_size=image_size, threads=threads)
+    except ValueError as e:
+        raise TrainingError(f"image featurizer: {e}") from None
+
+
+def _load_folder(folder, captions, image_fz, image_key: str, text_key: str) -> dict:
+    """A folder of captioned images as training data: image paths and their captions."""
+    from .images import read_folder
+
+    if image_fz is None:
+        raise TrainingError(
+            f"{os.fspath(folder)!r} is a folder: training on its images needs a backbone "
+            "(image_featurizer='timm:NAME', weights='FILE')"
+        )
+    try:
+        items, _ = read_folder(folder, captions)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
+    if not items:
+        raise TrainingError(f"{os.fspath(folder)!r} has no image files")
+    bare = [it["file"] for it in items if not it["caption"]]
+    if bare:
+        raise TrainingError(
+            f"{len(bare)} image(s) of {os.fspath(folder)!r} have no caption, e.g. {bare[0]!r}: give each a "
+            "caption (captions.csv 'file,caption' or a sidecar .txt) to train on the folder"
+        )
+    return {image_key: [it["path"] for it in items], text_key: [it["caption"] for it in items]}
+
+
+def _image_features(fz, values, progress: bool) -> np.ndarray:
+    """The training images through the backbone (or features of its size, used as they are)."""
+    x = np.asarray(values) if isinstance(values, np.ndarray) else None
+    if x is not None and x.ndim == 2 and x.dtype.kind == "f":
+        if x.shape[1] != fz.dim or not np.isfinite(x).all():
+            raise TrainingError(f"image features must be finite, of the backbone's size {fz.dim}; got {x.shape}")
+        return np.ascontiguousarray(x, dtype=np.float32)
+    from ..progress import progress_bar
+
+    values = list(values)
+    bar = progress_bar(len(values), "featurize images", progress and sys.stderr.isatty(), unit="image")
+    try:
+        return fz.transform(values, progress=bar.update)
+    except ValueError as e:
+        raise TrainingError(f"images: {e}") from None
+    finally:
+        bar.close()
+
+
 def _is_text(values) -> bool:
     if isinstance(values, np.ndarray):
         return values.dtype.kind in "UO"
@@ -151,6 +239,11 @@ def train(
     progress: bool = True,
     label_free: str = "clusters",
     clusters: int = DEFAULT_CLUSTERS,
+    image_featurizer=None,
+    weights=None,
+    image_size: int | None = None,
+    captions=None,
+    text_weights=None,
 ) -> TrainedModel:
     """Train ``method`` on ``data`` (dict or .npz path): ``image`` (N, d_i) floats, ``text_key``
     (N, d_t) floats or N raw strings, ``labels`` multi-hot (N, C) or class ids (N,). Returns a
@@ -180,7 +273,16 @@ def train(
     its text's cluster (seeded spherical k-means, ``clusters`` clusters, fitted on the training
     part) and trains as if supervised; "pairs" (hq, lossless, cq, chn, dcmh, cdq, c+d) uses only
     the pairing: s = I in each batch (HQ: a contrastive form of Eq. 3), validated by retrieving
-    each validation item's own pair."""
+    each validation item's own pair.
+
+    Images (docs/python.md, "Images"): ``image_featurizer`` is a backbone, 'timm:NAME' or
+    'open_clip:NAME' with a local ``weights`` file (``image_size`` pixels square), or a ready
+    :class:`hqdb.model.images.ImageFeaturizer`; it is stored with the model and ``data``'s images
+    (file paths, bytes, PIL images or image arrays) go through it. ``data`` may then be a folder
+    of images with captions (``captions`` CSV ``file,caption,...``, default FOLDER/captions.csv,
+    else sidecar ``photo.txt`` files). ``text_featurizer`` may also be 'open_clip:NAME', a CLIP
+    text tower with ``text_weights`` (default ``weights`` when the image backbone is the same
+    open_clip model), or a ready featurizer object."""
     import torch
 
     if method not in METHODS:
@@ -213,6 +315,11 @@ def train(
             progress=progress,
             label_free=label_free,
             clusters=clusters,
+            image_featurizer=image_featurizer,
+            weights=weights,
+            image_size=image_size,
+            captions=captions,
+            text_weights=text_weights,
         )
     cls = method_class(method)
     if not isinstance(bits, int) or bits < 8 or bits % 8 or bits > MAX_BITS:
@@ -230,8 +337,11 @@ def train(
         raise TrainingError("books must be >= 1 and codewords in 1..65536")
     if not 0 <= val_fraction < 1:
         raise TrainingError("val_fraction must be in [0, 1)")
-    if text_featurizer not in FEATURIZERS:
-        raise TrainingError(f"unknown text featurizer {text_featurizer!r} (known: {', '.join(FEATURIZERS)})")
+    text_fz = _configured_text_featurizer(text_featurizer, text_weights, image_featurizer, weights, threads)
+    if text_fz is None and text_featurizer not in FEATURIZERS:
+        raise TrainingError(
+            f"unknown text featurizer {text_featurizer!r} (known: {', '.join(FEATURIZERS)}, open_clip:NAME)"
+        )
     lam = dict(cls.lambdas)
     if lambdas:
         unknown = set(lambdas) - set(lam)
@@ -266,7 +376,8 @@ def train(
     if not isinstance(lr, (int, float)) or not lr > 0:
         raise TrainingError(f"lr must be positive, got {lr!r}")
 
-    d = _load(data)
+    image_fz = _image_featurizer(image_featurizer, weights, image_size, threads)
+    d = _load_folder(data, captions, image_fz, image_key, text_key) if _is_folder(data) else _load(data)
     for key in (image_key, text_key):
         if key not in d:
             raise TrainingError(
@@ -311,9 +422,13 @@ def train(
     featurizers: dict = {"image": None, "text": None}
     X = {}
     for m, v in raw.items():
-        if _is_text(v):
+        if m == "image" and image_fz is not None:
+            X[m] = _image_features(image_fz, v, progress)
+            featurizers[m] = image_fz
+        elif _is_text(v):
             texts = [str(t) for t in v]
-            fz = make_featurizer(text_featurizer, vocab_size).fit([texts[i] for i in tr_idx])  # train part only
+            # fitted on the train part only
+            fz = text_fz or make_featurizer(text_featurizer, vocab_size).fit([texts[i] for i in tr_idx])
             featurizers[m] = fz
             # strict=False: a training caption without a vocabulary word is harmless (a query or
             # an inserted item without one is refused: model.featurize uses the strict default).
