@@ -1135,6 +1135,7 @@ class Table:
         if self.opts.rerank and mode != "hamming" and vec is not None:
             return self._reranked(set_idx, bits[None, :], vec[None, :], params, conds, threads)[0]
         _, codes, qcodes, rowids, valid = self._arrays(set_idx, conds)
+        mode = _plan(mode, params.candidates, len(rowids))
         lut, offset = (None, None) if mode == "hamming" or vec is None else self.luts(vec[None, :])
         out = self._kernel(set_idx, conds)(
             codes,
@@ -1168,6 +1169,7 @@ class Table:
             found = self._reranked(set_idx, bits, vecs, params, conds, threads)
             return tuple(_padded([f[j] for f in found], params.k) for j in range(3))
         generation, codes, qcodes, rowids, valid = self._arrays(set_idx, conds)
+        mode = _plan(mode, params.candidates, len(rowids))
         luts, offsets = (None, None) if mode == "hamming" or vecs is None else self.luts(vecs)
         arrays = (codes, qcodes, rowids, valid, bits, luts)
         kw: dict[str, Any] = {"k": params.k, "candidates": params.candidates, "mode": mode}
@@ -1185,6 +1187,13 @@ class Table:
             return out
         r, d, h = out
         return (r, d.astype(np.float64) + offsets[:, None], h) if offsets.any() else out
+
+
+def _plan(mode: str, candidates: int, n_slots: int) -> str:
+    """The kernel mode to run: 'two_stage' whose shortlist would take every row is 'aqd' over
+    every row, the same results (both rank by AQD, then Hamming distance, then rowid) without
+    the Hamming selection's cost."""
+    return "aqd" if mode == "two_stage" and candidates >= n_slots else mode
 
 
 def _with_offsets(out, offset):
