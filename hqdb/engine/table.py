@@ -62,6 +62,7 @@ class Table:
         self._cb_norms: tuple[np.ndarray, np.ndarray] | None = None
         self._model = None
         self._device_cache: dict[int, tuple] = {}
+        self._joint_cache: dict[int, tuple] = {}  # per code set: (key, bit codes | qcodes) for 'bits_pq'
         self._slot_ids: np.ndarray | None = None
         self._flushes = 0
         self._savepoints: dict[int, int] = {}
@@ -181,6 +182,7 @@ class Table:
             st.invalidate()
         self._codebooks_gen = None
         self._device_cache.clear()
+        self._joint_cache.clear()
 
     def _changed(self) -> None:
         """Record a change in the catalog; our caches saw it, so they move along."""
@@ -223,17 +225,32 @@ class Table:
             self._codebooks_gen = generation
         return self._codebooks
 
+    def joint_books(self) -> int:
+        """How many books in front of the table's codebooks score the bit code's bytes
+        (quantizer 'bits_pq': dim/8), else 0. Read from the stored codebooks' size."""
+        cb = None if self.opts.model else self.codebooks()
+        return 0 if cb is None else cb.shape[0] - self.opts.books
+
     def _parse_codebooks(self, blob) -> np.ndarray:
+        """Stored codebooks, shape-checked: books x codewords x dim float32, or with codewords
+        = 256 (dim/8 + books) x 256 x dim, whose first dim/8 books score the bit code's bytes
+        (:func:`hqdb.quantize.fit_bits_pq`)."""
         o = self.opts
         if not isinstance(blob, bytes):
             raise HqError(f"codebooks for {self.name} must be a BLOB of float32, got {type(blob).__name__}")
         expected = o.books * o.codewords * o.dim * 4
-        if len(blob) != expected:
+        books = o.books
+        if o.codewords == 256 and o.books and len(blob) == (o.books + o.code_bytes) * 256 * o.dim * 4:
+            books = o.books + o.code_bytes
+        elif len(blob) != expected:
+            extra = (
+                f" (or {o.code_bytes + o.books}x256x{o.dim}: the bit code's books first)" if o.codewords == 256 else ""
+            )
             raise HqError(
                 f"codebooks for {self.name} must be {o.books}x{o.codewords}x{o.dim} float32 "
-                f"({expected} bytes), got {len(blob)} bytes"
+                f"({expected} bytes){extra}, got {len(blob)} bytes"
             )
-        cb = np.frombuffer(blob, dtype="<f4").reshape(o.books, o.codewords, o.dim).astype(np.float32)
+        cb = np.frombuffer(blob, dtype="<f4").reshape(books, o.codewords, o.dim).astype(np.float32)
         if not np.isfinite(cb).all():
             raise HqError(f"codebooks for {self.name} contain NaN or infinity")
         return cb
@@ -732,6 +749,7 @@ class Table:
             self.conn.set_last_insert_rowid(last_rowid)
         self._flushes += 1
         self._device_cache.clear()
+        self._joint_cache.clear()
 
     def _assemble(self, puts: list):
         """Arrays of buffered puts ``(chunk, slot, rowid, code, qcode, vector)``: (chunks, slots,
@@ -765,7 +783,7 @@ class Table:
                 qcodes = np.empty((n, o.books), dtype=qdt.newbyteorder("="))
                 missing = np.array([p[4] is None for p in puts])
                 qcodes[~missing] = _given([p for p in puts if p[4] is not None], 4, o.books, qdt)
-                qcodes[missing] = quantize.encode(x[missing], cb)
+                qcodes[missing] = quantize.encode_rows(x[missing], cb, o.books, codes[missing])
         vectors = None if x is None else encode_vectors(x, str(o.rerank))
         return chunks, slots, ids, codes, qcodes, vectors
 
@@ -1110,12 +1128,22 @@ class Table:
         return mask & sel
 
     def _arrays(self, set_idx: int, conds: Sequence[Cond] | None):
+        """(generation, codes, qcodes, rowids, valid) for the kernels. With 'bits_pq' codebooks
+        the qcodes are each row's bit code followed by its quantization codes (kept in memory
+        next to the cache until the next write): the LUT has a book for each."""
         self.flush()
         generation = self.fresh()
         st = self.stores[set_idx]
         n = st.size
         valid = self.filter_mask(set_idx, conds) if conds else st.valid[:n]
-        return generation, st.codes[:n], (st.qcodes[:n] if self.opts.books else None), st.rowids[:n], valid
+        qcodes = st.qcodes[:n] if self.opts.books else None
+        if qcodes is not None and qcodes.dtype == np.uint8 and self.joint_books():
+            key = (generation, self._flushes, n, st.codes.ctypes.data, st.qcodes.ctypes.data)
+            hit = self._joint_cache.get(set_idx)
+            if hit is None or hit[0] != key:
+                hit = self._joint_cache[set_idx] = (key, np.ascontiguousarray(np.hstack([st.codes[:n], qcodes])))
+            qcodes = hit[1]
+        return generation, st.codes[:n], qcodes, st.rowids[:n], valid
 
     def _kernel(self, set_idx: int, conds: Sequence[Cond] | None, *, many: bool = False):
         """:func:`kernels.search` (or ``search_many``), or on an ``index='mih'`` table the same call
