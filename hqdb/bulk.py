@@ -60,16 +60,19 @@ def _vectors(t: Table, vectors, what: str) -> np.ndarray:
 
 
 def fit_table(
-    conn: apsw.Connection, table: str, sample, *, quantizer: str | None = None, iters: int = 8, seed: int = 0
+    conn: apsw.Connection, table: str, sample, *, quantizer: str = "auto", iters: int = 8, seed: int = 0
 ) -> np.ndarray:
     """Fit a raw table's codebooks to ``sample`` (vectors like the ones you will insert, (N, dim))
     and store them; return them.
 
-    ``quantizer``: 'bits_pq' (the default when codewords = 256) scores each row's bit code
-    together with its quantization codes: books for the scaled signs, then a coarse book and
-    product-quantized books for what they leave (:func:`hqdb.quantize.fit_bits_pq`; about 1.6x
-    the codes-only recall of 'rq' at the same bytes); 'rq' (the default otherwise) is residual
-    k-means over the quantization codes alone (:func:`hqdb.quantize.fit_codebooks`).
+    ``quantizer``: 'auto' (the default) fits each quantizer that suits the table on the sample
+    less 200 held-out rows and keeps the one whose codes alone rank the rest best for those rows
+    (:func:`hqdb.quantize.fit_best`); or one by name: 'bits_pq' (codewords = 256) scores each
+    row's bit code together with its quantization codes — books for the scaled signs, then a
+    coarse book and product-quantized books for what they leave
+    (:func:`hqdb.quantize.fit_bits_pq`) — and 'rq' is residual k-means over the quantization
+    codes alone (:func:`hqdb.quantize.fit_codebooks`). Which one was kept shows in the shape
+    returned: (dim/8 + books, 256, dim) for 'bits_pq', (books, codewords, dim) for 'rq'.
 
     Then :func:`insert_vectors` (or SQL ``INSERT INTO t(vector, ...)`` on a ``rerank`` table)
     computes every row's codes with them."""
@@ -81,13 +84,14 @@ def fit_table(
     x = _vectors(t, sample, f"fit_table({table!r})")
     if len(x) < 2:
         raise HqError(f"fit_table({table!r}): the sample needs at least 2 vectors")
-    if quantizer is None:
-        quantizer = "bits_pq" if t.opts.codewords == 256 else "rq"
-    if quantizer not in quantize.QUANTIZERS:
+    if quantizer not in (*quantize.QUANTIZERS, "auto"):
         raise HqError(
-            f"fit_table({table!r}): quantizer must be one of {', '.join(quantize.QUANTIZERS)}, got {quantizer!r}"
+            f"fit_table({table!r}): quantizer must be 'auto' or one of "
+            f"{', '.join(quantize.QUANTIZERS)}, got {quantizer!r}"
         )
-    if quantizer == "bits_pq":
+    if quantizer == "auto":
+        cb = quantize.fit_best(x, t.opts.books, t.opts.codewords, iters=iters, seed=seed)[1]
+    elif quantizer == "bits_pq":
         if t.opts.codewords != 256 or t.opts.books > t.opts.dim + 1:
             raise HqError(f"fit_table({table!r}): quantizer 'bits_pq' needs codewords=256 and books <= dim + 1")
         cb = quantize.fit_bits_pq(x, t.opts.books, iters=iters, seed=seed)

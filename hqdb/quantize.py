@@ -151,3 +151,58 @@ def encode_rows(x: np.ndarray, codebooks: np.ndarray, books: int, codes: np.ndar
     for j in range(extra):
         residual -= codebooks[j][codes[:, j]]
     return encode(residual, codebooks[extra:])
+
+
+def codes_only_recall(
+    x: np.ndarray, queries: np.ndarray, codebooks: np.ndarray, books: int, k: int = 10, pool: int = 100
+) -> float:
+    """Recall@k of the codes alone (AQD under ``codebooks``) against the exact inner-product
+    top-k, for ``queries``, among each query's exact top-``pool`` rows: how well the codes order
+    near neighbours, which is what a large table asks of them (in a sample, the top-k reaches
+    further out than in the table it stands for)."""
+    x = np.asarray(x, dtype=np.float32)
+    codes = encode_rows(x, codebooks, books)
+    if codebooks.shape[0] > books:
+        from .kernels import pack_bits
+
+        codes = np.hstack([pack_bits(x), codes])
+    recon = codebooks[np.arange(codebooks.shape[0])[None, :], codes.astype(np.int64)].sum(1)
+    pool = min(pool, len(x))
+    k = min(k, pool)
+    near = np.argsort(-(queries @ x.T), axis=1, kind="stable")[:, :pool]  # exact order
+    score = np.einsum("qd,qpd->qp", queries, recon[near])
+    approx = np.take_along_axis(near, np.argsort(-score, axis=1, kind="stable")[:, :k], 1)
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(near[:, :k].tolist(), approx.tolist())]))
+
+
+def fit_best(
+    x: np.ndarray, books: int, codewords: int, *, iters: int = 8, sample: int = 20000, seed: int = 0, queries: int = 200
+) -> tuple[str, np.ndarray, dict[str, float]]:
+    """Fit every quantizer that fits the shape ('bits_pq' needs 256 codewords) on the sample
+    less ``queries`` held-out rows, rank the rest by each one's codes alone for those rows, and
+    keep the one with the higher recall@10 (ties: 'bits_pq'). Returns (name, codebooks, recall
+    of each)."""
+    x = np.asarray(x, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    if len(x) > sample:
+        x = x[rng.choice(len(x), sample, replace=False)]
+    names = [q for q in QUANTIZERS if q != "bits_pq" or (codewords == 256 and books <= x.shape[1] + 1)]
+    if len(names) == 1 or len(x) < 4 * queries:
+        name = names[0]
+        cb = (
+            fit_bits_pq(x, books, iters=iters, seed=seed)
+            if name == "bits_pq"
+            else fit_codebooks(x, books, codewords, iters=iters, seed=seed)
+        )
+        return name, cb, {}
+    held = rng.permutation(len(x))
+    q, rest = x[held[:queries]], x[held[queries:]]
+    fitted, scores = {}, {}
+    for name in names:
+        if name == "bits_pq":
+            fitted[name] = fit_bits_pq(rest, books, iters=iters, seed=seed)
+        else:
+            fitted[name] = fit_codebooks(rest, books, codewords, iters=iters, seed=seed)
+        scores[name] = codes_only_recall(rest, q, fitted[name], books)
+    best = max(names, key=lambda n: (scores[n], n == "bits_pq"))
+    return best, fitted[best], scores

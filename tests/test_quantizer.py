@@ -53,7 +53,7 @@ def test_bits_pq_codebooks_and_codes(db):
 def test_search_scores_bit_code_and_codes_exactly(db):
     db.execute("CREATE VIRTUAL TABLE t USING hq(dim=64, books=4, codewords=256)")
     x = clustered(2000, seed=2)
-    cb = hqdb.fit_table(db, "t", x)  # codewords = 256: 'bits_pq' by default
+    cb = hqdb.fit_table(db, "t", x, quantizer="bits_pq")
     assert cb.shape == (12, 256, 64)
     hqdb.insert_vectors(db, "t", x)
     stored = db.execute("SELECT code, qcode FROM t ORDER BY rowid").fetchall()
@@ -122,7 +122,7 @@ def test_codebook_shapes_are_checked(db):
 
 def test_hostile_stored_codebooks_are_refused(db):
     db.execute("CREATE VIRTUAL TABLE t USING hq(dim=64, books=4, codewords=256)")
-    hqdb.fit_table(db, "t", clustered(500))
+    hqdb.fit_table(db, "t", clustered(500), quantizer="bits_pq")
     hqdb.insert_vectors(db, "t", clustered(50))
     # a file whose stored codebooks are neither shape: refused before any kernel sees them
     (blob,) = db.execute("SELECT hq_codebooks('t')").fetchone()
@@ -132,3 +132,22 @@ def test_hostile_stored_codebooks_are_refused(db):
     with pytest.raises(hqdb.HqError, match="codebooks for t"):
         db.execute(SQL, (clustered(1)[0].tobytes(), 5, "aqd", 1)).fetchall()
     assert db.execute("SELECT hq_check('t')").fetchone() != ("ok",)
+
+
+def test_auto_keeps_the_quantizer_that_ranks_best(db):
+    """'auto' measures both on the sample and keeps the better: on these noisy clusters 'bits_pq'
+    (0.51 against 0.44 when written); on data of a few dominant directions 'rq' (residual
+    k-means captures them, slices do not)."""
+    from hqdb.quantize import fit_best
+
+    x = clustered(6000, centres=10, noise=1.0, seed=6)
+    name, cb, scores = fit_best(x, 8, 256, queries=100)
+    assert set(scores) == {"bits_pq", "rq"} and name == max(scores, key=scores.get)
+    assert name == "bits_pq", scores
+    rng = np.random.default_rng(7)
+    low = (rng.standard_normal((3000, 4)) @ rng.standard_normal((4, 64))).astype(np.float32)
+    name2, cb2, scores2 = fit_best(low, 8, 256, queries=100)
+    assert name2 == "rq" and cb2.shape == (8, 256, 64), scores2
+    assert fit_best(x, 8, 16, queries=100)[0] == "rq"  # 'bits_pq' needs 256 codewords
+    db.execute("CREATE VIRTUAL TABLE t USING hq(dim=64, books=8, codewords=256)")
+    assert hqdb.fit_table(db, "t", x, seed=0).shape == cb.shape
