@@ -109,7 +109,9 @@ HQ_INTERNAL int aqd_range(const hq_search_args *a, const hq_query *q, const floa
     int rc = HQ_OK;
     int64_t n = *n_io; /* h may already hold n entries (the batched search adds block by block) */
     /* constant code width and book count for the usual shapes: the book loop unrolls */
-    switch (qcode_bytes * 16 + m) {
+    /* (m <= 8 only: with more books qcode_bytes * 16 + m would alias another case, e.g. 1 byte
+     * x 24 books = 2 bytes x 8 books) */
+    switch (m <= 8 ? qcode_bytes * 16 + m : 0) {
     case 16 + 1: HQ_AQD_ROWS(1, 1) break;
     case 16 + 2: HQ_AQD_ROWS(1, 2) break;
     case 16 + 3: HQ_AQD_ROWS(1, 3) break;

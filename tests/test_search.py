@@ -75,6 +75,18 @@ def test_two_stage_over_every_row_runs_as_aqd(db):
     assert [r[0] for r in got] == want[0]
 
 
+@pytest.mark.parametrize("books", [9, 17, 24, 40])
+def test_many_books_match_reference(db, books):
+    """More than 8 books of 1-byte codes: the kernel's unrolled cases must not take 1 byte x 24
+    books for 2 bytes x 8 (a bug fixed with issue 16's 'bits_pq' books)."""
+    codes, qcodes, cb, rowids = random_table(db, n=400, dim=64, books=books, codewords=256)
+    q = query_vec(64, 7)
+    for mode in ("aqd", "two_stage"):
+        got = db.execute(SQL + " AND mode = ? AND candidates = 50", (q.tobytes(), 15, mode)).fetchall()
+        want = reference.search(codes, qcodes, rowids, q, cb, k=15, candidates=50, mode=mode)
+        assert [tuple(r) for r in got] == list(zip(*want))
+
+
 def test_hamming_query_given_as_bit_code(db):
     codes, qcodes, cb, rowids = random_table(db, n=200)
     q = query_vec(64)
