@@ -19,6 +19,7 @@ Searches (:meth:`Table.search`, :meth:`Table.search_many`) run on the per-connec
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -64,6 +65,8 @@ class Table:
         self._device_cache: dict[int, tuple] = {}
         self._joint_cache: dict[int, tuple] = {}  # per code set: (key, bit codes | qcodes) for 'bits_pq'
         self._slot_ids: np.ndarray | None = None
+        self._lut_plans: tuple[np.ndarray, list | None] | None = None
+        self._pin: int | None = None  # the generation while a search runs (see _pinned)
         self._flushes = 0
         self._savepoints: dict[int, int] = {}
         self._set_name(name)
@@ -157,7 +160,10 @@ class Table:
         """Bring every code cache up to the database; return the catalog generation.
 
         :class:`StaleTableError` if the table was dropped, or dropped and recreated with another
-        shape, by another connection since this object was opened."""
+        shape, by another connection since this object was opened. Inside :meth:`_pinned` (one
+        search) the generation read when it began."""
+        if self._pin is not None:
+            return self._pin
         row = catalog.read_generation(self.conn, self.schema, self.name)
         o = self.opts
         if row is None:
@@ -175,6 +181,21 @@ class Table:
         for st in self.stores:
             st.ensure_fresh(generation)
         return generation
+
+    @contextlib.contextmanager
+    def _pinned(self):
+        """One search: buffered writes flushed, the catalog read once (reading the generation
+        walks past the codebooks BLOB stored before it in the row, which costs milliseconds when
+        the codebooks are megabytes), the caches checked against it."""
+        if self._pin is not None:
+            yield
+            return
+        self.flush()
+        self._pin = self.fresh()
+        try:
+            yield
+        finally:
+            self._pin = None
 
     def invalidate(self) -> None:
         """Forget the caches: the next use reloads from the database."""
@@ -1083,9 +1104,17 @@ class Table:
                 f"SELECT hq_set_codebooks('{self.name}', :blob), or search with mode = 'hamming'"
             )
         luts = np.empty((len(vecs), cb.shape[0], cb.shape[1]), dtype=np.float32)
+        plan = self._lut_plan(cb)
         try:
             for j, vec in enumerate(vecs):
-                luts[j] = kernels.aqd_lut(vec, cb)
+                if plan is None:
+                    luts[j] = kernels.aqd_lut(vec, cb)
+                    continue
+                for book, (support, compact) in enumerate(plan):
+                    if compact is None:
+                        luts[j, book] = kernels.aqd_lut(vec, cb[book : book + 1])[0] if len(support) else 0.0
+                    else:
+                        luts[j, book] = kernels.aqd_lut(np.ascontiguousarray(vec[support]), compact)[0]
         except ValueError:  # the only way a finite query and finite codebooks fail here
             raise HqError(
                 f"hq_match on {self.name}: the query's products with the codebooks overflow float32 "
@@ -1099,6 +1128,21 @@ class Table:
             eps = float(self.model().epsilon) if self.opts.model else 0.0
             offsets = (vecs.astype(np.float64) ** 2).sum(1) + eps
         return luts, offsets
+
+    def _lut_plan(self, cb: np.ndarray) -> list | None:
+        """For codebooks that are mostly zeros (the bit code's books and product-quantized books of
+        'bits_pq'): each book's nonzero dimensions and its codewords on them, so the LUT is
+        computed on those only (the same float64 sums: the skipped products are exact zeros);
+        None for dense codebooks."""
+        if self._lut_plans is None or self._lut_plans[0] is not cb:
+            plan = []
+            for book in range(cb.shape[0]):
+                support = np.flatnonzero(np.any(cb[book] != 0, axis=0))
+                narrow = 0 < len(support) < cb.shape[2]
+                plan.append((support, np.ascontiguousarray(cb[book][:, support][None]) if narrow else None))
+            sparse = sum(len(sp) for sp, _ in plan) * 2 < cb.shape[0] * cb.shape[2]
+            self._lut_plans = (cb, plan if sparse else None)
+        return self._lut_plans[1]
 
     def filter_mask(self, set_idx: int, conds: Sequence[Cond]) -> np.ndarray:
         """Slots (a uint8 mask over the cache) of rows that pass the metadata conditions."""
@@ -1158,6 +1202,10 @@ class Table:
 
     def search(self, set_idx: int, query, params: Params, conds: Sequence[Cond] | None = None, *, threads: int = 1):
         """One query (as :meth:`parse_query` takes it): (rowids, distances, hamming), best first."""
+        with self._pinned():
+            return self._search(set_idx, query, params, conds, threads)
+
+    def _search(self, set_idx: int, query, params: Params, conds, threads: int):
         mode = params.run_mode
         bits, vec = self.parse_query(query, mode)
         if self.opts.rerank and mode != "hamming" and vec is not None:
@@ -1191,6 +1239,10 @@ class Table:
     ):
         """Many queries in one kernel call; row j of each result array is exactly what
         :meth:`search` returns for query j."""
+        with self._pinned():
+            return self._search_many(set_idx, queries, params, conds, threads, device)
+
+    def _search_many(self, set_idx: int, queries, params: Params, conds, threads: int, device: str | None):
         mode = params.run_mode
         bits, vecs = self.parse_queries(queries, mode)
         if self.opts.rerank and mode != "hamming" and vecs is not None:
