@@ -295,9 +295,9 @@ class Table:
         BLOB outgrows the default cache (2 MB; 'bits_pq' codebooks of 16 books at 128 dims are 4 MB).
         Only ever raised, never lowered."""
         schema = quote_ident(self.schema)
-        (size,) = self.conn.execute(f"PRAGMA {schema}.cache_size").fetchone()
-        page = self.conn.execute(f"PRAGMA {schema}.page_size").fetchone()[0]
-        have = -int(size) * 1024 if size < 0 else int(size) * page
+        size = int(catalog.scalar(self.conn, f"PRAGMA {schema}.cache_size"))
+        page = int(catalog.scalar(self.conn, f"PRAGMA {schema}.page_size"))
+        have = -size * 1024 if size < 0 else size * page
         want = 2 * nbytes + (2 << 20)
         if have < want:
             self.conn.execute(f"PRAGMA {schema}.cache_size = {-(want // 1024)}")
