@@ -25,6 +25,9 @@ after a few warm-up queries:
   ``hqdb.set_codebooks`` / ``hqdb.insert_codes``, searched through SQL
   (``hq_match(t.code, ?) AND k = 10 AND candidates = ? AND mode = ?`` with the float32 query);
   B = 4: candidates 100 / 1000 / 10000, mode 'aqd' and 'hamming'; B = 8: candidates 100 / 1000;
+* hqdb codes only at 32 B/item: ``hq(dim=128, books=16, codewords=256)`` with ``hqdb.fit_table``'s
+  quantizer 'auto' ('bits_pq' scores the sign bits with the books; 'rq' residual k-means),
+  candidates 100 / 1000 and mode 'aqd';
 * hqdb tables that keep each row's vector and re-rank the shortlist exactly
   (``hq(..., rerank='float32'|'float16'|'int8')``, ``hqdb.fit_table`` + ``hqdb.insert_vectors``),
   when this hqdb has them (else reported as not available: a later run fills them in);
@@ -350,6 +353,31 @@ def run_hqdb_rerank(run: Run) -> None:
             db.close()
 
 
+def run_hqdb_codes(run: Run, books: int = 16) -> None:
+    """hqdb codes only at 32 B/item (16 B of sign bits + 16 books), codebooks from
+    ``hqdb.fit_table`` (quantizer 'auto': 'bits_pq' or 'rq', whichever ranks the sample better)."""
+    if not hasattr(hqdb.quantize, "fit_best"):
+        run.missing("hqdb codes (fit_table)", f"books={books}", f"{NOT_IN_HQDB} (no quantizer='auto')")
+        return
+    sample = run.x[np.random.default_rng(run.seed).choice(run.n, min(run.n, 20000), replace=False)]
+    path = run.tmp / f"hq_codes_{books}.db"
+    db = hqdb.connect(str(path), threads=1)
+    db.execute(f"CREATE VIRTUAL TABLE t USING hq(dim={DIM}, books={books}, codewords={CODEWORDS})")
+
+    def build():
+        cb = hqdb.fit_table(db, "t", sample, seed=run.seed)
+        return cb, hqdb.insert_vectors(db, "t", run.x)
+
+    (cb, rowids), build_s = timed(build)
+    quantizer = "bits_pq" if cb.shape[0] > books else "rq"
+    searches = [(f"books={books} {quantizer}, candidates {c}", f"B{books} {quantizer} c{c}", c, "two_stage")
+                for c in (100, 1000)]
+    searches.append((f"books={books} {quantizer}, mode='aqd'", f"B{books} {quantizer} aqd", 1, "aqd"))
+    measure_hq(run, "hqdb codes (fit_table)", db, path, rowids, build_s, searches,
+               f"fit_table (auto: {quantizer}) + insert_vectors; no stored floats")
+    db.close()
+
+
 def _faiss():
     import faiss
 
@@ -489,6 +517,7 @@ def run_sqlite_vec(run: Run) -> None:
 SYSTEMS: dict[str, Callable[[Run], None]] = {
     "hqdb": run_hqdb,
     "hqdb-rerank": run_hqdb_rerank,
+    "hqdb-codes": run_hqdb_codes,
     "faiss-binary": run_faiss_binary,
     "faiss-ivfpq": run_faiss_ivfpq,
     "usearch": run_usearch,

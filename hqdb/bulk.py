@@ -32,11 +32,14 @@ def _table(conn: apsw.Connection, name: str) -> Table:
 
 
 def set_codebooks(conn: apsw.Connection, table: str, codebooks: np.ndarray) -> None:
-    """Store codebooks (float32, books x codewords x dim) for ``table``."""
+    """Store codebooks (float32, books x codewords x dim) for ``table``; with codewords = 256
+    also (dim/8 + books) x 256 x dim, the bit code's own books first
+    (:func:`hqdb.quantize.fit_bits_pq`)."""
     cb = np.ascontiguousarray(codebooks, dtype="<f4")
     t = _table(conn, table)
     o = t.opts
-    if cb.shape != (o.books, o.codewords, o.dim):
+    joint = (o.books + o.code_bytes, 256, o.dim)
+    if cb.shape != (o.books, o.codewords, o.dim) and not (o.books and o.codewords == 256 and cb.shape == joint):
         raise HqError(f"codebooks for {table} must have shape {(o.books, o.codewords, o.dim)}, got {cb.shape}")
     with write_transaction(conn):
         t.set_codebooks(cb.tobytes())
@@ -56,9 +59,20 @@ def _vectors(t: Table, vectors, what: str) -> np.ndarray:
     return arr
 
 
-def fit_table(conn: apsw.Connection, table: str, sample, *, iters: int = 8, seed: int = 0) -> np.ndarray:
+def fit_table(
+    conn: apsw.Connection, table: str, sample, *, quantizer: str = "auto", iters: int = 8, seed: int = 0
+) -> np.ndarray:
     """Fit a raw table's codebooks to ``sample`` (vectors like the ones you will insert, (N, dim))
-    by residual k-means (:func:`hqdb.quantize.fit_codebooks`) and store them; return them.
+    and store them; return them.
+
+    ``quantizer``: 'auto' (the default) fits each quantizer that suits the table on the sample
+    less 200 held-out rows and keeps the one whose codes alone rank the rest best for those rows
+    (:func:`hqdb.quantize.fit_best`); or one by name: 'bits_pq' (codewords = 256) scores each
+    row's bit code together with its quantization codes — books for the scaled signs, then a
+    coarse book and product-quantized books for what they leave
+    (:func:`hqdb.quantize.fit_bits_pq`) — and 'rq' is residual k-means over the quantization
+    codes alone (:func:`hqdb.quantize.fit_codebooks`). Which one was kept shows in the shape
+    returned: (dim/8 + books, 256, dim) for 'bits_pq', (books, codewords, dim) for 'rq'.
 
     Then :func:`insert_vectors` (or SQL ``INSERT INTO t(vector, ...)`` on a ``rerank`` table)
     computes every row's codes with them."""
@@ -70,7 +84,19 @@ def fit_table(conn: apsw.Connection, table: str, sample, *, iters: int = 8, seed
     x = _vectors(t, sample, f"fit_table({table!r})")
     if len(x) < 2:
         raise HqError(f"fit_table({table!r}): the sample needs at least 2 vectors")
-    cb = quantize.fit_codebooks(x, t.opts.books, t.opts.codewords, iters=iters, seed=seed)
+    if quantizer not in (*quantize.QUANTIZERS, "auto"):
+        raise HqError(
+            f"fit_table({table!r}): quantizer must be 'auto' or one of "
+            f"{', '.join(quantize.QUANTIZERS)}, got {quantizer!r}"
+        )
+    if quantizer == "auto":
+        cb = quantize.fit_best(x, t.opts.books, t.opts.codewords, iters=iters, seed=seed)[1]
+    elif quantizer == "bits_pq":
+        if t.opts.codewords != 256 or t.opts.books > t.opts.dim + 1:
+            raise HqError(f"fit_table({table!r}): quantizer 'bits_pq' needs codewords=256 and books <= dim + 1")
+        cb = quantize.fit_bits_pq(x, t.opts.books, iters=iters, seed=seed)
+    else:
+        cb = quantize.fit_codebooks(x, t.opts.books, t.opts.codewords, iters=iters, seed=seed)
     set_codebooks(conn, table, cb)
     return cb
 
@@ -95,7 +121,7 @@ def insert_vectors(
         cb = t.codebooks()
         if cb is None:
             raise HqError(f"{table} has no codebooks yet: fit them first with hqdb.fit_table(db, {table!r}, sample)")
-        qcodes = quantize.encode(x, cb)
+        qcodes = quantize.encode_rows(x, cb, t.opts.books)
     vectors = x if t.opts.rerank else None  # a rerank table keeps them for the exact re-rank
     return _write_rows(conn, t, len(x), rowids, metadata, {0: (pack_bits(x), qcodes)}, vectors)
 

@@ -169,7 +169,7 @@ static void batch_scan(hq_batch *b, const hq_block *blk, int64_t j)
     const hq_search_args *a = b->a;
     hq_entry *h = b->heaps ? b->heaps + j * b->heap_cap : NULL;
     if (!b->hamming_stage) {
-        if (aqd_range(a, lut_of(a, j), blk->lo, blk->hi, h, b->heap_cap, &b->cnt[j]) != HQ_OK)
+        if (aqd_range(a, &b->qs[j], lut_of(a, j), blk->lo, blk->hi, h, b->heap_cap, &b->cnt[j]) != HQ_OK)
             b->err[j] = HQ_ERR_QCODE;
     } else if (b->use_heap) {
         block_heap(a, blk, &b->qs[j], h, &b->cnt[j], b->heap_cap);

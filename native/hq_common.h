@@ -163,6 +163,8 @@ static inline int entry_less(const hq_entry *a, const hq_entry *b)
         return 1;
     if (b->d < a->d)
         return 0;
+    if (a->ham != b->ham) /* equal distance: the smaller Hamming distance first (issue 16) */
+        return a->ham < b->ham;
     if (a->rowid != b->rowid)
         return a->rowid < b->rowid;
     return a->idx < b->idx;
@@ -331,7 +333,7 @@ HQ_INTERNAL int soa_scan_avx512(const hq_search_args *a, const hq_block *blk, co
 
 /* "aqd" mode over rows [lo, hi): score every valid row with lut, keep the cap best in the heap
  * h (which holds *n_io entries on entry). HQ_ERR_QCODE on a code >= codewords. */
-HQ_INTERNAL int aqd_range(const hq_search_args *a, const float *lut, int64_t lo, int64_t hi,
+HQ_INTERNAL int aqd_range(const hq_search_args *a, const hq_query *q, const float *lut, int64_t lo, int64_t hi,
                           hq_entry *h, int64_t cap, int64_t *n_io);
 
 /* Query j's lookup table (NULL in Hamming mode). */

@@ -90,22 +90,28 @@ static inline int aqd_score(const void *qcodes, int32_t qcode_bytes, int32_t m, 
         }                                                                                    \
         if (n == cap && d > h[0].d)                                                          \
             continue; /* can't enter the top k: skip building the entry */                   \
-        hq_entry e = {d, 0, rowids[i], i};                                                   \
+        /* ties on d go by Hamming distance: computed only for rows that may enter */        \
+        hq_entry e = {d, (int32_t)ham_row(codes + i * (int64_t)nb, q, q->nw, q->ntail),     \
+                      rowids[i], i};                                                         \
         topk_offer(h, &n, cap, &e);                                                          \
     }
 
 HQ_CLONES
-HQ_INTERNAL int aqd_range(const hq_search_args *a, const float *lut, int64_t lo, int64_t hi,
-                          hq_entry *h, int64_t cap, int64_t *n_io)
+HQ_INTERNAL int aqd_range(const hq_search_args *a, const hq_query *q, const float *lut, int64_t lo,
+                          int64_t hi, hq_entry *h, int64_t cap, int64_t *n_io)
 {
     const void *qcodes = a->qcodes;
+    const uint8_t *codes = a->codes;
+    const int32_t nb = a->code_bytes;
     const uint8_t *valid = a->valid;
     const int64_t *rowids = a->rowids;
     const int32_t qcode_bytes = a->qcode_bytes, m = a->books, kw = a->codewords;
     int rc = HQ_OK;
     int64_t n = *n_io; /* h may already hold n entries (the batched search adds block by block) */
     /* constant code width and book count for the usual shapes: the book loop unrolls */
-    switch (qcode_bytes * 16 + m) {
+    /* (m <= 8 only: with more books qcode_bytes * 16 + m would alias another case, e.g. 1 byte
+     * x 24 books = 2 bytes x 8 books) */
+    switch (m <= 8 ? qcode_bytes * 16 + m : 0) {
     case 16 + 1: HQ_AQD_ROWS(1, 1) break;
     case 16 + 2: HQ_AQD_ROWS(1, 2) break;
     case 16 + 3: HQ_AQD_ROWS(1, 3) break;
@@ -150,13 +156,13 @@ HQ_INTERNAL int rank_candidates(const hq_search_args *a, hq_entry *cand, int64_t
 HQ_INTERNAL void rank_scored(const hq_search_args *a, hq_entry *h, int64_t n, const hq_query *q,
                              hq_out out)
 {
+    (void)q;
     const int64_t r = a->k < n ? a->k : n;
     select_sorted(h, n, r);
     for (int64_t j = 0; j < r; j++) {
         out.rowids[j] = h[j].rowid;
         out.dist[j] = h[j].d;
-        out.ham[j] = (int32_t)ham_row(a->codes + h[j].idx * (int64_t)a->code_bytes, q, q->nw,
-                                      q->ntail);
+        out.ham[j] = h[j].ham; /* aqd_range computed it */
     }
     *out.n = r;
 }

@@ -286,7 +286,7 @@ static int search_aqd(const hq_search_args *a, const hq_query *q, const float *l
     for (int32_t t = 0; t < T; t++) {
         const int64_t lo = chunk_lo(n_rows, T, t), hi = chunk_lo(n_rows, T, t + 1);
         const int64_t cap = hi - lo < k ? hi - lo : k;
-        err[t] = aqd_range(a, lut, lo, hi, heaps + hoff[t], cap, &cnt[t]) != HQ_OK;
+        err[t] = aqd_range(a, q, lut, lo, hi, heaps + hoff[t], cap, &cnt[t]) != HQ_OK;
     }
 
     int64_t total = 0;

@@ -21,7 +21,8 @@ def aqd_distance(qcodes: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 def search(codes, qcodes, rowids, query, codebooks, *, k, candidates=None, mode="two_stage", mask=None):
-    """Top-k (rowid, distance, hamming) lists; ties broken by rowid ascending."""
+    """Top-k (rowid, distance, hamming) lists. 'hamming': by (Hamming, rowid); 'aqd' and
+    'two_stage': by (AQD, Hamming, rowid): equal AQD scores go to the closer bit code."""
     from hqdb.kernels import pack_bits
 
     rowids = np.asarray(rowids, dtype=np.int64)
@@ -37,6 +38,6 @@ def search(codes, qcodes, rowids, query, codebooks, *, k, candidates=None, mode=
     if mode == "two_stage":
         idx = np.lexsort((rowids, ham))[: max(candidates, k)]
     dist = aqd_distance(qcodes[idx], lut(query, codebooks))
-    order = np.lexsort((rowids[idx], dist))[:k]
+    order = np.lexsort((rowids[idx], ham[idx], dist))[:k]
     sel = idx[order]
     return rowids[sel].tolist(), dist[order].tolist(), ham[sel].tolist()

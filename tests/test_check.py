@@ -23,10 +23,11 @@ def _search(db, q, k=1000):
 
 
 def _brute(codes, qcodes, cb, rowids, q):
-    """Exact AQD order over the given rows (ties by rowid)."""
+    """Exact AQD order over the given rows (ties by Hamming distance, then rowid)."""
     lut = np.einsum("d,lkd->lk", q.astype(np.float64), cb.astype(np.float64)).astype(np.float32)
     dist = -lut[np.arange(cb.shape[0])[None, :], qcodes.astype(np.int64)].sum(axis=1, dtype=np.float32)
-    order = np.lexsort((rowids, dist))
+    ham = np.unpackbits(codes ^ hqdb.kernels.pack_bits(q), axis=1).sum(1)
+    order = np.lexsort((rowids, ham, dist))
     return [(int(rowids[i]), float(dist[i])) for i in order]
 
 

@@ -227,6 +227,7 @@ def test_demo(tmp_path, capsys):
     result = run_model(str(tmp_path / "demo.db"), bits=64, seed=0)
     out = capsys.readouterr().out
     assert "image -> text" in out and "text -> image" in out and "MAP@50 through SQL" in out
+    assert "a typical one" in out  # the showcased query is the median one, not the first
     assert "the same from Python" in out and "Hit(rowid=" in out
     assert result["i2t"]["two_stage"]["map@50"] > 0.85 and result["t2i"]["two_stage"]["map@50"] > 0.9
 

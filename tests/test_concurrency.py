@@ -56,16 +56,18 @@ READER = textwrap.dedent(
         counts = dict(db.execute("SELECT batch, count(*) FROM t GROUP BY batch").fetchall())
         bad = {b: c for b, c in counts.items() if c != BATCH}
         assert not bad, f"half-written batches visible: {bad}"
-        rows = db.execute("SELECT rowid, qcode FROM t ORDER BY rowid").fetchall()
+        rows = db.execute("SELECT rowid, qcode, code FROM t ORDER BY rowid").fetchall()
         for _ in range(3):
             q = rng.standard_normal(64).astype(np.float32)
             got = db.execute("SELECT rowid, distance FROM t WHERE hq_match(t.code, ?) AND k = 20 "
                              "AND candidates = 100000000", (q.tobytes(),)).fetchall()
-            ids = np.array([r for r, _ in rows], dtype=np.int64)
-            qc = np.frombuffer(b"".join(c for _, c in rows), np.uint8).reshape(-1, 4).astype(np.int64)
+            ids = np.array([r for r, _, _ in rows], dtype=np.int64)
+            qc = np.frombuffer(b"".join(c for _, c, _ in rows), np.uint8).reshape(-1, 4).astype(np.int64)
+            bits = np.frombuffer(b"".join(c for _, _, c in rows), np.uint8).reshape(-1, 8)
+            ham = np.unpackbits(bits ^ kernels.pack_bits(q), axis=1).sum(1)
             lut = kernels.aqd_lut(q, cb)
             dist = -lut[np.arange(4)[None, :], qc].sum(axis=1, dtype=np.float32)
-            want = [(int(ids[i]), float(dist[i])) for i in np.lexsort((ids, dist))[:20]]
+            want = [(int(ids[i]), float(dist[i])) for i in np.lexsort((ids, ham, dist))[:20]]
             assert got == want, "search disagrees with the snapshot's rows (stale code cache?)"
             queries += 1
         db.execute("COMMIT")

@@ -49,7 +49,7 @@ def _copy(state):
 
 
 def _verify_search(db, state, model, rng):
-    # Raw table: exact AQD order over the rows present, ties by rowid.
+    # Raw table: exact AQD order over the rows present, ties by Hamming distance, then rowid.
     raw_cb = np.frombuffer(db.execute("SELECT hq_codebooks('t')").fetchone()[0], "<f4").reshape(
         cw.BOOKS, cw.CODEWORDS, cw.DIM)
     q = rng.standard_normal(cw.DIM).astype(np.float32)
@@ -57,7 +57,9 @@ def _verify_search(db, state, model, rng):
     qc = np.array([np.frombuffer(state["t"][r][1], np.uint8) for r in ids]).reshape(-1, cw.BOOKS)
     lut = kernels.aqd_lut(q, raw_cb)
     dist = -lut[np.arange(cw.BOOKS)[None, :], qc.astype(np.int64)].sum(axis=1, dtype=np.float32)
-    order = np.lexsort((ids, dist))[:50]
+    bits = np.array([np.frombuffer(state["t"][r][0], np.uint8) for r in ids]).reshape(len(ids), -1)
+    ham = np.unpackbits(bits ^ kernels.pack_bits(q), axis=1).sum(1)
+    order = np.lexsort((ids, ham, dist))[:50]  # ties by Hamming distance, then rowid
     got = db.execute("SELECT rowid, distance FROM t WHERE hq_match(t.code, ?) AND k = 50 "
                      "AND candidates = 1000000", (q.tobytes(),)).fetchall()
     assert got == [(int(ids[i]), float(dist[i])) for i in order]

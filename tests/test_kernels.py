@@ -52,7 +52,7 @@ def ref_search(codes, qcodes, rowids, valid, q, lut, *, k, candidates, mode):
         keep = np.lexsort((rowids[rows], ham))[: max(candidates, k)]
         rows, ham = rows[keep], ham[keep]
     dist = ref_aqd(qcodes[rows], lut)
-    order = np.lexsort((rowids[rows], dist))[:k]
+    order = np.lexsort((rowids[rows], ham, dist))[:k]  # equal AQD: the closer bit code first
     return rowids[rows][order], dist[order], ham[order]
 
 

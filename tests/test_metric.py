@@ -34,7 +34,8 @@ def test_l2_distances_and_order_match_the_formula(db):
         q = rng.integers(-8, 9, 64).astype(np.float32)
         got = db.execute(SQL, (q.tobytes(), 400, "aqd")).fetchall()
         want = reported_l2(q, qcodes, cb)
-        order = np.lexsort((rowids, want))  # distance ascending, ties by rowid
+        ham = np.unpackbits(codes ^ hqdb.kernels.pack_bits(q), axis=1).sum(1)
+        order = np.lexsort((rowids, ham, want))  # distance ascending, ties by Hamming, then rowid
         assert [r[0] for r in got] == rowids[order].tolist()
         assert np.allclose([r[1] for r in got], want[order], rtol=0, atol=1e-6)
 
@@ -58,10 +59,11 @@ def test_l2_is_the_exact_euclidean_distance_when_books_are_orthogonal(db):
     exact = ((recon - q) ** 2).sum(1)
     got = db.execute(SQL, (q.tobytes(), 300, "aqd")).fetchall()
     assert [r[1] for r in got] == sorted(exact.tolist())
-    assert [r[0] for r in got] == rowids[np.lexsort((rowids, exact))].tolist()
+    ham = np.unpackbits(codes ^ hqdb.kernels.pack_bits(q), axis=1).sum(1)  # equal distances: by Hamming
+    assert [r[0] for r in got] == rowids[np.lexsort((rowids, ham, exact))].tolist()
     ip = db.execute(SQL.replace("FROM t WHERE hq_match(t.", "FROM u WHERE hq_match(u."),
                     (q.tobytes(), 300, "aqd")).fetchall()
-    assert [r[0] for r in ip] == rowids[np.lexsort((rowids, -(recon @ q)))].tolist()
+    assert [r[0] for r in ip] == rowids[np.lexsort((rowids, ham, -(recon @ q)))].tolist()
     assert [r[0] for r in ip] != [r[0] for r in got]
 
 
@@ -72,7 +74,8 @@ def test_two_stage_reranks_hamming_candidates_by_l2(db):
     got = db.execute(SQL + " AND candidates = 40", (q.tobytes(), 40, "two_stage")).fetchall()
     cand = np.array([r[0] for r in ham])
     want = reported_l2(q, qcodes, cb)[cand - 1]
-    assert [r[0] for r in got] == cand[np.lexsort((cand, want))].tolist()
+    ham = np.unpackbits(codes[cand - 1] ^ hqdb.kernels.pack_bits(q), axis=1).sum(1)
+    assert [r[0] for r in got] == cand[np.lexsort((cand, ham, want))].tolist()
 
 
 def test_metric_option_is_validated_and_persisted(db, db_path):
@@ -142,7 +145,8 @@ def test_model_decides_the_metric_and_epsilon_is_added(db):
         got = db.execute("SELECT rowid, distance FROM t WHERE hq_match(t.image, hq_query('text', ?)) "
                          "AND k = 50 AND mode = 'aqd'", (x.tobytes(),)).fetchall()
         want = reported_l2(fq, qc, model.codebooks, eps=2.5)
-        assert [r[0] for r in got] == (np.lexsort((np.arange(50), want)) + 1).tolist()
+        ham = np.unpackbits(hqdb.kernels.pack_bits(f_img) ^ hqdb.kernels.pack_bits(fq), axis=1).sum(1)
+        assert [r[0] for r in got] == (np.lexsort((np.arange(50), ham, want)) + 1).tolist()
         assert np.allclose([r[1] for r in got], np.sort(want), rtol=1e-5, atol=1e-4)
 
 

@@ -45,6 +45,48 @@ def test_aqd_equals_two_stage_with_all_candidates(db):
     assert a == b
 
 
+def test_equal_aqd_scores_go_to_the_closer_bit_code(db):
+    """Codebooks whose codewords are all equal give every row the same AQD score: the re-rank
+    must then keep the Hamming order (issue 16), so more candidates never lose the Hamming
+    stage's best rows to rows with smaller rowids."""
+    codes, qcodes, cb, rowids = random_table(db, n=600, dim=64, books=2, codewords=16)
+    hqdb.set_codebooks(db, "t", np.ones_like(cb))
+    q = query_vec(64, 3)
+    bits = hqdb.kernels.pack_bits(q)
+    ham = reference.hamming(codes, bits)
+    best = [int(r) for r in rowids[np.lexsort((rowids, ham))][:10]]
+    for mode, cand in [("two_stage", 10), ("two_stage", 100), ("two_stage", 600), ("aqd", 1)]:
+        got = db.execute(SQL + " AND candidates = ? AND mode = ?", (q.tobytes(), 10, cand, mode)).fetchall()
+        assert [r[0] for r in got] == best, (mode, cand)
+        assert [r[2] for r in got] == sorted(r[2] for r in got)
+    from hqdb.engine.query import resolve
+
+    rows, _, _ = db.hq.table("t").search_many(0, np.stack([q, q]), resolve(10, 50, "two_stage"))
+    assert rows.tolist() == [best, best]
+
+
+def test_two_stage_over_every_row_runs_as_aqd(db):
+    """candidates >= the table's rows: the plan runs 'aqd' (no Hamming selection); same results."""
+    codes, qcodes, cb, rowids = random_table(db, n=300)
+    q = query_vec(64, 4)
+    got = db.execute(SQL + " AND candidates = 300", (q.tobytes(), 20)).fetchall()
+    assert got == db.execute(SQL + " AND mode = 'aqd'", (q.tobytes(), 20)).fetchall()
+    want = reference.search(codes, qcodes, rowids, q, cb, k=20, candidates=300)
+    assert [r[0] for r in got] == want[0]
+
+
+@pytest.mark.parametrize("books", [9, 17, 24, 40])
+def test_many_books_match_reference(db, books):
+    """More than 8 books of 1-byte codes: the kernel's unrolled cases must not take 1 byte x 24
+    books for 2 bytes x 8 (a bug fixed with issue 16's 'bits_pq' books)."""
+    codes, qcodes, cb, rowids = random_table(db, n=400, dim=64, books=books, codewords=256)
+    q = query_vec(64, 7)
+    for mode in ("aqd", "two_stage"):
+        got = db.execute(SQL + " AND mode = ? AND candidates = 50", (q.tobytes(), 15, mode)).fetchall()
+        want = reference.search(codes, qcodes, rowids, q, cb, k=15, candidates=50, mode=mode)
+        assert [tuple(r) for r in got] == list(zip(*want))
+
+
 def test_hamming_query_given_as_bit_code(db):
     codes, qcodes, cb, rowids = random_table(db, n=200)
     q = query_vec(64)

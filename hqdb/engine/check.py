@@ -248,7 +248,8 @@ def _check_codebooks(conn, schema, name, opts, problems) -> None:
     if blob is None:
         return
     want = opts.books * opts.codewords * opts.dim * 4
-    if not isinstance(blob, bytes) or len(blob) != want:
+    joint = (opts.books + opts.code_bytes) * 256 * opts.dim * 4 if opts.codewords == 256 and opts.books else want
+    if not isinstance(blob, bytes) or len(blob) not in (want, joint):
         problems.add(
             f"codebooks are {len(blob) if isinstance(blob, bytes) else type(blob).__name__} bytes, expected {want}"
         )

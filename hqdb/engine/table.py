@@ -19,6 +19,7 @@ Searches (:meth:`Table.search`, :meth:`Table.search_many`) run on the per-connec
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -62,7 +63,11 @@ class Table:
         self._cb_norms: tuple[np.ndarray, np.ndarray] | None = None
         self._model = None
         self._device_cache: dict[int, tuple] = {}
+        self._joint_cache: dict[int, tuple] = {}  # per code set: (key, bit codes | qcodes) for 'bits_pq'
         self._slot_ids: np.ndarray | None = None
+        self._lut_plans: tuple[np.ndarray, list | None] | None = None
+        self._pin: int | None = None
+        self._cache_checked = False  # the generation while a search runs (see _pinned)
         self._flushes = 0
         self._savepoints: dict[int, int] = {}
         self._set_name(name)
@@ -160,7 +165,10 @@ class Table:
         """Bring every code cache up to the database; return the catalog generation.
 
         :class:`StaleTableError` if the table was dropped, or dropped and recreated with another
-        shape, by another connection since this object was opened."""
+        shape, by another connection since this object was opened. Inside :meth:`_pinned` (one
+        search) the generation read when it began."""
+        if self._pin is not None:
+            return self._pin
         row = catalog.read_generation(self.conn, self.schema, self.name)
         o = self.opts
         if row is None:
@@ -177,7 +185,31 @@ class Table:
             )
         for st in self.stores:
             st.ensure_fresh(generation)
+        if not self._cache_checked:  # once per table object: the codebooks' size, not the BLOB
+            self._cache_checked = True
+            size = catalog.scalar(
+                self.conn,
+                f"SELECT length(codebooks) FROM {qualified(self.schema, catalog.TABLE)} WHERE name = ? COLLATE NOCASE",
+                (self.name,),
+            )
+            if isinstance(size, int) and size > 0:
+                self._cache_room(size)
         return generation
+
+    @contextlib.contextmanager
+    def _pinned(self):
+        """One search: buffered writes flushed, the catalog read once (reading the generation
+        walks past the codebooks BLOB stored before it in the row, which costs milliseconds when
+        the codebooks are megabytes), the caches checked against it."""
+        if self._pin is not None:
+            yield
+            return
+        self.flush()
+        self._pin = self.fresh()
+        try:
+            yield
+        finally:
+            self._pin = None
 
     def invalidate(self) -> None:
         """Forget the caches: the next use reloads from the database."""
@@ -185,6 +217,7 @@ class Table:
             st.invalidate()
         self._codebooks_gen = None
         self._device_cache.clear()
+        self._joint_cache.clear()
 
     def _changed(self) -> None:
         """Record a change in the catalog; our caches saw it, so they move along."""
@@ -225,22 +258,53 @@ class Table:
             blob = catalog.read_codebooks(self.conn, self.schema, self.name)
             self._codebooks = None if blob is None else self._parse_codebooks(blob)
             self._codebooks_gen = generation
+            if blob is not None:
+                self._cache_room(len(blob))
         return self._codebooks
 
+    def joint_books(self) -> int:
+        """How many books in front of the table's codebooks score the bit code's bytes
+        (quantizer 'bits_pq': dim/8), else 0. Read from the stored codebooks' size."""
+        cb = None if self.opts.model else self.codebooks()
+        return 0 if cb is None else cb.shape[0] - self.opts.books
+
     def _parse_codebooks(self, blob) -> np.ndarray:
+        """Stored codebooks, shape-checked: books x codewords x dim float32, or with codewords
+        = 256 (dim/8 + books) x 256 x dim, whose first dim/8 books score the bit code's bytes
+        (:func:`hqdb.quantize.fit_bits_pq`)."""
         o = self.opts
         if not isinstance(blob, bytes):
             raise HqError(f"codebooks for {self.name} must be a BLOB of float32, got {type(blob).__name__}")
         expected = o.books * o.codewords * o.dim * 4
-        if len(blob) != expected:
+        books = o.books
+        if o.codewords == 256 and o.books and len(blob) == (o.books + o.code_bytes) * 256 * o.dim * 4:
+            books = o.books + o.code_bytes
+        elif len(blob) != expected:
+            extra = (
+                f" (or {o.code_bytes + o.books}x256x{o.dim}: the bit code's books first)" if o.codewords == 256 else ""
+            )
             raise HqError(
                 f"codebooks for {self.name} must be {o.books}x{o.codewords}x{o.dim} float32 "
-                f"({expected} bytes), got {len(blob)} bytes"
+                f"({expected} bytes){extra}, got {len(blob)} bytes"
             )
-        cb = np.frombuffer(blob, dtype="<f4").reshape(o.books, o.codewords, o.dim).astype(np.float32)
+        cb = np.frombuffer(blob, dtype="<f4").reshape(books, o.codewords, o.dim).astype(np.float32)
         if not np.isfinite(cb).all():
             raise HqError(f"codebooks for {self.name} contain NaN or infinity")
         return cb
+
+    def _cache_room(self, nbytes: int) -> None:
+        """Let the connection's page cache hold the codebooks BLOB twice over. Every search reads
+        the catalog row's generation, which SQLite stores after the BLOB: it walks the BLOB's
+        overflow pages, from the cache in microseconds, from the file in milliseconds once the
+        BLOB outgrows the default cache (2 MB; 'bits_pq' codebooks of 16 books at 128 dims are 4 MB).
+        Only ever raised, never lowered."""
+        schema = quote_ident(self.schema)
+        size = int(catalog.scalar(self.conn, f"PRAGMA {schema}.cache_size"))
+        page = int(catalog.scalar(self.conn, f"PRAGMA {schema}.page_size"))
+        have = -size * 1024 if size < 0 else size * page
+        want = 2 * nbytes + (2 << 20)
+        if have < want:
+            self.conn.execute(f"PRAGMA {schema}.cache_size = {-(want // 1024)}")
 
     def set_codebooks(self, blob) -> None:
         if self.opts.model:
@@ -736,6 +800,7 @@ class Table:
             self.conn.set_last_insert_rowid(last_rowid)
         self._flushes += 1
         self._device_cache.clear()
+        self._joint_cache.clear()
 
     def _assemble(self, puts: list):
         """Arrays of buffered puts ``(chunk, slot, rowid, code, qcode, vector)``: (chunks, slots,
@@ -769,7 +834,7 @@ class Table:
                 qcodes = np.empty((n, o.books), dtype=qdt.newbyteorder("="))
                 missing = np.array([p[4] is None for p in puts])
                 qcodes[~missing] = _given([p for p in puts if p[4] is not None], 4, o.books, qdt)
-                qcodes[missing] = quantize.encode(x[missing], cb)
+                qcodes[missing] = quantize.encode_rows(x[missing], cb, o.books, codes[missing])
         vectors = None if x is None else encode_vectors(x, str(o.rerank))
         return chunks, slots, ids, codes, qcodes, vectors
 
@@ -1069,9 +1134,17 @@ class Table:
                 f"SELECT hq_set_codebooks('{self.name}', :blob), or search with mode = 'hamming'"
             )
         luts = np.empty((len(vecs), cb.shape[0], cb.shape[1]), dtype=np.float32)
+        plan = self._lut_plan(cb)
         try:
             for j, vec in enumerate(vecs):
-                luts[j] = kernels.aqd_lut(vec, cb)
+                if plan is None:
+                    luts[j] = kernels.aqd_lut(vec, cb)
+                    continue
+                for book, (support, compact) in enumerate(plan):
+                    if compact is None:
+                        luts[j, book] = kernels.aqd_lut(vec, cb[book : book + 1])[0] if len(support) else 0.0
+                    else:
+                        luts[j, book] = kernels.aqd_lut(np.ascontiguousarray(vec[support]), compact)[0]
         except ValueError:  # the only way a finite query and finite codebooks fail here
             raise HqError(
                 f"hq_match on {self.name}: the query's products with the codebooks overflow float32 "
@@ -1085,6 +1158,21 @@ class Table:
             eps = float(self.model().epsilon) if self.opts.model else 0.0
             offsets = (vecs.astype(np.float64) ** 2).sum(1) + eps
         return luts, offsets
+
+    def _lut_plan(self, cb: np.ndarray) -> list | None:
+        """For codebooks that are mostly zeros (the bit code's books and product-quantized books of
+        'bits_pq'): each book's nonzero dimensions and its codewords on them, so the LUT is
+        computed on those only (the same float64 sums: the skipped products are exact zeros);
+        None for dense codebooks."""
+        if self._lut_plans is None or self._lut_plans[0] is not cb:
+            plan = []
+            for book in range(cb.shape[0]):
+                support = np.flatnonzero(np.any(cb[book] != 0, axis=0))
+                narrow = 0 < len(support) < cb.shape[2]
+                plan.append((support, np.ascontiguousarray(cb[book][:, support][None]) if narrow else None))
+            sparse = sum(len(sp) for sp, _ in plan) * 2 < cb.shape[0] * cb.shape[2]
+            self._lut_plans = (cb, plan if sparse else None)
+        return self._lut_plans[1]
 
     def filter_mask(self, set_idx: int, conds: Sequence[Cond]) -> np.ndarray:
         """Slots (a uint8 mask over the cache) of rows that pass the metadata conditions."""
@@ -1114,12 +1202,22 @@ class Table:
         return mask & sel
 
     def _arrays(self, set_idx: int, conds: Sequence[Cond] | None):
+        """(generation, codes, qcodes, rowids, valid) for the kernels. With 'bits_pq' codebooks
+        the qcodes are each row's bit code followed by its quantization codes (kept in memory
+        next to the cache until the next write): the LUT has a book for each."""
         self.flush()
         generation = self.fresh()
         st = self.stores[set_idx]
         n = st.size
         valid = self.filter_mask(set_idx, conds) if conds else st.valid[:n]
-        return generation, st.codes[:n], (st.qcodes[:n] if self.opts.books else None), st.rowids[:n], valid
+        qcodes = st.qcodes[:n] if self.opts.books else None
+        if qcodes is not None and qcodes.dtype == np.uint8 and self.joint_books():
+            key = (generation, self._flushes, n, st.codes.ctypes.data, st.qcodes.ctypes.data)
+            hit = self._joint_cache.get(set_idx)
+            if hit is None or hit[0] != key:
+                hit = self._joint_cache[set_idx] = (key, np.ascontiguousarray(np.hstack([st.codes[:n], qcodes])))
+            qcodes = hit[1]
+        return generation, st.codes[:n], qcodes, st.rowids[:n], valid
 
     def _kernel(self, set_idx: int, conds: Sequence[Cond] | None, *, many: bool = False):
         """:func:`kernels.search` (or ``search_many``), or on an ``index='mih'`` table the same call
@@ -1134,11 +1232,16 @@ class Table:
 
     def search(self, set_idx: int, query, params: Params, conds: Sequence[Cond] | None = None, *, threads: int = 1):
         """One query (as :meth:`parse_query` takes it): (rowids, distances, hamming), best first."""
+        with self._pinned():
+            return self._search(set_idx, query, params, conds, threads)
+
+    def _search(self, set_idx: int, query, params: Params, conds, threads: int):
         mode = params.run_mode
         bits, vec = self.parse_query(query, mode)
         if self.opts.rerank and mode != "hamming" and vec is not None:
             return self._reranked(set_idx, bits[None, :], vec[None, :], params, conds, threads)[0]
         _, codes, qcodes, rowids, valid = self._arrays(set_idx, conds)
+        mode = _plan(mode, params.candidates, len(rowids))
         lut, offset = (None, None) if mode == "hamming" or vec is None else self.luts(vec[None, :])
         out = self._kernel(set_idx, conds)(
             codes,
@@ -1166,12 +1269,17 @@ class Table:
     ):
         """Many queries in one kernel call; row j of each result array is exactly what
         :meth:`search` returns for query j."""
+        with self._pinned():
+            return self._search_many(set_idx, queries, params, conds, threads, device)
+
+    def _search_many(self, set_idx: int, queries, params: Params, conds, threads: int, device: str | None):
         mode = params.run_mode
         bits, vecs = self.parse_queries(queries, mode)
         if self.opts.rerank and mode != "hamming" and vecs is not None:
             found = self._reranked(set_idx, bits, vecs, params, conds, threads)
             return tuple(_padded([f[j] for f in found], params.k) for j in range(3))
         generation, codes, qcodes, rowids, valid = self._arrays(set_idx, conds)
+        mode = _plan(mode, params.candidates, len(rowids))
         luts, offsets = (None, None) if mode == "hamming" or vecs is None else self.luts(vecs)
         arrays = (codes, qcodes, rowids, valid, bits, luts)
         kw: dict[str, Any] = {"k": params.k, "candidates": params.candidates, "mode": mode}
@@ -1189,6 +1297,13 @@ class Table:
             return out
         r, d, h = out
         return (r, d.astype(np.float64) + offsets[:, None], h) if offsets.any() else out
+
+
+def _plan(mode: str, candidates: int, n_slots: int) -> str:
+    """The kernel mode to run: 'two_stage' whose shortlist would take every row is 'aqd' over
+    every row, the same results (both rank by AQD, then Hamming distance, then rowid) without
+    the Hamming selection's cost."""
+    return "aqd" if mode == "two_stage" and candidates >= n_slots else mode
 
 
 def _with_offsets(out, offset):

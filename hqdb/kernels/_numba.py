@@ -90,22 +90,24 @@ def aqd_lut(query, codebooks, out):
 
 # ------------------------------------------------------------------------------------------
 # Ranking: entries are (d, ham, rowid, idx) in four parallel arrays; strict order on
-# (d, rowid, idx); bounded max-heaps for top-k.
+# (d, ham, rowid, idx); bounded max-heaps for top-k.
 # ------------------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def _less(d1, r1, x1, d2, r2, x2):
+def _less(d1, h1, r1, x1, d2, h2, r2, x2):
     if d1 < d2:
         return True
     if d2 < d1:
         return False
+    if h1 != h2:  # equal distance: the smaller Hamming distance first
+        return h1 < h2
     if r1 != r2:
         return r1 < r2
     return x1 < x2
 
 
 @njit(cache=True, inline="always")
-def _less_at(ed, er, ex, a, b):
-    return _less(ed[a], er[a], ex[a], ed[b], er[b], ex[b])
+def _less_at(ed, eh, er, ex, a, b):
+    return _less(ed[a], eh[a], er[a], ex[a], ed[b], eh[b], er[b], ex[b])
 
 
 @njit(cache=True, inline="always")
@@ -122,9 +124,9 @@ def _sift_down(ed, eh, er, ex, n, i):
         c = 2 * i + 1
         if c >= n:
             return
-        if c + 1 < n and _less_at(ed, er, ex, c, c + 1):
+        if c + 1 < n and _less_at(ed, eh, er, ex, c, c + 1):
             c += 1
-        if not _less_at(ed, er, ex, i, c):
+        if not _less_at(ed, eh, er, ex, i, c):
             return
         _swap(ed, eh, er, ex, i, c)
         i = c
@@ -134,7 +136,7 @@ def _sift_down(ed, eh, er, ex, n, i):
 def _sift_up(ed, eh, er, ex, i):
     while i > 0:
         p = (i - 1) // 2
-        if not _less_at(ed, er, ex, p, i):
+        if not _less_at(ed, eh, er, ex, p, i):
             return
         _swap(ed, eh, er, ex, i, p)
         i = p
@@ -147,7 +149,7 @@ def _offer(ed, eh, er, ex, n, cap, d, h, r, x):
         ed[n], eh[n], er[n], ex[n] = d, h, r, x
         _sift_up(ed, eh, er, ex, n)
         return n + 1
-    if _less(d, r, x, ed[0], er[0], ex[0]):
+    if _less(d, h, r, x, ed[0], eh[0], er[0], ex[0]):
         ed[0], eh[0], er[0], ex[0] = d, h, r, x
         _sift_down(ed, eh, er, ex, cap, 0)
     return n
@@ -161,7 +163,7 @@ def _select_sorted(ed, eh, er, ex, n, r):
     for i in range(r // 2 - 1, -1, -1):
         _sift_down(ed, eh, er, ex, r, i)
     for i in range(r, n):
-        if _less_at(ed, er, ex, i, 0):
+        if _less_at(ed, eh, er, ex, i, 0):
             ed[0], eh[0], er[0], ex[0] = ed[i], eh[i], er[i], ex[i]
             _sift_down(ed, eh, er, ex, r, 0)
     for end in range(r - 1, 0, -1):
@@ -191,9 +193,12 @@ def _entries(n):
 
 
 @njit(cache=True)
-def _aqd_scan(qcodes, rowids, valid, has_valid, lut, ed, eh, er, ex):
-    """Score every valid row; keep the best len(ed) in the heap. Returns (ok, kept)."""
+def _aqd_scan(codes, qw, qcodes, rowids, valid, has_valid, lut, ed, eh, er, ex):
+    """Score every valid row; keep the best len(ed) in the heap by (AQD, Hamming, rowid, slot);
+    the Hamming distance only of rows that may enter. Returns (ok, kept)."""
     kw = lut.shape[1]
+    nb = codes.shape[1]
+    nw, ntail = nb // 8, nb % 8
     cap = ed.shape[0]
     n = 0
     for i in range(qcodes.shape[0]):
@@ -204,15 +209,16 @@ def _aqd_scan(qcodes, rowids, valid, has_valid, lut, ed, eh, er, ex):
             return False, n
         if n == cap and d > ed[0]:
             continue  # can't enter the top k
-        n = _offer(ed, eh, er, ex, n, cap, d, np.int32(0), rowids[i], np.int64(i))
+        h = _ham_row(codes, i, qw, nw, ntail)
+        n = _offer(ed, eh, er, ex, n, cap, d, h, rowids[i], np.int64(i))
     return True, n
 
 
 @njit(cache=True)
 def _search_aqd(codes, qcodes, rowids, valid, has_valid, qw, lut, k, out_rowids, out_dist, out_ham):
-    n_rows, nb = codes.shape
+    n_rows = codes.shape[0]
     ed, eh, er, ex = _entries(min(k, n_rows))
-    ok, n = _aqd_scan(qcodes, rowids, valid, has_valid, lut, ed, eh, er, ex)
+    ok, n = _aqd_scan(codes, qw, qcodes, rowids, valid, has_valid, lut, ed, eh, er, ex)
     if not ok:
         return ERR_QCODE, 0
     r = min(k, n)
@@ -220,7 +226,7 @@ def _search_aqd(codes, qcodes, rowids, valid, has_valid, qw, lut, k, out_rowids,
     for j in range(r):
         out_rowids[j] = er[j]
         out_dist[j] = ed[j]
-        out_ham[j] = _ham_row(codes, ex[j], qw, nb // 8, nb % 8)
+        out_ham[j] = eh[j]
     return OK, r
 
 

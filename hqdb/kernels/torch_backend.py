@@ -10,10 +10,12 @@ distances, ties by rowid), written with tensor operations so it runs where torch
 * AQD: ``s = LUT[0][b0] + LUT[1][b1] + ...`` as a gather per codebook, added in float32 in
   that order (the C kernel's order, so the sums are bit-identical), distance ``-s``.
 * Top-k: every row gets one int64 key that sorts exactly like the C kernels' total order
-  (distance, rowid, slot): ``distance_key * N + rank``, where ``rank`` is the row's position
-  in (rowid, slot) order and ``distance_key`` is the Hamming distance, or the float32
-  distance mapped to an order-preserving 32-bit integer. The keys are distinct, so
-  ``torch.topk`` on them has one answer on every device.
+  (distance, Hamming, rowid, slot): ``distance_key * N + rank``, where ``rank`` is the row's
+  position in (rowid, slot) order and ``distance_key`` is the Hamming distance, or (AQD) the
+  float32 distance mapped to an order-preserving 32-bit integer, shifted left past the
+  Hamming distance it is tied by. The keys are distinct, so ``torch.topk`` on them has one
+  answer on every device. AQD keys need 32 + log2(bits + 1) + log2(N) < 63 bits: beyond
+  that (e.g. more than 8M rows of 128-bit codes) the search runs on the native kernels.
 
 Rows are processed in blocks (queries x rows) that bound the memory of the intermediate
 tensors; the running top-c of each query is merged block by block.
@@ -199,6 +201,12 @@ def search_many(
     qcodes, valid, luts, k, candidates, _ = check_search_many(
         codes, qcodes, rowids, valid, queries_bits, luts, k, candidates, mode, 1
     )
+    if mode != "hamming" and (1 << (32 + (codes.shape[1] * 8).bit_length())) * max(len(codes), 1) >= 1 << 62:
+        from . import search_many as native_search_many  # AQD keys would overflow int64
+
+        return native_search_many(
+            codes, qcodes, rowids, valid, queries_bits, luts, k=k, candidates=candidates, mode=mode
+        )
     if resident is None:
         resident = DeviceCodes(codes, qcodes, rowids, device)
     elif not resident.matches(codes, qcodes, rowids):
@@ -220,7 +228,8 @@ def search_many(
     luts_t = None if luts is None else torch.from_numpy(luts).to(dev)
     kw = 0 if luts is None else luts.shape[2]
     nw = q_words.shape[1]
-    big = (nw * 64 + 1) * n if mode != "aqd" else (1 << 32) * n  # above every valid row's key
+    hb = (codes.shape[1] * 8).bit_length()  # bits of a Hamming distance in the AQD keys
+    big = (nw * 64 + 1) * n if mode != "aqd" else (1 << (32 + hb)) * n  # above every valid row's key
 
     q_signs = _signs(torch, torch.from_numpy(queries_bits).to(dev))
     q_block = max(1, min(n_queries, 256))
@@ -237,7 +246,8 @@ def search_many(
                 if mode == "aqd":
                     assert dc.qcodes is not None  # check_search_many requires qcodes for AQD
                     d = _aqd(torch, dc.qcodes[lo:hi], lq, kw, valid_t, lo, hi)
-                    key = _float_key(torch, d) * n + dc.rank[lo:hi]
+                    h = _hamming_block(torch, dc.bytes[lo:hi], q_signs[q0:q1])
+                    key = ((_float_key(torch, d) << hb) | h) * n + dc.rank[lo:hi]
                 else:
                     key = _hamming_block(torch, dc.bytes[lo:hi], q_signs[q0:q1]) * n + dc.rank[lo:hi]
                 if valid_t is not None:
@@ -250,7 +260,7 @@ def search_many(
             slots = _slots(torch, dc, best % n)
             if mode == "two_stage":
                 d = _aqd_rows(torch, dc.qcodes, slots, lq, kw)
-                key = _float_key(torch, d) * n + (best % n)
+                key = ((_float_key(torch, d) << hb) | (best // n)) * n + (best % n)
                 top = torch.topk(key, r, dim=1, largest=False, sorted=True).indices
                 slots = torch.gather(slots, 1, top)
                 dist = torch.gather(d, 1, top)
