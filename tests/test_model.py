@@ -316,7 +316,8 @@ def test_numpy_inference_equals_the_torch_forward_pass():
 
 
 # ----------------------------------------------------------------------------- rankings
-def test_rankings_break_ties_by_index_and_two_stage_reranks_candidates():
+def test_rankings_break_ties_like_the_engine_and_two_stage_reranks_candidates():
+    """Hamming ties by index; AQD ties by Hamming, then index (the engine's rowid)."""
     rng = np.random.default_rng(0)
     C = rng.standard_normal((2, 4, 8)).astype(np.float32)
     f_db = rng.standard_normal((30, 8)).astype(np.float32)
@@ -329,8 +330,8 @@ def test_rankings_break_ties_by_index_and_two_stage_reranks_candidates():
         dist = np.array([kernels.hamming_distances(bits_db, bits_q[q])[i] for i in range(30)])
         assert r["hamming"][q].tolist() == sorted(range(30), key=lambda i: (dist[i], i))
         score = aq.reconstruct(codes, C).astype(np.float64) @ fq[q].astype(np.float64)
-        assert r["aqd"][q].tolist() == sorted(range(30), key=lambda i: (-score[i], i))
-        head = sorted(r["hamming"][q][:7].tolist(), key=lambda i: (-score[i], i))
+        assert r["aqd"][q].tolist() == sorted(range(30), key=lambda i: (-score[i], dist[i], i))
+        head = sorted(r["hamming"][q][:7].tolist(), key=lambda i: (-score[i], dist[i], i))
         assert r["two_stage"][q].tolist() == head + r["hamming"][q][7:].tolist()
         for name in r:
             assert sorted(r[name][q].tolist()) == list(range(30))
@@ -459,3 +460,18 @@ def test_training_that_diverges_says_so():
 
     with pytest.raises(hqdb.TrainingError, match=r"diverged in epoch 1: .*lr=1e\+08"):
         _train(paired(120), lr=1e8, epochs=2)
+
+
+def test_top_rankings_are_the_head_of_the_full_rankings_ties_included():
+    """The partial selection used by training validation ranks exactly like ``rankings``,
+    including AQD ties broken by Hamming (identical quantization codes tie often)."""
+    rng = np.random.default_rng(1)
+    C = rng.standard_normal((1, 3, 8)).astype(np.float32)  # 3 codewords: many exact AQD ties
+    f_db = rng.standard_normal((60, 8)).astype(np.float32)
+    codes = aq.encode(f_db, C)
+    fq = rng.standard_normal((7, 8)).astype(np.float32)
+    full = ranking.rankings(fq, f_db, codes, C, candidates=9)
+    for kind in ("hamming", "aqd", "two_stage", "lossless"):
+        for R in (5, 20, 60):
+            top = ranking.top_rankings(fq, f_db, codes, C, R=R, candidates=9, kind=kind, block_elements=120)
+            np.testing.assert_array_equal(top, full[kind][:, :R], err_msg=f"{kind} R={R}")

@@ -16,8 +16,10 @@ Two backends give bit-identical results:
 Bit layout of codes: bit ``i`` of a vector is bit ``i % 8`` (least significant first) of
 byte ``i // 8``, set iff the value is > 0, as sqlite-vec's ``vec_quantize_binary``.
 
-Ranking: every mode orders rows by ``(distance, rowid)`` ascending, so ties always resolve
-the same way (smaller rowid first), whatever the number of threads or the backend.
+Ranking: every mode orders rows by ``(distance, Hamming distance, rowid)`` ascending (in
+``"hamming"`` mode the distance is the Hamming distance), so ties always resolve the same way
+(smaller Hamming distance, then smaller rowid first), whatever the number of threads or the
+backend.
 
 Batches: :func:`search_many` runs many queries in one kernel call with, for each query, exactly
 the result :func:`search` gives it. :mod:`hqdb.kernels.torch_backend` runs the same batched search with
@@ -652,9 +654,10 @@ def search(codes, qcodes, rowids, valid, query_bits, lut, *, k, candidates, mode
     mode : {"two_stage", "hamming", "aqd"}
         ``"hamming"``: rank valid rows by (Hamming distance, rowid).
         ``"aqd"``: score every valid row ``s = LUT[0][b0] + LUT[1][b1] + ...`` (float32, in
-        that order), distance ``-s`` (larger inner product = closer), rank by (distance, rowid).
+        that order), distance ``-s`` (larger inner product = closer), rank by (distance, Hamming,
+        rowid).
         ``"two_stage"``: the ``max(candidates, k)`` best rows by (Hamming, rowid), re-ranked
-        by (AQD distance, rowid).
+        by (AQD distance, Hamming, rowid).
     threads : int, default 1
         Worker threads (native backend with OpenMP); results are identical for any value.
 

@@ -1,7 +1,7 @@
 """numba fallback for hqdb's search kernels; results identical to the C kernels of native/ (hq_kernels.h).
 
 Only :mod:`hqdb.kernels` calls this, with validated arrays. Same algorithms and the same
-arithmetic as the C code: the same strict ranking order (distance, rowid, slot index), AQD
+arithmetic as the C code: the same strict ranking order (distance, Hamming, rowid, slot index), AQD
 scores summed in float32 left to right, LUT dot products summed in float64 left to right,
 no fastmath. Single-threaded: the C code's results don't depend on its thread count either.
 Return codes match hq_kernels.h.

@@ -21,6 +21,7 @@ or corrupt image is a ``ValueError`` naming the item.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import logging
 import math
@@ -56,7 +57,7 @@ def available() -> bool:
 
 def _need(module: str):
     try:
-        return __import__(module)
+        return importlib.import_module(module)
     except ImportError:
         raise ValueError(
             f"this model featurizes images with {module}: install the extra (pip install 'hqdb[images]')"

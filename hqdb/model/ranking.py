@@ -1,6 +1,7 @@
 """numpy rankings of a database for a batch of queries, for validation during training and for
 tests (the product's own evaluation runs through SQL: :mod:`hqdb.evaluate`). Every ranking
-breaks ties by database index, like the engine breaks them by rowid. Scores: :mod:`hqdb.metrics`.
+breaks ties like the engine: AQD ties by Hamming distance, then by database index (the engine's
+rowid); Hamming and lossless ties by index. Scores: :mod:`hqdb.metrics`.
 
 - ``hamming``: Hamming distance between the bit codes (bit set iff f > 0, ``kernels.pack_bits``);
 - ``aqd``: AQD(q, y) = ⟨f_q, Σ_l C^l b_y^l⟩, highest first (metric 'ip'); or, for metric 'l2'
@@ -57,44 +58,50 @@ def rankings(
     bdb = f_db if bits_db is None else np.asarray(bits_db, dtype=np.float32)
     n = bq.shape[1]
     out = {}
-    ham = None
-    if {"hamming", "two_stage"} & set(kinds):
+    ham = dist = None
+    if {"hamming", "aqd", "two_stage"} & set(kinds):
         # ±1 products of at most 1024 terms are exact in float32, so the distances are exact.
         dist = (n - _signs(bq) @ _signs(bdb).T) / 2
         ham = np.argsort(dist, axis=1, kind="stable")
         out["hamming"] = ham
     score = None
     if {"aqd", "two_stage"} & set(kinds):
+        assert dist is not None
         recon = aq.reconstruct(qcodes_db, codebooks).astype(np.float64)
         score = _score(fq, recon, metric)
-        if "aqd" in kinds:
-            out["aqd"] = np.argsort(-score, axis=1, kind="stable")
+        if "aqd" in kinds:  # AQD first, then Hamming, then index: the engine's order
+            idx = np.broadcast_to(np.arange(score.shape[1]), score.shape)
+            out["aqd"] = np.lexsort((idx, dist, -score), axis=1)
     if "two_stage" in kinds:
-        assert ham is not None and score is not None  # both computed above for two_stage
+        assert ham is not None and score is not None and dist is not None
         c = min(candidates, f_db.shape[0])
         cand = ham[:, :c]
         cs = np.take_along_axis(score, cand, axis=1)
-        order = np.lexsort((cand, -cs), axis=1)  # AQD first, then index
+        cd = np.take_along_axis(dist, cand, axis=1)
+        order = np.lexsort((cand, cd, -cs), axis=1)  # AQD first, then Hamming, then index
         out["two_stage"] = np.concatenate([np.take_along_axis(cand, order, axis=1), ham[:, c:]], axis=1)
     if "lossless" in kinds:
         out["lossless"] = np.argsort(-_score(fq, f_db.astype(np.float64), metric), axis=1, kind="stable")
     return {k: out[k].astype(np.int64) for k in kinds}
 
 
-def _top_desc(score: np.ndarray, R: int) -> np.ndarray:
-    """(Q, R) column indices of the R highest scores per row, by (score descending, index
-    ascending): the first R columns of a stable argsort of ``-score``, without sorting the rows."""
+def _top_desc(score: np.ndarray, R: int, ham: np.ndarray | None = None) -> np.ndarray:
+    """(Q, R) column indices of the R highest scores per row, by (score descending, ``ham``
+    ascending when given, index ascending): the first R columns of the full lexicographic sort,
+    without sorting the rows."""
     Q, N = score.shape
+    tie = np.zeros_like(score) if ham is None else ham
     if R >= N:
-        return np.argsort(-score, axis=1, kind="stable")
+        idx = np.broadcast_to(np.arange(N), score.shape)
+        return np.lexsort((idx, tie, -score), axis=1)
     part = np.argpartition(-score, R - 1, axis=1)[:, :R]
     kth = np.take_along_axis(score, part, axis=1).min(axis=1)
-    # Rows where the R-th best value is tied with items left outside: pick the lowest indices.
+    # Rows where the R-th best value is tied with items left outside: pick by the tie-breakers.
     for q in np.flatnonzero((score >= kth[:, None]).sum(axis=1) > R):
         idx = np.flatnonzero(score[q] >= kth[q])
-        part[q] = idx[np.lexsort((idx, -score[q, idx]))[:R]]
+        part[q] = idx[np.lexsort((idx, tie[q, idx], -score[q, idx]))[:R]]
     top = np.take_along_axis(score, part, axis=1)
-    return np.take_along_axis(part, np.lexsort((part, -top), axis=1), axis=1)
+    return np.take_along_axis(part, np.lexsort((part, np.take_along_axis(tie, part, axis=1), -top), axis=1), axis=1)
 
 
 def _top_hamming(dist: np.ndarray, R: int) -> np.ndarray:
@@ -132,7 +139,7 @@ def top_rankings(
         recon = aq.reconstruct(qcodes_db, codebooks).astype(np.float64)
     elif kind == "lossless":
         recon = f_db.astype(np.float64)
-    sdb = _signs(f_db) if kind in ("hamming", "two_stage") else None
+    sdb = _signs(f_db) if kind in ("hamming", "aqd", "two_stage") else None
     rows = max(1, block_elements // max(N, 1))
     out = np.empty((fq.shape[0], R), dtype=np.int64)
     for s in range(0, fq.shape[0], rows):
@@ -142,9 +149,12 @@ def top_rankings(
             ham = (sdb.shape[1] - _signs(q) @ sdb.T) / 2
         if kind == "hamming":
             out[s : s + rows] = _top_hamming(ham, R)
-        elif kind in ("aqd", "lossless"):
+        elif kind == "lossless":
             assert recon is not None
             out[s : s + rows] = _top_desc(_score(q, recon, metric), R)
+        elif kind == "aqd":
+            assert recon is not None
+            out[s : s + rows] = _top_desc(_score(q, recon, metric), R, ham)
         else:
             assert recon is not None
             c = min(candidates, N)
@@ -152,7 +162,8 @@ def top_rankings(
             cs = _score(q, recon, metric)
             head = cand[:, :c]
             hs = np.take_along_axis(cs, head, axis=1)
-            head = np.take_along_axis(head, np.lexsort((head, -hs), axis=1), axis=1)
+            hd = np.take_along_axis(ham, head, axis=1)
+            head = np.take_along_axis(head, np.lexsort((head, hd, -hs), axis=1), axis=1)
             out[s : s + rows] = np.concatenate([head, cand[:, c:]], axis=1)[:, :R]
     return out
 
