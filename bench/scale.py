@@ -504,7 +504,8 @@ def report(data: dict) -> list[str]:
         "### Insert throughput",
         "",
         f"`hqdb.insert_codes` from empty in calls of {BATCH:,} rows (each one transaction): overall rate, the "
-        "last call's (into a table already N − 1M rows big), and the overall rate in CPU time. SQL: "
+        "last call's (into a table already N − 1M rows big), and the overall rate per CPU-second of the loading "
+        "process (waits for the disk not counted). SQL: "
         f"`executemany` INSERT of {data['meta']['sql_rows']:,} rows between BEGIN and COMMIT into the full table, "
         "on a connection that has searched it (its caches and index loaded), median of 3 rounds (each followed by "
         "the first search, and a `DELETE ... WHERE rowid > N` of those rows). The index scores changed rows "
