@@ -9,6 +9,7 @@
     python bench/search.py --isa                 # each Hamming scan path this CPU has (~2 min)
     python bench/search.py --isa avx2 scalar     # only these paths
     python bench/search.py --mih                 # index='mih' vs the scan, clustered codes (bench/mih.py)
+    python bench/search.py --scale 10M 30M       # RSS, file size, open, scan / MIH p50, inserts (bench/scale.py)
 
 One run measures, on the same seeded synthetic vectors and the same queries:
 
@@ -1999,6 +2000,10 @@ def main(argv=None):
         import mih
 
         return mih.main([x for x in args if x != "--mih"])
+    if "--scale" in args:  # scale figures (10M / 30M rows): bench/scale.py takes its own options
+        import scale
+
+        return scale.main(args)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
