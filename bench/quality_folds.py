@@ -98,7 +98,8 @@ def section(results: dict, args, seconds: float, argv: list[str]) -> list[str]:
     lines = [
         "## Unseen queries: folds × seeds (bench/quality_folds.py)",
         "",
-        f"- Command: `python bench/quality_folds.py {' '.join(argv)}`".rstrip() + f"; {seconds:.0f} s "
+        f"- Command: `python bench/quality_folds.py {' '.join(argv)}`".rstrip()
+        + f"; {seconds:.0f} s {'of training and scoring, summed over the runs, ' if args.merge else ''}"
         f"on the shared 2-core machine; folds {args.folds} of 5, seeds {args.seeds}.",
         "- Each seed cuts `wiki_train.npz` into 5 folds; a fold is the unseen queries, the other 80% the database "
         "(models trained on it alone). MAP@all of the model's own search (two-stage, αN = 100), numpy rankings; "
@@ -147,7 +148,16 @@ def main(argv=None) -> None:
         args.folds = sorted({r["fold"] for runs in results.values() for r in runs})
         args.seeds = sorted({r["seed"] for runs in results.values() for r in runs})
         secs = sum(r["seconds"] for runs in results.values() for r in runs)
-        replace_section(args.out, "quality_folds.py", section(results, args, secs, argv))
+        groups = sorted({(r["seed"], row) for row, runs in results.items() for r in runs})
+        by_seed: dict = {}
+        for seed, row in groups:
+            by_seed.setdefault(seed, []).append(row)
+        runs_text = "`; `".join(
+            f"python bench/quality_folds.py --seeds {seed} --rows {' '.join(rows)} --cache …"
+            for seed, rows in by_seed.items()
+        )
+        shown = [f"--merge …` of the caches of `{runs_text}"]
+        replace_section(args.out, "quality_folds.py", section(results, args, secs, shown))
         return
     if not DATA.exists():
         sys.exit(f"quality_folds.py: data not found at {DATA}")
