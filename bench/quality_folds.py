@@ -94,11 +94,12 @@ def run_one(row: str, d: dict, qi: np.ndarray, dbi: np.ndarray, seed: int) -> di
     }
 
 
-def section(results: dict, args, seconds: float) -> list[str]:
+def section(results: dict, args, seconds: float, argv: list[str]) -> list[str]:
     lines = [
         "## Unseen queries: folds × seeds (bench/quality_folds.py)",
         "",
-        f"- Command: `python bench/quality_folds.py {' '.join(sys.argv[1:])}`".rstrip() + f"; {seconds:.0f} s "
+        f"- Command: `python bench/quality_folds.py {' '.join(argv)}`".rstrip()
+        + f"; {seconds:.0f} s {'of training and scoring, summed over the runs, ' if args.merge else ''}"
         f"on the shared 2-core machine; folds {args.folds} of 5, seeds {args.seeds}.",
         "- Each seed cuts `wiki_train.npz` into 5 folds; a fold is the unseen queries, the other 80% the database "
         "(models trained on it alone). MAP@all of the model's own search (two-stage, αN = 100), numpy rankings; "
@@ -130,7 +131,34 @@ def main(argv=None) -> None:
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--out", type=Path, default=HERE / "QUALITY.md")
     ap.add_argument("--cache", type=Path, default=HERE / ".cache" / "quality_folds.json")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="write the section from these caches of earlier runs (e.g. one per seed, run in parallel)",
+    )
     args = ap.parse_args(argv)
+    if args.merge:
+        results: dict = {}
+        for path in args.merge:
+            for row, runs in json.loads(path.read_text()).items():
+                results.setdefault(row, []).extend(runs)
+        args.folds = sorted({r["fold"] for runs in results.values() for r in runs})
+        args.seeds = sorted({r["seed"] for runs in results.values() for r in runs})
+        secs = sum(r["seconds"] for runs in results.values() for r in runs)
+        groups = sorted({(r["seed"], row) for row, runs in results.items() for r in runs})
+        by_seed: dict = {}
+        for seed, row in groups:
+            by_seed.setdefault(seed, []).append(row)
+        runs_text = "`; `".join(
+            f"python bench/quality_folds.py --seeds {seed} --rows {' '.join(rows)} --cache …"
+            for seed, rows in by_seed.items()
+        )
+        shown = [f"--merge …` of the caches of `{runs_text}"]
+        replace_section(args.out, "quality_folds.py", section(results, args, secs, shown))
+        return
     if not DATA.exists():
         sys.exit(f"quality_folds.py: data not found at {DATA}")
     with np.load(DATA, allow_pickle=False) as z:
@@ -152,7 +180,8 @@ def main(argv=None) -> None:
                 )
     args.cache.parent.mkdir(exist_ok=True)
     args.cache.write_text(json.dumps(results, indent=1))
-    replace_section(args.out, "quality_folds.py", section(results, args, time.perf_counter() - t0))
+    shown = [a for a in argv if not a.startswith("--out") and "/" not in a]
+    replace_section(args.out, "quality_folds.py", section(results, args, time.perf_counter() - t0, shown))
 
 
 if __name__ == "__main__":

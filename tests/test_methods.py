@@ -206,3 +206,45 @@ def test_training_any_method_is_deterministic():
     assert np.array_equal(a.embed("image", x), b.embed("image", x))
     assert np.array_equal(a.codebooks, b.codebooks)
     assert metrics.harmonic_mean(0.5, 0.5) == 0.5
+
+
+# ----------------------------------------------------------------------------- defaults from the input's shape
+def test_low_dimensional_inputs_get_dropout_and_the_pair_loss():
+    """A modality of <= LOW_DIM input dimensions (a 10-d topic distribution, like Wiki's LDA text)
+    trains with dropout 0.3 and HQ's λ_pair = 1 unless told otherwise; wider inputs with neither."""
+    from hqdb.model.train import LOW_DIM
+
+    kw = {**KW, "epochs": 3}
+    low = paired(n=200, d_txt=LOW_DIM, seed=3)
+    wide = paired(n=200, d_txt=LOW_DIM + 1, seed=3)
+    m = train(low, **kw)
+    assert m.config["train"]["dropout"] == 0.3 and m.config["lambdas"]["pair"] == 1.0
+    assert all(h["pair"] > 0 for h in m.config["history"])  # the term is really in the loss
+    m = train(wide, **kw)
+    assert m.config["train"]["dropout"] == 0.0 and m.config["lambdas"]["pair"] == 0.0
+    assert all(h["pair"] == 0 for h in m.config["history"])
+    m = train(low, dropout=0.0, lambdas={"pair": 0.0}, **kw)  # explicit values win
+    assert m.config["train"]["dropout"] == 0.0 and m.config["lambdas"]["pair"] == 0.0
+    m = train(low, method="dcmh", **kw)  # no pair loss: only the dropout default applies
+    assert m.config["train"]["dropout"] == 0.3 and "pair" not in m.config["lambdas"]
+    with pytest.raises(ValueError, match="dropout"):
+        train(wide, dropout=1.0, **kw)
+
+
+def test_epoch_window_averages_the_selected_weights():
+    """average_epochs: the best window of consecutive epochs (mean validation MAP) is kept, its
+    towers averaged; None = a tenth of the epochs (8 epochs: 1, i.e. the single best epoch)."""
+    kw = {**KW, "epochs": 8}
+    one = train(DATA, method="hq", average_epochs=1, **kw)
+    default = train(DATA, method="hq", **kw)
+    assert default.config["train"]["average_epochs"] == 1
+    x = QUERIES["image"]
+    assert np.array_equal(one.embed("image", x), default.embed("image", x))
+    three = train(DATA, method="hq", average_epochs=3, **kw)
+    curve = [h["val_hmean"] for h in three.config["history"]]
+    windows = [np.mean(curve[max(0, i - 2) : i + 1]) for i in range(len(curve))]
+    assert three.config["metrics"]["best_epoch"] == int(np.argmax(windows)) + 1
+    assert not np.array_equal(three.embed("image", x), one.embed("image", x))
+    assert train(DATA, method="hq", **{**KW, "epochs": 50, "patience": 1}).config["train"]["average_epochs"] == 5
+    with pytest.raises(ValueError, match="average_epochs"):
+        train(DATA, method="hq", average_epochs=0, **kw)

@@ -373,7 +373,8 @@ def test_training_on_synthetic_pairs_beats_random_by_far():
     cfg = model.config
     assert cfg["metrics"]["n_train"] == 640 and cfg["metrics"]["n_val"] == 160
     assert 1 <= cfg["metrics"]["best_epoch"] <= cfg["metrics"]["epochs_run"] == len(cfg["history"])
-    assert set(cfg["history"][0]) == {"epoch", "sim", "h", "b", "q", "val_i2t", "val_t2i", "val_hmean", "seconds"}
+    assert set(cfg["history"][0]) == {"epoch", "sim", "h", "b", "q", "pair", "val_i2t", "val_t2i", "val_hmean",
+                                      "seconds"}
     json.dumps(cfg)
     res = ranking.cross_modal(model, {k: data[k][q] for k in ("image", "text")},
                               {k: data[k][db] for k in ("image", "text")}, data["labels"][q], data["labels"][db])

@@ -95,9 +95,9 @@ class HQ(Method):
 
     name = "hq"
     search = "two_stage"
-    terms = TERMS
+    terms = (*TERMS, "pair")
     # See train.DEFAULT_LAMBDAS for how these were chosen.
-    lambdas = {"sim": 1.0, "h": 0.3, "b": 0.01, "q": 0.01}
+    lambdas = {"sim": 1.0, "h": 0.3, "b": 0.01, "q": 0.01, "pair": 0.0}
 
     # Label-free training (no ``labels``): "contrastive" replaces L_sim by the symmetric InfoNCE
     # of :func:`methods.pair_contrastive` on θ_ij = ⟨f_i, g_j⟩ / (τ n) (n = bits: the logits of
@@ -105,10 +105,19 @@ class HQ(Method):
     pair_loss = "contrastive"
     temperature = 0.1
 
+    # With labels, L_pair (λ "pair") adds the same contrastive loss over the batch's own pairs to
+    # Eq. 7: the labels say which classes match, the pairs which image goes with which text
+    # within a class (what CCA learns from). Without labels it is 0 (L_sim is already that loss).
+
     def loss_terms(self, f, g, s, labels, qf, qg, pos):
         terms = loss_terms(f, g, s, qf, qg)
-        if labels is None and self.pair_loss == "contrastive":
-            terms["sim"] = pair_contrastive((f @ g.T) / (self.temperature * f.shape[1]))
+        contrastive = labels is None and self.pair_loss == "contrastive"
+        pair = None
+        if contrastive or (labels is not None and self.lam.get("pair")):
+            pair = pair_contrastive((f @ g.T) / (self.temperature * f.shape[1]))
+        if contrastive and pair is not None:
+            terms["sim"] = pair
+        terms["pair"] = pair if labels is not None and pair is not None else f.new_zeros(())
         return terms
 
 
