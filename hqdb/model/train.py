@@ -151,6 +151,7 @@ def train(
     progress: bool = True,
     label_free: str = "clusters",
     clusters: int = DEFAULT_CLUSTERS,
+    distributed=None,
 ) -> TrainedModel:
     """Train ``method`` on ``data`` (dict or .npz path): ``image`` (N, d_i) floats, ``text_key``
     (N, d_t) floats or N raw strings, ``labels`` multi-hot (N, C) or class ids (N,). Returns a
@@ -180,7 +181,11 @@ def train(
     its text's cluster (seeded spherical k-means, ``clusters`` clusters, fitted on the training
     part) and trains as if supervised; "pairs" (hq, lossless, cq, chn, dcmh, cdq, c+d) uses only
     the pairing: s = I in each batch (HQ: a contrastive form of Eq. 3), validated by retrieving
-    each validation item's own pair."""
+    each validation item's own pair.
+
+    ``distributed``: None trains in this process; a :class:`hqdb.distributed.DDP` hook (in each
+    process of a torch process group: Ray Train, torchrun) trains one model with
+    DistributedDataParallel — see the "DDP hooks" note in :func:`_fit`."""
     import torch
 
     if method not in METHODS:
@@ -213,6 +218,7 @@ def train(
             progress=progress,
             label_free=label_free,
             clusters=clusters,
+            distributed=distributed,
         )
     cls = method_class(method)
     if not isinstance(bits, int) or bits < 8 or bits % 8 or bits > MAX_BITS:
@@ -359,6 +365,7 @@ def train(
                 candidates=candidates,
                 progress=progress,
                 seed=seed,
+                distributed=distributed,
             )
     finally:
         torch.set_num_threads(prev_threads)
@@ -580,7 +587,13 @@ def _fit(
     candidates,
     progress,
     seed,
+    distributed=None,
 ):
+    # DDP hooks (``distributed``, hqdb/distributed/training.py; None: nothing changes). Every
+    # rank holds the same data, split and seed, so the batches are the same everywhere; the hook
+    # runs each rank's slice of a batch through the DDP-wrapped towers and all-gathers the
+    # outputs, so the loss is the single process's over the whole batch. The non-gradient steps
+    # (codebooks / ICM, DCMH's B, validation) run on rank 0 and are broadcast.
     from .hq import Tower, similarity
 
     mods = ("image", "text")
@@ -657,6 +670,9 @@ def _fit(
             maps.append(metrics.mean_average_precision(rel, 50))
         return maps[0], maps[1]
 
+    if distributed is not None:  # DDP hook: wrap the towers; requantize / validate on rank 0
+        distributed.wrap(towers, extras)
+        requantize, validate = distributed.on_rank0(requantize), distributed.on_rank0(validate)
     C, codes, f_tr = requantize(None, None)
     meth.end_epoch(f_tr["image"], f_tr["text"])
     best: tuple[float, int, tuple | None] = (-1.0, 0, None)  # score, epoch, (tower states, C, codes)
@@ -678,8 +694,11 @@ def _fit(
             for s in range(0, n_tr, batch_size):
                 pos = torch.from_numpy(perm[s : s + batch_size])
                 items = tr_t[pos]
-                f = meth.activate(towers["image"](Xt["image"][items]))
-                g = meth.activate(towers["text"](Xt["text"][items]))
+                if distributed is None:
+                    f = meth.activate(towers["image"](Xt["image"][items]))
+                    g = meth.activate(towers["text"](Xt["text"][items]))
+                else:  # DDP hook: this rank's slice through the towers, the whole batch all-gathered
+                    f, g = map(meth.activate, distributed.forward(Xt["image"][items], Xt["text"][items]))
                 if Lt is not None:
                     lab = Lt[items]
                     sim = similarity(lab, lab)
