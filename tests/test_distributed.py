@@ -220,3 +220,50 @@ def test_ddp_training_on_two_workers_matches_one_process(cluster, tmp_path):
     # runs over seeds on this set is about 0.01-0.02 MAP.
     assert quality(ddp) == pytest.approx(quality(single), abs=0.03)
     assert quality(ddp) > 0.8
+
+
+def test_distributed_encoding_resumes_after_a_crash(cluster, tmp_path, data, models):
+    """Ray Data encoders fill the shards; a run that dies after two batches is resumed by the same
+    call, which skips what the shards hold; the result equals one file filled by insert_all."""
+    from hqdb.distributed import encode_into_shards
+
+    model = models["hq"]
+    ids = np.arange(1, 901)
+    corpus = {
+        "id": ids,
+        "image": data["image"][ids],
+        "text": np.array([str(t) for t in data["text"][ids]]),
+        "topic": data["labels"][ids],
+        "n": np.array([f"item{i}" for i in ids]),
+    }
+    sc = ShardedCollection.create(tmp_path / "enc", "docs", model, shards=2, columns={"topic": int, "n": str})
+    try:
+        seen = []
+
+        def crash(rows):
+            seen.append(rows)
+            if len(seen) == 2:
+                raise KeyboardInterrupt("simulated crash after two committed batches")
+
+        with pytest.raises(KeyboardInterrupt):
+            encode_into_shards(sc, corpus, batch_size=200, concurrency=2, progress=False, on_batch=crash)
+        done = len(sc)
+        assert done == 400
+        stats = encode_into_shards(sc, corpus, batch_size=200, concurrency=2, progress=False)
+        assert stats == {"written": 500, "skipped": 400}
+        assert len(sc) == 900
+        again = encode_into_shards(sc, corpus, batch_size=300, concurrency=1, progress=False)
+        assert again == {"written": 0, "skipped": 900}
+        items = _items(data, ids)
+        db, single = _reference(tmp_path, model, items)
+        try:
+            queries = data["image"][950:960]
+            for kw in ({"k": 10}, {"k": 6, "candidates": 15}):
+                for a, b in zip(sc.search_many(image=queries, **kw), single.search_many(image=queries, **kw)):
+                    _same(a, b)
+            _same(sc.search(text="castle tower", k=10), single.search(text="castle tower", k=10))
+        finally:
+            db.close()
+        assert sc.insert({"image": data["image"][0], "topic": 0, "n": "next"}) == 901
+    finally:
+        sc.close()

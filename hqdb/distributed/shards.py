@@ -109,6 +109,7 @@ class ShardServer:
             "key": c.key,
             "model": c.model_name,
             "count": len(c),
+            "books": self.db.hq.table(c.name).opts.books,
             "max_rowid": int(top),
         }
 
@@ -300,6 +301,7 @@ class ShardedCollection:
         self.modalities: tuple[str, ...] = tuple(first["modalities"])
         self.key: str | None = first["key"]
         self.model_name: str = first["model"]
+        self.books: int = first["books"]
         self._next = max(v["max_rowid"] for v in info.values()) + 1
         self._run_mode: dict = {}  # mode asked -> mode run (the model's own when None)
 
@@ -403,6 +405,11 @@ class ShardedCollection:
             except (RayActorError, ray.exceptions.GetTimeoutError):
                 return False
         return False
+
+    def _refresh_next(self) -> None:
+        """The next free global id, from the shards' largest rowids (after writes by others)."""
+        info = self._fanout({i: ("describe", (), {}) for i in range(self.shards)})
+        self._next = max(self._next, max(v["max_rowid"] for v in info.values()) + 1)
 
     def _call(self, i: int, method: str, *args, **kwargs):
         return self._fanout({i: (method, args, kwargs)})[i]
