@@ -52,7 +52,13 @@ def models(data):
 
 def _items(data, ids):
     return [
-        {"rowid": int(i), "image": data["image"][i], "text": str(data["text"][i]), "topic": int(data["labels"][i]), "n": f"item{i}"}
+        {
+            "rowid": int(i),
+            "image": data["image"][i],
+            "text": str(data["text"][i]),
+            "topic": int(data["labels"][i]),
+            "n": f"item{i}",
+        }
         for i in ids
     ]
 
@@ -102,7 +108,8 @@ def test_sharded_search_equals_one_file(cluster, tmp_path, data, models, method)
                 _same(a, b)
         where = {"where": "topic IN (?, ?) AND n != ?", "where_args": [1, 3, "item5"]}
         for a, b in zip(
-            sc.search_many(text=texts, k=10, candidates=25, **where), single.search_many(text=texts, k=10, candidates=25, **where)
+            sc.search_many(text=texts, k=10, candidates=25, **where),
+            single.search_many(text=texts, k=10, candidates=25, **where),
         ):
             _same(a, b)
             assert all(h.topic in (1, 3) for h in a)

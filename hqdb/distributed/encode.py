@@ -147,7 +147,7 @@ def encode_into_shards(
             new = np.asarray(batch["new"], dtype=bool)
             shard = np.asarray(batch["shard"])[new]
             ids = np.asarray(batch["id"], dtype=np.int64)[new]
-            calls = {}
+            calls: dict[int, tuple[str, tuple, dict]] = {}
             for s in np.unique(shard).tolist():
                 sel = np.flatnonzero(new)[shard == s]
                 codes = {

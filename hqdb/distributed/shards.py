@@ -101,7 +101,8 @@ class ShardServer:
 
     def describe(self) -> dict:
         c = self.coll
-        (top,) = self.db.execute(f"SELECT coalesce(max(rowid), 0) FROM {c._table().rows_table}").fetchone()
+        row = self.db.execute(f"SELECT coalesce(max(rowid), 0) FROM {c._table().rows_table}").fetchone()
+        top = row[0] if row else 0
         return {
             "pid": os.getpid(),
             "columns": dict(c.columns),
@@ -341,9 +342,12 @@ class ShardedCollection:
             if (directory / f).exists():
                 raise CollectionError(f"{directory / f} already exists")
         for f in files:
-            with hqdb.connect(str(directory / f)) as db:
+            db = hqdb.connect(str(directory / f))
+            try:
                 hqdb.save_model(db, model_name, model)
                 db.create_collection(name, model_name, columns, key=key)
+            finally:
+                db.close()
         body = {"format": FORMAT, "name": name, "files": files, "routing": key or "rowid", "hash": "blake2b-8"}
         tmp = manifest.with_suffix(".tmp")
         tmp.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
@@ -383,10 +387,10 @@ class ShardedCollection:
                 break
             alive = {i for i in failed if self._await_restart(i)}
             refs = {i: submit(i, True) for i in alive}
-            failed = {i: e for i, e in failed.items() if i not in alive}
+            failed = {i: err for i, err in failed.items() if i not in alive}
         if failed:
-            i, e = next(iter(failed.items()))
-            raise ShardError(f"shard {i} ({self.paths[i]}) failed twice: {e}") from None
+            i, err = next(iter(failed.items()))
+            raise ShardError(f"shard {i} ({self.paths[i]}) failed twice: {err}") from None
         return out
 
     def _await_restart(self, i: int) -> bool:
@@ -488,7 +492,9 @@ class ShardedCollection:
             self._fanout({i: ("insert", (part,), {}) for i, part in parts.items()}, done)
         except BaseException:
             # Undo the parts that committed (each shard's part is all or nothing).
-            undo = {i: ("delete", ([it["rowid"] for it in parts[i]],), {}) for i in done}
+            undo: dict[int, tuple[str, tuple, dict]] = {
+                i: ("delete", ([it["rowid"] for it in parts[i]],), {}) for i in done
+            }
             if undo:
                 self._fanout(undo)
             raise
