@@ -78,8 +78,8 @@ class DDP:
 
     def wrap(self, towers: dict, extras: list) -> None:
         # DDP broadcasts rank 0's parameters now (they are equal anyway: same seed).
-        # The towers' buffers (input mean and scale) are constants: no broadcast before each forward.
-        self.model = nn.parallel.DistributedDataParallel(_Towers(towers, extras), broadcast_buffers=False)
+        # The towers' buffers (input mean and scale) are constants: no sync before each forward.
+        self.model = nn.parallel.DistributedDataParallel(_Towers(towers, extras), forward_sync_buffers=False)
 
     def forward(self, x_image: torch.Tensor, x_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The towers' outputs for the whole batch; this rank computes rows [start, stop) (the
