@@ -6,6 +6,7 @@ Skipped only where the ``distributed`` extra (Ray) is absent; the models are tra
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -171,15 +172,25 @@ def test_killed_actor_is_restarted_and_the_query_retried(cluster, tmp_path, data
         before = ray.get(victim.pid.remote())
         ray.kill(victim, no_restart=False)  # the process dies; Ray restarts it from its file
         _same(sc.search(image=q, k=10), expected)  # the client sees no error
+        assert sc.retries == 1
         assert ray.get(victim.pid.remote()) != before
-        # mid-use: kill while a batch is in flight
-        queries = data["image"][500:600]
-        refs_before = ray.get(victim.pid.remote())
+        # mid-use: kill while a batch is in flight (one SQL statement per query with where=: slow
+        # enough for the kill to land during the call)
+        queries = np.concatenate([data["image"][500:600]] * 10)
+        where = {"where": "topic >= ?", "where_args": [0]}
+        pid = ray.get(victim.pid.remote())
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(hits=sc.search_many(image=queries, k=5, **where)))
+        worker.start()
+        time.sleep(0.3)
         ray.kill(victim, no_restart=False)
-        got = sc.search_many(image=queries, k=5)
-        for a, b in zip(got, single.search_many(image=queries, k=5)):
+        worker.join(120)
+        assert "hits" in result and len(result["hits"]) == len(queries)
+        assert sc.retries == 2  # the call in flight failed and was sent again
+        reference = single.search_many(image=queries[:100], k=5, **where)
+        for a, b in zip(result["hits"][100:200], reference):
             _same(a, b)
-        assert ray.get(victim.pid.remote()) != refs_before
+        assert ray.get(victim.pid.remote()) != pid
         # a write whose actor dies is retried without inserting twice
         ray.kill(victim, no_restart=False)
         more = _items(data, range(401, 431))

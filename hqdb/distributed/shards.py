@@ -281,6 +281,7 @@ class ShardedCollection:
         self.directory = Path(directory)
         self.name = name
         self.restart_timeout = float(restart_timeout)
+        self.retries = 0  # calls sent again after their shard's actor died
         self.paths = [str(self.directory / f) for f in manifest["files"]]
         self.routing = manifest.get("routing", "rowid")
         ray = _ray()
@@ -385,6 +386,7 @@ class ShardedCollection:
                 raise errors[0]
             if not failed or attempt:
                 break
+            self.retries += len(failed)
             alive = {i for i in failed if self._await_restart(i)}
             refs = {i: submit(i, True) for i in alive}
             failed = {i: err for i, err in failed.items() if i not in alive}
