@@ -285,3 +285,22 @@ def test_distributed_encoding_resumes_after_a_crash(cluster, tmp_path, data, mod
         assert sc.insert({"image": data["image"][0], "topic": 0, "n": "next"}) == 901
     finally:
         sc.close()
+
+
+def test_bad_arguments_are_clear_errors(tmp_path, models):
+    from hqdb.distributed import DDP, train_distributed
+
+    with pytest.raises(hqdb.CollectionError, match="shards"):
+        ShardedCollection.create(tmp_path, "docs", models["hq"], shards=0)
+    with pytest.raises(hqdb.CollectionError, match="name"):
+        ShardedCollection.create(tmp_path, "../x", models["hq"], shards=2)
+    with pytest.raises(hqdb.TrainingError, match="num_workers"):
+        train_distributed({}, num_workers=0)
+    with pytest.raises(hqdb.TrainingError, match="CPU"):
+        train_distributed({}, use_gpu=True)
+    with pytest.raises(hqdb.TrainingError, match="process group"):  # no torch.distributed group here
+        DDP()
+    (tmp_path / "bad.shards.json").write_text("[1, 2]")
+    with pytest.raises(ShardError, match="manifest"):
+        ShardedCollection(tmp_path, "bad")
+    assert not list(tmp_path.glob("*.hqdb"))  # nothing created by the refused calls

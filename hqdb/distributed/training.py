@@ -136,7 +136,8 @@ def _worker(config: dict) -> None:
 
 def train_distributed(data, *, num_workers: int = 2, use_gpu: bool = False, storage_path=None, **kwargs):
     """:func:`hqdb.train` on ``num_workers`` Ray Train workers with DistributedDataParallel
-    (gloo backend on CPU); ``kwargs`` as :func:`hqdb.train` takes them (``threads`` is per worker).
+    (gloo backend on CPU; hqdb's trainer does not use GPUs, so ``use_gpu`` must stay False);
+    ``kwargs`` as :func:`hqdb.train` takes them (``threads`` is per worker).
     Returns the trained :class:`hqdb.model.TrainedModel` (rank 0's; every rank holds the same).
     ``storage_path``: where Ray Train keeps its run directory (default: a temporary one)."""
     import ray
@@ -147,6 +148,8 @@ def train_distributed(data, *, num_workers: int = 2, use_gpu: bool = False, stor
 
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise TrainingError(f"num_workers must be a positive integer, got {num_workers!r}")
+    if use_gpu:
+        raise TrainingError("hqdb.train runs its towers on the CPU: use_gpu=True would reserve GPUs it does not use")
     if "distributed" in kwargs:
         raise TrainingError("train_distributed sets distributed= itself")
     if not ray.is_initialized():
