@@ -304,3 +304,31 @@ def test_bad_arguments_are_clear_errors(tmp_path, models):
     with pytest.raises(ShardError, match="manifest"):
         ShardedCollection(tmp_path, "bad")
     assert not list(tmp_path.glob("*.hqdb"))  # nothing created by the refused calls
+
+
+def test_merge_equals_sorting_everything():
+    """The driver's merge (partition on Hamming, ties by id) against the plain definition: sort
+    the union by (hamming, id), keep the shortlist, sort that by (distance, id)."""
+    from hqdb.distributed.shards import _merge
+
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        shards = int(rng.integers(1, 8))
+        sizes = rng.integers(0, 60, shards)
+        ids = rng.permutation(10_000)[: sizes.sum()].astype(np.int64)
+        parts, start = [], 0
+        for s, n in enumerate(sizes):
+            # few distinct values: ties in both distances
+            dist = rng.integers(0, 5, n).astype(np.float64)
+            parts.append((ids[start : start + n], dist, rng.integers(0, 4, n).astype(np.int32), np.full(n, s)))
+            start += n
+        k, c = int(rng.integers(1, 20)), int(rng.integers(1, 40))
+        r = np.concatenate([p[0] for p in parts])
+        d = np.concatenate([p[1] for p in parts])
+        h = np.concatenate([p[2] for p in parts])
+        keep = np.lexsort((r, h))[:c]
+        expected = r[keep][np.lexsort((r[keep], d[keep]))][:k]
+        got = _merge(parts, k, c)
+        assert got[0].tolist() == expected.tolist()
+        owner = {int(i): s for p in parts for i, s in zip(p[0], p[3])}
+        assert [owner[int(i)] for i in got[0]] == got[3].tolist()

@@ -242,8 +242,14 @@ def _merge(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], k
     d = np.concatenate([p[1] for p in parts])
     h = np.concatenate([p[2] for p in parts])
     s = np.concatenate([p[3] for p in parts])
-    if shortlist is not None:
-        keep = np.lexsort((r, h))[:shortlist]
+    if shortlist is not None and len(r) > shortlist:
+        # The rows of the shortlist smallest (hamming, rowid), without sorting them all: every row
+        # below the cut distance, then the smallest rowids among those at it.
+        cut = np.partition(h, shortlist - 1)[shortlist - 1]
+        below = np.flatnonzero(h < cut)
+        at = np.flatnonzero(h == cut)
+        at = at[np.argsort(r[at], kind="stable")[: shortlist - len(below)]]
+        keep = np.concatenate([below, at])
         r, d, h, s = r[keep], d[keep], h[keep], s[keep]
     order = np.lexsort((r, d))[:k]
     return r[order], d[order], h[order], s[order]
