@@ -257,6 +257,7 @@ def train(
     image_size: int | None = None,
     captions=None,
     text_weights=None,
+    distributed=None,
 ) -> TrainedModel:
     """Train ``method`` on ``data`` (dict or .npz path): ``image`` (N, d_i) floats, ``text_key``
     (N, d_t) floats or N raw strings, ``labels`` multi-hot (N, C) or class ids (N,). Returns a
@@ -300,7 +301,11 @@ def train(
     of images with captions (``captions`` CSV ``file,caption,...``, default FOLDER/captions.csv,
     else sidecar ``photo.txt`` files). ``text_featurizer`` may also be 'open_clip:NAME', a CLIP
     text tower with ``text_weights`` (default ``weights`` when the image backbone is the same
-    open_clip model), or a ready featurizer object."""
+    open_clip model), or a ready featurizer object.
+
+    ``distributed``: None trains in this process; a :class:`hqdb.distributed.DDP` hook (in each
+    process of a torch process group: Ray Train, torchrun) trains one model with
+    DistributedDataParallel — see the "DDP hooks" note in :func:`_fit`."""
     import torch
 
     if method not in METHODS:
@@ -339,6 +344,7 @@ def train(
             image_size=image_size,
             captions=captions,
             text_weights=text_weights,
+            distributed=distributed,
         )
     cls = method_class(method)
     if not isinstance(bits, int) or bits < 8 or bits % 8 or bits > MAX_BITS:
@@ -504,6 +510,7 @@ def train(
                 candidates=candidates,
                 progress=progress,
                 seed=seed,
+                distributed=distributed,
             )
     finally:
         torch.set_num_threads(prev_threads)
@@ -727,7 +734,13 @@ def _fit(
     candidates,
     progress,
     seed,
+    distributed=None,
 ):
+    # DDP hooks (``distributed``, hqdb/distributed/training.py; None: nothing changes). Every
+    # rank holds the same data, split and seed, so the batches are the same everywhere; the hook
+    # runs each rank's slice of a batch through the DDP-wrapped towers and all-gathers the
+    # outputs, so the loss is the single process's over the whole batch. The non-gradient steps
+    # (codebooks / ICM, DCMH's B, validation) run on rank 0 and are broadcast.
     from .hq import Tower, similarity
 
     mods = ("image", "text")
@@ -805,6 +818,9 @@ def _fit(
             maps.append(metrics.mean_average_precision(rel, R or None))
         return maps[0], maps[1]
 
+    if distributed is not None:  # DDP hook: wrap the towers; requantize / validate on rank 0
+        distributed.wrap(towers, extras)
+        requantize, validate = distributed.on_rank0(requantize), distributed.on_rank0(validate)
     C, codes, f_tr = requantize(None, None)
     meth.end_epoch(f_tr["image"], f_tr["text"])
     best: tuple[float, int, tuple | None] = (-1.0, 0, None)  # score, epoch, (tower states, C, codes)
@@ -831,8 +847,11 @@ def _fit(
             for s in range(0, n_tr, batch_size):
                 pos = torch.from_numpy(perm[s : s + batch_size])
                 items = tr_t[pos]
-                f = meth.activate(towers["image"](Xt["image"][items]))
-                g = meth.activate(towers["text"](Xt["text"][items]))
+                if distributed is None:
+                    f = meth.activate(towers["image"](Xt["image"][items]))
+                    g = meth.activate(towers["text"](Xt["text"][items]))
+                else:  # DDP hook: this rank's slice through the towers, the whole batch all-gathered
+                    f, g = map(meth.activate, distributed.forward(Xt["image"][items], Xt["text"][items]))
                 if Lt is not None:
                     lab = Lt[items]
                     sim = similarity(lab, lab)
