@@ -18,6 +18,7 @@ import numpy as np
 
 from .kernels import MODES
 from .model import METHODS
+from .tabular import column_type, parse_scalar
 
 EXIT_USER_ERROR = 1
 EXIT_INCONSISTENT = 3  # `hqdb check` found problems (2 is argparse's bad command line)
@@ -324,16 +325,6 @@ def _info(args) -> int:
 # ------------------------------------------------------------------------------------------
 # index
 # ------------------------------------------------------------------------------------------
-def _parse_scalar(text: str):
-    """'12' → 12, '1.5' → 1.5, anything else stays a string."""
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _read_items(path: str, modalities, data_keys: dict) -> tuple[list[dict], dict[str, type]]:
     """Items of an .npz (one array per field, N rows each) or a CSV (one row per item) as dicts,
     and the Python type of each metadata field found."""
@@ -379,14 +370,7 @@ def _read_items(path: str, modalities, data_keys: dict) -> tuple[list[dict], dic
         items, types = [], {}
         fields = [k for k in rows[0] if k not in modalities]
         for k in fields:
-            values = [_parse_scalar(r[k]) for r in rows if r[k] != ""]
-            types[k] = (
-                int
-                if values and all(isinstance(v, int) for v in values)
-                else float
-                if values and all(isinstance(v, (int, float)) for v in values)
-                else str
-            )
+            types[k] = column_type(r[k] for r in rows if r[k] != "")
         for line, r in enumerate(rows, start=2):
             item = {}
             for m in modalities:
@@ -408,7 +392,7 @@ def _parse_features(value: str, path: str, line: int, modality: str):
         if text.startswith("["):
             return [float(x) for x in json.loads(text)]
         parts = text.split()
-        if parts and all(_parse_scalar(p) is not p for p in parts) and len(parts) > 1:
+        if parts and all(parse_scalar(p) is not p for p in parts) and len(parts) > 1:
             return [float(p) for p in parts]
     except (ValueError, TypeError):
         raise UserError(f"{path} line {line}: {modality} is neither a list of numbers nor text") from None
@@ -680,7 +664,7 @@ def _search(args) -> int:
     if (args.text is None) == (args.image is None):
         raise UserError("give --text 'words' or --image FILE (.npy, or .npz with --key)")
     query = {"text": args.text} if args.text is not None else {"image": _image_query(args)}
-    where_args = [_parse_scalar(a) for a in args.arg]
+    where_args = [parse_scalar(a) for a in args.arg]
     if (
         isinstance(query.get("image"), str)
         and "image" in coll.modalities

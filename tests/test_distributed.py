@@ -308,7 +308,7 @@ def test_bad_arguments_are_clear_errors(tmp_path, models):
 
 def test_merge_equals_sorting_everything():
     """The driver's merge (partition on Hamming, ties by id) against the plain definition: sort
-    the union by (hamming, id), keep the shortlist, sort that by (distance, id)."""
+    the union by (hamming, id), keep the shortlist, sort that by (distance, hamming, id)."""
     from hqdb.distributed.shards import _merge
 
     rng = np.random.default_rng(7)
@@ -327,7 +327,7 @@ def test_merge_equals_sorting_everything():
         d = np.concatenate([p[1] for p in parts])
         h = np.concatenate([p[2] for p in parts])
         keep = np.lexsort((r, h))[:c]
-        expected = r[keep][np.lexsort((r[keep], d[keep]))][:k]
+        expected = r[keep][np.lexsort((r[keep], h[keep], d[keep]))][:k]
         got = _merge(parts, k, c)
         assert got[0].tolist() == expected.tolist()
         owner = {int(i): s for p in parts for i, s in zip(p[0], p[3])}

@@ -7,13 +7,13 @@ Python versions, unlike ``hash()``.
 
 A search fans out to every shard and merges on the driver, exactly:
 
-- 'aqd' and 'hamming' rank rows by (distance, rowid): each shard's own top k contains every row
-  of the global top k it holds, so merging the shards' lists by (distance, global id) gives the
-  single file's result.
+- 'aqd' and 'hamming' rank rows by (distance, Hamming, rowid): each shard's own top k contains
+  every row of the global top k it holds, so merging the shards' lists by (distance, Hamming,
+  global id) gives the single file's result.
 - 'two_stage' keeps the ``max(candidates, k)`` rows of smallest (Hamming distance, rowid), then
-  ranks those by (AQD distance, rowid). Each shard returns its whole shortlist with both
+  ranks those by (AQD distance, Hamming, rowid). Each shard returns its whole shortlist with both
   distances; the driver takes the global shortlist from their union by (Hamming, id) and ranks it
-  by (AQD, id). A shard's shortlist holds every row of the global one that lives in that shard,
+  by (AQD, Hamming, id). A shard's shortlist holds every row of the global one that lives in that shard,
   and a row's AQD distance does not depend on the other rows, so the result is the single file's.
 
 Only ids and distances travel in the first round; the columns of the final hits are read from
@@ -237,7 +237,8 @@ def _manifest_path(directory, name: str) -> Path:
 
 def _merge(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], k: int, shortlist: int | None):
     """(rowids, distances, hamming, shard) of the global top k from the shards' parts: ranked by
-    (distance, rowid); for two-stage, first cut to the ``shortlist`` smallest (hamming, rowid)."""
+    (distance, hamming, rowid), as one file ranks them; for two-stage, first cut to the
+    ``shortlist`` smallest (hamming, rowid)."""
     r = np.concatenate([p[0] for p in parts])
     d = np.concatenate([p[1] for p in parts])
     h = np.concatenate([p[2] for p in parts])
@@ -251,7 +252,7 @@ def _merge(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], k
         at = at[np.argsort(r[at], kind="stable")[: shortlist - len(below)]]
         keep = np.concatenate([below, at])
         r, d, h, s = r[keep], d[keep], h[keep], s[keep]
-    order = np.lexsort((r, d))[:k]
+    order = np.lexsort((r, h, d))[:k]
     return r[order], d[order], h[order], s[order]
 
 

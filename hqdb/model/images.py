@@ -31,6 +31,8 @@ import warnings
 
 import numpy as np
 
+from ..tabular import column_type
+
 LIBRARIES = ("timm", "open_clip")
 MAX_IMAGE_SIZE = 1024
 MIN_IMAGE_SIZE = 16
@@ -521,15 +523,6 @@ def image_files(folder: str) -> list[str]:
 CAPTIONS_CSV = "captions.csv"
 
 
-def _scalar(text: str):
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return text
-
-
 def read_folder(folder, captions=None) -> tuple[list[dict], dict[str, type]]:
     """The items of a folder of images: ``[{"file", "path", "caption", **metadata}]`` and the
     type of each metadata column.
@@ -573,14 +566,7 @@ def read_folder(folder, captions=None) -> tuple[list[dict], dict[str, type]]:
             seen.add(rel)
             items.append({"file": rel, "path": path, "caption": r["caption"] or None, **{k: r[k] for k in extra}})
         for k in extra:
-            values = [_scalar(it[k]) for it in items if it[k] != ""]
-            types[k] = (
-                int
-                if values and all(isinstance(v, int) for v in values)
-                else float
-                if values and all(isinstance(v, (int, float)) for v in values)
-                else str
-            )
+            types[k] = column_type(it[k] for it in items if it[k] != "")
             for it in items:
                 it[k] = None if it[k] == "" else types[k](it[k])
         return items, types
