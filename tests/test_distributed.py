@@ -214,25 +214,32 @@ def test_error_when_the_retry_fails_too(cluster, tmp_path, data, models):
         sc.close()
 
 
-def test_ddp_training_on_two_workers_matches_one_process(cluster, tmp_path):
-    """HQ trained with DistributedDataParallel on 2 Ray Train workers (gloo, CPU) against the same
-    training in one process: each step applies the whole batch's gradient, so the first epoch's
-    losses agree to float rounding and the final quality within noise."""
+@pytest.mark.parametrize("method", ["hq", "dcmh"])
+def test_ddp_training_on_two_workers_matches_one_process(cluster, tmp_path, method):
+    """A method trained with DistributedDataParallel on 2 Ray Train workers (gloo, CPU) against
+    the same training in one process: each step applies the whole batch's gradient, so the first
+    epoch's losses agree to float rounding and the final quality within noise. DCMH also has a
+    non-gradient step (its binary matrix B, updated on rank 0 and broadcast)."""
     from hqdb.distributed import train_distributed
     from hqdb.metrics import harmonic_mean
 
     data = synthetic_pairs(1600, seed=5)
-    kw = {"epochs": 5, "bits": 32, "books": 4, "codewords": 16, "progress": False, "threads": 1}
+    kw = {"method": method, "epochs": 5, "bits": 32, "progress": False, "threads": 1}
+    if method == "hq":
+        kw.update(books=4, codewords=16)
     single = hqdb.train(data, **kw)
     ddp = train_distributed(data, num_workers=2, storage_path=tmp_path, **kw)
-    assert ddp.config["method"] == "hq" and ddp.config["train"]["epochs"] == 5
+    assert ddp.config["method"] == method and ddp.config["train"]["epochs"] == 5
     first_single, first_ddp = single.config["history"][0], ddp.config["history"][0]
-    for term in ("sim", "h", "b", "q"):
+    terms = [t for t in first_single if t not in ("epoch", "seconds") and not t.startswith("val_")]
+    assert terms and set(terms) <= set(first_ddp)
+    for term in terms:
         assert first_ddp[term] == pytest.approx(first_single[term], rel=2e-3, abs=1e-5), term
 
     def quality(model):
         v = model.config["metrics"]["validation"]
-        return harmonic_mean(v["i2t"]["two_stage"]["map@50"], v["t2i"]["two_stage"]["map@50"])
+        kind = "two_stage" if "two_stage" in v["i2t"] else "hamming"  # DCMH: bits only
+        return harmonic_mean(v["i2t"][kind]["map@50"], v["t2i"][kind]["map@50"])
 
     # Both measured here on the same validation items; tolerance: the spread of single-process
     # runs over seeds on this set is about 0.01-0.02 MAP.
