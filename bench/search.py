@@ -40,7 +40,8 @@ avx512, neon: those this CPU and build have, or the ones named) forced in turn w
 ``hqdb.kernels._tune("isa", path)``: hqdb two-stage c = 1000 and Hamming-only p50 through SQL and
 as bare kernel calls, against FAISS IndexBinaryFlat (before and after the paths), sqlite-vec
 bit[128] KNN and the memory floor measured in the same run. It writes a summary section and one
-section per path of ``bench/RESULTS.md`` (default sizes; else ``bench/.cache/isa/RESULTS.md``, or
+section per path of ``bench/RESULTS.md`` for this kind of CPU (named by its fastest path: a run on
+another kind adds its own sections) (default sizes; else ``bench/.cache/isa/RESULTS.md``, or
 ``--out``), each with the lscpu model and flags and ``hqdb.info()`` while that path ran.
 
 Results: a table on stdout, ``bench/RESULTS.md`` and ``bench/search.png`` (``--quick`` writes to
@@ -1312,8 +1313,17 @@ def run_writes(a, argv) -> int:
 # ------------------------------------------------------------------------------------------
 # --isa: the headline searches on each Hamming scan path (issue 15)
 # ------------------------------------------------------------------------------------------
-ISA_SECTION = "cpu-paths"         # the summary table of a run
-ISA_PATH_SECTION = "cpu-path-{}"  # one section per path, rewritten only when that path runs
+# One summary section and one section per path for each kind of CPU measured (named by the fastest
+# path the CPU has), so a run on another kind of machine adds its sections instead of mixing figures.
+ISA_SECTION = "cpu-paths-{}"          # the summary table of a run on that kind of CPU
+ISA_PATH_SECTION = "cpu-path-{}-{}"   # one section per path, rewritten only when that path runs there
+CPU_KINDS = {"avx512": "an AVX-512 VPOPCNTDQ CPU", "avx2": "an AVX2 CPU without AVX-512 VPOPCNTDQ",
+             "neon": "an ARM CPU with NEON", "scalar": "a CPU with neither AVX2 nor NEON"}
+
+
+def cpu_kind(have: list[str]) -> str:
+    """The kind of CPU by the fastest Hamming scan path it has (hqdb.info()['hamming_paths'])."""
+    return next(k for k in ("avx512", "avx2", "neon", "scalar") if k in have or k == "scalar")
 ISA_BITS, ISA_BOOKS, ISA_C = 128, 4, 1000
 
 
@@ -1504,8 +1514,8 @@ def isa_goals(res: dict, path: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def isa_report(res: dict, cmd: str, elapsed: float) -> tuple[list[str], dict[str, list[str]]]:
-    """The summary section's lines and each path's section lines."""
+def isa_report(res: dict, cmd: str, elapsed: float, kind: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The summary section's lines and each path's section lines, for a CPU of ``kind``."""
     mi = machine_info()
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     flags = cpu_flags_summary()
@@ -1528,7 +1538,8 @@ def isa_report(res: dict, cmd: str, elapsed: float) -> tuple[list[str], dict[str
     shared = ((f"FAISS {res.get('faiss_version', '?')} IndexBinaryFlat p50 {res['faiss']['p50']:.3f} ms; "
                if fa else "")
               + f"sqlite-vec {res['vec_version']} bit[{res['bits']}] KNN p50 {res['vec']['p50']:.2f} ms")
-    summary = ["## Search speed per Hamming scan path (`bench/search.py --isa`)", ""] + head + ["", shared, "",
+    summary = [f"## Search speed per Hamming scan path on {CPU_KINDS[kind]} (`bench/search.py --isa`)",
+               ""] + head + ["", shared, "",
                "| path | two-stage c=1000 SQL ms | Hamming SQL ms | Hamming kernel ms | two-stage kernel ms | "
                "two-stage SQL ÷ FAISS | Hamming SQL ÷ DRAM floor | sqlite-vec bit ÷ two-stage SQL |",
                "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -1539,7 +1550,7 @@ def isa_report(res: dict, cmd: str, elapsed: float) -> tuple[list[str], dict[str
                        f"{r['kernel_ham']['p50']:.3f} | {r['kernel_two']['p50']:.3f} | "
                        f"{r['sql_two']['p50'] / f:.2f}× | {r['sql_ham']['p50'] / fl['ms']:.2f}× | "
                        f"{res['vec']['p50'] / r['sql_two']['p50']:.1f}× |")
-        L = [f"### Hamming scan path `{path}`", "",
+        L = [f"### Hamming scan path `{path}` on {CPU_KINDS[kind]}", "",
              f"Run of {when} (`{cmd}`), {mi['cpu']}; lscpu flags: {flags}. Path that ran: `{path}` — "
              f"{r['info']['hamming_impl']}.", "",
              f"`hqdb.info()` while it ran: `{json.dumps(r['info'])}`", "",
@@ -1584,7 +1595,8 @@ def run_isa(a, argv) -> int:
     t0 = time.perf_counter()
     res = isa_measure(a, paths)
     elapsed = time.perf_counter() - t0
-    summary, per = isa_report(res, cmd, elapsed)
+    kind = cpu_kind(have)
+    summary, per = isa_report(res, cmd, elapsed, kind)
     log("\n" + "=" * 100)
     for line in summary:
         log(line)
@@ -1599,11 +1611,12 @@ def run_isa(a, argv) -> int:
         sys.path.insert(0, str(BENCH))
         from sections import replace_section
 
-        replace_section(out_md, ISA_SECTION, summary)
+        replace_section(out_md, ISA_SECTION.format(kind), summary)
         for path in have:  # in path order, after the summary
             if path in per:
-                replace_section(out_md, ISA_PATH_SECTION.format(path), per[path])
-        log(f"\nwrote the '{ISA_SECTION}' and per-path sections of {out_md}; total {elapsed / 60:.1f} min")
+                replace_section(out_md, ISA_PATH_SECTION.format(kind, path), per[path])
+        log(f"\nwrote the '{ISA_SECTION.format(kind)}' and per-path sections of {out_md}; "
+            f"total {elapsed / 60:.1f} min")
     if res["failures"]:
         log(f"{len(res['failures'])} correctness failure(s):")
         for f in res["failures"]:
