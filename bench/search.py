@@ -1324,6 +1324,8 @@ CPU_KINDS = {"avx512": "an AVX-512 VPOPCNTDQ CPU", "avx2": "an AVX2 CPU without 
 def cpu_kind(have: list[str]) -> str:
     """The kind of CPU by the fastest Hamming scan path it has (hqdb.info()['hamming_paths'])."""
     return next(k for k in ("avx512", "avx2", "neon", "scalar") if k in have or k == "scalar")
+
+
 ISA_BITS, ISA_BOOKS, ISA_C = 128, 4, 1000
 
 
