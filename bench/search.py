@@ -40,9 +40,9 @@ avx512, neon: those this CPU and build have, or the ones named) forced in turn w
 ``hqdb.kernels._tune("isa", path)``: hqdb two-stage c = 1000 and Hamming-only p50 through SQL and
 as bare kernel calls, against FAISS IndexBinaryFlat (before and after the paths), sqlite-vec
 bit[128] KNN and the memory floor measured in the same run. It writes a summary section and one
-section per path of ``bench/RESULTS.md`` for this kind of CPU (named by its fastest path: a run on
-another kind adds its own sections) (default sizes; else ``bench/.cache/isa/RESULTS.md``, or
-``--out``), each with the lscpu model and flags and ``hqdb.info()`` while that path ran.
+section per path of ``bench/RESULTS.md`` for this kind of CPU, named by the path hqdb picks on it,
+so a run on another kind adds its own sections (default sizes; else ``bench/.cache/isa/RESULTS.md``,
+or ``--out``), each with the lscpu model and flags and ``hqdb.info()`` while that path ran.
 
 Results: a table on stdout, ``bench/RESULTS.md`` and ``bench/search.png`` (``--quick`` writes to
 ``bench/.cache/quick/`` instead unless ``--out`` is given). The exit status is non-zero if hqdb's
@@ -1313,17 +1313,13 @@ def run_writes(a, argv) -> int:
 # ------------------------------------------------------------------------------------------
 # --isa: the headline searches on each Hamming scan path (issue 15)
 # ------------------------------------------------------------------------------------------
-# One summary section and one section per path for each kind of CPU measured (named by the fastest
-# path the CPU has), so a run on another kind of machine adds its sections instead of mixing figures.
+# One summary section and one section per path for each kind of CPU measured, named by the path
+# hqdb.info() says it picks there (its fastest), so a run on another kind of machine adds its
+# sections instead of mixing figures.
 ISA_SECTION = "cpu-paths-{}"          # the summary table of a run on that kind of CPU
 ISA_PATH_SECTION = "cpu-path-{}-{}"   # one section per path, rewritten only when that path runs there
 CPU_KINDS = {"avx512": "an AVX-512 VPOPCNTDQ CPU", "avx2": "an AVX2 CPU without AVX-512 VPOPCNTDQ",
              "neon": "an ARM CPU with NEON", "scalar": "a CPU with neither AVX2 nor NEON"}
-
-
-def cpu_kind(have: list[str]) -> str:
-    """The kind of CPU by the fastest Hamming scan path it has (hqdb.info()['hamming_paths'])."""
-    return next(k for k in ("avx512", "avx2", "neon", "scalar") if k in have or k == "scalar")
 
 
 ISA_BITS, ISA_BOOKS, ISA_C = 128, 4, 1000
@@ -1586,7 +1582,9 @@ def run_isa(a, argv) -> int:
     if hqdb is None or hqdb.kernels.BACKEND != "native":
         log(f"--isa needs hqdb's native kernels: {reason or hqdb.kernels.FALLBACK_REASON}")
         return 2
-    have = hqdb.kernels.info()["hamming_paths"]
+    kinfo = hqdb.kernels.info()
+    have = kinfo["hamming_paths"]
+    kind = kinfo["hamming_path"]  # the path the dispatch picks by itself: this CPU's fastest
     paths = a.isa or have
     missing = [x for x in paths if x not in have]
     if missing:
@@ -1597,7 +1595,6 @@ def run_isa(a, argv) -> int:
     t0 = time.perf_counter()
     res = isa_measure(a, paths)
     elapsed = time.perf_counter() - t0
-    kind = cpu_kind(have)
     summary, per = isa_report(res, cmd, elapsed, kind)
     log("\n" + "=" * 100)
     for line in summary:
