@@ -61,11 +61,38 @@
 #define HQ_MAX_CHUNKS 64
 /* The scans tighten their bound (tighten_bound) every this many rows. */
 #define HQ_BOUND_BLOCK 1024
+/* Scans prefetch the code bytes this far ahead of the rows they score (hq_prefetch). The
+ * hardware prefetcher alone left a one-thread AVX2 scan of 16 MB at ~11 GB/s, half the memory's
+ * streaming rate; 4 KB ahead brought it to ~25 GB/s (1 KB: ~16, 8-16 KB: the same as 4).
+ * Measured with `python bench/search.py --isa` (bench/RESULTS.md). */
+#ifndef HQ_PREFETCH_BYTES
+#define HQ_PREFETCH_BYTES 4096
+#endif
 /* Rows sampled for a first guess of the Hamming bound (guess_bound, sample_bound). */
 #define HQ_SAMPLE_ROWS 4096
 
 /* ---------------------------------------------------------------------------------------- */
 /* Bits                                                                                       */
+
+/* Prefetch the cache line holding *p. */
+static inline void hq_prefetch_line(const void *p)
+{
+#if defined(__GNUC__)
+    __builtin_prefetch(p, 0, 3);
+#else
+    (void)p;
+#endif
+}
+
+/* Prefetch the cache lines of the `bytes` bytes (a row or a few) HQ_PREFETCH_BYTES past p. The
+ * address is computed as an integer: it may lie past the end of the codes (a prefetch never
+ * faults), and pointer arithmetic there would be undefined. */
+static inline void hq_prefetch(const uint8_t *p, int64_t bytes)
+{
+    const uintptr_t at = (uintptr_t)p + HQ_PREFETCH_BYTES;
+    for (int64_t o = 0; o < bytes; o += 64)
+        hq_prefetch_line((const void *)(at + (uintptr_t)o));
+}
 
 /* Bit-trick popcount. GCC recognises this idiom and emits POPCNT in the clones built for
  * CPUs that have it; the default clone keeps the arithmetic (no libgcc __popcountdi2 call). */
@@ -257,6 +284,9 @@ HQ_INTERNAL void ham_heap(const hq_search_args *a, const hq_query *q, int64_t lo
 HQ_INTERNAL int64_t ham_pass1_generic(const hq_search_args *a, const hq_query *q, int64_t lo,
                                       int64_t hi, uint16_t *dist, int64_t *hist, uint32_t inval,
                                       int64_t c, uint32_t *bound);
+/* Histogram sh of the distances of the valid rows among S evenly strided over all the rows (the
+ * fast route's guess). */
+HQ_INTERNAL void ham_sample(const hq_search_args *a, const hq_query *q, int64_t S, int64_t *sh);
 HQ_INTERNAL void ham_all_generic(const uint8_t *codes, int32_t nb, const hq_query *q, int64_t lo,
                                  int64_t hi, int32_t *out);
 HQ_INTERNAL int64_t ham_collect_generic(const hq_search_args *a, const hq_query *q, int64_t lo,

@@ -39,6 +39,7 @@ HQ_INTERNAL int64_t ham_pass1_generic(const hq_search_args *a, const hq_query *q
         for (int64_t i0 = lo; i0 < hi; i0 += HQ_BOUND_BLOCK) {
             const int64_t i1 = hi - i0 < HQ_BOUND_BLOCK ? hi : i0 + HQ_BOUND_BLOCK;
             for (int64_t i = i0; i < i1; i++) {
+                hq_prefetch(codes + i * (int64_t)nb, nb);
                 uint32_t d = ham_row(codes + i * (int64_t)nb, q, NW, NTAIL);
                 if (valid) {
                     nvalid += valid[i] != 0;
@@ -53,6 +54,28 @@ HQ_INTERNAL int64_t ham_pass1_generic(const hq_search_args *a, const hq_query *q
     })
     *bound_io = bound;
     return valid ? nvalid : hi - lo;
+}
+
+/* The guess's sample (guess_bound in hq_search.c): the histogram `sh` of the distances of the
+ * valid rows among S evenly strided over the n_rows. The strided rows miss the caches and the
+ * TLB one by one, so each is prefetched a few samples ahead. */
+#define HQ_SAMPLE_AHEAD 8
+HQ_CLONES
+HQ_INTERNAL void ham_sample(const hq_search_args *a, const hq_query *q, int64_t S, int64_t *sh)
+{
+    const uint8_t *codes = a->codes, *valid = a->valid;
+    const int64_t n_rows = a->n_rows, nb = a->code_bytes;
+    for (int64_t s = 0; s < S; s++) {
+        if (s + HQ_SAMPLE_AHEAD < S) {
+            const int64_t ahead = (s + HQ_SAMPLE_AHEAD) * n_rows / S;
+            hq_prefetch_line(codes + ahead * nb);
+            if (valid)
+                hq_prefetch_line(valid + ahead);
+        }
+        const int64_t i = s * n_rows / S;
+        if (!valid || valid[i])
+            sh[ham_row(codes + i * nb, q, q->nw, q->ntail)]++;
+    }
 }
 
 HQ_CLONES
@@ -78,6 +101,7 @@ HQ_INTERNAL int64_t ham_collect_generic(const hq_search_args *a, const hq_query 
         for (int64_t i0 = lo; i0 < hi; i0 += HQ_BOUND_BLOCK) {
             const int64_t i1 = hi - i0 < HQ_BOUND_BLOCK ? hi : i0 + HQ_BOUND_BLOCK;
             for (int64_t i = i0; i < i1; i++) {
+                hq_prefetch(codes + i * (int64_t)nb, nb);
                 const uint32_t d = ham_row(codes + i * (int64_t)nb, q, NW, NTAIL);
                 const int ok = valid ? valid[i] != 0 : 1;
                 nvalid += ok;
@@ -112,6 +136,7 @@ HQ_INTERNAL void ham_heap_generic(const hq_search_args *a, const hq_query *q, in
     uint32_t thr = n == cap ? (uint32_t)h[0].ham : UINT32_MAX;
     HQ_DISPATCH_NB(nb, q, {
         for (int64_t i = lo; i < hi; i++) {
+            hq_prefetch(codes + i * (int64_t)nb, nb);
             const uint32_t d = ham_row(codes + i * (int64_t)nb, q, NW, NTAIL);
             if (d > thr || (valid && !valid[i]))
                 continue;

@@ -162,6 +162,7 @@ HQ_AVX2 HQ_INTERNAL int64_t ham_pass1_avx2(const hq_search_args *a, const hq_que
             const int64_t stop = hi - i > HQ_BOUND_BLOCK ? i + HQ_BOUND_BLOCK : hi;
             const __m256i vlimit = _mm256_set1_epi32((int)bound + 1);
             for (; i + 8 <= stop; i += 8) {
+                hq_prefetch(codes + i * (int64_t)nb, 8 * (int64_t)nb);
                 __m256i d = avx2_dist8(codes + i * (int64_t)nb, qv, NW);
                 if (valid) {
                     __m256i bad;
@@ -199,8 +200,10 @@ HQ_AVX2 HQ_INTERNAL void ham_all_avx2(const uint8_t *codes, int32_t nb, const hq
     avx2_query(q, qv);
     int64_t i = lo;
     HQ_AVX2_DISPATCH(q->nw, {
-        for (; i + 8 <= hi; i += 8)
+        for (; i + 8 <= hi; i += 8) {
+            hq_prefetch(codes + i * (int64_t)nb, 8 * (int64_t)nb);
             _mm256_storeu_si256((__m256i *)(out + i), avx2_dist8(codes + i * (int64_t)nb, qv, NW));
+        }
     })
     ham_all_generic(codes, nb, q, i, hi, out);
 }
@@ -223,6 +226,7 @@ HQ_AVX2 HQ_INTERNAL int64_t ham_collect_avx2(const hq_search_args *a, const hq_q
             const int64_t rows8 = (stop - i) & ~(int64_t)7; /* the rows this block scans */
             nvalid += valid ? avx2_count_valid(valid + i, rows8) : rows8;
             for (; i + 8 <= stop; i += 8) {
+                hq_prefetch(codes + i * (int64_t)nb, 8 * (int64_t)nb);
                 const __m256i d = avx2_dist8(codes + i * (int64_t)nb, qv, NW);
                 unsigned near = avx2_lt8(d, vlimit);
                 if (near && valid) /* rare once the bound is tight: only then the mask */
@@ -271,6 +275,7 @@ HQ_AVX2 HQ_INTERNAL void ham_heap_avx2(const hq_search_args *a, const hq_query *
         /* signed compares: a threshold past every distance (UINT32_MAX) gives INT32_MAX */
         __m256i vlim = _mm256_set1_epi32(thr >= INT32_MAX ? INT32_MAX : (int)thr + 1);
         for (; i + 8 <= hi; i += 8) {
+            hq_prefetch(codes + i * (int64_t)nb, 8 * (int64_t)nb);
             const __m256i d = avx2_dist8(codes + i * (int64_t)nb, qv, NW);
             unsigned near = avx2_lt8(d, vlim);
             if (!near) /* almost always, once the heap is full */

@@ -90,6 +90,7 @@ HQ_AVX512 HQ_INTERNAL int64_t ham_pass1_avx512(const hq_search_args *a, const hq
             const int64_t stop = hi - i > HQ_BOUND_BLOCK ? i + HQ_BOUND_BLOCK : hi;
             const __m128i vbound = _mm_set1_epi16((short)bound);
             for (; i + 8 <= stop; i += 8) {
+                hq_prefetch(codes + i * (int64_t)nb, 8 * (int64_t)nb);
                 __m128i d = _mm512_cvtepi64_epi16(avx512_dist8(codes + i * (int64_t)nb, qv, NW));
                 if (valid) {
                     __m128i v = _mm_loadl_epi64((const __m128i *)(valid + i));
@@ -151,6 +152,7 @@ HQ_AVX512 HQ_INTERNAL int64_t ham_collect_avx512(const hq_search_args *a, const 
             const int64_t rows8 = (stop - i) & ~(int64_t)7; /* the rows this block scans */
             nvalid += valid ? avx512_count_valid(valid + i, rows8) : rows8;
             for (; i + 8 <= stop; i += 8) {
+                hq_prefetch(codes + i * (int64_t)nb, 8 * (int64_t)nb);
                 const __m128i d = _mm512_cvtepi64_epi16(avx512_dist8(codes + i * (int64_t)nb, qv, NW));
                 unsigned near = _mm_cmple_epu16_mask(d, vbound);
                 if (near && valid) /* rare once the bound is tight: only then the mask */
@@ -200,6 +202,7 @@ HQ_AVX512 HQ_INTERNAL void ham_heap_avx512(const hq_search_args *a, const hq_que
     HQ_AVX512_DISPATCH(q->nw, {
         __m512i vthr = _mm512_set1_epi64((int64_t)thr);
         for (; i + 8 <= hi; i += 8) {
+            hq_prefetch(codes + i * (int64_t)nb, 8 * (int64_t)nb);
             const __m512i d = avx512_dist8(codes + i * (int64_t)nb, qv, NW);
             unsigned near = (unsigned)_mm512_cmple_epu64_mask(d, vthr);
             if (!near) /* almost always, once the heap is full */

@@ -113,6 +113,7 @@ HQ_INTERNAL int64_t ham_pass1_neon(const hq_search_args *a, const hq_query *q, i
             const int64_t stop = hi - i > HQ_BOUND_BLOCK ? i + HQ_BOUND_BLOCK : hi;
             const uint16x8_t vbound = vdupq_n_u16((uint16_t)bound);
             for (; i + 8 <= stop; i += 8) {
+                hq_prefetch(codes + i * (int64_t)nb, 8 * (int64_t)nb);
                 uint16x8_t d = neon_dist8(codes + i * (int64_t)nb, qv, NW);
                 if (valid) {
                     const uint16x8_t bad = neon_invalid8(valid + i);
@@ -148,6 +149,7 @@ HQ_INTERNAL void ham_all_neon(const uint8_t *codes, int32_t nb, const hq_query *
     int64_t i = lo;
     HQ_NEON_DISPATCH(q->nw, {
         for (; i + 8 <= hi; i += 8) {
+            hq_prefetch(codes + i * (int64_t)nb, 8 * (int64_t)nb);
             const uint16x8_t d = neon_dist8(codes + i * (int64_t)nb, qv, NW);
             vst1q_s32(out + i, vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(d))));
             vst1q_s32(out + i + 4, vreinterpretq_s32_u32(vmovl_high_u16(d)));
@@ -174,6 +176,7 @@ HQ_INTERNAL int64_t ham_collect_neon(const hq_search_args *a, const hq_query *q,
             const int64_t rows8 = (stop - i) & ~(int64_t)7; /* the rows this block scans */
             nvalid += valid ? neon_count_valid(valid + i, rows8) : rows8;
             for (; i + 8 <= stop; i += 8) {
+                hq_prefetch(codes + i * (int64_t)nb, 8 * (int64_t)nb);
                 const uint16x8_t d = neon_dist8(codes + i * (int64_t)nb, qv, NW);
                 unsigned near = neon_bits8(vcleq_u16(d, vbound));
                 if (near && valid) /* rare once the bound is tight: only then the mask */
@@ -222,6 +225,7 @@ HQ_INTERNAL void ham_heap_neon(const hq_search_args *a, const hq_query *q, int64
         /* distances are <= 1024: a threshold past 0xFFFF compares as 0xFFFF */
         uint16x8_t vthr = vdupq_n_u16(thr > 0xFFFF ? 0xFFFF : (uint16_t)thr);
         for (; i + 8 <= hi; i += 8) {
+            hq_prefetch(codes + i * (int64_t)nb, 8 * (int64_t)nb);
             const uint16x8_t d = neon_dist8(codes + i * (int64_t)nb, qv, NW);
             unsigned near = neon_bits8(vcleq_u16(d, vthr));
             if (!near) /* almost always, once the heap is full */

@@ -152,11 +152,7 @@ static uint32_t guess_bound(const hq_search_args *a, const hq_query *q, int64_t 
     const int64_t S = n_rows < HQ_SAMPLE_ROWS ? n_rows : HQ_SAMPLE_ROWS;
     int64_t sh[HQ_MAX_CODE_BYTES * 8 + 1];
     memset(sh, 0, sizeof(sh));
-    for (int64_t s = 0; s < S; s++) {
-        const int64_t i = s * n_rows / S;
-        if (!a->valid || a->valid[i])
-            sh[ham_row(a->codes + i * (int64_t)nb, q, q->nw, q->ntail)]++;
-    }
+    ham_sample(a, q, S, sh);
     const int64_t target = sample_target(c, S, n_rows);
     *expect = target * (n_rows / S + 1); /* rows the guess should keep, for sizing buffers */
     return tighten_bound(sh, (uint32_t)nb * 8, target);
