@@ -10,6 +10,7 @@
  * The sources, one stage each (internal declarations in hq_common.h):
  *   hq_cpu.c          CPU features (detected once, at load), test knobs, thread chunks, info
  *   hq_scan.c         Hamming scans, portable (multi-versioned per popcount ISA), hq_hamming,
+ *                     hq_pack_bits,
  *                     and the dispatch between the scan paths (hq_knobs.isa)
  *   hq_scan_avx2.c    the same scans with AVX2 (VPSHUFB nibble popcount + VPSADBW, 8 rows a step)
  *   hq_scan_avx512.c  the same scans with AVX-512 VPOPCNTDQ (8 rows a step)
@@ -89,6 +90,9 @@ int hq_search_many(const hq_search_args *args);
 
 int hq_hamming(const uint8_t *codes, int64_t n_rows, int32_t nb, const uint8_t *query,
                int32_t *out, int32_t threads);
+/* One vector's bit code: bit i (bit i % 8 of byte i / 8) set iff x[i] > 0, for n a positive
+ * multiple of 8 (out: n / 8 bytes). HQ_ERR_ARG, out untouched, if any value is NaN or infinite. */
+int hq_pack_bits(const float *x, int64_t n, uint8_t *out);
 
 int hq_aqd_lut(const float *query, const float *codebooks, int32_t m, int32_t kw, int32_t dim,
                float *out, int32_t threads);

@@ -309,3 +309,22 @@ int hq_hamming(const uint8_t *codes, int64_t n_rows, int32_t nb, const uint8_t *
         ham_all(codes, nb, &q, chunk_lo(n_rows, T, t), chunk_lo(n_rows, T, t + 1), out);
     return HQ_OK;
 }
+
+int hq_pack_bits(const float *x, int64_t n, uint8_t *out)
+{
+    if (!x || !out || n < 8 || n % 8)
+        return HQ_ERR_ARG;
+    for (int64_t i = 0; i < n; i++) { /* every value first: nothing is written for a bad one */
+        uint32_t u;
+        memcpy(&u, x + i, sizeof u);
+        if ((u & 0x7F800000u) == 0x7F800000u) /* all-ones exponent: NaN or infinity */
+            return HQ_ERR_ARG;
+    }
+    for (int64_t j = 0; j < n / 8; j++) {
+        uint8_t b = 0;
+        for (int r = 0; r < 8; r++)
+            b |= (uint8_t)((x[8 * j + r] > 0.0f) << r);
+        out[j] = b;
+    }
+    return HQ_OK;
+}

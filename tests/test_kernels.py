@@ -429,6 +429,29 @@ def test_pack_bits_layout_lsb_first():
     assert K.pack_bits(np.stack([x, -x])).shape == (2, 2)
 
 
+@pytest.mark.parametrize("n", [8, 16, 64, 128, 136, 1024])
+def test_pack_bits_one_vector_matches_numpy(n):
+    """One float32 vector takes the native one-call route on the native backend (a search's
+    query): the same bits as numpy's packbits of x > 0, zeros, -0.0 and denormals included,
+    and NaN or infinity anywhere refused."""
+    rng = np.random.default_rng(n)
+    for _ in range(20):
+        x = rng.standard_normal(n).astype(np.float32)
+        x[rng.random(n) < 0.2] = 0.0
+        x[rng.random(n) < 0.1] = -0.0
+        x[rng.random(n) < 0.05] = np.float32(1e-45)
+        x[rng.random(n) < 0.05] = -np.float32(1e-45)
+        np.testing.assert_array_equal(K.pack_bits(x), np.packbits(x > 0, bitorder="little"))
+        ro = np.frombuffer(x.tobytes(), dtype="<f4")  # read-only, as a query BLOB arrives
+        np.testing.assert_array_equal(K.pack_bits(ro), np.packbits(x > 0, bitorder="little"))
+    for bad in (np.nan, np.inf, -np.inf):
+        for where in (0, n - 1):
+            y = np.ones(n, np.float32)
+            y[where] = bad
+            with pytest.raises(ValueError, match="NaN or infinity"):
+                K.pack_bits(y)
+
+
 def test_unpack_bits_inverts_pack_bits():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((5, 64)).astype(np.float32)

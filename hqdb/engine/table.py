@@ -1074,10 +1074,11 @@ class Table:
             )
         value = bytes(value)
         if len(value) == o.dim * 4:
-            vec = np.frombuffer(value, dtype="<f4").astype(np.float32)
-            if not np.isfinite(vec).all():
-                raise HqError(f"hq_match query for {self.name} contains NaN or infinity")
-            return kernels.pack_bits(vec), vec
+            vec = np.frombuffer(value, dtype="<f4")  # read-only: nothing downstream writes to it
+            try:
+                return kernels.pack_bits(vec), vec
+            except ValueError:
+                raise HqError(f"hq_match query for {self.name} contains NaN or infinity") from None
         if len(value) == o.code_bytes:
             if mode != "hamming":
                 raise HqError(
