@@ -217,6 +217,47 @@ def test_freed_slots_are_reused_without_recounting_the_cache(db, monkeypatch):
     assert db.execute("SELECT hq_check()").fetchone() == ("ok",)
 
 
+def test_scan_reads_the_validity_mask_exactly_when_a_slot_is_empty(db, monkeypatch):
+    """A table whose every cache slot holds a row is scanned without its mask (None to the
+    kernel); once a slot is empty (a delete, a part-filled chunk) the mask goes in, and either way
+    the results are numpy's brute-force ranking by (Hamming distance, rowid)."""
+    from hqdb import kernels
+
+    db.execute("CREATE VIRTUAL TABLE t USING hq(dim=64, books=0, chunk_size=8)")
+    rng = np.random.default_rng(7)
+    codes = {i + 1: rng.integers(0, 256, 8, dtype=np.uint8).tobytes() for i in range(16)}  # two full chunks
+    db.executemany("INSERT INTO t(rowid, code) VALUES (?, ?)", list(codes.items()))
+    store = db.hq.table("t").stores[0]
+    masks = []
+    real = kernels.search
+    monkeypatch.setattr(kernels, "search", lambda *a, **kw: masks.append(a[3] is None) or real(*a, **kw))
+    q = rng.integers(0, 256, 8, dtype=np.uint8)
+
+    def check():
+        got = db.execute(
+            "SELECT rowid, hamming FROM t WHERE hq_match(t.code, ?) AND k = 10 AND mode = 'hamming'", (q.tobytes(),)
+        ).fetchall()
+        ham = {r: int(np.unpackbits(np.frombuffer(c, np.uint8) ^ q).sum()) for r, c in codes.items()}
+        assert got == sorted(ham.items(), key=lambda rh: (rh[1], rh[0]))[:10]
+
+    check()
+    assert store.n_rows == store.size and masks[-1] is True
+    for rowid in (2, 9, 15):
+        db.execute("DELETE FROM t WHERE rowid = ?", (rowid,))
+        del codes[rowid]
+    check()
+    assert store.n_rows < store.size and masks[-1] is False
+    for rowid in (2, 9, 15):  # the freed slots are taken again: every slot holds a row once more
+        codes[100 + rowid] = bytes(8)
+        db.execute("INSERT INTO t(rowid, code) VALUES (?, ?)", (100 + rowid, codes[100 + rowid]))
+    check()
+    assert store.n_rows == store.size and masks[-1] is True
+    codes[200] = bytes([255] * 8)
+    db.execute("INSERT INTO t(rowid, code) VALUES (200, ?)", (codes[200],))  # a third chunk, 1 of 8 slots used
+    check()
+    assert masks[-1] is (store.n_rows == store.size)
+
+
 def test_rows_deleted_by_another_sqlite_client_give_a_clear_error(db_path):
     import sqlite3
 

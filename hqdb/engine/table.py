@@ -1226,11 +1226,11 @@ class Table:
         small tables still scan)."""
         st = self.stores[set_idx]
         if st.index is None:
-            run = kernels.search_many if many else kernels.search
+            scan = kernels.search_many if many else kernels.search
             if conds or st.n_rows != st.size:
-                return run
+                return scan
             # Every slot of the cache holds a row: the scan needn't read the mask.
-            return lambda codes, qcodes, rowids, _valid, *args, **kw: run(codes, qcodes, rowids, None, *args, **kw)
+            return lambda codes, qcodes, rowids, _valid, *args, **kw: scan(codes, qcodes, rowids, None, *args, **kw)
         # Without conditions the mask is the cache's own, whose count the store keeps.
         run = mih.search_many if many else mih.search
         return functools.partial(run, st.index, n_valid=None if conds else st.n_rows)
