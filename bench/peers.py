@@ -33,6 +33,7 @@ after a few warm-up queries:
   when this hqdb has them (else reported as not available: a later run fills them in);
 * FAISS ``IndexBinaryFlat`` top-1000 on the same sign bits + exact float re-rank;
   ``IVF1000,PQ16`` (inner product, nprobe 10) without and with a x10 exact float re-rank;
+  ``PQ32`` and ``OPQ32,PQ32`` scanning every row (32 B/item, the budget of hqdb's codes-only row);
 * usearch HNSW, f32, connectivity (M) 16, inner product, expansion_search (ef) 16 / 64 / 128;
 * LanceDB IVF_PQ (1000 partitions, 16 sub-vectors, dot), nprobes 10, refine_factor 10, in a
   temporary directory;
@@ -436,6 +437,25 @@ def run_faiss_ivfpq(run: Run, nlist: int = 1000, m: int = 16, nprobe: int = 10, 
                 short=f"PQ16 + x{factor} re-rank")
 
 
+def run_faiss_pq32(run: Run) -> None:
+    """FAISS's exhaustive 32-byte quantizers (PQ32, OPQ32,PQ32; inner product, every row scored):
+    what 32 B per vector ranks like without floats, next to hqdb's codes-only table."""
+    faiss = _faiss()
+    train = run.x[np.random.default_rng(run.seed).choice(run.n, min(run.n, 100_000), replace=False)]
+    for spec in ("PQ32", "OPQ32,PQ32"):
+
+        def build(spec=spec):
+            index = faiss.index_factory(DIM, spec, faiss.METRIC_INNER_PRODUCT)
+            index.train(train)
+            index.add(run.x)
+            return index
+
+        index, build_s = timed(build)
+        run.measure("FAISS PQ (exhaustive)", spec, lambda i, index=index: index.search(run.q[i:i + 1], K)[1][0],
+                    bytes_item=32, where="codes", build_s=build_s, note="trained on 100k rows, scans every row",
+                    short=spec)
+
+
 def run_usearch(run: Run, m: int = 16, efs=(16, 64, 128)) -> None:
     """usearch HNSW, f32 vectors, inner product, connectivity m, one thread."""
     from usearch.index import Index
@@ -520,6 +540,7 @@ SYSTEMS: dict[str, Callable[[Run], None]] = {
     "hqdb-codes": run_hqdb_codes,
     "faiss-binary": run_faiss_binary,
     "faiss-ivfpq": run_faiss_ivfpq,
+    "faiss-pq32": run_faiss_pq32,
     "usearch": run_usearch,
     "lancedb": run_lancedb,
     "sqlite-vec": run_sqlite_vec,
