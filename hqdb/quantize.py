@@ -51,30 +51,42 @@ def fit_codebooks(
     return out
 
 
-def encode(x: np.ndarray, codebooks: np.ndarray, *, batch: int = 16384) -> np.ndarray:
+def _support(book: np.ndarray) -> slice | np.ndarray:
+    """The dimensions where some codeword of ``book`` (codewords, dim) is nonzero: a slice when
+    they are contiguous (a product-quantized book, a bit code's book), else their indices.
+    Elsewhere every codeword is zero, so scoring or subtracting there changes nothing."""
+    dims = np.flatnonzero(np.any(book != 0, axis=0))
+    if len(dims) == 0:
+        return slice(0, 0)
+    if dims[-1] - dims[0] + 1 == len(dims):
+        return slice(int(dims[0]), int(dims[-1]) + 1)
+    return dims
+
+
+def encode(x: np.ndarray, codebooks: np.ndarray, *, batch: int = 4096) -> np.ndarray:
     """Greedy residual encoding of x with ``codebooks``: indices (N, books), uint8 or uint16.
 
-    float32 throughout (one BLAS product per book and block of rows): about 5x the float64 path's
-    speed, ~300k 128-d vectors/s with 4 books on two cores; ties go to the lower index."""
+    float32 throughout: per book and block of rows one BLAS product with the codewords scaled
+    by −2 (exact: a power of two), plus their squared norms, then the argmin; a book that is
+    zero outside some dimensions (product quantization) is scored and subtracted on those only.
+    About 290k 128-d vectors/s with 4 books of 256 on two cores (BLAS-bound: 8 books take twice
+    as long); ties go to the lower index."""
     x = np.asarray(x, dtype=np.float32)
     books, codewords, _ = codebooks.shape
     cb = np.asarray(codebooks, dtype=np.float32)
     norms = (cb**2).sum(2)  # (books, codewords)
-    cbt = np.ascontiguousarray(cb.transpose(0, 2, 1))  # (books, dim, codewords)
     codes = np.empty((len(x), books), dtype=np.uint8 if codewords <= 256 else np.uint16)
-    # A book that is zero outside some dimensions (product quantization) is scored on those only.
-    support = [np.flatnonzero(np.any(cb[b] != 0, axis=0)) for b in range(books)]
-    narrow = [len(s) < cb.shape[2] for s in support]
-    cbs = [np.ascontiguousarray(cbt[b][support[b]]) if narrow[b] else cbt[b] for b in range(books)]
+    support = [_support(cb[b]) for b in range(books)]
+    words = [np.ascontiguousarray(cb[b][:, support[b]]) for b in range(books)]  # (codewords, |support|)
+    scorers = [np.ascontiguousarray(-2.0 * w.T) for w in words]  # (|support|, codewords)
     for s in range(0, len(x), batch):
         residual = x[s : s + batch].copy()
         for b in range(books):
-            d = (residual[:, support[b]] if narrow[b] else residual) @ cbs[b]
-            d *= -2.0
+            d = residual[:, support[b]] @ scorers[b]
             d += norms[b]
             idx = d.argmin(1)
             codes[s : s + batch, b] = idx
-            residual -= cb[b][idx]
+            residual[:, support[b]] -= words[b][idx]
     return codes
 
 
@@ -148,8 +160,9 @@ def encode_rows(x: np.ndarray, codebooks: np.ndarray, books: int, codes: np.ndar
 
         codes = pack_bits(x)
     residual = x.copy()
-    for j in range(extra):
-        residual -= codebooks[j][codes[:, j]]
+    for j in range(extra):  # a bit code's book is nonzero on its byte's 8 dimensions only
+        sup = _support(codebooks[j])
+        residual[:, sup] -= np.ascontiguousarray(codebooks[j][:, sup])[codes[:, j]]
     return encode(residual, codebooks[extra:])
 
 

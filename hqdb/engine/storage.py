@@ -40,13 +40,23 @@ from .options import CodeSet, TableOptions
 RERANK_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "int8": np.dtype("i1")}
 
 
+_INT8_BLOCK = 2048  # rows of encode_vectors' int8 conversion at a time
+
+
 def encode_vectors(x: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """float32 vectors (n, dim) as a rerank table stores them: (values, scales float32 (n,))."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if kind == "int8":
-        top = np.abs(x).max(axis=1) if x.size else np.zeros(len(x), np.float32)
-        scales = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
-        values = np.clip(np.rint(x / scales[:, None]), -127, 127).astype(np.int8)
+        values = np.empty(x.shape, dtype=np.int8)
+        scales = np.empty(len(x), dtype=np.float32)
+        for s in range(0, len(x), _INT8_BLOCK):  # blocks whose temporaries stay in cache
+            xb = x[s : s + _INT8_BLOCK]
+            top = np.abs(xb).max(axis=1) if xb.size else np.zeros(len(xb), np.float32)
+            sb = scales[s : s + _INT8_BLOCK] = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
+            q = xb / sb[:, None]
+            np.rint(q, out=q)
+            np.clip(q, -127, 127, out=q)
+            values[s : s + _INT8_BLOCK] = q
         return values, scales
     values = x.astype(RERANK_DTYPES[kind])
     if not np.isfinite(values).all():
@@ -352,7 +362,14 @@ class CodeStore:
         deleted (its pages go back to SQLite's free list, and its deleted codes do not linger).
         """
         cs = self.cs
-        put_idx = np.fromiter((self._chunk_idx(int(c)) for c in put_chunks), dtype=np.int64, count=len(put_chunks))
+        # One _chunk_idx per distinct chunk, in the order the chunks first appear (new chunks join
+        # the cache in that order), then every put mapped through it.
+        put_chunks = np.asarray(put_chunks, dtype=np.int64)
+        chunks, first, inverse = np.unique(put_chunks, return_index=True, return_inverse=True)
+        chunk_idx = np.empty(len(chunks), dtype=np.int64)
+        for u in np.argsort(first, kind="stable"):
+            chunk_idx[u] = self._chunk_idx(int(chunks[u]))
+        put_idx = chunk_idx[inverse.reshape(-1)]
         pos = put_idx * cs + np.asarray(put_slots, dtype=np.int64)
         cpos = np.fromiter(
             (self.position(int(c), int(s)) for c, s in zip(clear_chunks, clear_slots)),
