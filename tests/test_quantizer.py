@@ -151,3 +151,24 @@ def test_auto_keeps_the_quantizer_that_ranks_best(db):
     assert fit_best(x, 8, 16, queries=100)[0] == "rq"  # 'bits_pq' needs 256 codewords
     db.execute("CREATE VIRTUAL TABLE t USING hq(dim=64, books=8, codewords=256)")
     assert hqdb.fit_table(db, "t", x, seed=0).shape == cb.shape
+
+
+def test_encode_scores_narrow_books_on_their_dimensions_only():
+    """Books that are zero outside some dimensions (a contiguous slice, scattered dimensions, an
+    all-zero book) are scored and subtracted there only: the codes are the greedy residual
+    encoding of a float64 reference over every dimension (float32 may differ only in a near-tie)."""
+    rng = np.random.default_rng(5)
+    x = clustered(1500, dim=32, seed=5)
+    cb = np.zeros((4, 64, 32), np.float32)
+    cb[0] = rng.standard_normal((64, 32)) * 0.3  # full
+    cb[1][:, 8:20] = rng.standard_normal((64, 12)) * 0.1  # a slice
+    scattered = np.array([0, 3, 17, 30])
+    cb[2][:, scattered] = rng.standard_normal((64, 4)) * 0.1  # scattered dimensions
+    codes = quantize.encode(x, cb)  # book 3 is all zero
+    assert codes.shape == (1500, 4) and (codes[:, 3] == 0).all()
+    residual = x.astype(np.float64)
+    for b in range(4):
+        d = ((residual[:, None, :] - cb[b][None].astype(np.float64)) ** 2).sum(2)
+        got = d[np.arange(len(x)), codes[:, b].astype(np.int64)]
+        assert np.all(got <= d.min(1) + 1e-5)
+        residual -= cb[b][codes[:, b]]
