@@ -129,8 +129,9 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def section(rows: list[dict], command: str, seconds: float) -> list[str]:
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+def section(rows: list[dict], command: str, seconds: float, loadavg: list[float] | None = None) -> list[str]:
+    """The QUALITY.md section; ``loadavg``: the run's load average at its end (now, if not given)."""
+    load = " ".join(f"{x:.1f}" for x in (loadavg if loadavg is not None else os.getloadavg()))
     lines = [
         "## Training time vs data size (bench/train_scale.py)",
         "",
@@ -164,9 +165,9 @@ def section(rows: list[dict], command: str, seconds: float) -> list[str]:
         r = by[MILLION]
         lines += [
             "",
-            f"1,000,000 pairs (`--million`; kept from an earlier run by `--keep-million`): epochs of "
+            f"1,000,000 pairs (run by `--million`, or kept from an earlier run by `--keep-million`): epochs of "
             f"{', '.join(f'{x:.0f}' for x in r['epoch_seconds'])} s (the load of other jobs varies; "
-            f"{r['n_train'] / min(r['epoch_seconds']):,.0f} items/s in the faster epoch); setup + final validation "
+            f"{r['n_train'] / min(r['epoch_seconds']):,.0f} items/s in the fastest epoch); setup + final validation "
             f"{r['setup_and_final_s']:.0f} s (featurizing 1M captions, standardising, first codebooks, the "
             f"bounded final validation); generating the data {r['generate_s']:.0f} s (not included); peak RSS "
             f"{r['peak_rss_mb']:,} MB.",
@@ -197,7 +198,11 @@ def main(argv=None) -> None:
     if args.render:
         cached = json.loads((HERE / ".cache" / "train_scale.json").read_text())
         plot(cached["rows"], HERE / "train_scale.png")
-        replace_section(args.out, "train_scale.py", section(cached["rows"], cached["command"], cached["seconds"]))
+        replace_section(
+            args.out,
+            "train_scale.py",
+            section(cached["rows"], cached["command"], cached["seconds"], cached.get("loadavg")),
+        )
         return
     t0 = time.perf_counter()
     rows = []
@@ -214,11 +219,12 @@ def main(argv=None) -> None:
     cache.mkdir(exist_ok=True)
     command = " ".join(["python bench/train_scale.py", *sys.argv[1:]])
     seconds = time.perf_counter() - t0
+    loadavg = list(os.getloadavg())
     (cache / "train_scale.json").write_text(
-        json.dumps({"command": command, "seconds": seconds, "rows": rows}, indent=1)
+        json.dumps({"command": command, "seconds": seconds, "loadavg": loadavg, "rows": rows}, indent=1)
     )
     plot(rows, HERE / "train_scale.png")
-    replace_section(args.out, "train_scale.py", section(rows, command, seconds))
+    replace_section(args.out, "train_scale.py", section(rows, command, seconds, loadavg))
 
 
 if __name__ == "__main__":
