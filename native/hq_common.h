@@ -63,8 +63,9 @@
 #define HQ_BOUND_BLOCK 1024
 /* Scans prefetch the code bytes this far ahead of the rows they score (hq_prefetch). The
  * hardware prefetcher alone left a one-thread AVX2 scan of 16 MB at ~11 GB/s, half the memory's
- * streaming rate; 4 KB ahead brought it to ~25 GB/s (1 KB: ~16, 8-16 KB: the same as 4).
- * Measured with `python bench/search.py --isa` (bench/RESULTS.md). */
+ * streaming rate; 4 KB ahead brought it to ~25 GB/s (1 KB: ~16, 8-16 KB: the same as 4), on
+ * 1M x 16-byte codes, AVX2 EPYC, 2026-12-06; `python bench/search.py --isa` times the result
+ * against the memory floor (bench/RESULTS.md). */
 #ifndef HQ_PREFETCH_BYTES
 #define HQ_PREFETCH_BYTES 4096
 #endif
