@@ -51,16 +51,18 @@ def fit_codebooks(
     return out
 
 
-def _support(book: np.ndarray) -> slice | np.ndarray:
-    """The dimensions where some codeword of ``book`` (codewords, dim) is nonzero: a slice when
-    they are contiguous (a product-quantized book, a bit code's book), else their indices.
-    Elsewhere every codeword is zero, so scoring or subtracting there changes nothing."""
+def _narrow(book: np.ndarray) -> tuple[slice | np.ndarray, np.ndarray]:
+    """(support, words) of ``book`` (codewords, dim): the dimensions where some codeword is
+    nonzero — a slice when they are contiguous (a product-quantized book, a bit code's book),
+    else their indices — and the codewords on those dimensions only, contiguous. Elsewhere every
+    codeword is zero, so scoring or subtracting there changes nothing."""
     dims = np.flatnonzero(np.any(book != 0, axis=0))
+    support: slice | np.ndarray = dims
     if len(dims) == 0:
-        return slice(0, 0)
-    if dims[-1] - dims[0] + 1 == len(dims):
-        return slice(int(dims[0]), int(dims[-1]) + 1)
-    return dims
+        support = slice(0, 0)
+    elif dims[-1] - dims[0] + 1 == len(dims):
+        support = slice(int(dims[0]), int(dims[-1]) + 1)
+    return support, np.ascontiguousarray(book[:, support])
 
 
 def encode(x: np.ndarray, codebooks: np.ndarray, *, batch: int = 4096) -> np.ndarray:
@@ -76,8 +78,7 @@ def encode(x: np.ndarray, codebooks: np.ndarray, *, batch: int = 4096) -> np.nda
     cb = np.asarray(codebooks, dtype=np.float32)
     norms = (cb**2).sum(2)  # (books, codewords)
     codes = np.empty((len(x), books), dtype=np.uint8 if codewords <= 256 else np.uint16)
-    support = [_support(cb[b]) for b in range(books)]
-    words = [np.ascontiguousarray(cb[b][:, support[b]]) for b in range(books)]  # (codewords, |support|)
+    support, words = zip(*(_narrow(cb[b]) for b in range(books)))  # words[b]: (codewords, |support|)
     scorers = [np.ascontiguousarray(-2.0 * w.T) for w in words]  # (|support|, codewords)
     for s in range(0, len(x), batch):
         residual = x[s : s + batch].copy()
@@ -161,8 +162,8 @@ def encode_rows(x: np.ndarray, codebooks: np.ndarray, books: int, codes: np.ndar
         codes = pack_bits(x)
     residual = x.copy()
     for j in range(extra):  # a bit code's book is nonzero on its byte's 8 dimensions only
-        sup = _support(codebooks[j])
-        residual[:, sup] -= np.ascontiguousarray(codebooks[j][:, sup])[codes[:, j]]
+        sup, words = _narrow(codebooks[j])
+        residual[:, sup] -= words[codes[:, j]]
     return encode(residual, codebooks[extra:])
 
 
