@@ -51,7 +51,7 @@ def encode_vectors(x: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
         scales = np.empty(len(x), dtype=np.float32)
         for s in range(0, len(x), _INT8_BLOCK):  # blocks whose temporaries stay in cache
             xb = x[s : s + _INT8_BLOCK]
-            top = np.abs(xb).max(axis=1) if xb.size else np.zeros(len(xb), np.float32)
+            top = np.abs(xb).max(axis=1)  # a block has rows and dim >= 8 columns
             sb = scales[s : s + _INT8_BLOCK] = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
             q = xb / sb[:, None]
             np.rint(q, out=q)
