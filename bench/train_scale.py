@@ -129,9 +129,10 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def section(rows: list[dict], command: str, seconds: float, loadavg: list[float] | None = None) -> list[str]:
-    """The QUALITY.md section; ``loadavg``: the run's load average at its end (now, if not given)."""
-    load = " ".join(f"{x:.1f}" for x in (loadavg if loadavg is not None else os.getloadavg()))
+def section(rows: list[dict], command: str, seconds: float, loadavg: list[float] | None) -> list[str]:
+    """The QUALITY.md section; ``loadavg``: the run's load average at its end (None: a cache
+    written before it was recorded)."""
+    load = "not recorded" if loadavg is None else " ".join(f"{x:.1f}" for x in loadavg)
     lines = [
         "## Training time vs data size (bench/train_scale.py)",
         "",
