@@ -883,13 +883,13 @@ class RawCollection(Collection):
         rr = f", rerank={self.rerank!r}" if self.rerank else ""
         return f"RawCollection({self.name!r}, dim={self.dim}, books={self.books}{rr}, columns=[{cols}])"
 
-    def fit(self, sample, *, iters: int = 8, seed: int = 0) -> np.ndarray:
+    def fit(self, sample, *, quantizer: str = "auto", iters: int = 8, seed: int = 0) -> np.ndarray:
         """Fit the codebooks to ``sample`` (vectors like the ones you will insert, (N, dim)) with
-        :func:`hqdb.fit_table`; return them."""
+        :func:`hqdb.fit_table` (``quantizer`` as there); return them."""
         from .bulk import fit_table
 
         try:
-            return fit_table(self.db, self.name, sample, iters=iters, seed=seed)
+            return fit_table(self.db, self.name, sample, quantizer=quantizer, iters=iters, seed=seed)
         except HqError as e:
             raise CollectionError(f"{self.name}.fit: {e}") from None
 
@@ -1037,6 +1037,9 @@ class RawCollection(Collection):
             if "vector" in inputs:
                 x = inputs["vector"]
                 t = self._table()
+                from .kernels import pack_bits
+
+                code = pack_bits(x[None])
                 q = None
                 if self.books:
                     cb = t.codebooks()
@@ -1046,11 +1049,10 @@ class RawCollection(Collection):
                         )
                     from . import quantize
 
-                    q = quantize.encode(x[None], cb)[0].astype(t.opts.qcode_dtype).tobytes()
-                from .kernels import pack_bits
-
+                    # encode_rows: 'bits_pq' codebooks start with the bit code's own books
+                    q = quantize.encode_rows(x[None], cb, t.opts.books, code)[0].astype(t.opts.qcode_dtype).tobytes()
                 sets += ['"code" = ?', '"qcode" = ?']
-                params += [pack_bits(x[None])[0].tobytes(), q]
+                params += [code[0].tobytes(), q]
                 if self.rerank:
                     sets.append('"vector" = ?')
                     params.append(x.astype("<f4").tobytes())

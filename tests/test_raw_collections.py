@@ -255,3 +255,20 @@ def test_cli_search_names_a_raw_collection(db_path, capsys):
         db.create_collection("raw", dim=DIM, books=0)
     assert hqdb.cli.main(["search", "--db", str(db_path), "--collection", "raw", "--text", "x"]) == 1
     assert "raw is a raw hq table (no model to encode --text or --image)" in capsys.readouterr().err
+
+
+def test_update_vector_with_bits_pq_books(db, vecs):
+    """A new vector on a table whose codebooks score the bit code too ('bits_pq': the bit
+    code's own books in front) gets the codes an insert of that vector gets (it used to be
+    encoded with every book, bit books included, and refused as the wrong size)."""
+    c = db.create_collection("bp", dim=DIM, books=4, columns={"t": str})
+    c.fit(vecs, quantizer="bits_pq")
+    assert db.hq.table("bp").codebooks().shape == (DIM // 8 + 4, 256, DIM)
+    r = c.insert({"vector": vecs[0], "t": "x"})
+    fresh = c.insert({"vector": vecs[7], "t": "y"})
+    c.update(r, vector=vecs[7])
+    got, want = (db.execute("SELECT code, qcode FROM bp WHERE rowid = ?", (i,)).fetchone() for i in (r, fresh))
+    assert got == want and len(got[1]) == 4
+    with pytest.raises(hqdb.CollectionError, match="bp.fit: .*quantizer must be"):
+        c.fit(vecs, quantizer="pq")
+    assert c.search(vector=vecs[7], k=2).rowids.tolist() == sorted([r, fresh])
