@@ -456,6 +456,29 @@ def run_faiss_pq32(run: Run) -> None:
                     short=spec)
 
 
+def run_faiss_sq8(run: Run, nlist: int = 1000) -> None:
+    """FAISS's one byte a dimension, every row scored (no shortlist): ``SQ8`` (a range per
+    dimension, trained on 100k rows) and ``IVF1000,SQ8`` of each row's residual to its nearest
+    of 1,000 k-means centres with every list probed. What int8 ranks like at all, next to hqdb's
+    ``rerank='int8'`` (int8 of the vector, one scale per row)."""
+    faiss = _faiss()
+    train = run.x[np.random.default_rng(run.seed).choice(run.n, min(run.n, 100_000), replace=False)]
+    specs = (("SQ8", "SQ8, every row scored", 128, "SQ8"),
+             (f"IVF{nlist},SQ8", f"IVF{nlist},SQ8 of the residual, nprobe {nlist}", 128 + 8, "IVF SQ8 residual"))
+    for spec, config, nbytes, short in specs:
+        def build(spec=spec):
+            index = faiss.index_factory(DIM, spec, faiss.METRIC_INNER_PRODUCT)
+            index.train(train)
+            index.add(run.x)
+            if spec.startswith("IVF"):
+                faiss.extract_index_ivf(index).nprobe = nlist
+            return index
+
+        index, build_s = timed(build)
+        run.measure("FAISS scalar quantizer", config, lambda i, index=index: index.search(run.q[i:i + 1], K)[1][0],
+                    bytes_item=nbytes, where="codes", build_s=build_s, note="trained on 100k rows", short=short)
+
+
 def run_usearch(run: Run, m: int = 16, efs=(16, 64, 128)) -> None:
     """usearch HNSW, f32 vectors, inner product, connectivity m, one thread."""
     from usearch.index import Index
@@ -541,6 +564,7 @@ SYSTEMS: dict[str, Callable[[Run], None]] = {
     "faiss-binary": run_faiss_binary,
     "faiss-ivfpq": run_faiss_ivfpq,
     "faiss-pq32": run_faiss_pq32,
+    "faiss-sq8": run_faiss_sq8,
     "usearch": run_usearch,
     "lancedb": run_lancedb,
     "sqlite-vec": run_sqlite_vec,
@@ -593,7 +617,8 @@ def table_lines(rows: list[Row]) -> list[str]:
             out.append(f"| {r.system} | {r.config} | — | — | — | — | — | {r.note} |")
             continue
         b = f"{r.bytes_item:.1f} ({r.bytes_where})" if r.bytes_item is not None else "—"
-        out.append(f"| {r.system} | {r.config} | {b} | {fmt(r.build_s, 1)} | {fmt(r.p50_ms, 2)} | "
+        later = " (added later)" if "added later" in r.note else ""
+        out.append(f"| {r.system} | {r.config}{later} | {b} | {fmt(r.build_s, 1)} | {fmt(r.p50_ms, 2)} | "
                    f"{fmt(r.p95_ms, 2)} | {fmt(r.recall)} | {fmt(r.other_cpu, 2)} |")
     return out
 
@@ -649,6 +674,10 @@ def report(rows: list[Row], meta: dict, out_md: Path, out_png: Path) -> list[str
     lines += [f"Machine: {meta['cpu']['model']} ({meta['cpu']['cpus']} CPUs), lscpu flags: {meta['cpu']['flags']}. "
               f"Load average before / after: {meta['load_before']} / {meta['load_after']}.", "",
               f"hqdb.info(): `{json.dumps(hq)}`", "",
+              *[f"Rows marked \"added later\" were measured by `{ad['command']}` at {ad['commit']} on {ad['date']} "
+                f"(load {ad['load_before']} / {ad['load_after']}), same machine and data: their recall compares "
+                "directly, their latency only roughly." for ad in meta.get("added", [])],
+              *([""] if meta.get("added") else []),
               f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}.", "",
               f"hqdb rerank tables (`rerank=` option, `hqdb.fit_table` / `hqdb.insert_vectors`): "
               f"{'measured' if meta['rerank_available'] else NOT_IN_HQDB + ' (a re-run fills them in)'}.",
@@ -680,6 +709,25 @@ def write_report(rows: list[Row], meta: dict, out_md: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------
+def merge_rows(base: dict, new: list[Row], meta: dict) -> tuple[list[Row], dict]:
+    """``base``'s rows with ``new`` put in (a row of the same data set, system and configuration
+    replaced, else appended after its data set's rows); base's meta, with this run listed under
+    "added" (its rows' latencies come from another run: compare them with care)."""
+    rows = [Row(**r) for r in base["rows"]]
+    for r in new:
+        r.note = f"{r.note}; added later ({meta['date']}, {meta['commit']})".lstrip("; ")
+        same = [i for i, o in enumerate(rows) if (o.dataset, o.system, o.config) == (r.dataset, r.system, r.config)]
+        if same:
+            rows[same[0]] = r
+        else:
+            last = max((i for i, o in enumerate(rows) if o.dataset == r.dataset), default=len(rows) - 1)
+            rows.insert(last + 1, r)
+    out = dict(base["meta"])
+    out["added"] = [*out.get("added", []), {k: meta.get(k) for k in ("command", "commit", "date", "load_before",
+                                                                    "load_after", "elapsed_min")}]
+    return rows, out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -693,6 +741,9 @@ def main(argv=None) -> int:
                     "(default: bench/RESULTS.md at the default size and systems, else bench/.cache/peers/RESULTS.md)")
     ap.add_argument("--no-report", action="store_true", help="print only")
     ap.add_argument("--max-wait", type=float, default=10.0, help="seconds to wait for a quiet CPU before each timing")
+    ap.add_argument("--add-to", type=Path, help="measure --systems on the data of a run's JSON (same n, queries, "
+                    "seed, data sets) and put their rows into it (replacing rows of the same system and "
+                    "configuration); the report says which rows came later")
     ap.add_argument("--from-json", type=Path, help="measure nothing: rewrite the report and plot from a run's JSON "
                     "(bench/.cache/peers/peers_<n>.json; the section goes to bench/RESULTS.md at 1M rows)")
     a = ap.parse_args(argv)
@@ -702,6 +753,11 @@ def main(argv=None) -> int:
         full = meta["n"] == 1_000_000
         write_report(rows, meta, a.out or (BENCH / "RESULTS.md" if full else CACHE / "RESULTS.md"))
         return 0
+    base = None
+    if a.add_to:
+        base = json.loads(a.add_to.read_text())
+        a.n, a.queries, a.datasets = (base["meta"][k] for k in ("n", "queries", "datasets"))
+        a.seed = base["meta"].get("seed", 0)  # runs before the seed was recorded used the default, 0
     if a.quick:
         a.n, a.queries = 50_000, 100
     sb.QUIET["max_wait"] = a.max_wait
@@ -711,7 +767,8 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     meta = {"command": command.strip(), "commit": sb.git_head(), "date": _dt.date.today().isoformat(),
-            "n": a.n, "queries": a.queries, "datasets": a.datasets, "cpu": lscpu(), "machine": sb.machine_info(),
+            "n": a.n, "queries": a.queries, "seed": a.seed, "datasets": a.datasets, "cpu": lscpu(),
+            "machine": sb.machine_info(),
             "hqdb_info": hqdb.info(), "versions": versions(), "load_before": load_avg(), "pair_cosine": {},
             "rerank_available": False}
     log(f"peers: N={a.n:,}, {a.queries} queries, {meta['cpu']['model']}, load {meta['load_before']}")
@@ -752,7 +809,10 @@ def main(argv=None) -> int:
         log("\n".join(table_lines([r for r in rows if r.dataset == name])))
     if a.no_report:
         return 1 if failed else 0
-    dump = CACHE / f"peers_{a.n}.json"
+    if base is not None:
+        rows, meta = merge_rows(base, rows, meta)
+        out_md = a.out or (BENCH / "RESULTS.md" if a.n == 1_000_000 else CACHE / "RESULTS.md")
+    dump = a.add_to or CACHE / f"peers_{a.n}.json"
     dump.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1, default=str))
     log(f"\nrows in {dump}")
     write_report(rows, meta, out_md)

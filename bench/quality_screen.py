@@ -55,7 +55,8 @@ def transform(x: np.ndarray, kind: str | None) -> np.ndarray:
 
 
 def parse(name: str) -> tuple[str, dict, dict]:
-    """A config name from CONFIGS, or base+key=value,... (e.g. 'lda_base+ema=0.99,tx=sqrt')."""
+    """A config name from CONFIGS, or base+key=value,... (e.g. 'lda_base+ema=0.99,tx=sqrt'; 'base+free=1,clusters=10' trains
+    without labels)."""
     if name in CONFIGS:
         return CONFIGS[name]
     base, _, extra = name.partition("+")
@@ -77,6 +78,8 @@ def parse(name: str) -> tuple[str, dict, dict]:
             kw["_sel"] = v
         elif k == "val_r":
             kw["_val_r"] = json.loads(v)
+        elif k == "free":
+            kw["_free"] = json.loads(v)
         elif k == "hidden":
             kw["hidden"] = [int(w) for w in v.split("x")]
         else:
@@ -112,7 +115,8 @@ def run(name, d, seed, fold):
     q = {m: X[m][iq] for m in X}
     db = {m: X[m][idb] for m in X}
     t0 = time.perf_counter()
-    model = train({**db, "labels": d["labels"][idb]}, bits=64, seed=seed, progress=False, **kw)
+    free = kw.pop("_free", False)  # label-free: train on the pairs alone (scored with the labels)
+    model = train(db if free else {**db, "labels": d["labels"][idb]}, bits=64, seed=seed, progress=False, **kw)
     secs = time.perf_counter() - t0
     res = ranking.cross_modal(model, q, db, d["labels"][iq], d["labels"][idb], kinds=("two_stage",))
     return {
