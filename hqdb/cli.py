@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from .kernels import MODES
-from .model import METHODS
+from .model import DEFAULT_CLUSTERS, METHODS
 from .tabular import column_type, parse_scalar
 
 EXIT_USER_ERROR = 1
@@ -78,6 +78,8 @@ def _train(args) -> int:
         epochs=args.epochs,
         val_fraction=args.val_fraction,
         seed=args.seed,
+        label_free=args.label_free,
+        clusters=args.clusters,
         progress=_show_progress(args),
         **_image_options(args),
     )
@@ -1208,6 +1210,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--text-key", default="text", help="array of the .npz holding the text (default text)")
     tr.add_argument("--val-fraction", type=float, default=0.2)
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument(
+        "--label-free",
+        default="clusters",
+        choices=("clusters", "pairs"),
+        help="supervision when the data has no labels: text-cluster pseudo-labels (default) or the pairs alone",
+    )
+    tr.add_argument(
+        "--clusters",
+        type=int,
+        default=DEFAULT_CLUSTERS,
+        help=f"text clusters of --label-free clusters (default {DEFAULT_CLUSTERS}; about the number of topics)",
+    )
     tr.add_argument("--replace", action="store_true", help="overwrite a model of the same name")
     _image_arguments(tr)
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -111,3 +111,22 @@ def test_label_free_wiki_floor():
     # random 0.11; CCA on tf-idf 0.19 / 0.17; the goal of 0.25 both ways is not met I→T,
     # docs/methods.md). Floors: the first measurement minus 0.03.
     assert i2t >= 0.15 and t2i >= 0.23, (i2t, t2i)
+
+
+def test_cli_trains_without_labels(synthetic, tmp_path):
+    """`hqdb train` on an .npz without labels: --label-free and --clusters reach the trainer and
+    the stored model says what supervised it."""
+    import hqdb
+    from hqdb.cli import main
+
+    _, db = synthetic
+    np.savez(tmp_path / "pairs.npz", image=db["image"][:400], text=db["text"][:400])
+    common = ["--db", str(tmp_path / "m.db"), "--bits", "16", "--books", "2", "--codewords", "16", "--epochs", "2"]
+    common.append("-q")
+    assert main(["train", str(tmp_path / "pairs.npz"), "--name", "c", "--clusters", "5", *common]) == 0
+    assert main(["train", str(tmp_path / "pairs.npz"), "--name", "p", "--label-free", "pairs", *common]) == 0
+    conn = hqdb.connect(str(tmp_path / "m.db"))
+    assert hqdb.load_model(conn, "c").config["supervision"] == "text clusters (5)"
+    assert hqdb.load_model(conn, "p").config["supervision"] == "pairs"
+    with pytest.raises(SystemExit):
+        main(["train", str(tmp_path / "pairs.npz"), "--name", "x", "--label-free", "nope", *common])

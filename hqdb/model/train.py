@@ -29,7 +29,7 @@ from .. import metrics
 from .. import quantize as raw_quantize
 from ..errors import TrainingError
 from ..kernels import MAX_BITS
-from . import METHODS, aq, ranking
+from . import DEFAULT_CLUSTERS, METHODS, aq, ranking
 from .featurize import FEATURIZERS, TfidfFeaturizer, make_featurizer
 from .methods import method_class
 from .model import FORMAT, TrainedModel
@@ -47,9 +47,6 @@ DEFAULT_HIDDEN = {"image": [512], "text": [512]}
 # Per-epoch validation (early stopping) looks at a seeded sample of at most this many queries
 # and training items, so its cost does not grow with the data (Wiki: its 348 and 1,390 are all used).
 VAL_QUERIES = 500
-# Pseudo-labels without labels: text clusters (see _text_clusters). 20 chosen among 10 / 20 / 40
-# by the inner validation split of the Wiki database part (docs/methods.md).
-DEFAULT_CLUSTERS = 20
 VAL_DATABASE = 10000
 # Inputs of at most LOW_DIM dimensions (a topic distribution like Wiki's 10-d LDA, a few
 # attributes) train with dropout LOW_DIM_DROPOUT after the hidden layers of both towers unless
