@@ -80,6 +80,8 @@ def parse(name: str) -> tuple[str, dict, dict]:
             kw["_val_r"] = json.loads(v)
         elif k == "free":
             kw["_free"] = json.loads(v)
+        elif k == "lsa":
+            kw["_lsa"] = json.loads(v)
         elif k == "hidden":
             kw["hidden"] = [int(w) for w in v.split("x")]
         else:
@@ -115,6 +117,19 @@ def run(name, d, seed, fold):
     q = {m: X[m][iq] for m in X}
     db = {m: X[m][idb] for m in X}
     t0 = time.perf_counter()
+    lsa = kw.pop("_lsa", 0)
+    if lsa:  # text clusters fitted on the top-`lsa` singular directions of the centred text
+        plain = getattr(T, "_plain_text_clusters", T._text_clusters)
+        T._plain_text_clusters = plain
+
+        def reduced(X, tr_idx, k, seed, **kw2):
+            Xc = X - X[tr_idx].mean(0)
+            vt = np.linalg.svd(Xc[tr_idx], full_matrices=False)[2][:lsa]
+            return plain((Xc @ vt.T).astype(np.float32), tr_idx, k, seed, **kw2)
+
+        T._text_clusters = reduced
+    elif hasattr(T, "_plain_text_clusters"):
+        T._text_clusters = T._plain_text_clusters
     free = kw.pop("_free", False)  # label-free: train on the pairs alone (scored with the labels)
     model = train(db if free else {**db, "labels": d["labels"][idb]}, bits=64, seed=seed, progress=False, **kw)
     secs = time.perf_counter() - t0

@@ -107,10 +107,10 @@ def test_label_free_wiki_floor():
     db = {"image": d["image"][dbi], "text": d["text_tfidf"][dbi]}
     i2t, t2i = _map_all(model, q, db, d["labels"][qi], d["labels"][dbi])
     print(f"\nWiki label-free (text clusters) MAP@all: I→T {i2t:.3f} T→I {t2i:.3f}")
-    # Measured 0.187 / 0.310 with the epoch-window defaults of issue 14 (0.181 / 0.267 before;
-    # random 0.11; CCA on tf-idf 0.19 / 0.17; the goal of 0.25 both ways is not met I→T,
-    # docs/methods.md). Floors: the first measurement minus 0.03.
-    assert i2t >= 0.15 and t2i >= 0.23, (i2t, t2i)
+    # Measured 0.257 / 0.458 with 8 text clusters fitted in the tf-idf's top 100 principal
+    # directions (20 clusters on the raw tf-idf: 0.187 / 0.310; random 0.11; CCA on tf-idf
+    # 0.19 / 0.17; docs/methods.md). Floors: the measurement minus 0.03.
+    assert i2t >= 0.22 and t2i >= 0.42, (i2t, t2i)
 
 
 def test_cli_trains_without_labels(synthetic, tmp_path):
