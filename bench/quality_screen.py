@@ -55,8 +55,8 @@ def transform(x: np.ndarray, kind: str | None) -> np.ndarray:
 
 
 def parse(name: str) -> tuple[str, dict, dict]:
-    """A config name from CONFIGS, or base+key=value,... (e.g. 'lda_base+ema=0.99,tx=sqrt'; 'base+free=1,clusters=10' trains
-    without labels)."""
+    """A config name from CONFIGS, or base+key=value,... (e.g. 'lda_base+ema=0.99,tx=sqrt';
+    'base+free=1,clusters=10' trains without labels, lsa=D clusters its text in D directions)."""
     if name in CONFIGS:
         return CONFIGS[name]
     base, _, extra = name.partition("+")
@@ -80,6 +80,8 @@ def parse(name: str) -> tuple[str, dict, dict]:
             kw["_val_r"] = json.loads(v)
         elif k == "free":
             kw["_free"] = json.loads(v)
+        elif k == "tau":
+            kw["_tau"] = json.loads(v)
         elif k == "lsa":
             kw["_lsa"] = json.loads(v)
         elif k == "hidden":
@@ -117,19 +119,9 @@ def run(name, d, seed, fold):
     q = {m: X[m][iq] for m in X}
     db = {m: X[m][idb] for m in X}
     t0 = time.perf_counter()
-    lsa = kw.pop("_lsa", 0)
-    if lsa:  # text clusters fitted on the top-`lsa` singular directions of the centred text
-        plain = getattr(T, "_plain_text_clusters", T._text_clusters)
-        T._plain_text_clusters = plain
-
-        def reduced(X, tr_idx, k, seed, **kw2):
-            Xc = X - X[tr_idx].mean(0)
-            vt = np.linalg.svd(Xc[tr_idx], full_matrices=False)[2][:lsa]
-            return plain((Xc @ vt.T).astype(np.float32), tr_idx, k, seed, **kw2)
-
-        T._text_clusters = reduced
-    elif hasattr(T, "_plain_text_clusters"):
-        T._text_clusters = T._plain_text_clusters
+    tau = kw.pop("_tau", None)  # of the contrastive pair term (λ_pair; label-free: of L_sim)
+    hq.HQ.temperature, hq.HQ.pair_temperature = (0.1, 0.3) if tau is None else (tau, tau)
+    T.LSA_DIM = kw.pop("_lsa", 100)  # text clusters (no labels) in this many principal directions
     free = kw.pop("_free", False)  # label-free: train on the pairs alone (scored with the labels)
     model = train(db if free else {**db, "labels": d["labels"][idb]}, bits=64, seed=seed, progress=False, **kw)
     secs = time.perf_counter() - t0
