@@ -130,3 +130,20 @@ def test_cli_trains_without_labels(synthetic, tmp_path):
     assert hqdb.load_model(conn, "p").config["supervision"] == "pairs"
     with pytest.raises(SystemExit):
         main(["train", str(tmp_path / "pairs.npz"), "--name", "x", "--label-free", "nope", *common])
+
+
+def test_text_clusters_randomized_svd_matches_exact(monkeypatch):
+    """A wide text's clusters are fitted in its top principal directions; above EXACT_SVD_MAX
+    values those come from a randomized SVD, which must give the same clusters here."""
+    import hqdb.model.train as T
+
+    rng = np.random.default_rng(3)
+    topics = rng.random((6, 400)) ** 8  # sparse-ish word profiles of 6 topics
+    docs = topics[rng.integers(0, 6, 1500)] + 0.05 * rng.random((1500, 400))
+    idx = np.arange(1500)
+    exact = T._text_clusters(docs.astype(np.float32), idx, 6, 0)
+    monkeypatch.setattr(T, "EXACT_SVD_MAX", 1000)
+    randomized = T._text_clusters(docs.astype(np.float32), idx, 6, 0)
+    same = (exact[:, None] == exact[None, :]) == (randomized[:, None] == randomized[None, :])
+    assert same.mean() > 0.99, same.mean()
+    assert len(np.unique(exact)) == 6

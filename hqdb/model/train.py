@@ -595,6 +595,24 @@ def train(
 LSA_DIM = 100
 
 
+# Above this many values (fitted items x text dimensions) the principal directions come from a
+# randomized SVD (memory ~ items x (LSA_DIM + 10)) instead of the exact one (items x dims twice).
+EXACT_SVD_MAX = 20_000_000
+
+
+def _top_directions(A: np.ndarray, r: int, rng: np.random.Generator, power: int = 4) -> np.ndarray:
+    """The top ``r`` right singular vectors of A (r, A.shape[1]): exact SVD for a small A, else
+    a seeded randomized range finder (Halko et al. 2011) with ``power`` re-orthonormalised power
+    iterations and 10 extra columns."""
+    r = min(r, *A.shape)
+    if A.size <= EXACT_SVD_MAX:
+        return np.linalg.svd(A, full_matrices=False)[2][:r]
+    q = np.linalg.qr(A @ rng.standard_normal((A.shape[1], r + 10)))[0]
+    for _ in range(power):
+        q = np.linalg.qr(A @ np.linalg.qr(A.T @ q)[0])[0]
+    return np.linalg.svd(q.T @ A, full_matrices=False)[2][:r]
+
+
 def _text_clusters(
     T: np.ndarray, tr_idx: np.ndarray, k: int, seed: int, iters: int = 30, restarts: int = 4
 ) -> np.ndarray:
@@ -609,7 +627,7 @@ def _text_clusters(
     fit = tr_idx if len(tr_idx) <= 50000 else np.sort(rng.choice(tr_idx, 50000, replace=False))
     if T.shape[1] > LSA_DIM:
         mean = T[fit].astype(np.float64).mean(0)
-        vt = np.linalg.svd(T[fit].astype(np.float64) - mean, full_matrices=False)[2][:LSA_DIM]
+        vt = _top_directions(T[fit].astype(np.float64) - mean, LSA_DIM, rng)
         X = np.concatenate([(T[s : s + 65536].astype(np.float64) - mean) @ vt.T for s in range(0, len(T), 65536)])
     else:
         X = T.astype(np.float64)
