@@ -521,6 +521,7 @@ def _folder_model(args, db, items: list[dict]):
         bits=args.bits,
         epochs=args.epochs,
         seed=args.seed,
+        clusters=args.clusters,
         progress=_show_progress(args),
         **_text_options(args),
     )
@@ -1243,6 +1244,13 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--bits", type=int, default=64, help="code length of a model trained from a folder (default 64)")
     ix.add_argument("--epochs", type=int, default=50, help="epochs of a model trained from a folder (default 50)")
     ix.add_argument("--seed", type=int, default=0, help="seed of a model trained from a folder")
+    ix.add_argument(
+        "--clusters",
+        type=int,
+        default=DEFAULT_CLUSTERS,
+        help=f"caption clusters that supervise a model trained from a folder (default {DEFAULT_CLUSTERS}; "
+        "about the number of kinds of pictures)",
+    )
     ix.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ix.add_argument("--json", action="store_true")
 

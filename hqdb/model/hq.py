@@ -108,18 +108,13 @@ class HQ(Method):
     # With labels, L_pair (λ "pair") adds the same contrastive loss over the batch's own pairs to
     # Eq. 7: the labels say which classes match, the pairs which image goes with which text
     # within a class (what CCA learns from). Without labels it is 0 (L_sim is already that loss).
-    # Its temperature, chosen on inner splits of Wiki with the 10-d LDA text (where λ_pair is on
-    # by default) among 0.05 / 0.1 / 0.2 / 0.3 / 0.5: MAP@all I→T 0.232 / 0.254 / 0.260 / 0.270 /
-    # 0.259 (docs/methods.md). The label-free form keeps 0.1 (0.2 measured the same there).
-    pair_temperature = 0.3
 
     def loss_terms(self, f, g, s, labels, qf, qg, pos):
         terms = loss_terms(f, g, s, qf, qg)
         contrastive = labels is None and self.pair_loss == "contrastive"
         pair = None
         if contrastive or (labels is not None and self.lam.get("pair")):
-            tau = self.temperature if labels is None else self.pair_temperature
-            pair = pair_contrastive((f @ g.T) / (tau * f.shape[1]))
+            pair = pair_contrastive((f @ g.T) / (self.temperature * f.shape[1]))
         if contrastive and pair is not None:
             terms["sim"] = pair
         terms["pair"] = pair if labels is not None and pair is not None else f.new_zeros(())
