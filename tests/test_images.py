@@ -464,6 +464,16 @@ def test_cli_folder_to_search_in_two_commands(assets, tmp_path):
     assert none.returncode == 1 and "give --backbone timm:NAME --weights FILE" in none.stderr
 
 
+def test_cli_index_folder_clusters_reach_the_model(assets, tmp_path):
+    """`hqdb index DIR --clusters N`: the model trained from the folder is supervised by N
+    caption clusters."""
+    db = tmp_path / "k.db"
+    cli("index", str(assets / "photos"), "--db", str(db), "--collection", "photos", "--backbone", "timm:resnet10t",
+        "--weights", str(assets / "resnet10t.safetensors"), "--image-size", str(SIZE), "--bits", "16",
+        "--epochs", "2", "--clusters", "5", "--json")
+    assert hqdb.load_model(hqdb.connect(db), "photos").config["supervision"] == "text clusters (5)"
+
+
 def test_cli_index_resumes_after_sigkill(trained, assets, tmp_path):
     """Kill `hqdb index DIR` mid-way with SIGKILL, run it again: every file is there exactly once."""
     db_path = tmp_path / "media.db"
