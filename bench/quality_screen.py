@@ -119,8 +119,7 @@ def run(name, d, seed, fold):
     q = {m: X[m][iq] for m in X}
     db = {m: X[m][idb] for m in X}
     t0 = time.perf_counter()
-    tau = kw.pop("_tau", None)  # of the contrastive pair term (λ_pair; label-free: of L_sim)
-    hq.HQ.temperature, hq.HQ.pair_temperature = (0.1, 0.3) if tau is None else (tau, tau)
+    hq.HQ.temperature = kw.pop("_tau", 0.1)  # of the contrastive pair term (λ_pair; label-free: of L_sim)
     T.LSA_DIM = kw.pop("_lsa", 100)  # text clusters (no labels) in this many principal directions
     free = kw.pop("_free", False)  # label-free: train on the pairs alone (scored with the labels)
     model = train(db if free else {**db, "labels": d["labels"][idb]}, bits=64, seed=seed, progress=False, **kw)
