@@ -34,6 +34,8 @@ after a few warm-up queries:
 * FAISS ``IndexBinaryFlat`` top-1000 on the same sign bits + exact float re-rank;
   ``IVF1000,PQ16`` (inner product, nprobe 10) without and with a x10 exact float re-rank;
   ``PQ32`` and ``OPQ32,PQ32`` scanning every row (32 B/item, the budget of hqdb's codes-only row);
+  ``SQ8`` and ``IVF1000,SQ8`` of the residual (nprobe 1000), every row scored (``faiss-sq8``: what
+  one byte a dimension ranks like, next to hqdb's ``rerank='int8'``);
 * usearch HNSW, f32, connectivity (M) 16, inner product, expansion_search (ef) 16 / 64 / 128;
 * LanceDB IVF_PQ (1000 partitions, 16 sub-vectors, dot), nprobes 10, refine_factor 10, in a
   temporary directory;
@@ -754,6 +756,8 @@ def main(argv=None) -> int:
         write_report(rows, meta, a.out or (BENCH / "RESULTS.md" if full else CACHE / "RESULTS.md"))
         return 0
     base = None
+    if a.add_to and a.quick:
+        ap.error("--add-to measures on the JSON's own data size: leave out --quick")
     if a.add_to:
         base = json.loads(a.add_to.read_text())
         a.n, a.queries, a.datasets = (base["meta"][k] for k in ("n", "queries", "datasets"))
