@@ -51,7 +51,7 @@ def fit_codebooks(
     return out
 
 
-def _narrow(book: np.ndarray) -> tuple[slice | np.ndarray, np.ndarray]:
+def book_support(book: np.ndarray) -> tuple[slice | np.ndarray, np.ndarray]:
     """(support, words) of ``book`` (codewords, dim): the dimensions where some codeword is
     nonzero — a slice when they are contiguous (a product-quantized book, a bit code's book),
     else their indices — and the codewords on those dimensions only, contiguous. Elsewhere every
@@ -78,7 +78,7 @@ def encode(x: np.ndarray, codebooks: np.ndarray, *, batch: int = 4096) -> np.nda
     cb = np.asarray(codebooks, dtype=np.float32)
     norms = (cb**2).sum(2)  # (books, codewords)
     codes = np.empty((len(x), books), dtype=np.uint8 if codewords <= 256 else np.uint16)
-    support, words = zip(*(_narrow(cb[b]) for b in range(books)))  # words[b]: (codewords, |support|)
+    support, words = zip(*(book_support(cb[b]) for b in range(books)))  # words[b]: (codewords, |support|)
     scorers = [np.ascontiguousarray(-2.0 * w.T) for w in words]  # (|support|, codewords)
     for s in range(0, len(x), batch):
         residual = x[s : s + batch].copy()
@@ -162,7 +162,7 @@ def encode_rows(x: np.ndarray, codebooks: np.ndarray, books: int, codes: np.ndar
         codes = pack_bits(x)
     residual = x.copy()
     for j in range(extra):  # a bit code's book is nonzero on its byte's 8 dimensions only
-        sup, words = _narrow(codebooks[j])
+        sup, words = book_support(codebooks[j])
         residual[:, sup] -= words[codes[:, j]]
     return encode(residual, codebooks[extra:])
 

@@ -1141,9 +1141,9 @@ class Table:
                 if plan is None:
                     luts[j] = kernels.aqd_lut(vec, cb)
                     continue
-                for book, (support, compact) in enumerate(plan):
+                for book, (support, compact, width) in enumerate(plan):
                     if compact is None:
-                        luts[j, book] = kernels.aqd_lut(vec, cb[book : book + 1])[0] if len(support) else 0.0
+                        luts[j, book] = kernels.aqd_lut(vec, cb[book : book + 1])[0] if width else 0.0
                     else:
                         luts[j, book] = kernels.aqd_lut(np.ascontiguousarray(vec[support]), compact)[0]
         except ValueError:  # the only way a finite query and finite codebooks fail here
@@ -1166,12 +1166,13 @@ class Table:
         computed on those only (the same float64 sums: the skipped products are exact zeros);
         None for dense codebooks."""
         if self._lut_plans is None or self._lut_plans[0] is not cb:
-            plan = []
+            plan, used = [], 0
             for book in range(cb.shape[0]):
-                support = np.flatnonzero(np.any(cb[book] != 0, axis=0))
-                narrow = 0 < len(support) < cb.shape[2]
-                plan.append((support, np.ascontiguousarray(cb[book][:, support][None]) if narrow else None))
-            sparse = sum(len(sp) for sp, _ in plan) * 2 < cb.shape[0] * cb.shape[2]
+                support, words = quantize.book_support(cb[book])  # the dimensions, a slice or indices
+                used += words.shape[1]
+                narrow = 0 < words.shape[1] < cb.shape[2]
+                plan.append((support, words[None] if narrow else None, words.shape[1]))
+            sparse = used * 2 < cb.shape[0] * cb.shape[2]
             self._lut_plans = (cb, plan if sparse else None)
         return self._lut_plans[1]
 
