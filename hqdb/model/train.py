@@ -626,8 +626,11 @@ def _text_clusters(
     rng = np.random.default_rng([seed, 11])
     fit = tr_idx if len(tr_idx) <= 50000 else np.sort(rng.choice(tr_idx, 50000, replace=False))
     if T.shape[1] > LSA_DIM:
-        mean = T[fit].astype(np.float64).mean(0)
-        vt = _top_directions(T[fit].astype(np.float64) - mean, LSA_DIM, rng)
+        sample = T[fit].astype(np.float64)
+        mean = sample.mean(0)
+        sample -= mean
+        vt = _top_directions(sample, LSA_DIM, rng)
+        del sample
         X = np.concatenate([(T[s : s + 65536].astype(np.float64) - mean) @ vt.T for s in range(0, len(T), 65536)])
     else:
         X = T.astype(np.float64)
