@@ -328,7 +328,7 @@ def run_hqdb(run: Run) -> None:
 def run_hqdb_rerank(run: Run) -> None:
     """hqdb tables that keep each row's vector and re-rank the shortlist exactly (rerank=...)."""
     have_api = all(hasattr(hqdb, f) for f in ("insert_vectors", "fit_table"))
-    sample = run.x[np.random.default_rng(run.seed).choice(run.n, min(run.n, 20000), replace=False)]
+    sample = _train_sample(run, 20000)
     for books, kind, cands in HQ_RERANK:
         searches = [(f"books={books}, rerank='{kind}', candidates {c}", f"B{books} {kind} c{c}", c, "two_stage")
                     for c in cands]
@@ -362,7 +362,7 @@ def run_hqdb_codes(run: Run, books: int = 16) -> None:
     if not hasattr(hqdb.quantize, "fit_best"):
         run.missing("hqdb codes (fit_table)", f"books={books}", f"{NOT_IN_HQDB} (no quantizer='auto')")
         return
-    sample = run.x[np.random.default_rng(run.seed).choice(run.n, min(run.n, 20000), replace=False)]
+    sample = _train_sample(run, 20000)
     path = run.tmp / f"hq_codes_{books}.db"
     db = hqdb.connect(str(path), threads=1)
     db.execute(f"CREATE VIRTUAL TABLE t USING hq(dim={DIM}, books={books}, codewords={CODEWORDS})")
@@ -412,7 +412,7 @@ def run_faiss_binary(run: Run, shortlist: int = 1000) -> None:
 def run_faiss_ivfpq(run: Run, nlist: int = 1000, m: int = 16, nprobe: int = 10, factor: int = 10) -> None:
     """FAISS IVF{nlist},PQ{m}, inner product, without and with an exact float re-rank of k*factor."""
     faiss = _faiss()
-    train = run.x[np.random.default_rng(run.seed).choice(run.n, min(run.n, 100_000), replace=False)]
+    train = _train_sample(run)
 
     def build():
         index = faiss.index_factory(DIM, f"IVF{nlist},PQ{m}", faiss.METRIC_INNER_PRODUCT)
@@ -439,23 +439,38 @@ def run_faiss_ivfpq(run: Run, nlist: int = 1000, m: int = 16, nprobe: int = 10, 
                 short=f"PQ16 + x{factor} re-rank")
 
 
-def run_faiss_pq32(run: Run) -> None:
-    """FAISS's exhaustive 32-byte quantizers (PQ32, OPQ32,PQ32; inner product, every row scored):
-    what 32 B per vector ranks like without floats, next to hqdb's codes-only table."""
+def _train_sample(run: Run, rows: int = 100_000) -> np.ndarray:
+    """A seeded sample of ``rows`` rows (all of them below that) to fit on: FAISS's trained
+    indexes take 100k, hqdb's fit_table 20k."""
+    return run.x[np.random.default_rng(run.seed).choice(run.n, min(run.n, rows), replace=False)]
+
+
+def _faiss_scan(run: Run, system: str, specs, note: str) -> None:
+    """Indexes that score every row: for each (factory spec, configuration, bytes/item, plot label),
+    build (train on the sample, add every row; an IVF index probes all of its lists) and time."""
     faiss = _faiss()
-    train = run.x[np.random.default_rng(run.seed).choice(run.n, min(run.n, 100_000), replace=False)]
-    for spec in ("PQ32", "OPQ32,PQ32"):
+    train = _train_sample(run)
+    for spec, config, nbytes, short in specs:
 
         def build(spec=spec):
             index = faiss.index_factory(DIM, spec, faiss.METRIC_INNER_PRODUCT)
             index.train(train)
             index.add(run.x)
+            ivf = faiss.try_extract_index_ivf(index)
+            if ivf is not None:
+                ivf.nprobe = ivf.nlist
             return index
 
         index, build_s = timed(build)
-        run.measure("FAISS PQ (exhaustive)", spec, lambda i, index=index: index.search(run.q[i:i + 1], K)[1][0],
-                    bytes_item=32, where="codes", build_s=build_s, note="trained on 100k rows, scans every row",
-                    short=spec)
+        run.measure(system, config, lambda i, index=index: index.search(run.q[i:i + 1], K)[1][0],
+                    bytes_item=nbytes, where="codes", build_s=build_s, note=note, short=short)
+
+
+def run_faiss_pq32(run: Run) -> None:
+    """FAISS's exhaustive 32-byte quantizers (PQ32, OPQ32,PQ32; inner product, every row scored):
+    what 32 B per vector ranks like without floats, next to hqdb's codes-only table."""
+    _faiss_scan(run, "FAISS PQ (exhaustive)", [(spec, spec, 32, spec) for spec in ("PQ32", "OPQ32,PQ32")],
+                "trained on 100k rows, scans every row")
 
 
 def run_faiss_sq8(run: Run, nlist: int = 1000) -> None:
@@ -463,22 +478,9 @@ def run_faiss_sq8(run: Run, nlist: int = 1000) -> None:
     dimension, trained on 100k rows) and ``IVF1000,SQ8`` of each row's residual to its nearest
     of 1,000 k-means centres with every list probed. What int8 ranks like at all, next to hqdb's
     ``rerank='int8'`` (int8 of the vector, one scale per row)."""
-    faiss = _faiss()
-    train = run.x[np.random.default_rng(run.seed).choice(run.n, min(run.n, 100_000), replace=False)]
-    specs = (("SQ8", "SQ8, every row scored", 128, "SQ8"),
-             (f"IVF{nlist},SQ8", f"IVF{nlist},SQ8 of the residual, nprobe {nlist}", 128 + 8, "IVF SQ8 residual"))
-    for spec, config, nbytes, short in specs:
-        def build(spec=spec):
-            index = faiss.index_factory(DIM, spec, faiss.METRIC_INNER_PRODUCT)
-            index.train(train)
-            index.add(run.x)
-            if spec.startswith("IVF"):
-                faiss.extract_index_ivf(index).nprobe = nlist
-            return index
-
-        index, build_s = timed(build)
-        run.measure("FAISS scalar quantizer", config, lambda i, index=index: index.search(run.q[i:i + 1], K)[1][0],
-                    bytes_item=nbytes, where="codes", build_s=build_s, note="trained on 100k rows", short=short)
+    specs = [("SQ8", "SQ8, every row scored", 128, "SQ8"),
+             (f"IVF{nlist},SQ8", f"IVF{nlist},SQ8 of the residual, nprobe {nlist}", 128 + 8, "IVF SQ8 residual")]
+    _faiss_scan(run, "FAISS scalar quantizer", specs, "trained on 100k rows")
 
 
 def run_usearch(run: Run, m: int = 16, efs=(16, 64, 128)) -> None:
