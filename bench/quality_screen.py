@@ -13,6 +13,7 @@ Prints one line per run and mean ± sd per config; appends JSON lines to bench/.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -91,6 +92,16 @@ def parse(name: str) -> tuple[str, dict, dict]:
     return key, tf, kw
 
 
+@functools.cache
+def library_defaults() -> dict:
+    """The trainer's settings a config may override, as the library has them (read before the
+    first run changes any)."""
+    import hqdb.model.train as T
+    from hqdb.model import hq
+
+    return {"val_r": T.VAL_R, "tau": hq.HQ.temperature, "lsa": T.LSA_DIM}
+
+
 def run(name, d, seed, fold):
     import hqdb.model.train as T
     from hqdb.model import ranking
@@ -98,7 +109,8 @@ def run(name, d, seed, fold):
 
     key, tf, kw = parse(name)
     kw = dict(kw)
-    T.VAL_R = kw.pop("_val_r", 50)
+    default = library_defaults()
+    T.VAL_R = kw.pop("_val_r", default["val_r"])
     from hqdb import metrics
     from hqdb.model import hq
 
@@ -119,8 +131,8 @@ def run(name, d, seed, fold):
     q = {m: X[m][iq] for m in X}
     db = {m: X[m][idb] for m in X}
     t0 = time.perf_counter()
-    hq.HQ.temperature = kw.pop("_tau", 0.1)  # of the contrastive pair term (λ_pair; label-free: of L_sim)
-    T.LSA_DIM = kw.pop("_lsa", 100)  # text clusters (no labels) in this many principal directions
+    hq.HQ.temperature = kw.pop("_tau", default["tau"])  # of the pair term (λ_pair; label-free: of L_sim)
+    T.LSA_DIM = kw.pop("_lsa", default["lsa"])  # text clusters (no labels) in this many principal directions
     free = kw.pop("_free", False)  # label-free: train on the pairs alone (scored with the labels)
     model = train(db if free else {**db, "labels": d["labels"][idb]}, bits=64, seed=seed, progress=False, **kw)
     secs = time.perf_counter() - t0
