@@ -32,12 +32,12 @@ from hqdb.kernels import pack_bits  # noqa: E402
 BOOKS = 16
 
 
-def front_scale(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """'bits_pq''s bit books (± the mean |x_i|) and coarse book, and what they leave of x."""
-    scale = np.abs(x).astype(np.float64).mean(0).astype(np.float32)
-    residual = x - np.where(x > 0, scale, -scale)
-    coarse = Q.fit_codebooks(residual, 1, 256, sample=len(residual), seed=seed)
-    return np.concatenate([Q.bit_books(scale), coarse]), residual - coarse[0][Q.encode(residual, coarse)[:, 0]]
+def front_of(books: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The front of 'bits_pq' codebooks (the bit code's books and the coarse book) and what it
+    leaves of x."""
+    front = books[: x.shape[1] // 8 + 1]
+    codes = np.hstack([pack_bits(x), Q.encode_rows(x, front, 1)]).astype(np.int64)
+    return front, x - front[np.arange(len(front))[None, :], codes].sum(1)
 
 
 def front_pattern(x: np.ndarray, seed: int, shrink: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +116,7 @@ def main() -> None:
         x, q = make(30000, 200, 0)
         fit = x[:20000]
         shipped = Q.fit_bits_pq(fit, BOOKS)
-        front, residual = front_scale(fit, 0)
+        front, residual = front_of(shipped, fit)
         rotated = np.concatenate([front, opq_books(residual, 0)])
         front_p, residual_p = front_pattern(fit, 0)
         pattern = np.concatenate([front_p, pq_books(residual_p, 0)])
