@@ -6,8 +6,9 @@
 For outer seeds 0, 1 and folds 0, 1 of bench/quality_folds.py, the database part (80% of
 wiki_train.npz) is cut into 20% inner queries and 80% inner database (bench/quality_screen.py's
 cut). On the inner database each candidate gives every item a cluster: the tf-idf text by
-spherical k-means (hqdb's _text_clusters) with k clusters, the same after LSA (a truncated SVD),
-or the joint CCA space (image and text projections, each normalised, summed). Printed per
+spherical k-means (hqdb's _text_clusters, its own LSA step switched off) with k clusters, the
+same after LSA (a truncated SVD), or the joint CCA space (image and text projections, each
+normalised, summed). Printed per
 candidate: purity against the true classes (what the labels would say), and a label-space proxy
 of the model: a logistic regression per modality predicting the cluster, inner queries ranked
 against the inner database by the cosine of the predicted distributions, MAP@all with the true
@@ -28,9 +29,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 import references as R  # noqa: E402
-from quality_folds import DATA, folds  # noqa: E402
+from quality_folds import DATA  # noqa: E402
+from quality_screen import inner_split  # noqa: E402
 
-from hqdb.model.train import _text_clusters  # noqa: E402
+import hqdb.model.train as trainer  # noqa: E402
 
 CANDIDATES = ("text_8", "text_10", "text_20", "lsa100_8", "lsa100_10", "joint10_10", "joint20_20")
 
@@ -52,7 +54,12 @@ def clusters(name: str, image: np.ndarray, text: np.ndarray, seed: int) -> np.nd
         cca = R.CCA(10.0).fit(image, text)
         a, b = cca.tx(image, dim), cca.ty(text, dim)
         z = a / np.linalg.norm(a, axis=1, keepdims=True) + b / np.linalg.norm(b, axis=1, keepdims=True)
-    return _text_clusters(z.astype(np.float32), np.arange(len(z)), k, seed)
+    saved = trainer.LSA_DIM
+    trainer.LSA_DIM = max(saved, z.shape[1])  # k-means in the space given: the trainer's LSA step off
+    try:
+        return trainer._text_clusters(z.astype(np.float32), np.arange(len(z)), k, seed)
+    finally:
+        trainer.LSA_DIM = saved
 
 
 def main() -> None:
@@ -62,11 +69,7 @@ def main() -> None:
     res: dict[str, list] = {}
     for seed in (0, 1):
         for fold in (0, 1):
-            qi = folds(len(lab), seed)[fold]
-            dbi = np.setdiff1d(np.arange(len(lab)), qi)
-            perm = np.random.default_rng([seed, fold, 99]).permutation(dbi)
-            n_q = len(perm) // 5
-            iq, idb = np.sort(perm[:n_q]), np.sort(perm[n_q:])
+            iq, idb = inner_split(len(lab), seed, fold)
             img, txt = d["image"], d["text_tfidf"]
             for name in CANDIDATES:
                 c = clusters(name, img[idb], txt[idb], seed)

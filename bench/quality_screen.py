@@ -92,6 +92,15 @@ def parse(name: str) -> tuple[str, dict, dict]:
     return key, tf, kw
 
 
+def inner_split(n: int, seed: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inner queries, inner database): the database part of outer fold ``fold`` of seed ``seed``
+    (quality_folds.folds) cut again, seeded by (seed, fold): 20% and 80%, sorted."""
+    qi = folds(n, seed)[fold]
+    perm = np.random.default_rng([seed, fold, 99]).permutation(np.setdiff1d(np.arange(n), qi))
+    n_q = len(perm) // 5
+    return np.sort(perm[:n_q]), np.sort(perm[n_q:])
+
+
 @functools.cache
 def library_defaults() -> dict:
     """The trainer's settings a config may override, as the library has them (read before the
@@ -122,11 +131,7 @@ def run(name, d, seed, fold):
     }[sel]
     eps = kw.pop("_smooth", 0.0)
     hq.similarity = lambda a, b: ((a.float() @ b.float().T) > 0).float() * (1 - 2 * eps) + eps
-    qi = folds(len(d["labels"]), seed)[fold]
-    dbi = np.setdiff1d(np.arange(len(d["labels"])), qi)
-    perm = np.random.default_rng([seed, fold, 99]).permutation(dbi)
-    n_q = len(perm) // 5
-    iq, idb = np.sort(perm[:n_q]), np.sort(perm[n_q:])
+    iq, idb = inner_split(len(d["labels"]), seed, fold)
     X = {"image": transform(d["image"], tf.get("image")), "text": transform(d[key], tf.get("text"))}
     q = {m: X[m][iq] for m in X}
     db = {m: X[m][idb] for m in X}
