@@ -34,37 +34,100 @@ from quality_screen import inner_split  # noqa: E402
 
 import hqdb.model.train as trainer  # noqa: E402
 
-CANDIDATES = ("text_8", "text_10", "text_20", "lsa100_8", "lsa100_10", "joint10_10", "joint20_20")
+CANDIDATES = (
+    "text_8", "text_10", "text_20", "lsa100_8", "lsa100_10", "joint10_10", "joint20_20",
+    # tried later (docs/methods.md): more restarts, fewer directions, graph and consensus
+    # clusterings, NMF topics, the 10-d LDA topics, and the true classes (the proxy's ceiling)
+    "lsa100r20_8", "lsa30_8", "spectral10_8", "spectral20_8", "consensus_8", "nmf_8", "nmf_10", "lda_8",
+    "classes_10",
+)  # fmt: skip
 
 
 def purity(c: np.ndarray, y: np.ndarray) -> float:
     return sum(np.bincount(y[c == j]).max() for j in np.unique(c)) / len(c)
 
 
-def clusters(name: str, image: np.ndarray, text: np.ndarray, seed: int) -> np.ndarray:
+def kmeans(z: np.ndarray, k: int, seed: int, restarts: int = 4) -> np.ndarray:
+    """The trainer's spherical k-means in the space given (its LSA step off)."""
+    saved = trainer.LSA_DIM
+    trainer.LSA_DIM = max(saved, z.shape[1])
+    try:
+        return trainer._text_clusters(z.astype(np.float32), np.arange(len(z)), k, seed, restarts=restarts)
+    finally:
+        trainer.LSA_DIM = saved
+
+
+def lsa(text: np.ndarray, dim: int) -> np.ndarray:
+    tc = text - text.mean(0)
+    return tc @ np.linalg.svd(tc, full_matrices=False)[2][:dim].T
+
+
+def spectral(W: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means of the top k eigenvectors of the normalised affinity D^-1/2 W D^-1/2."""
+    W = W.copy()
+    np.fill_diagonal(W, 0)
+    d = np.maximum(W.sum(1), 1e-12)
+    return kmeans(np.linalg.eigh(W / np.sqrt(np.outer(d, d)))[1][:, -k:], k, seed, restarts=10)
+
+
+def knn_graph(z: np.ndarray, nn: int) -> np.ndarray:
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    S = z @ z.T
+    np.fill_diagonal(S, -np.inf)
+    W = np.zeros_like(S)
+    rows, cols = np.repeat(np.arange(len(z)), nn), np.argsort(-S, axis=1)[:, :nn].ravel()
+    W[rows, cols] = np.maximum(S[rows, cols], 0)
+    return np.maximum(W, W.T)
+
+
+def nmf_topics(X: np.ndarray, k: int, seed: int, iters: int = 300, restarts: int = 4) -> np.ndarray:
+    """Each item's largest topic of a seeded NMF X ≈ WH (multiplicative updates; best restart)."""
+    X = np.maximum(X, 0)
+    best, best_err = None, np.inf
+    for r in range(restarts):
+        rng = np.random.default_rng([seed, r])
+        W, H = rng.random((len(X), k)) + 0.1, rng.random((k, X.shape[1])) + 0.1
+        for _ in range(iters):
+            H *= (W.T @ X) / (W.T @ W @ H + 1e-9)
+            W *= (X @ H.T) / (W @ (H @ H.T) + 1e-9)
+        err = float(np.linalg.norm(X - W @ H))
+        if err < best_err:
+            best, best_err = W, err
+    assert best is not None
+    return best.argmax(1)
+
+
+def clusters(name: str, image: np.ndarray, text: np.ndarray, seed: int, lda=None, classes=None) -> np.ndarray:
     kind, k = name.split("_")
     k = int(k)
+    if kind == "classes":
+        return classes
+    if kind == "nmf":
+        return nmf_topics(text, k, seed)
+    if kind == "consensus":  # co-association of 10 single-start k-means runs, split spectrally
+        z = lsa(text, 100)
+        runs = [kmeans(z, k, seed * 100 + r, restarts=1) for r in range(10)]
+        return spectral(np.mean([c[:, None] == c[None, :] for c in runs], axis=0), k, seed)
+    if kind.startswith("spectral"):
+        return spectral(knn_graph(lsa(text, 100), int(kind[8:])), k, seed)
+    if kind == "lda":
+        return kmeans(lda, k, seed)
     if kind == "text":
         z = text
     elif kind.startswith("lsa"):
-        tc = text - text.mean(0)
-        z = tc @ np.linalg.svd(tc, full_matrices=False)[2][: int(kind[3:])].T
+        dim, _, restarts = kind[3:].partition("r")
+        return kmeans(lsa(text, int(dim)), k, seed, restarts=int(restarts or 4))
     else:  # joint CCA space of both modalities
         dim = int(kind[5:])
         cca = R.CCA(10.0).fit(image, text)
         a, b = cca.tx(image, dim), cca.ty(text, dim)
         z = a / np.linalg.norm(a, axis=1, keepdims=True) + b / np.linalg.norm(b, axis=1, keepdims=True)
-    saved = trainer.LSA_DIM
-    trainer.LSA_DIM = max(saved, z.shape[1])  # k-means in the space given: the trainer's LSA step off
-    try:
-        return trainer._text_clusters(z.astype(np.float32), np.arange(len(z)), k, seed)
-    finally:
-        trainer.LSA_DIM = saved
+    return kmeans(z, k, seed)
 
 
 def main() -> None:
     with np.load(DATA, allow_pickle=False) as f:
-        d = {k: f[k] for k in ("image", "text_tfidf", "labels")}
+        d = {k: f[k] for k in ("image", "text", "text_tfidf", "labels")}
     lab = d["labels"].argmax(1)
     res: dict[str, list] = {}
     for seed in (0, 1):
@@ -72,7 +135,7 @@ def main() -> None:
             iq, idb = inner_split(len(lab), seed, fold)
             img, txt = d["image"], d["text_tfidf"]
             for name in CANDIDATES:
-                c = clusters(name, img[idb], txt[idb], seed)
+                c = clusters(name, img[idb], txt[idb], seed, lda=d["text"][idb], classes=lab[idb])
                 li, lt = R.LogReg(1e-2).fit(img[idb], c), R.LogReg(1e-2).fit(txt[idb], c)
                 s = R.score_both(
                     {"labels": d["labels"][iq]},

@@ -211,7 +211,8 @@ def test_training_any_method_is_deterministic():
 # ----------------------------------------------------------------------------- defaults from the input's shape
 def test_low_dimensional_inputs_get_dropout_and_the_pair_loss():
     """A modality of <= LOW_DIM input dimensions (a 10-d topic distribution, like Wiki's LDA text)
-    trains with dropout 0.3 and HQ's λ_pair = 1 unless told otherwise; wider inputs with neither."""
+    trains with dropout 0.3 and HQ's λ_pair = 1 unless told otherwise; wider inputs without
+    dropout and with λ_pair 0.1."""
     from hqdb.model.train import LOW_DIM
 
     kw = {**KW, "epochs": 3}
@@ -221,14 +222,35 @@ def test_low_dimensional_inputs_get_dropout_and_the_pair_loss():
     assert m.config["train"]["dropout"] == 0.3 and m.config["lambdas"]["pair"] == 1.0
     assert all(h["pair"] > 0 for h in m.config["history"])  # the term is really in the loss
     m = train(wide, **kw)
-    assert m.config["train"]["dropout"] == 0.0 and m.config["lambdas"]["pair"] == 0.0
-    assert all(h["pair"] == 0 for h in m.config["history"])
+    assert m.config["train"]["dropout"] == 0.0 and m.config["lambdas"]["pair"] == 0.1
+    assert all(h["pair"] > 0 for h in m.config["history"])
     m = train(low, dropout=0.0, lambdas={"pair": 0.0}, **kw)  # explicit values win
     assert m.config["train"]["dropout"] == 0.0 and m.config["lambdas"]["pair"] == 0.0
     m = train(low, method="dcmh", **kw)  # no pair loss: only the dropout default applies
     assert m.config["train"]["dropout"] == 0.3 and "pair" not in m.config["lambdas"]
     with pytest.raises(ValueError, match="dropout"):
         train(wide, dropout=1.0, **kw)
+
+
+def test_pair_temperature_follows_the_supervision():
+    """HQ's pair term is sharp (τ 0.1) beside text-cluster pseudo-labels and soft (τ 0.3) beside
+    given labels (the trainer sets ``pseudo_labels`` for label_free="clusters")."""
+    import torch
+
+    from hqdb.model import methods
+    from hqdb.model.hq import HQ
+
+    g = torch.Generator().manual_seed(0)
+    f, t = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
+    labels = torch.eye(4)[torch.arange(8) % 4]
+    s = (labels @ labels.T > 0).float()
+    meth = HQ(16, 4, HQ.lambdas)
+    soft = meth.loss_terms(f, t, s, labels, f, t, None)["pair"]
+    meth.pseudo_labels = True
+    sharp = meth.loss_terms(f, t, s, labels, f, t, None)["pair"]
+    assert HQ.label_temperature != HQ.temperature and not torch.isclose(soft, sharp)
+    expected = methods.pair_contrastive((f @ t.T) / (HQ.label_temperature * 16))
+    assert torch.isclose(soft, expected)
 
 
 def test_epoch_window_averages_the_selected_weights():

@@ -28,6 +28,7 @@ class Method:
     terms: tuple[str, ...] = ()
     lambdas: dict[str, float] = {}
     train_defaults: dict = {}  # overrides of train()'s generic defaults (epochs, lr, ...)
+    pseudo_labels = False  # set by the trainer when the labels are text-cluster pseudo-labels
 
     def __init__(self, bits: int, n_classes: int, lambdas: dict[str, float]):
         self.bits = bits

@@ -39,8 +39,10 @@ from .model import FORMAT, TrainedModel
 # (Eq. 3-6 over all pairs); in hq.py's means, its λ_sim 50, λ_h 0.01, λ_b 0.01, λ_q 1e-4 become
 # about 1, 0.013, 0.013, 1.3e-4 at 64 bits — which trained worse here (validation harmonic MAP@50
 # 0.36 vs 0.39). λ_h 0.1-0.3 did best; λ_h >= 1 binarises too early and costs T→I; λ_b and λ_q
-# in 0.01-0.1 made no measurable difference.
-DEFAULT_LAMBDAS = {"sim": 1.0, "h": 0.3, "b": 0.01, "q": 0.01, "pair": 0.0}  # = hq.HQ.lambdas
+# in 0.01-0.1 made no measurable difference. λ_pair (the contrastive loss over the batch's own
+# pairs, ours) 0.1 was chosen later on bench/quality_screen.py's inner splits (tf-idf text, MAP@all
+# I→T / T→I 0.299 / 0.691 → 0.319 / 0.697; 0.3 lost: 0.285 / 0.680; docs/methods.md).
+DEFAULT_LAMBDAS = {"sim": 1.0, "h": 0.3, "b": 0.01, "q": 0.01, "pair": 0.1}  # = hq.HQ.lambdas
 # Generic optimiser defaults (HQ's, tuned as above); a method may override them (train_defaults).
 DEFAULT_TRAIN = {"epochs": 50, "batch_size": 32, "lr": 3e-3, "aq_rounds": 2}
 DEFAULT_HIDDEN = {"image": [512], "text": [512]}
@@ -55,7 +57,7 @@ VAL_DATABASE = 10000
 LOW_DIM, LOW_DIM_DROPOUT = 16, 0.3
 # ... and, for methods with a "pair" loss weight (hq), λ_pair = 1: the contrastive loss over the
 # batch's own pairs next to the label loss (MAP@all I→T 0.22 → 0.25, T→I 0.44 → 0.48 there; on
-# tf-idf it cost 0.08 I→T, so it is 0 otherwise).
+# tf-idf λ_pair 1 cost 0.08 I→T, so it is 0.1 otherwise).
 LOW_DIM_LAMBDAS = {"pair": 1.0}
 # Ranking depth of the per-epoch validation MAP with labels (None: MAP@all).
 VAL_R: int | None = 50
@@ -272,7 +274,7 @@ def train(
     ``hidden`` is the hidden-layer widths, a list for both towers or {"image": [...], "text":
     [...]}; ``dropout`` applies after each hidden layer while training. Defaults chosen from the
     inputs' shape: when a modality has at most LOW_DIM (16) input dimensions (e.g. a topic
-    distribution), ``dropout`` None means 0.3 and HQ's λ_pair 1, otherwise 0 and 0. Adam (``lr``,
+    distribution), ``dropout`` None means 0.3 and HQ's λ_pair 1, otherwise 0 and 0.1. Adam (``lr``,
     ``weight_decay``) over ``epochs`` epochs of ``batch_size`` pairs (None: the method's
     defaults, DEFAULT_TRAIN otherwise), cosine-decayed unless ``cosine`` is False.
     ``val_fraction`` of the items (seeded) are held out: validation MAP@50 of the method's search
@@ -482,6 +484,7 @@ def train(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             meth = cls(bits, 0 if labels is None else labels.shape[1], lam)
+            meth.pseudo_labels = supervision.startswith("text clusters")
             result = _fit(
                 torch,
                 meth,
