@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """Which pseudo-labels to train without labels from: a quick check in numpy, no tower trained.
 
-    python bench/pseudo_labels.py
+    python bench/pseudo_labels.py [CANDIDATE ...]   (default: all of CANDIDATES)
 
 For outer seeds 0, 1 and folds 0, 1 of bench/quality_folds.py, the database part (80% of
 wiki_train.npz) is cut into 20% inner queries and 80% inner database (bench/quality_screen.py's
 cut). On the inner database each candidate gives every item a cluster: the tf-idf text by
 spherical k-means (hqdb's _text_clusters, its own LSA step switched off) with k clusters, the
 same after LSA (a truncated SVD), or the joint CCA space (image and text projections, each
-normalised, summed). Printed per
-candidate: purity against the true classes (what the labels would say), and a label-space proxy
+normalised, summed); a few candidates are several clusterings at once (purity: their mean).
+Printed per candidate: purity against the true classes (what the labels would say), and a label-space proxy
 of the model: a logistic regression per modality predicting the cluster, inner queries ranked
 against the inner database by the cosine of the predicted distributions, MAP@all with the true
 labels. Cheap enough to try many candidates before training towers on the few that look best
@@ -40,6 +40,8 @@ CANDIDATES = (
     # clusterings, NMF topics, the 10-d LDA topics, and the true classes (the proxy's ceiling)
     "lsa100r20_8", "lsa30_8", "spectral10_8", "spectral20_8", "consensus_8", "nmf_8", "nmf_10", "lda_8",
     "classes_10",
+    # several clusterings at once (the trainer's CLUSTER_RUNS): 5 seeded runs, or k = 4, 8 and 16
+    "lsa100x5_8", "lsa100x1_8", "multik_4-8-16",
 )  # fmt: skip
 
 
@@ -98,8 +100,15 @@ def nmf_topics(X: np.ndarray, k: int, seed: int, iters: int = 300, restarts: int
 
 
 def clusters(name: str, image: np.ndarray, text: np.ndarray, seed: int, lda=None, classes=None) -> np.ndarray:
-    kind, k = name.split("_")
-    k = int(k)
+    """The candidate's clusters: (items,), or (items, runs) for several clusterings at once."""
+    kind, k_text = name.split("_")
+    if kind == "multik":
+        z = lsa(text, 100)
+        return np.stack([kmeans(z, int(k), seed) for k in k_text.split("-")], axis=1)
+    k = int(k_text)
+    if kind.startswith("lsa100x"):  # runs seeded apart, like the trainer's CLUSTER_RUNS
+        z = lsa(text, 100)
+        return np.stack([kmeans(z, k, seed * 1000 + r) for r in range(int(kind[7:]))], axis=1)
     if kind == "classes":
         return classes
     if kind == "nmf":
@@ -125,7 +134,11 @@ def clusters(name: str, image: np.ndarray, text: np.ndarray, seed: int, lda=None
     return kmeans(z, k, seed)
 
 
-def main() -> None:
+def main(names=None) -> None:
+    names = names or sys.argv[1:] or CANDIDATES
+    unknown = set(names) - set(CANDIDATES)
+    if unknown:
+        sys.exit(f"unknown candidates {sorted(unknown)}; choose from {CANDIDATES}")
     with np.load(DATA, allow_pickle=False) as f:
         d = {k: f[k] for k in ("image", "text", "text_tfidf", "labels")}
     lab = d["labels"].argmax(1)
@@ -134,19 +147,31 @@ def main() -> None:
         for fold in (0, 1):
             iq, idb = inner_split(len(lab), seed, fold)
             img, txt = d["image"], d["text_tfidf"]
-            for name in CANDIDATES:
+            for name in names:
                 c = clusters(name, img[idb], txt[idb], seed, lda=d["text"][idb], classes=lab[idb])
-                li, lt = R.LogReg(1e-2).fit(img[idb], c), R.LogReg(1e-2).fit(txt[idb], c)
+                runs = c.reshape(len(c), -1).T
+                # per clustering a logistic regression per modality; several clusterings: their
+                # predicted distributions (unit length each) concatenated
+                p: dict[str, list] = {"qi": [], "qt": [], "di": [], "dt": []}
+                for r in runs:
+                    li, lt = R.LogReg(1e-2).fit(img[idb], r), R.LogReg(1e-2).fit(txt[idb], r)
+                    for key, model, x in (("qi", li, img[iq]), ("qt", lt, txt[iq]), ("di", li, img[idb]),
+                                          ("dt", lt, txt[idb])):  # fmt: skip
+                        pr = model.proba(x)
+                        p[key].append(pr / np.linalg.norm(pr, axis=1, keepdims=True))
+                v = {key: np.hstack(parts) for key, parts in p.items()}
                 s = R.score_both(
                     {"labels": d["labels"][iq]},
                     {"labels": d["labels"][idb]},
-                    R.cosine_rank(li.proba(img[iq]), lt.proba(txt[idb])),
-                    R.cosine_rank(lt.proba(txt[iq]), li.proba(img[idb])),
+                    R.cosine_rank(v["qi"], v["dt"]),
+                    R.cosine_rank(v["qt"], v["di"]),
                 )
-                out = (purity(c, lab[idb]), s["i2t"]["map@all"], s["t2i"]["map@all"])
+                out = (np.mean([purity(r, lab[idb]) for r in runs]), s["i2t"]["map@all"], s["t2i"]["map@all"])
                 res.setdefault(name, []).append(out)
-                print(f"seed {seed} fold {fold} {name}: purity {out[0]:.3f}, proxy I→T {out[1]:.3f} T→I {out[2]:.3f}",
-                      flush=True)
+                print(
+                    f"seed {seed} fold {fold} {name}: purity {out[0]:.3f}, proxy I→T {out[1]:.3f} T→I {out[2]:.3f}",
+                    flush=True,
+                )
     print("\nmean over the 4 inner splits: purity, proxy I→T, proxy T→I")
     for name, v in res.items():
         m = np.mean(v, axis=0)

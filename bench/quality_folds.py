@@ -108,7 +108,7 @@ def section(results: dict, args, seconds: float, argv: list[str]) -> list[str]:
         "| row | I→T MAP@all | T→I MAP@all | worst seed I→T / T→I | runs | train s (mean) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for row, runs in results.items():
+    for row, runs in sorted(results.items(), key=lambda item: list(ROWS).index(item[0])):
         if not runs:
             continue
         a = np.array([[r["i2t"], r["t2i"]] for r in runs])

@@ -58,7 +58,8 @@ def transform(x: np.ndarray, kind: str | None) -> np.ndarray:
 def parse(name: str) -> tuple[str, dict, dict]:
     """A config name from CONFIGS, or base+key=value,... (e.g. 'lda_base+ema=0.99,tx=sqrt';
     'base+free=1,clusters=10' trains without labels, lsa=D clusters its text in D directions,
-    tau= / ltau= set λ_pair's temperature beside pseudo-labels / given labels)."""
+    tau= sets HQ.temperature, ltau= HQ.pair_temperature (λ_pair's), runs=R trains on R
+    text clusterings at once)."""
     if name in CONFIGS:
         return CONFIGS[name]
     base, _, extra = name.partition("+")
@@ -82,10 +83,8 @@ def parse(name: str) -> tuple[str, dict, dict]:
             kw["_val_r"] = json.loads(v)
         elif k == "free":
             kw["_free"] = json.loads(v)
-        elif k in ("tau", "ltau"):
+        elif k in ("tau", "ltau", "lsa", "runs"):
             kw["_" + k] = json.loads(v)
-        elif k == "lsa":
-            kw["_lsa"] = json.loads(v)
         elif k == "hidden":
             kw["hidden"] = [int(w) for w in v.split("x")]
         else:
@@ -109,7 +108,13 @@ def library_defaults() -> dict:
     import hqdb.model.train as T
     from hqdb.model import hq
 
-    return {"val_r": T.VAL_R, "tau": hq.HQ.temperature, "ltau": hq.HQ.label_temperature, "lsa": T.LSA_DIM}
+    return {
+        "val_r": T.VAL_R,
+        "tau": hq.HQ.temperature,
+        "ltau": hq.HQ.pair_temperature,
+        "lsa": T.LSA_DIM,
+        "runs": T.CLUSTER_RUNS,
+    }
 
 
 def run(name, d, seed, fold):
@@ -137,9 +142,10 @@ def run(name, d, seed, fold):
     q = {m: X[m][iq] for m in X}
     db = {m: X[m][idb] for m in X}
     t0 = time.perf_counter()
-    hq.HQ.temperature = kw.pop("_tau", default["tau"])  # label-free: of L_sim; of λ_pair beside pseudo-labels
-    hq.HQ.label_temperature = kw.pop("_ltau", default["ltau"])  # of λ_pair beside given labels
+    hq.HQ.temperature = kw.pop("_tau", default["tau"])  # label-free: of L_sim; of λ_pair when sharp_pairs
+    hq.HQ.pair_temperature = kw.pop("_ltau", default["ltau"])  # of λ_pair otherwise
     T.LSA_DIM = kw.pop("_lsa", default["lsa"])  # text clusters (no labels) in this many principal directions
+    T.CLUSTER_RUNS = kw.pop("_runs", default["runs"])  # independent text clusterings behind the pseudo-labels
     free = kw.pop("_free", False)  # label-free: train on the pairs alone (scored with the labels)
     model = train(db if free else {**db, "labels": d["labels"][idb]}, bits=64, seed=seed, progress=False, **kw)
     secs = time.perf_counter() - t0

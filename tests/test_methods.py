@@ -232,9 +232,9 @@ def test_low_dimensional_inputs_get_dropout_and_the_pair_loss():
         train(wide, dropout=1.0, **kw)
 
 
-def test_pair_temperature_follows_the_supervision():
-    """HQ's pair term is sharp (τ 0.1) beside text-cluster pseudo-labels and soft (τ 0.3) beside
-    given labels (the trainer sets ``pseudo_labels`` for label_free="clusters")."""
+def test_pair_temperature():
+    """HQ's pair term uses the soft pair_temperature (0.3), except with ``sharp_pairs`` (the
+    trainer's flag for pseudo-labels of a low-dimensional text: HQ.temperature, 0.1)."""
     import torch
 
     from hqdb.model import methods
@@ -246,11 +246,11 @@ def test_pair_temperature_follows_the_supervision():
     s = (labels @ labels.T > 0).float()
     meth = HQ(16, 4, HQ.lambdas)
     soft = meth.loss_terms(f, t, s, labels, f, t, None)["pair"]
-    meth.pseudo_labels = True
+    meth.sharp_pairs = True
     sharp = meth.loss_terms(f, t, s, labels, f, t, None)["pair"]
-    assert HQ.label_temperature != HQ.temperature and not torch.isclose(soft, sharp)
-    expected = methods.pair_contrastive((f @ t.T) / (HQ.label_temperature * 16))
-    assert torch.isclose(soft, expected)
+    assert HQ.pair_temperature != HQ.temperature and not torch.isclose(soft, sharp)
+    assert torch.isclose(soft, methods.pair_contrastive((f @ t.T) / (HQ.pair_temperature * 16)))
+    assert torch.isclose(sharp, methods.pair_contrastive((f @ t.T) / (HQ.temperature * 16)))
 
 
 def test_epoch_window_averages_the_selected_weights():

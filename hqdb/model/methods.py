@@ -28,7 +28,7 @@ class Method:
     terms: tuple[str, ...] = ()
     lambdas: dict[str, float] = {}
     train_defaults: dict = {}  # overrides of train()'s generic defaults (epochs, lr, ...)
-    pseudo_labels = False  # set by the trainer when the labels are text-cluster pseudo-labels
+    sharp_pairs = False  # hq: set by the trainer for pseudo-labels of a low-dimensional text
 
     def __init__(self, bits: int, n_classes: int, lambdas: dict[str, float]):
         self.bits = bits
