@@ -45,9 +45,15 @@ for key, tag in (("text_tfidf", ""), ("text", "lda_")):
     )
 
 
-def transform(x: np.ndarray, kind: str | None) -> np.ndarray:
+def transform(x: np.ndarray, kind: str | None, fit: np.ndarray | None = None) -> np.ndarray:
+    """An input transform; 'lsaD' projects on the top D principal directions of the rows ``fit``
+    (the inner database: never the queries)."""
     if kind is None:
         return x
+    if kind.startswith("lsa") and fit is not None:
+        mean = x[fit].mean(0)
+        vt = np.linalg.svd(x[fit] - mean, full_matrices=False)[2][: int(kind[3:])]
+        return ((x - mean) @ vt.T).astype(np.float32)
     if kind == "sqrt":
         return np.sqrt(np.maximum(x, 0)).astype(np.float32)
     if kind == "log":
@@ -58,7 +64,9 @@ def transform(x: np.ndarray, kind: str | None) -> np.ndarray:
 def parse(name: str) -> tuple[str, dict, dict]:
     """A config name from CONFIGS, or base+key=value,... (e.g. 'lda_base+ema=0.99,tx=sqrt';
     'base+free=1,clusters=10' trains without labels, lsa=D clusters its text in D directions,
-    tau= sets HQ.temperature, ltau= HQ.pair_temperature (λ_pair's), runs=R trains on R
+    ti= / tt= transform the image / text input (sqrt, log, lsaD), hi= / ht= set a tower's hidden
+    widths (e.g. 1024, 512x512, lin), tau= sets HQ.temperature, ltau= HQ.pair_temperature
+    (λ_pair's), runs=R trains on R
     text clusterings at once)."""
     if name in CONFIGS:
         return CONFIGS[name]
@@ -138,7 +146,7 @@ def run(name, d, seed, fold):
     eps = kw.pop("_smooth", 0.0)
     hq.similarity = lambda a, b: ((a.float() @ b.float().T) > 0).float() * (1 - 2 * eps) + eps
     iq, idb = inner_split(len(d["labels"]), seed, fold)
-    X = {"image": transform(d["image"], tf.get("image")), "text": transform(d[key], tf.get("text"))}
+    X = {"image": transform(d["image"], tf.get("image"), idb), "text": transform(d[key], tf.get("text"), idb)}
     q = {m: X[m][iq] for m in X}
     db = {m: X[m][idb] for m in X}
     t0 = time.perf_counter()
