@@ -66,7 +66,7 @@ def parse(name: str) -> tuple[str, dict, dict]:
     'base+free=1,clusters=10' trains without labels, lsa=D clusters its text in D directions,
     ti= / tt= transform the image / text input (sqrt, log, lsaD), hi= / ht= set a tower's hidden
     widths (e.g. 1024, 512x512, lin), tau= sets HQ.temperature, ltau= HQ.pair_temperature
-    (λ_pair's), runs=R trains on R
+    (λ_pair's), agree=t sets CLUSTER_AGREEMENT, runs=R trains on R
     text clusterings at once)."""
     if name in CONFIGS:
         return CONFIGS[name]
@@ -91,7 +91,7 @@ def parse(name: str) -> tuple[str, dict, dict]:
             kw["_val_r"] = json.loads(v)
         elif k == "free":
             kw["_free"] = json.loads(v)
-        elif k in ("tau", "ltau", "lsa", "runs"):
+        elif k in ("tau", "ltau", "lsa", "runs", "agree"):
             kw["_" + k] = json.loads(v)
         elif k == "hidden":
             kw["hidden"] = [int(w) for w in v.split("x")]
@@ -122,6 +122,7 @@ def library_defaults() -> dict:
         "ltau": hq.HQ.pair_temperature,
         "lsa": T.LSA_DIM,
         "runs": T.CLUSTER_RUNS,
+        "agree": T.CLUSTER_AGREEMENT,
     }
 
 
@@ -154,6 +155,7 @@ def run(name, d, seed, fold):
     hq.HQ.pair_temperature = kw.pop("_ltau", default["ltau"])  # of λ_pair otherwise
     T.LSA_DIM = kw.pop("_lsa", default["lsa"])  # text clusters (no labels) in this many principal directions
     T.CLUSTER_RUNS = kw.pop("_runs", default["runs"])  # independent text clusterings behind the pseudo-labels
+    T.CLUSTER_AGREEMENT = kw.pop("_agree", default["agree"])  # s_ij = 1 above this share of agreeing runs
     free = kw.pop("_free", False)  # label-free: train on the pairs alone (scored with the labels)
     model = train(db if free else {**db, "labels": d["labels"][idb]}, bits=64, seed=seed, progress=False, **kw)
     secs = time.perf_counter() - t0

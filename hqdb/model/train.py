@@ -608,6 +608,10 @@ LSA_DIM = 100
 # Wiki, 8 clusters, MAP@all I→T / T→I: 1 run 0.215 / 0.406, 5 runs 0.223 / 0.450, 10 0.218 /
 # 0.446, 20 0.218 / 0.441 (docs/methods.md); one partition's arbitrary borders average out.
 CLUSTER_RUNS = 5
+# None: that graded s. A fraction t: s_ij = 1 when more than t of the runs agree, else 0 (the
+# majority, 0.5, did better on Wiki's tf-idf but worse on its LDA text, on short captions and on
+# over-split synthetic topics; docs/methods.md).
+CLUSTER_AGREEMENT: float | None = None
 
 
 # Above this many values (fitted items x text dimensions) the principal directions come from a
@@ -914,8 +918,12 @@ def _fit(
                     f, g = map(meth.activate, distributed.forward(Xt["image"][items], Xt["text"][items]))
                 if Lt is not None:
                     lab = Lt[items]
-                    # label_runs > 1: one block per text clustering, s = the fraction that agree
-                    sim = similarity(lab, lab) if label_runs == 1 else (lab @ lab.T) / label_runs
+                    if label_runs == 1:
+                        sim = similarity(lab, lab)
+                    else:  # one block per text clustering: s = the fraction of them that agree
+                        sim = (lab @ lab.T) / label_runs
+                        if CLUSTER_AGREEMENT is not None:
+                            sim = (sim > CLUSTER_AGREEMENT).float()
                 else:  # the pairs are the supervision: item i's image and text, nothing else
                     lab = None
                     sim = eye[: len(pos), : len(pos)]
