@@ -475,7 +475,7 @@ def train(
         raise TrainingError(f"dropout must be a number in [0, 1), got {dropout!r}")
     label_runs = 1
     if supervision.startswith("text clusters"):
-        runs = _text_clusters(X["text"], tr_idx, clusters, seed, runs=CLUSTER_RUNS)
+        runs = _text_clusters(X["text"], tr_idx, clusters, seed, runs=max(1, CLUSTER_RUNS))
         label_runs = runs.shape[1]
         # one one-hot block per clustering; s_ij = the fraction of clusterings that agree
         labels = np.concatenate([metrics.as_multihot(runs[:, r], clusters) for r in range(label_runs)], axis=1)
