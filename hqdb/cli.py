@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from .kernels import MODES
-from .model import DEFAULT_CLUSTERS, METHODS, VAL_FRACTION
+from .model import DEFAULT_CLUSTERS, METHODS
 from .tabular import column_type, parse_scalar
 
 EXIT_USER_ERROR = 1
@@ -1209,7 +1209,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--codewords", type=int, default=256, help="codewords per codebook (default 256)")
     tr.add_argument("--epochs", type=int, default=50, help="maximum epochs (default 50, early stopping)")
     tr.add_argument("--text-key", default="text", help="array of the .npz holding the text (default text)")
-    tr.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
+    tr.add_argument("--val-fraction", type=float, default=0.2)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument(
         "--label-free",

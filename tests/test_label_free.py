@@ -66,7 +66,7 @@ def test_label_free_is_deterministic_and_validated(synthetic):
     ]
     val = a.config["metrics"]["validation"]
     assert set(val) == {"i2t", "t2i"} and 0 <= val["i2t"]["two_stage"]["map@50"] <= 1
-    assert a.config["metrics"]["validation_sample"] == {"queries": 90, "database": 90}  # 15% of 600
+    assert a.config["metrics"]["validation_sample"] == {"queries": 120, "database": 120}
 
 
 def test_missing_labels_trains_but_missing_modalities_still_fail(synthetic):

@@ -371,7 +371,7 @@ def test_training_on_synthetic_pairs_beats_random_by_far():
     q, db = order[:200], order[200:]
     model = _train({k: v[db] for k, v in data.items()}, bits=32, books=4, codewords=32, epochs=30)
     cfg = model.config
-    assert cfg["metrics"]["n_train"] == 680 and cfg["metrics"]["n_val"] == 120  # val_fraction 0.15
+    assert cfg["metrics"]["n_train"] == 640 and cfg["metrics"]["n_val"] == 160
     assert 1 <= cfg["metrics"]["best_epoch"] <= cfg["metrics"]["epochs_run"] == len(cfg["history"])
     assert set(cfg["history"][0]) == {"epoch", "sim", "h", "b", "q", "pair", "val_i2t", "val_t2i", "val_hmean",
                                       "seconds"}

@@ -18,11 +18,4 @@ METHODS = ("hq", "cq", "spdq", "chn", "dcmh", "cdq", "c+d", "lossless")
 # database parts (docs/methods.md, "Training from pairs alone").
 DEFAULT_CLUSTERS = 8
 
-# Share of the training items held out for early stopping (hqdb.train(val_fraction=...), hqdb
-# train --val-fraction). 0.15 chosen on inner splits (tf-idf text, MAP@all I→T / T→I, 8 runs):
-# 0.320 / 0.725 against 0.2's 0.318 / 0.694; 0.1 gave 0.315 / 0.720, 0.05 was unstable (one run
-# T→I 0.47); on the 10-d LDA text and without labels the change was within the spread
-# (docs/methods.md, "Generalisation").
-VAL_FRACTION = 0.15
-
-__all__ = ["DEFAULT_CLUSTERS", "METHODS", "VAL_FRACTION", "TrainedModel", "TfidfFeaturizer"]
+__all__ = ["DEFAULT_CLUSTERS", "METHODS", "TrainedModel", "TfidfFeaturizer"]

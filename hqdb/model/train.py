@@ -29,7 +29,7 @@ from .. import metrics
 from .. import quantize as raw_quantize
 from ..errors import TrainingError
 from ..kernels import MAX_BITS
-from . import DEFAULT_CLUSTERS, METHODS, VAL_FRACTION, aq, ranking
+from . import DEFAULT_CLUSTERS, METHODS, aq, ranking
 from .featurize import FEATURIZERS, TfidfFeaturizer, make_featurizer
 from .methods import method_class
 from .model import FORMAT, TrainedModel
@@ -230,7 +230,7 @@ def train(
     codewords: int = 256,
     text_key: str = "text",
     image_key: str = "image",
-    val_fraction: float = VAL_FRACTION,
+    val_fraction: float = 0.2,
     seed: int = 0,
     epochs: int | None = None,
     batch_size: int | None = None,
