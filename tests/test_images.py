@@ -359,7 +359,14 @@ def test_insert_items_and_collections_take_images(trained, assets, tmp_path):
     sql = "SELECT file FROM photos WHERE hq_match(photos.image, hq_query('image', ?)) AND k = 1"
     assert db.execute(sql, (q,)).fetchall() == [("img003.png",)]
     db.execute("INSERT INTO photos(file, image) VALUES ('sql.png', ?)", (str(folder / "img006.png"),))
-    assert db.execute(sql, (str(folder / "img006.png"),)).fetchall() == [("sql.png",)]
+    photos.insert({"file": "py.png", "image": folder / "img006.png"})
+    # The row inserted through SQL got img006's codes, the same as the Python insert: the same
+    # Hamming distance (0: the query's own sign bits) and AQD. (Not necessarily first: AQD is an
+    # inner product, which another item's reconstruction can exceed.)
+    rows = db.execute(sql.replace("SELECT file", "SELECT file, hamming, distance").replace("k = 1", "k = 6"),
+                      (str(folder / "img006.png"),)).fetchall()  # fmt: skip
+    found = {f: (h, d) for f, h, d in rows}
+    assert found["sql.png"] == found["py.png"] and found["sql.png"][0] == 0, rows
     with pytest.raises(hqdb.HqError, match="nope.png"):
         db.execute(sql, (str(tmp_path / "nope.png"),)).fetchall()
     db.close()
