@@ -253,6 +253,28 @@ def test_pair_temperature():
     assert torch.isclose(sharp, methods.pair_contrastive((f @ t.T) / (HQ.temperature * 16)))
 
 
+def test_trainer_sets_sharp_pairs_for_pseudo_labels_of_a_low_dimensional_text(monkeypatch):
+    from hqdb.model.hq import HQ
+    from hqdb.model.train import LOW_DIM
+
+    seen = []
+    original = HQ.loss_terms
+
+    def spy(self, *args):
+        seen.append(self.sharp_pairs)
+        return original(self, *args)
+
+    monkeypatch.setattr(HQ, "loss_terms", spy)
+    kw = {**KW, "epochs": 1}
+    for d_txt, labels, expected in ((LOW_DIM, False, True), (LOW_DIM, True, False), (LOW_DIM + 1, False, False)):
+        data = paired(n=200, d_txt=d_txt, seed=3)
+        if not labels:
+            del data["labels"]
+        seen.clear()
+        train(data, **kw)
+        assert seen and set(seen) == {expected}, (d_txt, labels, set(seen))
+
+
 def test_epoch_window_averages_the_selected_weights():
     """average_epochs: the best window of consecutive epochs (mean validation MAP) is kept, its
     towers averaged; None = a tenth of the epochs (8 epochs: 1, i.e. the single best epoch)."""
