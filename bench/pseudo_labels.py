@@ -54,7 +54,7 @@ def kmeans(z: np.ndarray, k: int, seed: int, restarts: int = 4) -> np.ndarray:
     saved = trainer.LSA_DIM
     trainer.LSA_DIM = max(saved, z.shape[1])
     try:
-        return trainer._text_clusters(z.astype(np.float32), np.arange(len(z)), k, seed, restarts=restarts)
+        return trainer._text_clusters(z.astype(np.float32), np.arange(len(z)), k, seed, restarts=restarts)[:, 0]
     finally:
         trainer.LSA_DIM = saved
 

@@ -474,8 +474,9 @@ def train(
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise TrainingError(f"dropout must be a number in [0, 1), got {dropout!r}")
     label_runs = 1
-    if supervision.startswith("text clusters"):
-        runs = _text_clusters(X["text"], tr_idx, clusters, seed, runs=max(1, CLUSTER_RUNS))
+    clustered = supervision.startswith("text clusters")  # pseudo-labels
+    if clustered:
+        runs = _text_clusters(X["text"], tr_idx, clusters, seed, runs=CLUSTER_RUNS)
         label_runs = runs.shape[1]
         # one one-hot block per clustering; s_ij = the fraction of clusterings that agree
         labels = np.concatenate([metrics.as_multihot(runs[:, r], clusters) for r in range(label_runs)], axis=1)
@@ -489,7 +490,7 @@ def train(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             meth = cls(bits, 0 if labels is None else labels.shape[1], lam)
-            meth.sharp_pairs = low_dim and supervision.startswith("text clusters")
+            meth.sharp_pairs = low_dim and clustered
             result = _fit(
                 torch,
                 meth,
@@ -568,7 +569,7 @@ def train(
             "threads": threads,
             "text_featurizer": text_featurizer,
             "vocab_size": vocab_size,
-            "clusterings": label_runs if supervision.startswith("text clusters") else None,
+            "clusterings": label_runs if clustered else None,
         },
     }
     model = TrainedModel.from_state(config, tensors)
@@ -633,7 +634,7 @@ def _top_directions(A: np.ndarray, r: int, rng: np.random.Generator, power: int 
 
 
 def _text_clusters(
-    T: np.ndarray, tr_idx: np.ndarray, k: int, seed: int, iters: int = 30, restarts: int = 4, runs: int = 0
+    T: np.ndarray, tr_idx: np.ndarray, k: int, seed: int, iters: int = 30, restarts: int = 4, runs: int = 1
 ) -> np.ndarray:
     """Pseudo-labels for training without labels: seeded spherical k-means (cosine; k-means++
     starts, the best of ``restarts`` by total cosine to the centres) on the text features of (a
@@ -641,7 +642,9 @@ def _text_clusters(
     not image: a caption or article says what the item is about (on Wiki, text clusters are
     65-70% pure against the real classes, SIFT image clusters ~20%). Text of more than LSA_DIM
     dimensions (tf-idf) is first centred and projected on its top LSA_DIM principal directions
-    in the sample (latent semantic analysis: co-occurring words merge into one direction)."""
+    in the sample (latent semantic analysis: co-occurring words merge into one direction).
+    Returns (items, runs) cluster ids: ``runs`` (at least 1) k-means runs in the same space, the
+    first seeded as ever, the others apart."""
     rng = np.random.default_rng([seed, 11])
     fit = tr_idx if len(tr_idx) <= 50000 else np.sort(rng.choice(tr_idx, 50000, replace=False))
     if T.shape[1] > LSA_DIM:
@@ -656,13 +659,8 @@ def _text_clusters(
     X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     Xf = X[fit]
     k = min(k, len(fit))
-    if runs:  # (items, runs): independent clusterings, the first the same as runs=0's
-        out = []
-        for r in range(runs):
-            g = rng if r == 0 else np.random.default_rng([seed, 11, r])
-            out.append(_kmeans(X, Xf, k, g, iters, restarts))
-        return np.stack(out, axis=1)
-    return _kmeans(X, Xf, k, rng, iters, restarts)
+    rngs = [rng, *(np.random.default_rng([seed, 11, r]) for r in range(1, max(1, runs)))]
+    return np.stack([_kmeans(X, Xf, k, g, iters, restarts) for g in rngs], axis=1)
 
 
 def _kmeans(X: np.ndarray, Xf: np.ndarray, k: int, rng: np.random.Generator, iters: int, restarts: int) -> np.ndarray:
@@ -825,6 +823,8 @@ def _fit(
     n_tr = len(tr_idx)
     kind = VALIDATION_KIND[meth.search]
     q_rows, db_pos = _validation_sample(val_idx, n_tr, labeled, seed)
+    # validation relevance: the labels, or of several text clusterings the first one's
+    val_labels = labels[:, : labels.shape[1] // label_runs] if labeled else labels
 
     def search_vectors(idx) -> dict[str, np.ndarray]:
         """What the stored model will search with (TrainedModel.embed): the first ``bits``
@@ -875,7 +875,6 @@ def _fit(
                 f_val[src], db, db_codes, C, R=R or len(db), candidates=candidates, kind=kind, metric=meth.metric
             )
             if labeled:
-                val_labels = labels[:, : labels.shape[1] // label_runs]  # the first clustering's
                 rel = metrics.relevance(val_labels[q_rows], val_labels[tr_idx[db_pos]], top)
             else:
                 rel = top == np.arange(len(q_rows))[:, None]
