@@ -60,9 +60,7 @@ def main(argv: list[str]) -> None:
                 progress=False,
                 seed=seed,
             )
-            db = hqdb.connect(root / f"m{runs}_{tau}_{seed}.db")
-            hqdb.save_model(db, "shapes", model)
-            photos = db.create_collection("photos", model="shapes", columns={"file": str, "caption": str}, key="file")
+            db, photos = ti._collection(model, root / f"m{runs}_{tau}_{seed}.db", root)
             photos.insert_all(
                 [
                     {

@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 import references as R  # noqa: E402
 from quality_folds import DATA  # noqa: E402
-from quality_screen import inner_split  # noqa: E402
+from quality_screen import inner_split, lsa  # noqa: E402
 
 import hqdb.model.train as trainer  # noqa: E402
 
@@ -57,11 +57,6 @@ def kmeans(z: np.ndarray, k: int, seed: int, restarts: int = 4) -> np.ndarray:
         return trainer._text_clusters(z.astype(np.float32), np.arange(len(z)), k, seed, restarts=restarts)[:, 0]
     finally:
         trainer.LSA_DIM = saved
-
-
-def lsa(text: np.ndarray, dim: int) -> np.ndarray:
-    tc = text - text.mean(0)
-    return tc @ np.linalg.svd(tc, full_matrices=False)[2][:dim].T
 
 
 def spectral(W: np.ndarray, k: int, seed: int) -> np.ndarray:

@@ -45,15 +45,21 @@ for key, tag in (("text_tfidf", ""), ("text", "lda_")):
     )
 
 
+def lsa(x: np.ndarray, dim: int, fit: np.ndarray | None = None) -> np.ndarray:
+    """x centred and projected on the top ``dim`` principal directions of its rows ``fit`` (all by
+    default), by an exact SVD."""
+    f = x if fit is None else x[fit]
+    mean = f.mean(0)
+    return (x - mean) @ np.linalg.svd(f - mean, full_matrices=False)[2][:dim].T
+
+
 def transform(x: np.ndarray, kind: str | None, fit: np.ndarray | None = None) -> np.ndarray:
     """An input transform; 'lsaD' projects on the top D principal directions of the rows ``fit``
     (the inner database: never the queries)."""
     if kind is None:
         return x
     if kind.startswith("lsa") and fit is not None:
-        mean = x[fit].mean(0)
-        vt = np.linalg.svd(x[fit] - mean, full_matrices=False)[2][: int(kind[3:])]
-        return ((x - mean) @ vt.T).astype(np.float32)
+        return lsa(x, int(kind[3:]), fit).astype(np.float32)
     if kind == "sqrt":
         return np.sqrt(np.maximum(x, 0)).astype(np.float32)
     if kind == "log":
