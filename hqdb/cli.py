@@ -77,6 +77,7 @@ def _train(args) -> int:
         text_key=args.text_key,
         epochs=args.epochs,
         val_fraction=args.val_fraction,
+        refit=args.refit,
         seed=args.seed,
         label_free=args.label_free,
         clusters=args.clusters,
@@ -1209,7 +1210,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--codewords", type=int, default=256, help="codewords per codebook (default 256)")
     tr.add_argument("--epochs", type=int, default=50, help="maximum epochs (default 50, early stopping)")
     tr.add_argument("--text-key", default="text", help="array of the .npz holding the text (default text)")
-    tr.add_argument("--val-fraction", type=float, default=0.2)
+    tr.add_argument("--val-fraction", type=float, default=0.2, help="held-out share for early stopping (default 0.2)")
+    tr.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="after early stopping, train the chosen epochs again on every item (default: up to 100,000 items)",
+    )
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument(
         "--label-free",

@@ -373,6 +373,7 @@ def test_training_on_synthetic_pairs_beats_random_by_far():
     cfg = model.config
     assert cfg["metrics"]["n_train"] == 640 and cfg["metrics"]["n_val"] == 160
     assert 1 <= cfg["metrics"]["best_epoch"] <= cfg["metrics"]["epochs_run"] == len(cfg["history"])
+    assert cfg["metrics"]["refit_items"] == 800 and len(cfg["refit_history"]) == cfg["metrics"]["best_epoch"]
     assert set(cfg["history"][0]) == {"epoch", "sim", "h", "b", "q", "pair", "val_i2t", "val_t2i", "val_hmean",
                                       "seconds"}
     json.dumps(cfg)
@@ -384,6 +385,37 @@ def test_training_on_synthetic_pairs_beats_random_by_far():
     for direction in ("i2t", "t2i"):
         for kind in ("hamming", "aqd", "two_stage"):
             assert res[direction][kind]["map@50"] > 0.8, (direction, kind, res)
+
+
+def test_refit_trains_the_chosen_epochs_on_every_item():
+    """refit: the hold-out picks the epoch window; then every item (held-out ones too) trains from
+    the same initial weights for that many epochs. The validation figures stay the selection
+    run's (the kept model has seen the held-out items); None refits up to REFIT_MAX_ITEMS items."""
+    pytest.importorskip("torch")
+    import hqdb.model.train as T
+
+    data = paired(300, seed=4)
+    kept = _train(data, epochs=6, average_epochs=2, refit=True)
+    chosen = _train(data, epochs=6, average_epochs=2, refit=False)
+    auto = _train(data, epochs=6, average_epochs=2)
+    m, c = kept.config["metrics"], chosen.config["metrics"]
+    assert kept.config["train"]["refit"] is True and chosen.config["train"]["refit"] is False
+    assert m["refit_items"] == 300 and "refit_items" not in c
+    assert m["validation"] == c["validation"] and m["best_epoch"] == c["best_epoch"]
+    assert kept.config["history"] == [dict(h, seconds=h2["seconds"]) for h, h2 in
+                                      zip(chosen.config["history"], kept.config["history"])]
+    assert [h["epoch"] for h in kept.config["refit_history"]] == list(range(1, m["best_epoch"] + 1))
+    x = data["image"]
+    assert not np.array_equal(kept.embed("image", x), chosen.embed("image", x))
+    assert np.array_equal(auto.embed("image", x), kept.embed("image", x))  # 300 items: refit by default
+    assert np.array_equal(_train(data, epochs=6, average_epochs=2, refit=True).embed("image", x),
+                          kept.embed("image", x))
+    # nothing held out: nothing to refit
+    whole = _train(data, epochs=3, val_fraction=0.0, refit=True)
+    assert "refit_items" not in whole.config["metrics"] and "refit_history" not in whole.config
+    with pytest.raises(ValueError, match="refit must be"):
+        _train(data, refit="yes")
+    assert T.REFIT_MAX_ITEMS >= 10_000
 
 
 def test_training_on_raw_text_keeps_the_featurizer():
