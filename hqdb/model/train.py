@@ -631,7 +631,7 @@ def train(
         # Validation scores of the model as it will run (numpy inference, fresh quantization),
         # on the same bounded sample as the per-epoch validation (all of it on small data). After
         # a refit they are the selection run's: the kept model has seen the held-out items.
-        judged = selection or model
+        judged = model if selection is None else selection
         q_rows, db_pos = _validation_sample(val_idx, len(tr_idx), labels is not None, seed)
         q = {m: X[m][q_rows] for m in X}
         if labels is not None:
