@@ -387,7 +387,7 @@ def test_training_on_synthetic_pairs_beats_random_by_far():
             assert res[direction][kind]["map@50"] > 0.8, (direction, kind, res)
 
 
-def test_refit_trains_the_chosen_epochs_on_every_item():
+def test_refit_trains_the_chosen_epochs_on_every_item(capsys):
     """refit: the hold-out picks the epoch window; then every item (held-out ones too) trains from
     the same initial weights for that many epochs. The validation figures stay the selection
     run's (the kept model has seen the held-out items); None refits up to REFIT_MAX_ITEMS items."""
@@ -415,6 +415,10 @@ def test_refit_trains_the_chosen_epochs_on_every_item():
     assert "refit_items" not in whole.config["metrics"] and "refit_history" not in whole.config
     with pytest.raises(ValueError, match="refit must be"):
         _train(data, refit="yes")
+    capsys.readouterr()
+    _train(data, epochs=2, refit=True, progress=True)
+    err = capsys.readouterr().err
+    assert "train" in err and "refit" in err  # the refit has its own progress bar
     assert T.REFIT_MAX_ITEMS >= 10_000
 
 

@@ -195,14 +195,14 @@ class _Progress:
     epoch; early stopping ends it sooner), the last epoch's losses and validation scores as its
     postfix; without tqdm, one stderr line rewritten per epoch."""
 
-    def __init__(self, epochs: int, n_items: int, enabled: bool):
-        self.enabled, self.epochs, self.bar = enabled, epochs, None
+    def __init__(self, epochs: int, n_items: int, enabled: bool, desc: str = "train"):
+        self.enabled, self.epochs, self.desc, self.bar = enabled, epochs, desc, None
         if enabled:
             try:
                 from tqdm.auto import tqdm
 
                 self.bar = tqdm(
-                    total=epochs * n_items, desc="train", unit="item", unit_scale=True, file=sys.stderr, mininterval=0.5
+                    total=epochs * n_items, desc=desc, unit="item", unit_scale=True, file=sys.stderr, mininterval=0.5
                 )
             except ImportError:
                 pass
@@ -219,7 +219,7 @@ class _Progress:
             self.bar.set_postfix({"epoch": f"{epoch}/{self.epochs}", **text}, refresh=True)
         else:
             cells = " ".join(f"{k} {v}" for k, v in text.items())
-            print(f"\rtrain epoch {epoch}/{self.epochs} {cells}", end="", file=sys.stderr, flush=True)
+            print(f"\r{self.desc} epoch {epoch}/{self.epochs} {cells}", end="", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -954,7 +954,8 @@ def _fit(
     history: dict[str, Any] = {"epochs_run": 0, "best_epoch": 0, "window": 1, "curve": []}
     tail: collections.deque = collections.deque(maxlen=tail_window)  # no validation: the last epochs
     last_epoch = epochs if stop_after is None else min(epochs, stop_after)
-    bar = _Progress(last_epoch, n_tr, progress)
+    # the refit's own bar: "refit", over the epochs the selection run chose
+    bar = _Progress(last_epoch, n_tr, progress, "train" if stop_after is None else "refit")
     stale = 0
     modules = [*towers.values(), *extras]
     eye = torch.eye(batch_size)
