@@ -72,7 +72,7 @@ def parse(name: str) -> tuple[str, dict, dict]:
     'base+free=1,clusters=10' trains without labels, lsa=D clusters its text in D directions,
     ti= / tt= transform the image / text input (sqrt, log, lsaD), hi= / ht= set a tower's hidden
     widths (e.g. 1024, 512x512, lin), tau= sets HQ.temperature, ltau= HQ.pair_temperature
-    (λ_pair's), agree=t sets CLUSTER_AGREEMENT, runs=R trains on R
+    (λ_pair's), agree=t sets CLUSTER_AGREEMENT, esf=x EARLY_STOP_FROM, runs=R trains on R
     text clusterings at once)."""
     if name in CONFIGS:
         return CONFIGS[name]
@@ -97,7 +97,7 @@ def parse(name: str) -> tuple[str, dict, dict]:
             kw["_val_r"] = json.loads(v)
         elif k == "free":
             kw["_free"] = json.loads(v)
-        elif k in ("tau", "ltau", "lsa", "runs", "agree"):
+        elif k in ("tau", "ltau", "lsa", "runs", "agree", "esf"):
             kw["_" + k] = json.loads(v)
         elif k == "hidden":
             kw["hidden"] = [int(w) for w in v.split("x")]
@@ -129,6 +129,7 @@ def library_defaults() -> dict:
         "lsa": T.LSA_DIM,
         "runs": T.CLUSTER_RUNS,
         "agree": T.CLUSTER_AGREEMENT,
+        "esf": T.EARLY_STOP_FROM,
     }
 
 
@@ -162,6 +163,7 @@ def run(name, d, seed, fold):
     T.LSA_DIM = kw.pop("_lsa", default["lsa"])  # text clusters (no labels) in this many principal directions
     T.CLUSTER_RUNS = kw.pop("_runs", default["runs"])  # independent text clusterings behind the pseudo-labels
     T.CLUSTER_AGREEMENT = kw.pop("_agree", default["agree"])  # s_ij = 1 above this share of agreeing runs
+    T.EARLY_STOP_FROM = kw.pop("_esf", default["esf"])  # no early stop before this share of the epochs
     free = kw.pop("_free", False)  # label-free: train on the pairs alone (scored with the labels)
     model = train(db if free else {**db, "labels": d["labels"][idb]}, bits=64, seed=seed, progress=False, **kw)
     secs = time.perf_counter() - t0

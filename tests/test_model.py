@@ -422,6 +422,23 @@ def test_refit_trains_the_chosen_epochs_on_every_item(capsys):
     assert T.REFIT_MAX_ITEMS >= 10_000
 
 
+def test_early_stopping_waits_for_the_schedules_tail(monkeypatch):
+    """patience ends a training only from EARLY_STOP_FROM (3/4) of the epoch budget on; the
+    window is still chosen by validation over every epoch run."""
+    pytest.importorskip("torch")
+    import hqdb.model.train as T
+
+    data = paired(300, seed=5)
+    late = _train(data, epochs=40, patience=1, refit=False)
+    m = late.config["metrics"]
+    assert 30 <= m["epochs_run"] < 40 and m["best_epoch"] <= m["epochs_run"]
+    monkeypatch.setattr(T, "EARLY_STOP_FROM", 0.0)
+    early = _train(data, epochs=40, patience=1, refit=False)
+    assert early.config["metrics"]["epochs_run"] < 30
+    assert early.config["history"] == [dict(h, seconds=h2["seconds"]) for h, h2 in
+                                       zip(late.config["history"], early.config["history"])]
+
+
 def test_training_on_raw_text_keeps_the_featurizer():
     pytest.importorskip("torch")
     from hqdb import datasets
