@@ -595,8 +595,7 @@ def train(
                 return meth
 
             meth = method_object()
-            result = _fit(torch, meth, X, labels, tr_idx, val_idx, rng, **fit_kw)
-            towers, codebooks, history, extra = result
+            towers, codebooks, history, extra = _fit(torch, meth, X, labels, tr_idx, val_idx, rng, **fit_kw)
             selection = None
             if refit and len(val_idx):
                 # The hold-out chose the epoch; now every item trains, from the same initial
@@ -955,7 +954,6 @@ def _fit(
     # epochs picks the best window, whose tower weights are averaged (one noisy epoch can neither
     # win alone nor be the kept model).
     recent: collections.deque = collections.deque(maxlen=average_epochs)
-    best_averaged = False
     history: dict[str, Any] = {"epochs_run": 0, "best_epoch": 0, "window": 1, "curve": []}
     tail: collections.deque = collections.deque(maxlen=tail_window)  # no validation: the last epochs
     last_epoch = epochs if stop_after is None else min(epochs, stop_after)
@@ -964,6 +962,13 @@ def _fit(
     stale = 0
     modules = [*towers.values(), *extras]
     eye = torch.eye(batch_size)
+
+    def snapshot() -> dict:
+        return {m: {k: v.clone() for k, v in t.state_dict().items()} for m, t in towers.items()}
+
+    def averaged(snaps) -> dict:
+        return {m: {k: torch.stack([s[m][k] for s in snaps]).mean(0) for k in snaps[0][m]} for m in snaps[0]}
+
     try:
         for epoch in range(1, last_epoch + 1):
             t_epoch = time.perf_counter()
@@ -1022,26 +1027,23 @@ def _fit(
                 i2t, t2i = validate(C, codes, f_tr)
                 score = metrics.harmonic_mean(i2t, t2i)  # the paper's balanced summary of both tasks
                 info.update(val_i2t=i2t, val_t2i=t2i, val_hmean=score)
-                snap = {m: {k: v.clone() for k, v in t.state_dict().items()} for m, t in towers.items()}
+                snap = snapshot()
                 recent.append((score, snap))
                 window = float(np.mean([r[0] for r in recent]))
                 if window > best[0]:
                     if len(recent) > 1:  # the window's weights averaged (re-quantized at the end)
-                        snap = {
-                            m: {k: torch.stack([r[1][m][k] for r in recent]).mean(0) for k in snap[m]} for m in snap
-                        }
+                        snap = averaged([r[1] for r in recent])
                     best = (
                         window,
                         epoch,
                         (snap, None if C is None else C.copy(), None if codes is None else codes.copy()),
                     )
-                    best_averaged = len(recent) > 1
                     history["window"] = len(recent)
                     stale = 0
                 else:
                     stale += 1
             elif tail_window > 1:
-                tail.append({m: {k: v.clone() for k, v in t.state_dict().items()} for m, t in towers.items()})
+                tail.append(snapshot())
             seconds = time.perf_counter() - t_epoch
             history["curve"].append(
                 {"epoch": epoch, **{k: round(v, 6) for k, v in info.items()}, "seconds": round(seconds, 3)}
@@ -1055,14 +1057,15 @@ def _fit(
         snap, C, codes = best[2]
         for m, t in towers.items():
             t.load_state_dict(snap[m])
-        if best_averaged:  # codebooks and codes for the averaged towers
+        if history["window"] > 1:  # codebooks and codes for the averaged towers
             C, codes, f_tr = requantize(C, codes)
         history["best_epoch"] = best[1]
     else:
         history["best_epoch"] = history["epochs_run"]
         if len(tail) > 1:  # the last epochs' weights averaged, codebooks and codes for them
+            last = averaged(tail)
             for m, t in towers.items():
-                t.load_state_dict({k: torch.stack([w[m][k] for w in tail]).mean(0) for k in tail[0][m]})
+                t.load_state_dict(last[m])
             C, codes, f_tr = requantize(C, codes)
     extra = meth.finish(C, codes, n_tr) if books else {}
     return towers, None if C is None else C.astype(np.float32), history, extra
