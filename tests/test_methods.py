@@ -275,6 +275,40 @@ def test_trainer_sets_sharp_pairs_for_pseudo_labels_of_a_low_dimensional_text(mo
         assert seen and set(seen) == {expected}, (d_txt, labels, set(seen))
 
 
+def test_majority_of_clusterings_for_wide_inputs_graded_share_for_low_dimensional_ones(monkeypatch):
+    """Pseudo-labels of several clusterings: s_ij = 1 when most agree (CLUSTER_AGREEMENT) for
+    inputs wider than LOW_DIM, the graded share at LOW_DIM or fewer dimensions."""
+    import hqdb.model.train as T
+    from hqdb.model.hq import HQ
+
+    agreement, sims = [], []
+    fit, loss_terms = T._fit, HQ.loss_terms
+
+    def spy_fit(*args, **kw):
+        agreement.append(kw["agreement"])
+        return fit(*args, **kw)
+
+    def spy_loss(self, f, g, sim, *args):
+        sims.append(sim.unique())
+        return loss_terms(self, f, g, sim, *args)
+
+    monkeypatch.setattr(T, "_fit", spy_fit)
+    monkeypatch.setattr(HQ, "loss_terms", spy_loss)
+    kw = {**KW, "epochs": 1, "refit": False}
+    for d_txt, expected in ((T.LOW_DIM + 1, T.CLUSTER_AGREEMENT), (T.LOW_DIM, None)):
+        data = paired(n=200, d_txt=d_txt, seed=3)
+        del data["labels"]
+        agreement.clear(), sims.clear()
+        train(data, **kw)
+        assert agreement == [expected], (d_txt, agreement)
+        values = set(torch.cat(sims).tolist())
+        if expected is None:
+            assert values - {0.0, 1.0}, values  # graded: shares between 0 and 1 occur
+        else:
+            assert values <= {0.0, 1.0}, values
+    assert T.CLUSTER_AGREEMENT == 0.5
+
+
 def test_epoch_window_averages_the_selected_weights():
     """average_epochs: the best window of consecutive epochs (mean validation MAP) is kept, its
     towers averaged; None = a tenth of the epochs (8 epochs: 1, i.e. the single best epoch)."""
